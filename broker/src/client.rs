@@ -1,0 +1,62 @@
+//! `Messaging`: what connect and streams need from a broker, implemented by the embedded
+//! `Broker` now and by the network client later, so either can stand in for the other.
+
+use async_trait::async_trait;
+
+use crate::broker::{Broker, PullRequest, PullResult};
+use crate::error::Result;
+use crate::message::{Message, SendResult};
+use crate::storage::QueueRange;
+use crate::topic::TopicConfig;
+
+/// A broker as a client sees it.
+#[async_trait]
+pub trait Messaging: Send + Sync {
+    /// Creates the topic, or does nothing when it exists.
+    async fn ensure_topic(&self, config: TopicConfig) -> Result<TopicConfig>;
+    /// The topic's config, if it exists.
+    async fn topic(&self, name: &str) -> Result<Option<TopicConfig>>;
+    async fn send(&self, message: Message) -> Result<SendResult>;
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>>;
+    async fn pull(&self, request: PullRequest) -> Result<PullResult>;
+    async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()>;
+    async fn committed_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>>;
+    async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<QueueRange>;
+}
+
+#[async_trait]
+impl Messaging for Broker {
+    async fn ensure_topic(&self, config: TopicConfig) -> Result<TopicConfig> {
+        match Broker::topic(self, &config.name) {
+            Some(existing) => Ok(existing),
+            None => match self.create_topic(config.clone()) {
+                Ok(()) => Ok(config),
+                Err(crate::Error::TopicExists { .. }) => {
+                    Ok(Broker::topic(self, &config.name).unwrap_or(config))
+                }
+                Err(error) => Err(error),
+            },
+        }
+    }
+    async fn topic(&self, name: &str) -> Result<Option<TopicConfig>> {
+        Ok(Broker::topic(self, name))
+    }
+    async fn send(&self, message: Message) -> Result<SendResult> {
+        Broker::send(self, message).await
+    }
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>> {
+        Broker::send_batch(self, messages).await
+    }
+    async fn pull(&self, request: PullRequest) -> Result<PullResult> {
+        Broker::pull(self, request).await
+    }
+    async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()> {
+        Broker::commit_offset(self, group, topic, queue_id, offset)
+    }
+    async fn committed_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
+        Ok(Broker::committed_offset(self, group, topic, queue_id))
+    }
+    async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<QueueRange> {
+        Ok(Broker::queue_range(self, topic, queue_id))
+    }
+}

@@ -1,0 +1,177 @@
+//! Messages as producers build them and consumers receive them, and message ids.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::storage::{MessageRecord, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
+
+/// Property names the broker sets itself; user properties may not use them.
+pub const RESERVED_PROPERTIES: &[&str] = &[PROPERTY_TAGS, PROPERTY_KEYS, PROPERTY_UNIQUE_ID, "SHARDING_KEY"];
+
+/// A message to send.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    /// One tag for broker-side filtering (`TagA`); no spaces or `||`.
+    pub tag: Option<String>,
+    /// Keys for `query by key`; no spaces inside a key.
+    pub keys: Vec<String>,
+    /// Messages with the same sharding key go to the same queue, in order.
+    pub sharding_key: Option<String>,
+    /// A caller-chosen unique id; generated when `None`.
+    pub unique_id: Option<String>,
+    pub properties: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Message {
+    pub fn new(topic: impl Into<String>, body: impl Into<Vec<u8>>) -> Self {
+        Message { topic: topic.into(), body: body.into(), ..Message::default() }
+    }
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+    pub fn with_sharding_key(mut self, key: impl Into<String>) -> Self {
+        self.sharding_key = Some(key.into());
+        self
+    }
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// Checks tag, keys and property names; the broker calls this before storing.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(tag) = &self.tag {
+            if tag.is_empty() || tag.contains("||") || tag.contains(char::is_whitespace) || tag == "*" {
+                return Err(Error::PropertyInvalid {
+                    name: PROPERTY_TAGS.into(),
+                    reason: "a tag is non-empty, not `*`, and holds no whitespace or `||`",
+                });
+            }
+        }
+        for key in &self.keys {
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return Err(Error::PropertyInvalid {
+                    name: PROPERTY_KEYS.into(),
+                    reason: "a key is non-empty and holds no whitespace",
+                });
+            }
+        }
+        for name in self.properties.keys() {
+            if RESERVED_PROPERTIES.contains(&name.as_str()) {
+                return Err(Error::PropertyInvalid { name: name.clone(), reason: "reserved for the broker" });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a sent message was stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendResult {
+    /// The unique message id (RocketMQ's `msgId`).
+    pub message_id: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    /// The commitlog offset (what RocketMQ encodes in `offsetMsgId`).
+    pub physical_offset: u64,
+}
+
+/// A stored message as consumers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub physical_offset: u64,
+    pub message_id: String,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    /// User properties only (the reserved ones are in their own fields).
+    pub properties: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub born_timestamp_ms: i64,
+    pub store_timestamp_ms: i64,
+    pub reconsume_count: u32,
+}
+
+impl From<MessageRecord> for StoredMessage {
+    fn from(record: MessageRecord) -> Self {
+        let tag = record.tag().map(str::to_string);
+        let keys = record.keys().map(str::to_string).collect();
+        let message_id = record.unique_id().unwrap_or_default().to_string();
+        let properties = record
+            .properties
+            .into_iter()
+            .filter(|(name, _)| !RESERVED_PROPERTIES.contains(&name.as_str()))
+            .collect();
+        StoredMessage {
+            topic: record.topic,
+            queue_id: record.queue_id,
+            queue_offset: record.queue_offset,
+            physical_offset: record.physical_offset,
+            message_id,
+            tag,
+            keys,
+            properties,
+            body: record.body,
+            born_timestamp_ms: record.born_timestamp_ms,
+            store_timestamp_ms: record.store_timestamp_ms,
+            reconsume_count: record.reconsume_count,
+        }
+    }
+}
+
+/// Generates a unique message id: 32 upper-case hex digits (RocketMQ's length) made of a
+/// 48-bit ms timestamp, 16 bits of pid, a 32-bit per-process random nonce and a 32-bit
+/// counter. Unique across processes on a host and across restarts.
+pub fn new_message_id() -> String {
+    static NONCE: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nonce = *NONCE.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        hasher.finish() as u32
+    });
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id() as u16;
+    format!("{:012X}{pid:04X}{nonce:08X}{counter:08X}", now_ms & 0xFFFF_FFFF_FFFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_unique_and_fixed_length() {
+        let a = new_message_id();
+        let b = new_message_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn reserved_and_malformed_fields_are_rejected() {
+        let cases = [
+            Message::new("t", "x").with_tag("a b"),
+            Message::new("t", "x").with_tag("A||B"),
+            Message::new("t", "x").with_key("has space"),
+            Message::new("t", "x").with_property("TAGS", "x"),
+        ];
+        for message in cases {
+            assert!(message.validate().is_err(), "{message:?}");
+        }
+        assert!(Message::new("t", "x").with_tag("A").with_key("k1").validate().is_ok());
+    }
+}

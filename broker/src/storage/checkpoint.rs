@@ -1,0 +1,31 @@
+//! The checkpoint file: how far consume queues and index are durably built from the log.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::metadata;
+use crate::error::Result;
+
+/// Written atomically by the flusher after msyncing commitlog, consume queues and index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Every commitlog byte below this offset was msynced.
+    pub commit_log_flushed_offset: u64,
+    /// Every message below this offset has its consume queue and index entries msynced;
+    /// recovery re-dispatches from here.
+    pub dispatched_offset: u64,
+    /// When the checkpoint was written, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+impl Checkpoint {
+    pub fn load(path: &Path) -> Result<Option<Checkpoint>> {
+        metadata::read_json(path)
+    }
+
+    pub fn store(&self, path: &Path) -> Result<()> {
+        metadata::write_json_atomic(path, self)
+    }
+}

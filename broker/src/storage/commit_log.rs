@@ -1,0 +1,422 @@
+//! The commitlog: one append-only log of fixed-size segments holding every message.
+//!
+//! **Invariant:** `write_offset` is the end of the readable log. The writer thread writes only
+//! at or beyond it and publishes new bytes with a release store; readers load it with acquire
+//! and read only below it. Segments are only added at the end (by the writer, before it
+//! publishes bytes in them) and removed from the front (retention), never changed in between.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use super::mapped_file::{MappedFile, list_offset_files, sync_dir};
+use super::record::{self, Decoded, END_MARKER_BYTES, MessageRecord, NewMessage, Placement};
+use crate::error::{Error, Result};
+
+/// Page size used when zeroing a torn tail.
+const PAGE_BYTES: usize = 4096;
+
+pub(crate) struct CommitLog {
+    dir: PathBuf,
+    segment_size_bytes: u64,
+    message_size_max_bytes: usize,
+    segments: RwLock<Vec<Arc<MappedFile>>>,
+    write_offset: AtomicU64,
+    flushed_offset: AtomicU64,
+    flush_lock: Mutex<()>,
+}
+
+/// Result of scanning the log during recovery.
+pub(crate) struct ScanOutcome {
+    /// Where the valid log ends.
+    pub end_offset: u64,
+    /// Why the scan stopped, when it stopped at something other than zeros.
+    pub stop_reason: Option<String>,
+}
+
+impl CommitLog {
+    /// Opens the segments under `dir` (creating the first when there is none). The log is not
+    /// readable until `recover` has found its end.
+    pub fn open(dir: &Path, segment_size_bytes: u64, message_size_max_bytes: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        let files = list_offset_files(dir)?;
+        let mut segments = Vec::with_capacity(files.len());
+        for (index, (base, path)) in files.iter().enumerate() {
+            if base % segment_size_bytes != 0 {
+                return Err(Error::CommitLogCorrupt {
+                    path: path.clone(),
+                    offset: *base,
+                    reason: format!("segment start is not a multiple of {segment_size_bytes}"),
+                });
+            }
+            if let Some(previous) = segments.last().map(|s: &Arc<MappedFile>| s.base_offset()) {
+                if previous + segment_size_bytes != *base {
+                    return Err(Error::CommitLogCorrupt {
+                        path: path.clone(),
+                        offset: previous + segment_size_bytes,
+                        reason: "a segment is missing before this one".to_string(),
+                    });
+                }
+            }
+            let is_last = index + 1 == files.len();
+            segments.push(Arc::new(MappedFile::open(path, *base, segment_size_bytes, is_last)?));
+        }
+        if segments.is_empty() {
+            let path = dir.join(super::offset_file_name(0));
+            segments.push(Arc::new(MappedFile::create(&path, 0, segment_size_bytes, false)?));
+        }
+        let min = segments[0].base_offset();
+        Ok(CommitLog {
+            dir: dir.to_path_buf(),
+            segment_size_bytes,
+            message_size_max_bytes,
+            segments: RwLock::new(segments),
+            write_offset: AtomicU64::new(min),
+            flushed_offset: AtomicU64::new(min),
+            flush_lock: Mutex::new(()),
+        })
+    }
+
+    /// The first readable physical offset.
+    pub fn min_offset(&self) -> u64 {
+        self.segments.read().expect("segments lock").first().map_or(0, |s| s.base_offset())
+    }
+
+    /// The end of the readable log.
+    pub fn max_offset(&self) -> u64 {
+        self.write_offset.load(Ordering::Acquire)
+    }
+
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset.load(Ordering::Acquire)
+    }
+
+    fn segment_for(&self, offset: u64) -> Option<Arc<MappedFile>> {
+        let segments = self.segments.read().expect("segments lock");
+        let first = segments.first()?.base_offset();
+        if offset < first {
+            return None;
+        }
+        let index = ((offset - first) / self.segment_size_bytes) as usize;
+        segments.get(index).cloned()
+    }
+
+    fn last_segment(&self) -> Arc<MappedFile> {
+        self.segments.read().expect("segments lock").last().cloned().expect("at least one segment")
+    }
+
+    /// Reads the message at `physical_offset`; `size_hint` (from a consume queue) bounds the
+    /// read when known. Corrupt bytes are an error, never a message.
+    pub fn read(&self, physical_offset: u64, size_hint: Option<u32>) -> Result<MessageRecord> {
+        let end = self.max_offset();
+        if physical_offset >= end {
+            return Err(Error::MessageNotFound {
+                what: format!("physical offset {physical_offset} is at or past the log end {end}"),
+            });
+        }
+        let segment = self.segment_for(physical_offset).ok_or_else(|| Error::MessageNotFound {
+            what: format!("physical offset {physical_offset} is below the log start {}", self.min_offset()),
+        })?;
+        let position = (physical_offset - segment.base_offset()) as usize;
+        let readable = (end - physical_offset).min((segment.len() - position) as u64) as usize;
+        let len = match size_hint {
+            Some(size) if (size as usize) <= readable => size as usize,
+            Some(size) => {
+                return Err(self.corrupt(&segment, physical_offset, format!("size {size} runs past the log end")));
+            }
+            None => readable,
+        };
+        // SAFETY: [position, position + len) lies below the published write offset, and bytes
+        // below it are never written again while the segment is in the list.
+        let bytes = unsafe { segment.slice(position, len) };
+        match record::decode(bytes, physical_offset, self.message_size_max_bytes) {
+            Decoded::Message(message) => Ok(message),
+            Decoded::EndOfSegment => Err(Error::MessageNotFound {
+                what: format!("physical offset {physical_offset} is an end-of-segment marker"),
+            }),
+            Decoded::Invalid(reason) => Err(self.corrupt(&segment, physical_offset, reason)),
+        }
+    }
+
+    fn corrupt(&self, segment: &MappedFile, offset: u64, reason: String) -> Error {
+        Error::CommitLogCorrupt { path: segment.path().to_path_buf(), offset, reason }
+    }
+
+    /// Scans from `start_offset` validating every record, calling `on_message` for each valid
+    /// one, until the first invalid bytes: that is the end of the log. Run before any reader.
+    pub fn scan(&self, start_offset: u64, mut on_message: impl FnMut(&MessageRecord)) -> ScanOutcome {
+        let mut offset = start_offset.max(self.min_offset());
+        let last = self.last_segment();
+        offset = offset.min(last.base_offset() + self.segment_size_bytes);
+        loop {
+            let Some(segment) = self.segment_for(offset) else {
+                return ScanOutcome { end_offset: offset, stop_reason: None };
+            };
+            let position = (offset - segment.base_offset()) as usize;
+            // SAFETY: recovery runs before the writer thread and readers exist.
+            let bytes = unsafe { segment.slice(position, segment.len() - position) };
+            if bytes.len() >= 4 && bytes[..8.min(bytes.len())].iter().all(|b| *b == 0) {
+                return ScanOutcome { end_offset: offset, stop_reason: None };
+            }
+            match record::decode(bytes, offset, self.message_size_max_bytes) {
+                Decoded::Message(message) => {
+                    on_message(&message);
+                    offset += u64::from(message.size_bytes);
+                }
+                Decoded::EndOfSegment => offset = segment.base_offset() + self.segment_size_bytes,
+                Decoded::Invalid(reason) => {
+                    return ScanOutcome { end_offset: offset, stop_reason: Some(reason) };
+                }
+            }
+        }
+    }
+
+    /// Makes `end_offset` the end of the log: zeroes what follows in its segment (when
+    /// `zero_tail`) and removes every later segment. Run before any reader.
+    pub fn truncate(&self, end_offset: u64, zero_tail: bool) -> Result<()> {
+        let mut segments = self.segments.write().expect("segments lock");
+        while segments.len() > 1 && segments.last().expect("non-empty").base_offset() > end_offset {
+            let removed = segments.pop().expect("non-empty");
+            tracing::warn!(path = %removed.path().display(), end_offset, "removing a segment past the end of the log");
+            std::fs::remove_file(removed.path()).map_err(|e| Error::io("cannot remove", removed.path(), e))?;
+        }
+        sync_dir(&self.dir)?;
+        let last = segments.last().expect("non-empty").clone();
+        drop(segments);
+        let start = end_offset.saturating_sub(last.base_offset()) as usize;
+        if zero_tail && start < last.len() {
+            let mut position = start;
+            while position < last.len() {
+                let page_end = ((position / PAGE_BYTES) + 1) * PAGE_BYTES;
+                let len = page_end.min(last.len()) - position;
+                // SAFETY: recovery runs before the writer thread and readers exist.
+                let bytes = unsafe { last.slice_mut(position, len) };
+                if bytes.iter().any(|b| *b != 0) {
+                    bytes.fill(0);
+                }
+                position += len;
+            }
+            last.flush(start, last.len() - start)?;
+        }
+        self.write_offset.store(end_offset, Ordering::Release);
+        self.flushed_offset.store(end_offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// msyncs everything written below `offset`. Returns the new flushed offset.
+    pub fn flush_to(&self, offset: u64) -> Result<u64> {
+        let _guard = self.flush_lock.lock().expect("flush lock");
+        let target = offset.min(self.max_offset());
+        let mut from = self.flushed_offset();
+        while from < target {
+            let Some(segment) = self.segment_for(from) else { break };
+            let segment_end = segment.base_offset() + segment.len() as u64;
+            let to = target.min(segment_end);
+            segment.flush((from - segment.base_offset()) as usize, (to - from) as usize)?;
+            from = to;
+        }
+        if from > self.flushed_offset() {
+            self.flushed_offset.store(from, Ordering::Release);
+        }
+        Ok(self.flushed_offset())
+    }
+
+    /// Removes the oldest segments chosen by `expired` (given each segment's path), never
+    /// the one holding the log end. Returns the number removed.
+    pub fn remove_oldest_segments(&self, mut expired: impl FnMut(&Path) -> bool) -> Result<usize> {
+        let end = self.max_offset();
+        let mut removed = 0;
+        loop {
+            let mut segments = self.segments.write().expect("segments lock");
+            if segments.len() < 2 {
+                break;
+            }
+            let first = segments[0].clone();
+            if first.base_offset() + self.segment_size_bytes > end || !expired(first.path()) {
+                break;
+            }
+            segments.remove(0);
+            drop(segments);
+            std::fs::remove_file(first.path()).map_err(|e| Error::io("cannot remove", first.path(), e))?;
+            tracing::info!(path = %first.path().display(), "retention removed a commitlog segment");
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Paths of all segments, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.read().expect("segments lock").iter().map(|s| s.path().to_path_buf()).collect()
+    }
+
+    fn publish(&self, offset: u64) {
+        debug_assert!(offset >= self.write_offset.load(Ordering::Relaxed));
+        self.write_offset.store(offset, Ordering::Release);
+    }
+}
+
+/// The writer thread's side of the commitlog: places records and rolls segments.
+pub(crate) struct CommitLogWriter {
+    log: Arc<CommitLog>,
+    /// The next record's physical offset (not yet published).
+    position: u64,
+    allocator: SegmentAllocator,
+}
+
+impl CommitLogWriter {
+    pub fn new(log: Arc<CommitLog>, prefault: bool) -> Self {
+        let position = log.max_offset();
+        let allocator = SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, prefault);
+        let mut writer = CommitLogWriter { log, position, allocator };
+        let next = writer.current_segment_end();
+        writer.allocator.request(next);
+        writer
+    }
+
+    /// The unpublished end of what was written.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn current_segment_end(&self) -> u64 {
+        let last = self.log.last_segment();
+        last.base_offset() + self.log.segment_size_bytes
+    }
+
+    /// Writes `message` at the end of the log (rolling to a new segment when it does not fit)
+    /// and returns its physical offset and size. The bytes stay invisible until `publish`.
+    pub fn append(&mut self, message: &NewMessage, queue_offset: u64, store_timestamp_ms: i64) -> Result<(u64, u32)> {
+        let size = message.encoded_len();
+        assert!(
+            (size + END_MARKER_BYTES) as u64 <= self.log.segment_size_bytes,
+            "validated message must fit a segment"
+        );
+        let mut segment = self.log.last_segment();
+        let mut segment_end = segment.base_offset() + self.log.segment_size_bytes;
+        assert!(self.position >= segment.base_offset() && self.position <= segment_end);
+        if self.position + (size + END_MARKER_BYTES) as u64 > segment_end {
+            let remaining = (segment_end - self.position) as usize;
+            if remaining > 0 {
+                assert!(remaining >= END_MARKER_BYTES, "a record always leaves room for the marker");
+                let position = (self.position - segment.base_offset()) as usize;
+                // SAFETY: the writer owns the unpublished tail; readers stop at write_offset.
+                let out = unsafe { segment.slice_mut(position, END_MARKER_BYTES) };
+                record::encode_end_marker(remaining as u32, out);
+            }
+            segment = self.roll(segment_end)?;
+            self.position = segment_end;
+            segment_end += self.log.segment_size_bytes;
+        }
+        let physical_offset = self.position;
+        let position = (physical_offset - segment.base_offset()) as usize;
+        // SAFETY: as above, this range is beyond the published write offset.
+        let out = unsafe { segment.slice_mut(position, size) };
+        let placement = Placement { queue_offset, physical_offset, store_timestamp_ms };
+        record::encode_into(message, placement, out);
+        self.position += size as u64;
+        debug_assert!(self.position <= segment_end);
+        Ok((physical_offset, size as u32))
+    }
+
+    fn roll(&mut self, base: u64) -> Result<Arc<MappedFile>> {
+        let segment = Arc::new(self.allocator.take(base)?);
+        self.log.segments.write().expect("segments lock").push(segment.clone());
+        self.allocator.request(base + self.log.segment_size_bytes);
+        tracing::debug!(base, "commitlog rolled to a new segment");
+        Ok(segment)
+    }
+
+    /// Makes everything written so far readable.
+    pub fn publish(&self) {
+        self.log.publish(self.position);
+    }
+}
+
+/// Creates and pre-faults the next segment on its own thread, off the append path.
+struct SegmentAllocator {
+    dir: PathBuf,
+    segment_size_bytes: u64,
+    prefault: bool,
+    requests: Option<SyncSender<u64>>,
+    ready: Receiver<(u64, Result<MappedFile>)>,
+    pending: Option<u64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SegmentAllocator {
+    fn start(dir: PathBuf, segment_size_bytes: u64, prefault: bool) -> Self {
+        let (request_tx, request_rx) = sync_channel::<u64>(1);
+        let (ready_tx, ready_rx) = sync_channel(1);
+        let thread_dir = dir.clone();
+        let thread = std::thread::Builder::new()
+            .name("weir-segment-alloc".into())
+            .spawn(move || {
+                for base in request_rx {
+                    let path = thread_dir.join(super::offset_file_name(base));
+                    let _ = std::fs::remove_file(&path); // a leftover from a crash mid-allocation
+                    let made = MappedFile::create(&path, base, segment_size_bytes, prefault);
+                    if ready_tx.send((base, made)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn segment allocator thread");
+        SegmentAllocator {
+            dir,
+            segment_size_bytes,
+            prefault,
+            requests: Some(request_tx),
+            ready: ready_rx,
+            pending: None,
+            thread: Some(thread),
+        }
+    }
+
+    fn request(&mut self, base: u64) {
+        if self.pending.is_none() {
+            if let Some(requests) = &self.requests {
+                if requests.send(base).is_ok() {
+                    self.pending = Some(base);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, base: u64) -> Result<MappedFile> {
+        if let Some(pending) = self.pending.take() {
+            if let Ok((made_base, made)) = self.ready.recv() {
+                debug_assert_eq!(made_base, pending);
+                if made_base == base {
+                    return made;
+                }
+                if let Ok(stale) = made {
+                    let _ = std::fs::remove_file(stale.path());
+                }
+            }
+        }
+        let path = self.dir.join(super::offset_file_name(base));
+        MappedFile::create(&path, base, self.segment_size_bytes, self.prefault)
+    }
+}
+
+impl Drop for SegmentAllocator {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(pending) = self.pending.take() {
+            // The prepared segment was never used: remove it so the log has no empty tail.
+            if let Ok((_, Ok(unused))) = self.ready.recv() {
+                let _ = std::fs::remove_file(unused.path());
+            } else {
+                let _ = std::fs::remove_file(self.dir.join(super::offset_file_name(pending)));
+            }
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

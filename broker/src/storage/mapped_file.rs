@@ -1,0 +1,169 @@
+//! A fixed-size, preallocated, memory-mapped file: the unit of commitlog, consume queue and
+//! index storage.
+//!
+//! **Invariant:** a mapped file is written by exactly one thread (the store's writer, or
+//! recovery before any reader exists) and readers only read ranges that the owning structure
+//! has published with a release store after the bytes were written. That protocol lives in
+//! the owners (`CommitLog`, `ConsumeQueue`); this type only hands out raw slices, which is why
+//! those accessors are `unsafe`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{Error, Result};
+
+/// Zero-fill chunk used to preallocate files.
+const PREALLOCATE_CHUNK_BYTES: usize = 1 << 20;
+
+pub(crate) struct MappedFile {
+    path: PathBuf,
+    /// The logical offset of byte 0 (physical offset for the commitlog, entry index × 20 for
+    /// consume queues).
+    base_offset: u64,
+    map: MmapRaw,
+    _file: File,
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile").field("path", &self.path).field("base", &self.base_offset).finish()
+    }
+}
+
+impl MappedFile {
+    /// Creates a new file of `size_bytes`. With `prefault`, every block is written with zeros
+    /// and synced first, so later writes overwrite allocated blocks instead of allocating
+    /// (several times faster on virtual disks), and the mapping is populated.
+    /// The file is prepared under a `.tmp` name and renamed into place, so a crash never
+    /// leaves a short file under a real name.
+    pub fn create(path: &Path, base_offset: u64, size_bytes: u64, prefault: bool) -> Result<Self> {
+        let temp_path = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&temp_path);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+            .map_err(|e| Error::io("cannot create", &temp_path, e))?;
+        if prefault {
+            let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
+            let mut written = 0u64;
+            while written < size_bytes {
+                let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
+                file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", path, e))?;
+                written += chunk as u64;
+            }
+            file.sync_data().map_err(|e| Error::io("cannot sync", path, e))?;
+        } else {
+            file.set_len(size_bytes).map_err(|e| Error::io("cannot size", path, e))?;
+        }
+        std::fs::rename(&temp_path, path).map_err(|e| Error::io("cannot rename into", path, e))?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        Self::map(path, file, base_offset, size_bytes, prefault)
+    }
+
+    /// Opens an existing file, which must be exactly `size_bytes` long unless `extend` allows
+    /// growing a short (truncated) file with zeros.
+    pub fn open(path: &Path, base_offset: u64, size_bytes: u64, extend: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("cannot open", path, e))?;
+        let actual = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?.len();
+        if actual != size_bytes {
+            if !(extend && actual < size_bytes) {
+                return Err(Error::CommitLogCorrupt {
+                    path: path.to_path_buf(),
+                    offset: base_offset,
+                    reason: format!("file is {actual} bytes, expected {size_bytes}"),
+                });
+            }
+            tracing::warn!(path = %path.display(), actual, size_bytes, "extending a truncated file");
+            file.set_len(size_bytes).map_err(|e| Error::io("cannot extend", path, e))?;
+        }
+        Self::map(path, file, base_offset, size_bytes, false)
+    }
+
+    fn map(path: &Path, file: File, base_offset: u64, size_bytes: u64, populate: bool) -> Result<Self> {
+        let mut options = MmapOptions::new();
+        options.len(size_bytes as usize);
+        if populate {
+            options.populate();
+        }
+        let map = options.map_raw(&file).map_err(|e| Error::io("cannot map", path, e))?;
+        Ok(MappedFile { path: path.to_path_buf(), base_offset, map, _file: file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Bytes `[position, position + len)` for reading.
+    ///
+    /// # Safety
+    /// No thread may write these bytes while the slice lives (see the module invariant).
+    pub unsafe fn slice(&self, position: usize, len: usize) -> &[u8] {
+        assert!(position + len <= self.map.len(), "read past the end of {}", self.path.display());
+        // SAFETY: in bounds (asserted); the caller guarantees no concurrent writer.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(position), len) }
+    }
+
+    /// Bytes `[position, position + len)` for writing.
+    ///
+    /// # Safety
+    /// The caller is the file's only writer and no reader reads these bytes until they are
+    /// published (see the module invariant); no other slice of them is alive.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, position: usize, len: usize) -> &mut [u8] {
+        assert!(position + len <= self.map.len(), "write past the end of {}", self.path.display());
+        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(position), len) }
+    }
+
+    /// msyncs `[position, position + len)` to disk.
+    pub fn flush(&self, position: usize, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.map.flush_range(position, len).map_err(|e| Error::io("cannot msync", &self.path, e))
+    }
+}
+
+/// fsyncs a directory so that created, renamed and removed entries survive a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|e| Error::io("cannot sync directory", dir, e))
+}
+
+/// Lists the offset-named files of `dir`, sorted by offset; other names are ignored.
+pub(crate) fn list_offset_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("cannot list", dir, e))?;
+        if let Some(offset) = entry.file_name().to_str().and_then(super::parse_offset_file_name) {
+            files.push((offset, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}

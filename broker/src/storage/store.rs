@@ -1,0 +1,1069 @@
+//! `MessageStore`: opens and recovers the data directory and runs the writer, flusher and
+//! segment-allocator threads behind a bounded append channel.
+//!
+//! The writer thread takes every queued append request it can get (up to
+//! `write_batch_messages_max` messages) per wake-up, writes the records into the commitlog,
+//! writes their consume queue and index entries, then publishes them all at once. In sync
+//! flush mode it hands the batch's completions to the flusher, which msyncs once for every
+//! batch waiting (group commit) before acknowledging; in async mode it acknowledges at once
+//! and the flusher msyncs on an interval.
+//!
+//! **API boundary:** callers get completions through a callback, so the store needs no async
+//! runtime; the broker turns callbacks into futures.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::checkpoint::Checkpoint;
+use super::commit_log::{CommitLog, CommitLogWriter};
+use super::consume_queue::{self, ConsumeQueue};
+use super::file_lock::DataDirLock;
+use super::index::IndexService;
+use super::mapped_file::sync_dir;
+use super::record::{
+    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, TOPIC_BYTES_MAX, tag_hash,
+};
+use crate::error::{Error, Result};
+
+/// When the commitlog reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// Acknowledge after the write; msync every `flush_interval_ms` (RocketMQ ASYNC_FLUSH).
+    Async,
+    /// Acknowledge only after msync; one msync serves every waiting append (SYNC_FLUSH).
+    Sync,
+}
+
+/// Storage settings. Defaults follow RocketMQ where it has one.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Root of every file the store owns.
+    pub data_dir: PathBuf,
+    /// Size of each commitlog segment (RocketMQ: 1 GiB).
+    pub segment_size_bytes: u64,
+    /// Write zeros through new segments before use (off the append path).
+    pub segment_prefault: bool,
+    /// Largest record accepted, header included.
+    pub message_size_max_bytes: usize,
+    pub flush_mode: FlushMode,
+    /// Async mode: msync period. Sync mode: unused for appends.
+    pub flush_interval_ms: u64,
+    /// How often consume queues and index are msynced and the checkpoint written.
+    pub checkpoint_interval_ms: u64,
+    /// Entries per consume queue file (RocketMQ: 300,000 = 6,000,000 bytes).
+    pub consume_queue_entries_per_file: u64,
+    /// Hash slots per index file.
+    pub index_slots: u32,
+    /// Entries per index file.
+    pub index_entries_max: u32,
+    /// Append requests that may wait for the writer; more are refused with `Busy`.
+    pub append_queue_requests_max: usize,
+    /// Most messages the writer takes per wake-up.
+    pub write_batch_messages_max: usize,
+    /// Segments whose last write is older than this are removed (RocketMQ: 72 hours).
+    pub retention_hours: u64,
+    /// Above this used fraction of the data disk, the oldest segments are removed early.
+    pub disk_usage_ratio_max: f64,
+    /// How often retention runs.
+    pub retention_check_interval_ms: u64,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            segment_size_bytes: 1 << 30,
+            segment_prefault: true,
+            message_size_max_bytes: 4 << 20,
+            flush_mode: FlushMode::Async,
+            flush_interval_ms: 500,
+            checkpoint_interval_ms: 1000,
+            consume_queue_entries_per_file: 300_000,
+            index_slots: 1_000_000,
+            index_entries_max: 4_000_000,
+            append_queue_requests_max: 1024,
+            write_batch_messages_max: 4096,
+            retention_hours: 72,
+            disk_usage_ratio_max: 0.85,
+            retention_check_interval_ms: 10_000,
+        }
+    }
+
+    /// Checks ranges and relations between settings.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, reason: String| Err(Error::ConfigInvalid { field, reason });
+        if self.message_size_max_bytes < 1024 {
+            return invalid("message_size_max_bytes", "must be at least 1024".into());
+        }
+        if self.segment_size_bytes < (self.message_size_max_bytes as u64 + 8) || self.segment_size_bytes > (1 << 40) {
+            return invalid(
+                "segment_size_bytes",
+                format!("must be between message_size_max_bytes + 8 ({}) and 1 TiB", self.message_size_max_bytes + 8),
+            );
+        }
+        if self.consume_queue_entries_per_file == 0 || self.consume_queue_entries_per_file > 50_000_000 {
+            return invalid("consume_queue_entries_per_file", "must be 1..=50000000".into());
+        }
+        if self.index_slots == 0 || self.index_entries_max == 0 {
+            return invalid("index_slots", "index_slots and index_entries_max must be positive".into());
+        }
+        if self.append_queue_requests_max == 0 || self.write_batch_messages_max == 0 {
+            return invalid("append_queue_requests_max", "queue and batch maxima must be positive".into());
+        }
+        if self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 || self.retention_check_interval_ms == 0 {
+            return invalid("flush_interval_ms", "intervals must be positive".into());
+        }
+        if !(self.disk_usage_ratio_max > 0.0 && self.disk_usage_ratio_max <= 1.0) {
+            return invalid("disk_usage_ratio_max", format!("{} is not in (0, 1]", self.disk_usage_ratio_max));
+        }
+        Ok(())
+    }
+}
+
+/// Where an appended message landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendedMessage {
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub physical_offset: u64,
+    pub size_bytes: u32,
+    pub store_timestamp_ms: i64,
+}
+
+/// Called once per append request with its outcome, from a storage thread. Must not block.
+pub type AppendDone = Box<dyn FnOnce(Result<Vec<AppendedMessage>>) + Send>;
+
+/// Called from the writer thread after each batch with `(topic, queue id, new max offset)`
+/// for every queue that grew. Must not block.
+pub type DispatchListener = Arc<dyn Fn(&str, u32, u64) + Send + Sync>;
+
+/// The readable range of one queue: `[min_offset, max_offset)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueRange {
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+/// Decides which messages a queue read returns: first by the tag hash in the consume queue
+/// (no commitlog read), then exactly on the decoded message.
+pub trait MessageFilter {
+    fn matches_tag_hash(&self, tag_hash: u64) -> bool;
+    fn matches(&self, message: &MessageRecord) -> bool;
+}
+
+/// Messages read from one queue.
+#[derive(Debug, Default)]
+pub struct QueueRead {
+    pub messages: Vec<MessageRecord>,
+    /// Where the next read should start (past filtered-out entries too).
+    pub next_offset: u64,
+    pub range: QueueRange,
+}
+
+enum Command {
+    Append { messages: Vec<NewMessage>, done: AppendDone },
+    DeleteTopic { topic: String, done: Box<dyn FnOnce(Result<()>) + Send> },
+    Shutdown { clean: bool },
+}
+
+struct FlushRequest {
+    offset: u64,
+    completions: Vec<(AppendDone, Result<Vec<AppendedMessage>>)>,
+}
+
+type QueueMap = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
+
+struct Shared {
+    config: StoreConfig,
+    commit_log: Arc<CommitLog>,
+    queues: RwLock<QueueMap>,
+    index: Mutex<IndexService>,
+    /// Every message below this physical offset is in its consume queue and the index.
+    dispatched_offset: AtomicU64,
+    last_checkpoint: Mutex<Checkpoint>,
+    failed: AtomicBool,
+}
+
+/// The storage engine. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct MessageStore {
+    shared: Arc<Shared>,
+    commands: SyncSender<Command>,
+    closed: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    _lock: DataDirLock,
+}
+
+impl std::fmt::Debug for MessageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageStore").field("data_dir", &self.shared.config.data_dir).finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whether a directory name can be a topic we wrote (guards recovery against strays).
+fn is_topic_dir_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= TOPIC_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-')
+}
+
+impl MessageStore {
+    /// Opens `config.data_dir`, recovering after an unclean shutdown, and starts the threads.
+    pub fn open(config: StoreConfig, listener: Option<DispatchListener>) -> Result<MessageStore> {
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create data directory", &dir, e))?;
+        let lock = DataDirLock::acquire(&dir)?;
+        let abort_path = dir.join("abort");
+        let unclean = abort_path.exists();
+        let checkpoint_path = dir.join("checkpoint");
+        let checkpoint = Checkpoint::load(&checkpoint_path)?;
+        let started = Instant::now();
+
+        let commit_log = Arc::new(CommitLog::open(
+            &dir.join("commitlog"),
+            config.segment_size_bytes,
+            config.message_size_max_bytes,
+        )?);
+        let mut index = IndexService::open(&dir.join("index"), config.index_slots, config.index_entries_max)?;
+        let (queues, rebuild) = load_queues(&config)?;
+        let mut cursors: HashMap<(String, u32), u64> = HashMap::new();
+        for (topic, by_id) in &queues {
+            for (queue_id, queue) in by_id {
+                cursors.insert((topic.clone(), *queue_id), queue.max_offset());
+            }
+        }
+        let mut queues = queues;
+
+        // Recover: re-dispatch from the checkpoint (or everything) and find the log's end.
+        let start = match checkpoint {
+            Some(checkpoint) if !rebuild => checkpoint.dispatched_offset,
+            _ => commit_log.min_offset(),
+        };
+        let mut dispatch_error = None;
+        let mut recovered = 0u64;
+        let outcome = commit_log.scan(start, |message| {
+            if dispatch_error.is_some() {
+                return;
+            }
+            let item = DispatchItem::from_record(message);
+            let result = dispatch(&config, &mut queues, &mut cursors, &mut index, &item);
+            if let Err(error) = result {
+                dispatch_error = Some(error);
+            }
+            recovered += 1;
+        });
+        if let Some(error) = dispatch_error {
+            return Err(error);
+        }
+        let flushed = checkpoint.map_or(0, |c| c.commit_log_flushed_offset);
+        if let Some(reason) = &outcome.stop_reason {
+            if outcome.end_offset < flushed {
+                let path = commit_log.segment_paths().last().cloned().unwrap_or_default();
+                return Err(Error::CommitLogCorrupt {
+                    path,
+                    offset: outcome.end_offset,
+                    reason: format!("{reason}; this is below the last flushed offset {flushed}, so it is not a torn write"),
+                });
+            }
+            tracing::warn!(end_offset = outcome.end_offset, reason = %reason, "truncating a torn commitlog tail");
+        }
+        commit_log.truncate(outcome.end_offset, unclean || outcome.stop_reason.is_some())?;
+        for by_id in queues.values() {
+            for queue in by_id.values() {
+                let key = (queue.topic().to_string(), queue.queue_id());
+                queue.publish(cursors[&key]);
+                queue.trim_to_log_end(outcome.end_offset)?;
+            }
+        }
+        tracing::info!(
+            data_dir = %dir.display(),
+            unclean,
+            start_offset = start,
+            end_offset = outcome.end_offset,
+            recovered_messages = recovered,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "message store recovered"
+        );
+
+        std::fs::write(&abort_path, b"").map_err(|e| Error::io("cannot create", &abort_path, e))?;
+        sync_dir(&dir)?;
+
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            commit_log: commit_log.clone(),
+            queues: RwLock::new(queues),
+            index: Mutex::new(index),
+            dispatched_offset: AtomicU64::new(outcome.end_offset),
+            last_checkpoint: Mutex::new(checkpoint.unwrap_or_default()),
+            failed: AtomicBool::new(false),
+        });
+        let (command_tx, command_rx) = sync_channel(config.append_queue_requests_max);
+        let (flush_tx, flush_rx) = sync_channel(config.append_queue_requests_max);
+        let writer = Writer {
+            shared: shared.clone(),
+            log: CommitLogWriter::new(commit_log, config.segment_prefault),
+            cursors,
+            listener,
+            flush: flush_tx,
+        };
+        let writer_thread = std::thread::Builder::new()
+            .name("weir-store-writer".into())
+            .spawn(move || writer.run(command_rx))
+            .map_err(|e| Error::io("cannot spawn writer thread", &dir, e))?;
+        let flusher_shared = shared.clone();
+        let flusher_thread = std::thread::Builder::new()
+            .name("weir-store-flusher".into())
+            .spawn(move || Flusher::new(flusher_shared).run(flush_rx))
+            .map_err(|e| Error::io("cannot spawn flusher thread", &dir, e))?;
+        Ok(MessageStore {
+            shared,
+            commands: command_tx,
+            closed: AtomicBool::new(false),
+            threads: Mutex::new(vec![writer_thread, flusher_thread]),
+            _lock: lock,
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.config
+    }
+
+    /// Queues `messages` for appending; `done` runs with the outcome once they are written
+    /// (async flush) or durable (sync flush). Returns `Busy` without blocking when
+    /// `append_queue_requests_max` requests are already waiting.
+    pub fn append(&self, messages: Vec<NewMessage>, done: AppendDone) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) || self.shared.failed.load(Ordering::Acquire) {
+            return Err(Error::StoreClosed);
+        }
+        if messages.is_empty() {
+            return Err(Error::BatchInvalid { reason: "no messages".into() });
+        }
+        for message in &messages {
+            message.validate(self.shared.config.message_size_max_bytes)?;
+        }
+        match self.commands.try_send(Command::Append { messages, done }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                Err(Error::Busy { requests_max: self.shared.config.append_queue_requests_max })
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::StoreClosed),
+        }
+    }
+
+    /// Appends and waits for the outcome, blocking the calling thread while the append
+    /// queue is full (not for async code).
+    pub fn append_blocking(&self, messages: Vec<NewMessage>) -> Result<Vec<AppendedMessage>> {
+        if self.closed.load(Ordering::Acquire) || self.shared.failed.load(Ordering::Acquire) {
+            return Err(Error::StoreClosed);
+        }
+        for message in &messages {
+            message.validate(self.shared.config.message_size_max_bytes)?;
+        }
+        let (tx, rx) = sync_channel(1);
+        let done: AppendDone = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        self.commands.send(Command::Append { messages, done }).map_err(|_| Error::StoreClosed)?;
+        rx.recv().map_err(|_| Error::StoreClosed)?
+    }
+
+    /// Reads the message at a commitlog offset.
+    pub fn read(&self, physical_offset: u64) -> Result<MessageRecord> {
+        self.shared.commit_log.read(physical_offset, None)
+    }
+
+    /// `[min, max)` of a queue; `0..0` for a queue never written.
+    pub fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
+        match self.queue(topic, queue_id) {
+            Some(queue) => QueueRange { min_offset: queue.min_offset(), max_offset: queue.max_offset() },
+            None => QueueRange::default(),
+        }
+    }
+
+    fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
+        self.shared.queues.read().expect("queues lock").get(topic)?.get(&queue_id).cloned()
+    }
+
+    /// Reads up to `count_max` messages (and about `bytes_max` bytes; at least one message
+    /// when any matches) from `queue_offset`, looking at no more than `scan_max` entries.
+    pub fn read_queue(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        count_max: usize,
+        bytes_max: usize,
+        scan_max: usize,
+        filter: &dyn MessageFilter,
+    ) -> Result<QueueRead> {
+        let Some(queue) = self.queue(topic, queue_id) else {
+            return Ok(QueueRead { messages: Vec::new(), next_offset: queue_offset, range: QueueRange::default() });
+        };
+        let range = QueueRange { min_offset: queue.min_offset(), max_offset: queue.max_offset() };
+        if queue_offset < range.min_offset {
+            return Err(Error::OffsetBelowMinimum {
+                topic: topic.to_string(),
+                queue_id,
+                offset: queue_offset,
+                min_offset: range.min_offset,
+            });
+        }
+        let mut messages = Vec::new();
+        let mut next = queue_offset;
+        let mut scanned = 0usize;
+        let mut bytes = 0usize;
+        'read: while messages.len() < count_max && scanned < scan_max {
+            let entries = queue.entries(next, (scan_max - scanned).min(256));
+            if entries.is_empty() {
+                break;
+            }
+            for entry in entries {
+                if !filter.matches_tag_hash(entry.tag_hash) {
+                    next += 1;
+                    scanned += 1;
+                    continue;
+                }
+                if !messages.is_empty() && bytes + entry.size_bytes as usize > bytes_max {
+                    break 'read;
+                }
+                let message = self.read_entry(&queue, next, entry)?;
+                next += 1;
+                scanned += 1;
+                if filter.matches(&message) {
+                    bytes += entry.size_bytes as usize;
+                    messages.push(message);
+                    if messages.len() >= count_max {
+                        break 'read;
+                    }
+                }
+            }
+        }
+        Ok(QueueRead { messages, next_offset: next, range })
+    }
+
+    fn read_entry(&self, queue: &ConsumeQueue, queue_offset: u64, entry: consume_queue::Entry) -> Result<MessageRecord> {
+        let log = &self.shared.commit_log;
+        if entry.physical_offset < log.min_offset() {
+            return Err(Error::OffsetBelowMinimum {
+                topic: queue.topic().to_string(),
+                queue_id: queue.queue_id(),
+                offset: queue_offset,
+                min_offset: queue.min_offset().max(queue_offset + 1),
+            });
+        }
+        let corrupt = |reason: String| Error::ConsumeQueueCorrupt {
+            topic: queue.topic().to_string(),
+            queue_id: queue.queue_id(),
+            queue_offset,
+            reason,
+        };
+        let message = log.read(entry.physical_offset, Some(entry.size_bytes)).map_err(|error| match error {
+            Error::CommitLogCorrupt { offset, reason, .. } => {
+                corrupt(format!("entry points at physical offset {offset}, which is not a valid record: {reason}"))
+            }
+            other => other,
+        })?;
+        if message.topic != queue.topic() || message.queue_id != queue.queue_id() || message.queue_offset != queue_offset {
+            return Err(corrupt(format!(
+                "entry points at {}/{} offset {}",
+                message.topic, message.queue_id, message.queue_offset
+            )));
+        }
+        Ok(message)
+    }
+
+    /// Messages whose `KEYS` include `key`, newest first, at most `results_max`.
+    pub fn lookup_key(&self, topic: &str, key: &str, results_max: usize) -> Result<Vec<MessageRecord>> {
+        self.lookup(topic, key, results_max, |message| message.keys().any(|k| k == key))
+    }
+
+    /// The message with this unique id, if it is still stored.
+    pub fn lookup_unique_id(&self, topic: &str, unique_id: &str) -> Result<Option<MessageRecord>> {
+        Ok(self.lookup(topic, unique_id, 1, |message| message.unique_id() == Some(unique_id))?.pop())
+    }
+
+    fn lookup(
+        &self,
+        topic: &str,
+        key: &str,
+        results_max: usize,
+        is_match: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<Vec<MessageRecord>> {
+        let hash = IndexService::key_hash(topic, key);
+        let candidates = self.shared.index.lock().expect("index lock").lookup(hash, results_max.saturating_mul(4).max(16));
+        let log = &self.shared.commit_log;
+        let mut found = Vec::new();
+        for offset in candidates {
+            if offset < log.min_offset() || offset >= log.max_offset() {
+                continue;
+            }
+            match log.read(offset, None) {
+                Ok(message) if message.topic == topic && is_match(&message) => found.push(message),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(offset, %error, "index points at an unreadable record"),
+            }
+            if found.len() >= results_max {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The first queue offset whose message was stored at or after `timestamp_ms`
+    /// (the max offset when none was).
+    pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64> {
+        let Some(queue) = self.queue(topic, queue_id) else { return Ok(0) };
+        let (mut low, mut high) = (queue.min_offset(), queue.max_offset());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let Some(entry) = queue.entry(middle) else {
+                low = middle + 1;
+                continue;
+            };
+            match self.read_entry(&queue, middle, entry) {
+                Ok(message) if message.store_timestamp_ms < timestamp_ms => low = middle + 1,
+                Ok(_) => high = middle,
+                Err(error) if error.is_offset_below_minimum() => low = middle + 1,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(low)
+    }
+
+    /// Every (topic, queue id) with a consume queue.
+    pub fn queues(&self) -> Vec<(String, u32)> {
+        let queues = self.shared.queues.read().expect("queues lock");
+        let mut all: Vec<_> = queues
+            .iter()
+            .flat_map(|(topic, by_id)| by_id.keys().map(move |id| (topic.clone(), *id)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Removes a topic's consume queues (its messages stay in the commitlog until retention).
+    pub fn delete_topic(&self, topic: &str, done: Box<dyn FnOnce(Result<()>) + Send>) -> Result<()> {
+        self.commands
+            .try_send(Command::DeleteTopic { topic: topic.to_string(), done })
+            .map_err(|error| match error {
+                TrySendError::Full(_) => Error::Busy { requests_max: self.shared.config.append_queue_requests_max },
+                TrySendError::Disconnected(_) => Error::StoreClosed,
+            })
+    }
+
+    /// `[min, max)` of the commitlog and its flushed offset.
+    pub fn commit_log_offsets(&self) -> (u64, u64, u64) {
+        let log = &self.shared.commit_log;
+        (log.min_offset(), log.max_offset(), log.flushed_offset())
+    }
+
+    /// Runs retention now (it also runs every `retention_check_interval_ms`); segments last
+    /// modified before `now - retention_hours` go. Returns the number of segments removed.
+    pub fn remove_expired(&self, now: SystemTime) -> Result<usize> {
+        remove_expired(&self.shared, now)
+    }
+
+    /// Flushes everything, writes the checkpoint, stops the threads and marks the shutdown
+    /// clean. Appends queued before the call are completed first.
+    pub fn close(&self) -> Result<()> {
+        self.stop(true)
+    }
+
+    /// Stops the threads as a crash would: no final flush, no checkpoint, `abort` stays.
+    /// For crash tests; bytes already written stay in the files (as after `kill -9`).
+    #[doc(hidden)]
+    pub fn crash(&self) {
+        let _ = self.stop(false);
+    }
+
+    fn stop(&self, clean: bool) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _ = self.commands.send(Command::Shutdown { clean });
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a storage thread panicked");
+            }
+        }
+        if !clean {
+            return Ok(());
+        }
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(Error::StoreClosed);
+        }
+        checkpoint(&self.shared)?;
+        let abort_path = self.shared.config.data_dir.join("abort");
+        std::fs::remove_file(&abort_path).map_err(|e| Error::io("cannot remove", &abort_path, e))?;
+        sync_dir(&self.shared.config.data_dir)?;
+        tracing::info!(data_dir = %self.shared.config.data_dir.display(), "message store closed cleanly");
+        Ok(())
+    }
+}
+
+impl Drop for MessageStore {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop(true) {
+            tracing::error!(%error, "message store did not close cleanly");
+        }
+    }
+}
+
+fn load_queues(config: &StoreConfig) -> Result<(QueueMap, bool)> {
+    let root = config.data_dir.join("consumequeue");
+    std::fs::create_dir_all(&root).map_err(|e| Error::io("cannot create", &root, e))?;
+    let mut queues = QueueMap::new();
+    let mut rebuild = false;
+    let topics = std::fs::read_dir(&root).map_err(|e| Error::io("cannot list", &root, e))?;
+    for topic_entry in topics {
+        let topic_entry = topic_entry.map_err(|e| Error::io("cannot list", &root, e))?;
+        let Some(topic) = topic_entry.file_name().to_str().map(str::to_string) else { continue };
+        if !is_topic_dir_name(&topic) || !topic_entry.path().is_dir() {
+            continue;
+        }
+        let queue_dirs = std::fs::read_dir(topic_entry.path()).map_err(|e| Error::io("cannot list", topic_entry.path(), e))?;
+        for queue_entry in queue_dirs {
+            let queue_entry = queue_entry.map_err(|e| Error::io("cannot list", topic_entry.path(), e))?;
+            let Some(queue_id) = queue_entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let path = queue_entry.path();
+            let opened = ConsumeQueue::open(
+                &path,
+                &topic,
+                queue_id,
+                config.consume_queue_entries_per_file,
+                config.message_size_max_bytes,
+            )?;
+            let queue = match opened {
+                Some(queue) => queue,
+                None => {
+                    rebuild = true;
+                    std::fs::remove_dir_all(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
+                    ConsumeQueue::open(&path, &topic, queue_id, config.consume_queue_entries_per_file, config.message_size_max_bytes)?
+                        .expect("an empty queue is consistent")
+                }
+            };
+            queues.entry(topic.clone()).or_default().insert(queue_id, Arc::new(queue));
+        }
+    }
+    Ok((queues, rebuild))
+}
+
+/// What dispatch needs to know of one written message.
+struct DispatchItem<'a> {
+    topic: &'a str,
+    queue_id: u32,
+    queue_offset: u64,
+    physical_offset: u64,
+    size_bytes: u32,
+    tag: Option<&'a str>,
+    keys: Option<&'a str>,
+    unique_id: Option<&'a str>,
+    store_timestamp_ms: i64,
+}
+
+impl<'a> DispatchItem<'a> {
+    fn from_record(message: &'a MessageRecord) -> Self {
+        DispatchItem {
+            topic: &message.topic,
+            queue_id: message.queue_id,
+            queue_offset: message.queue_offset,
+            physical_offset: message.physical_offset,
+            size_bytes: message.size_bytes,
+            tag: message.property(PROPERTY_TAGS),
+            keys: message.property(PROPERTY_KEYS),
+            unique_id: message.property(PROPERTY_UNIQUE_ID),
+            store_timestamp_ms: message.store_timestamp_ms,
+        }
+    }
+}
+
+/// Writes one message's consume queue entry and index entries (recovery path).
+fn dispatch(
+    config: &StoreConfig,
+    queues: &mut QueueMap,
+    cursors: &mut HashMap<(String, u32), u64>,
+    index: &mut IndexService,
+    item: &DispatchItem<'_>,
+) -> Result<()> {
+    let queue = match queues.get(item.topic).and_then(|by_id| by_id.get(&item.queue_id)) {
+        Some(queue) => queue.clone(),
+        None => {
+            let queue = Arc::new(open_new_queue(config, item.topic, item.queue_id)?);
+            queues.entry(item.topic.to_string()).or_default().insert(item.queue_id, queue.clone());
+            queue
+        }
+    };
+    let cursor = cursors.entry((item.topic.to_string(), item.queue_id)).or_insert(0);
+    let entry = consume_queue::Entry {
+        physical_offset: item.physical_offset,
+        size_bytes: item.size_bytes,
+        tag_hash: tag_hash(item.tag),
+    };
+    queue.put(item.queue_offset, entry, cursor)?;
+    index_message(index, item)
+}
+
+fn index_message(index: &mut IndexService, item: &DispatchItem<'_>) -> Result<()> {
+    for key in item.keys.unwrap_or("").split(' ').filter(|key| !key.is_empty()) {
+        index.insert(IndexService::key_hash(item.topic, key), item.physical_offset, item.store_timestamp_ms)?;
+    }
+    if let Some(unique_id) = item.unique_id.filter(|id| !id.is_empty()) {
+        index.insert(IndexService::key_hash(item.topic, unique_id), item.physical_offset, item.store_timestamp_ms)?;
+    }
+    Ok(())
+}
+
+fn open_new_queue(config: &StoreConfig, topic: &str, queue_id: u32) -> Result<ConsumeQueue> {
+    let dir = config.data_dir.join("consumequeue").join(topic).join(queue_id.to_string());
+    let queue = ConsumeQueue::open(&dir, topic, queue_id, config.consume_queue_entries_per_file, config.message_size_max_bytes)?;
+    Ok(queue.expect("a new queue is consistent"))
+}
+
+/// The writer thread's state.
+struct Writer {
+    shared: Arc<Shared>,
+    log: CommitLogWriter,
+    /// The next queue offset of every queue (the unpublished truth).
+    cursors: HashMap<(String, u32), u64>,
+    listener: Option<DispatchListener>,
+    flush: SyncSender<FlushRequest>,
+}
+
+impl Writer {
+    fn run(mut self, commands: Receiver<Command>) {
+        let mut batch: Vec<Command> = Vec::new();
+        let mut touched: Vec<(Arc<ConsumeQueue>, u64)> = Vec::new();
+        'run: while let Ok(first) = commands.recv() {
+            let mut messages = command_messages(&first);
+            batch.push(first);
+            while messages < self.shared.config.write_batch_messages_max {
+                match commands.try_recv() {
+                    Ok(command) => {
+                        messages += command_messages(&command);
+                        batch.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut completions = Vec::new();
+            let mut shutdown = None;
+            for command in batch.drain(..) {
+                match command {
+                    Command::Append { messages, done } => {
+                        let result = self.write(&messages, &mut touched);
+                        if let Err(error) = &result {
+                            tracing::error!(%error, "commitlog write failed; the store stops accepting appends");
+                            self.shared.failed.store(true, Ordering::Release);
+                        }
+                        completions.push((done, result));
+                    }
+                    Command::DeleteTopic { topic, done } => {
+                        self.publish(&mut touched);
+                        done(self.delete_topic(&topic));
+                    }
+                    Command::Shutdown { clean } => {
+                        shutdown = Some(clean);
+                        break;
+                    }
+                }
+            }
+            self.publish(&mut touched);
+            match self.shared.config.flush_mode {
+                FlushMode::Async => {
+                    for (done, result) in completions {
+                        done(result);
+                    }
+                }
+                FlushMode::Sync if !completions.is_empty() => {
+                    let request = FlushRequest { offset: self.log.position(), completions };
+                    if let Err(unsent) = self.flush.send(request) {
+                        for (done, _) in unsent.0.completions {
+                            done(Err(Error::StoreClosed));
+                        }
+                    }
+                }
+                FlushMode::Sync => {}
+            }
+            if let Some(clean) = shutdown {
+                if !clean {
+                    // A simulated crash: forget everything still queued.
+                    while let Ok(command) = commands.try_recv() {
+                        fail_command(command);
+                    }
+                }
+                break 'run;
+            }
+            if self.shared.failed.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        // Refuse whatever is still queued (a shutdown or a failure ended the loop).
+        while let Ok(command) = commands.try_recv() {
+            fail_command(command);
+        }
+    }
+
+    fn write(&mut self, messages: &[NewMessage], touched: &mut Vec<(Arc<ConsumeQueue>, u64)>) -> Result<Vec<AppendedMessage>> {
+        let store_timestamp_ms = now_ms();
+        let mut appended = Vec::with_capacity(messages.len());
+        let shared = self.shared.clone();
+        let mut index = shared.index.lock().expect("index lock");
+        for message in messages {
+            let queue = writer_queue(&shared, &message.topic, message.queue_id, touched)?;
+            let cursor = self.cursors.entry((message.topic.clone(), message.queue_id)).or_insert(0);
+            let queue_offset = *cursor;
+            let (physical_offset, size_bytes) = self.log.append(message, queue_offset, store_timestamp_ms)?;
+            let item = DispatchItem {
+                topic: &message.topic,
+                queue_id: message.queue_id,
+                queue_offset,
+                physical_offset,
+                size_bytes,
+                tag: message.property(PROPERTY_TAGS),
+                keys: message.property(PROPERTY_KEYS),
+                unique_id: message.property(PROPERTY_UNIQUE_ID),
+                store_timestamp_ms,
+            };
+            let entry = consume_queue::Entry { physical_offset, size_bytes, tag_hash: tag_hash(item.tag) };
+            queue.put(queue_offset, entry, cursor)?;
+            index_message(&mut index, &item)?;
+            match touched.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
+                Some(slot) => slot.1 = *cursor,
+                None => touched.push((queue, *cursor)),
+            }
+            appended.push(AppendedMessage {
+                queue_id: message.queue_id,
+                queue_offset,
+                physical_offset,
+                size_bytes,
+                store_timestamp_ms,
+            });
+        }
+        metrics::counter!("weir_store_appended_messages_total").increment(messages.len() as u64);
+        metrics::counter!("weir_store_appended_bytes_total")
+            .increment(appended.iter().map(|a| u64::from(a.size_bytes)).sum());
+        Ok(appended)
+    }
+
+    /// Makes the written records readable: commitlog first, then consume queues.
+    fn publish(&mut self, touched: &mut Vec<(Arc<ConsumeQueue>, u64)>) {
+        self.log.publish();
+        for (queue, max_offset) in touched.iter() {
+            queue.publish(*max_offset);
+        }
+        self.shared.dispatched_offset.store(self.log.position(), Ordering::Release);
+        if let Some(listener) = &self.listener {
+            for (queue, max_offset) in touched.iter() {
+                listener(queue.topic(), queue.queue_id(), *max_offset);
+            }
+        }
+        touched.clear();
+    }
+
+    fn delete_topic(&mut self, topic: &str) -> Result<()> {
+        let removed = self.shared.queues.write().expect("queues lock").remove(topic);
+        self.cursors.retain(|(t, _), _| t != topic);
+        if let Some(by_id) = removed {
+            if let Some(queue) = by_id.values().next() {
+                if let Some(topic_dir) = queue.dir().parent() {
+                    std::fs::remove_dir_all(topic_dir).map_err(|e| Error::io("cannot remove", topic_dir, e))?;
+                }
+            }
+        }
+        // Checkpoint now so recovery never re-dispatches the deleted topic's old messages.
+        checkpoint(&self.shared)
+    }
+}
+
+/// The consume queue the writer appends to, created on first use.
+fn writer_queue(
+    shared: &Shared,
+    topic: &str,
+    queue_id: u32,
+    touched: &[(Arc<ConsumeQueue>, u64)],
+) -> Result<Arc<ConsumeQueue>> {
+    if let Some((queue, _)) = touched.iter().find(|(q, _)| q.queue_id() == queue_id && q.topic() == topic) {
+        return Ok(queue.clone());
+    }
+    if let Some(queue) = shared.queues.read().expect("queues lock").get(topic).and_then(|m| m.get(&queue_id)) {
+        return Ok(queue.clone());
+    }
+    let queue = Arc::new(open_new_queue(&shared.config, topic, queue_id)?);
+    shared.queues.write().expect("queues lock").entry(topic.to_string()).or_default().insert(queue_id, queue.clone());
+    Ok(queue)
+}
+
+fn command_messages(command: &Command) -> usize {
+    match command {
+        Command::Append { messages, .. } => messages.len(),
+        _ => 1,
+    }
+}
+
+fn fail_command(command: Command) {
+    match command {
+        Command::Append { done, .. } => done(Err(Error::StoreClosed)),
+        Command::DeleteTopic { done, .. } => done(Err(Error::StoreClosed)),
+        Command::Shutdown { .. } => {}
+    }
+}
+
+/// msyncs commitlog, consume queues and index up to the dispatched offset, then records it.
+fn checkpoint(shared: &Shared) -> Result<()> {
+    // Held throughout so the writer (topic deletion) and the flusher never interleave.
+    let mut last = shared.last_checkpoint.lock().expect("checkpoint lock");
+    let dispatched = shared.dispatched_offset.load(Ordering::Acquire);
+    let flushed = shared.commit_log.flush_to(dispatched)?;
+    let queues: Vec<Arc<ConsumeQueue>> =
+        shared.queues.read().expect("queues lock").values().flat_map(|m| m.values().cloned()).collect();
+    for queue in queues {
+        queue.flush()?;
+    }
+    shared.index.lock().expect("index lock").flush()?;
+    let checkpoint = Checkpoint { commit_log_flushed_offset: flushed, dispatched_offset: dispatched, timestamp_ms: now_ms() };
+    checkpoint.store(&shared.config.data_dir.join("checkpoint"))?;
+    *last = checkpoint;
+    Ok(())
+}
+
+fn disk_usage_ratio(path: &Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 || stats.f_blocks == 0 {
+        return None;
+    }
+    let used = stats.f_blocks.saturating_sub(stats.f_bavail);
+    Some(used as f64 / stats.f_blocks as f64)
+}
+
+fn remove_expired(shared: &Shared, now: SystemTime) -> Result<usize> {
+    let retention = Duration::from_secs(shared.config.retention_hours * 3600);
+    let data_dir = shared.config.data_dir.clone();
+    let ratio_max = shared.config.disk_usage_ratio_max;
+    let removed = shared.commit_log.remove_oldest_segments(|path| {
+        let too_old = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified + retention <= now);
+        let disk_full = disk_usage_ratio(&data_dir).is_some_and(|ratio| ratio > ratio_max);
+        if disk_full && !too_old {
+            tracing::warn!(path = %path.display(), "disk usage above disk_usage_ratio_max; removing the oldest segment early");
+        }
+        too_old || disk_full
+    })?;
+    if removed > 0 {
+        let log_min = shared.commit_log.min_offset();
+        let queues: Vec<Arc<ConsumeQueue>> =
+            shared.queues.read().expect("queues lock").values().flat_map(|m| m.values().cloned()).collect();
+        for queue in queues {
+            queue.remove_below(log_min)?;
+        }
+        shared.index.lock().expect("index lock").remove_below(log_min)?;
+    }
+    Ok(removed)
+}
+
+/// The flusher thread: group-commit msyncs in sync mode, interval msyncs in async mode,
+/// checkpoints and retention in both.
+struct Flusher {
+    shared: Arc<Shared>,
+    last_checkpoint: Instant,
+    last_retention: Instant,
+}
+
+impl Flusher {
+    fn new(shared: Arc<Shared>) -> Self {
+        Flusher { shared, last_checkpoint: Instant::now(), last_retention: Instant::now() }
+    }
+
+    fn run(mut self, requests: Receiver<FlushRequest>) {
+        let config = self.shared.config.clone();
+        let tick = Duration::from_millis(config.flush_interval_ms.min(config.checkpoint_interval_ms));
+        loop {
+            match requests.recv_timeout(tick) {
+                Ok(first) => {
+                    let mut pending = vec![first];
+                    while let Ok(more) = requests.try_recv() {
+                        pending.push(more);
+                    }
+                    self.group_commit(pending);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if config.flush_mode == FlushMode::Async {
+                        let target = self.shared.commit_log.max_offset();
+                        if let Err(error) = self.shared.commit_log.flush_to(target) {
+                            self.fail(&error);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.maintain();
+        }
+    }
+
+    fn group_commit(&mut self, pending: Vec<FlushRequest>) {
+        let target = pending.iter().map(|request| request.offset).max().unwrap_or(0);
+        let started = Instant::now();
+        let flushed = self.shared.commit_log.flush_to(target);
+        metrics::histogram!("weir_store_flush_seconds").record(started.elapsed().as_secs_f64());
+        match flushed {
+            Ok(flushed) => {
+                assert!(flushed >= target, "group commit must cover every waiting append");
+                for request in pending {
+                    for (done, result) in request.completions {
+                        done(result);
+                    }
+                }
+            }
+            Err(error) => {
+                self.fail(&error);
+                for request in pending {
+                    for (done, _) in request.completions {
+                        done(Err(Error::StoreClosed));
+                    }
+                }
+            }
+        }
+    }
+
+    fn maintain(&mut self) {
+        let config = &self.shared.config;
+        if self.last_checkpoint.elapsed() >= Duration::from_millis(config.checkpoint_interval_ms) {
+            self.last_checkpoint = Instant::now();
+            let dispatched = self.shared.dispatched_offset.load(Ordering::Acquire);
+            let previous = self.shared.last_checkpoint.lock().expect("checkpoint lock").dispatched_offset;
+            if dispatched != previous {
+                if let Err(error) = checkpoint(&self.shared) {
+                    self.fail(&error);
+                }
+            }
+        }
+        if self.last_retention.elapsed() >= Duration::from_millis(config.retention_check_interval_ms) {
+            self.last_retention = Instant::now();
+            if let Err(error) = remove_expired(&self.shared, SystemTime::now()) {
+                tracing::error!(%error, "retention failed");
+            }
+        }
+    }
+
+    fn fail(&self, error: &Error) {
+        tracing::error!(%error, "flush failed; the store stops accepting appends");
+        self.shared.failed.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,2 @@
+//! The `weir` binary (placeholder until the CLI lands in this change series).
+fn main() {}
