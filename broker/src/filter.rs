@@ -9,7 +9,10 @@ use crate::storage::{MessageFilter, MessageRecord, tag_hash};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TagExpression {
     All,
-    Tags { tags: HashSet<String>, hashes: HashSet<u64> },
+    Tags {
+        tags: HashSet<String>,
+        hashes: HashSet<u64>,
+    },
 }
 
 impl TagExpression {
@@ -68,12 +71,15 @@ mod tests {
 
     #[test]
     fn parse_cases() {
-        let check = |expression: &str, tag: Option<&str>, expected: Option<bool>| {
-            match (TagExpression::parse(expression), expected) {
-                (Ok(parsed), Some(expected)) => assert_eq!(parsed.matches_tag(tag), expected, "{expression} {tag:?}"),
-                (Err(_), None) => {}
-                (other, expected) => panic!("{expression}: got {other:?}, expected {expected:?}"),
+        let check = |expression: &str, tag: Option<&str>, expected: Option<bool>| match (
+            TagExpression::parse(expression),
+            expected,
+        ) {
+            (Ok(parsed), Some(expected)) => {
+                assert_eq!(parsed.matches_tag(tag), expected, "{expression} {tag:?}")
             }
+            (Err(_), None) => {}
+            (other, expected) => panic!("{expression}: got {other:?}, expected {expected:?}"),
         };
         check("*", None, Some(true));
         check("", Some("A"), Some(true));

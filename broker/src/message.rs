@@ -2,15 +2,20 @@
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::storage::{MessageRecord, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
 
 /// Property names the broker sets itself; user properties may not use them.
-pub const RESERVED_PROPERTIES: &[&str] = &[PROPERTY_TAGS, PROPERTY_KEYS, PROPERTY_UNIQUE_ID, "SHARDING_KEY"];
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    PROPERTY_TAGS,
+    PROPERTY_KEYS,
+    PROPERTY_UNIQUE_ID,
+    "SHARDING_KEY",
+];
 
 /// A message to send.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,7 +35,11 @@ pub struct Message {
 
 impl Message {
     pub fn new(topic: impl Into<String>, body: impl Into<Vec<u8>>) -> Self {
-        Message { topic: topic.into(), body: body.into(), ..Message::default() }
+        Message {
+            topic: topic.into(),
+            body: body.into(),
+            ..Message::default()
+        }
     }
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
         self.tag = Some(tag.into());
@@ -52,7 +61,11 @@ impl Message {
     /// Checks tag, keys and property names; the broker calls this before storing.
     pub fn validate(&self) -> Result<()> {
         if let Some(tag) = &self.tag {
-            if tag.is_empty() || tag.contains("||") || tag.contains(char::is_whitespace) || tag == "*" {
+            if tag.is_empty()
+                || tag.contains("||")
+                || tag.contains(char::is_whitespace)
+                || tag == "*"
+            {
                 return Err(Error::PropertyInvalid {
                     name: PROPERTY_TAGS.into(),
                     reason: "a tag is non-empty, not `*`, and holds no whitespace or `||`",
@@ -69,7 +82,10 @@ impl Message {
         }
         for name in self.properties.keys() {
             if RESERVED_PROPERTIES.contains(&name.as_str()) {
-                return Err(Error::PropertyInvalid { name: name.clone(), reason: "reserved for the broker" });
+                return Err(Error::PropertyInvalid {
+                    name: name.clone(),
+                    reason: "reserved for the broker",
+                });
             }
         }
         Ok(())
@@ -140,13 +156,22 @@ pub fn new_message_id() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nonce = *NONCE.get_or_init(|| {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
         hasher.finish() as u32
     });
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id() as u16;
-    format!("{:012X}{pid:04X}{nonce:08X}{counter:08X}", now_ms & 0xFFFF_FFFF_FFFF)
+    format!(
+        "{:012X}{pid:04X}{nonce:08X}{counter:08X}",
+        now_ms & 0xFFFF_FFFF_FFFF
+    )
 }
 
 #[cfg(test)]
@@ -172,6 +197,12 @@ mod tests {
         for message in cases {
             assert!(message.validate().is_err(), "{message:?}");
         }
-        assert!(Message::new("t", "x").with_tag("A").with_key("k1").validate().is_ok());
+        assert!(
+            Message::new("t", "x")
+                .with_tag("A")
+                .with_key("k1")
+                .validate()
+                .is_ok()
+        );
     }
 }

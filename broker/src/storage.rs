@@ -103,8 +103,8 @@ pub use record::{
     tag_hash,
 };
 pub use store::{
-    AppendDone, AppendedMessage, DispatchListener, FlushMode, MessageFilter, MessageStore, QueueRange,
-    QueueRead, StoreConfig,
+    AppendDone, AppendedMessage, DispatchListener, FlushMode, MessageFilter, MessageStore,
+    QueueRange, QueueRead, StoreConfig,
 };
 
 /// FNV-1a 64-bit hash: stable across versions and processes, so it can live in files.

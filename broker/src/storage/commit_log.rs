@@ -26,6 +26,8 @@ pub(crate) struct CommitLog {
     write_offset: AtomicU64,
     flushed_offset: AtomicU64,
     flush_lock: Mutex<()>,
+    /// Set when the last segment file was shorter than a segment: where its bytes ended.
+    truncated_at: Option<u64>,
 }
 
 /// Result of scanning the log during recovery.
@@ -39,9 +41,14 @@ pub(crate) struct ScanOutcome {
 impl CommitLog {
     /// Opens the segments under `dir` (creating the first when there is none). The log is not
     /// readable until `recover` has found its end.
-    pub fn open(dir: &Path, segment_size_bytes: u64, message_size_max_bytes: usize) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        segment_size_bytes: u64,
+        message_size_max_bytes: usize,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         let files = list_offset_files(dir)?;
+        let mut truncated_at = None;
         let mut segments = Vec::with_capacity(files.len());
         for (index, (base, path)) in files.iter().enumerate() {
             if base % segment_size_bytes != 0 {
@@ -61,11 +68,29 @@ impl CommitLog {
                 }
             }
             let is_last = index + 1 == files.len();
-            segments.push(Arc::new(MappedFile::open(path, *base, segment_size_bytes, is_last)?));
+            if is_last {
+                let len = std::fs::metadata(path)
+                    .map_err(|e| Error::io("cannot stat", path, e))?
+                    .len();
+                if len < segment_size_bytes {
+                    truncated_at = Some(base + len);
+                }
+            }
+            segments.push(Arc::new(MappedFile::open(
+                path,
+                *base,
+                segment_size_bytes,
+                is_last,
+            )?));
         }
         if segments.is_empty() {
             let path = dir.join(super::offset_file_name(0));
-            segments.push(Arc::new(MappedFile::create(&path, 0, segment_size_bytes, false)?));
+            segments.push(Arc::new(MappedFile::create(
+                &path,
+                0,
+                segment_size_bytes,
+                false,
+            )?));
         }
         let min = segments[0].base_offset();
         Ok(CommitLog {
@@ -76,17 +101,32 @@ impl CommitLog {
             write_offset: AtomicU64::new(min),
             flushed_offset: AtomicU64::new(min),
             flush_lock: Mutex::new(()),
+            truncated_at,
         })
     }
 
     /// The first readable physical offset.
     pub fn min_offset(&self) -> u64 {
-        self.segments.read().expect("segments lock").first().map_or(0, |s| s.base_offset())
+        self.segments
+            .read()
+            .expect("segments lock")
+            .first()
+            .map_or(0, |s| s.base_offset())
     }
 
     /// The end of the readable log.
     pub fn max_offset(&self) -> u64 {
         self.write_offset.load(Ordering::Acquire)
+    }
+
+    /// Where a short last segment file ended, if it was short (bytes after it are lost).
+    pub fn truncated_at(&self) -> Option<u64> {
+        self.truncated_at
+    }
+
+    /// The segment start at or below `offset`.
+    pub fn segment_base(&self, offset: u64) -> u64 {
+        offset - offset % self.segment_size_bytes
     }
 
     pub fn flushed_offset(&self) -> u64 {
@@ -104,7 +144,12 @@ impl CommitLog {
     }
 
     fn last_segment(&self) -> Arc<MappedFile> {
-        self.segments.read().expect("segments lock").last().cloned().expect("at least one segment")
+        self.segments
+            .read()
+            .expect("segments lock")
+            .last()
+            .cloned()
+            .expect("at least one segment")
     }
 
     /// Reads the message at `physical_offset`; `size_hint` (from a consume queue) bounds the
@@ -116,15 +161,24 @@ impl CommitLog {
                 what: format!("physical offset {physical_offset} is at or past the log end {end}"),
             });
         }
-        let segment = self.segment_for(physical_offset).ok_or_else(|| Error::MessageNotFound {
-            what: format!("physical offset {physical_offset} is below the log start {}", self.min_offset()),
-        })?;
+        let segment = self
+            .segment_for(physical_offset)
+            .ok_or_else(|| Error::MessageNotFound {
+                what: format!(
+                    "physical offset {physical_offset} is below the log start {}",
+                    self.min_offset()
+                ),
+            })?;
         let position = (physical_offset - segment.base_offset()) as usize;
         let readable = (end - physical_offset).min((segment.len() - position) as u64) as usize;
         let len = match size_hint {
             Some(size) if (size as usize) <= readable => size as usize,
             Some(size) => {
-                return Err(self.corrupt(&segment, physical_offset, format!("size {size} runs past the log end")));
+                return Err(self.corrupt(
+                    &segment,
+                    physical_offset,
+                    format!("size {size} runs past the log end"),
+                ));
             }
             None => readable,
         };
@@ -141,24 +195,38 @@ impl CommitLog {
     }
 
     fn corrupt(&self, segment: &MappedFile, offset: u64, reason: String) -> Error {
-        Error::CommitLogCorrupt { path: segment.path().to_path_buf(), offset, reason }
+        Error::CommitLogCorrupt {
+            path: segment.path().to_path_buf(),
+            offset,
+            reason,
+        }
     }
 
     /// Scans from `start_offset` validating every record, calling `on_message` for each valid
     /// one, until the first invalid bytes: that is the end of the log. Run before any reader.
-    pub fn scan(&self, start_offset: u64, mut on_message: impl FnMut(&MessageRecord)) -> ScanOutcome {
+    pub fn scan(
+        &self,
+        start_offset: u64,
+        mut on_message: impl FnMut(&MessageRecord),
+    ) -> ScanOutcome {
         let mut offset = start_offset.max(self.min_offset());
         let last = self.last_segment();
         offset = offset.min(last.base_offset() + self.segment_size_bytes);
         loop {
             let Some(segment) = self.segment_for(offset) else {
-                return ScanOutcome { end_offset: offset, stop_reason: None };
+                return ScanOutcome {
+                    end_offset: offset,
+                    stop_reason: None,
+                };
             };
             let position = (offset - segment.base_offset()) as usize;
             // SAFETY: recovery runs before the writer thread and readers exist.
             let bytes = unsafe { segment.slice(position, segment.len() - position) };
             if bytes.len() >= 4 && bytes[..8.min(bytes.len())].iter().all(|b| *b == 0) {
-                return ScanOutcome { end_offset: offset, stop_reason: None };
+                return ScanOutcome {
+                    end_offset: offset,
+                    stop_reason: None,
+                };
             }
             match record::decode(bytes, offset, self.message_size_max_bytes) {
                 Decoded::Message(message) => {
@@ -167,7 +235,10 @@ impl CommitLog {
                 }
                 Decoded::EndOfSegment => offset = segment.base_offset() + self.segment_size_bytes,
                 Decoded::Invalid(reason) => {
-                    return ScanOutcome { end_offset: offset, stop_reason: Some(reason) };
+                    return ScanOutcome {
+                        end_offset: offset,
+                        stop_reason: Some(reason),
+                    };
                 }
             }
         }
@@ -180,7 +251,8 @@ impl CommitLog {
         while segments.len() > 1 && segments.last().expect("non-empty").base_offset() > end_offset {
             let removed = segments.pop().expect("non-empty");
             tracing::warn!(path = %removed.path().display(), end_offset, "removing a segment past the end of the log");
-            std::fs::remove_file(removed.path()).map_err(|e| Error::io("cannot remove", removed.path(), e))?;
+            std::fs::remove_file(removed.path())
+                .map_err(|e| Error::io("cannot remove", removed.path(), e))?;
         }
         sync_dir(&self.dir)?;
         let last = segments.last().expect("non-empty").clone();
@@ -211,10 +283,15 @@ impl CommitLog {
         let target = offset.min(self.max_offset());
         let mut from = self.flushed_offset();
         while from < target {
-            let Some(segment) = self.segment_for(from) else { break };
+            let Some(segment) = self.segment_for(from) else {
+                break;
+            };
             let segment_end = segment.base_offset() + segment.len() as u64;
             let to = target.min(segment_end);
-            segment.flush((from - segment.base_offset()) as usize, (to - from) as usize)?;
+            segment.flush(
+                (from - segment.base_offset()) as usize,
+                (to - from) as usize,
+            )?;
             from = to;
         }
         if from > self.flushed_offset() {
@@ -239,7 +316,8 @@ impl CommitLog {
             }
             segments.remove(0);
             drop(segments);
-            std::fs::remove_file(first.path()).map_err(|e| Error::io("cannot remove", first.path(), e))?;
+            std::fs::remove_file(first.path())
+                .map_err(|e| Error::io("cannot remove", first.path(), e))?;
             tracing::info!(path = %first.path().display(), "retention removed a commitlog segment");
             removed += 1;
         }
@@ -251,7 +329,12 @@ impl CommitLog {
 
     /// Paths of all segments, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        self.segments.read().expect("segments lock").iter().map(|s| s.path().to_path_buf()).collect()
+        self.segments
+            .read()
+            .expect("segments lock")
+            .iter()
+            .map(|s| s.path().to_path_buf())
+            .collect()
     }
 
     fn publish(&self, offset: u64) {
@@ -272,7 +355,11 @@ impl CommitLogWriter {
     pub fn new(log: Arc<CommitLog>, prefault: bool) -> Self {
         let position = log.max_offset();
         let allocator = SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, prefault);
-        let mut writer = CommitLogWriter { log, position, allocator };
+        let mut writer = CommitLogWriter {
+            log,
+            position,
+            allocator,
+        };
         let next = writer.current_segment_end();
         writer.allocator.request(next);
         writer
@@ -290,7 +377,12 @@ impl CommitLogWriter {
 
     /// Writes `message` at the end of the log (rolling to a new segment when it does not fit)
     /// and returns its physical offset and size. The bytes stay invisible until `publish`.
-    pub fn append(&mut self, message: &NewMessage, queue_offset: u64, store_timestamp_ms: i64) -> Result<(u64, u32)> {
+    pub fn append(
+        &mut self,
+        message: &NewMessage,
+        queue_offset: u64,
+        store_timestamp_ms: i64,
+    ) -> Result<(u64, u32)> {
         let size = message.encoded_len();
         assert!(
             (size + END_MARKER_BYTES) as u64 <= self.log.segment_size_bytes,
@@ -302,7 +394,10 @@ impl CommitLogWriter {
         if self.position + (size + END_MARKER_BYTES) as u64 > segment_end {
             let remaining = (segment_end - self.position) as usize;
             if remaining > 0 {
-                assert!(remaining >= END_MARKER_BYTES, "a record always leaves room for the marker");
+                assert!(
+                    remaining >= END_MARKER_BYTES,
+                    "a record always leaves room for the marker"
+                );
                 let position = (self.position - segment.base_offset()) as usize;
                 // SAFETY: the writer owns the unpublished tail; readers stop at write_offset.
                 let out = unsafe { segment.slice_mut(position, END_MARKER_BYTES) };
@@ -316,7 +411,11 @@ impl CommitLogWriter {
         let position = (physical_offset - segment.base_offset()) as usize;
         // SAFETY: as above, this range is beyond the published write offset.
         let out = unsafe { segment.slice_mut(position, size) };
-        let placement = Placement { queue_offset, physical_offset, store_timestamp_ms };
+        let placement = Placement {
+            queue_offset,
+            physical_offset,
+            store_timestamp_ms,
+        };
         record::encode_into(message, placement, out);
         self.position += size as u64;
         debug_assert!(self.position <= segment_end);
@@ -325,7 +424,11 @@ impl CommitLogWriter {
 
     fn roll(&mut self, base: u64) -> Result<Arc<MappedFile>> {
         let segment = Arc::new(self.allocator.take(base)?);
-        self.log.segments.write().expect("segments lock").push(segment.clone());
+        self.log
+            .segments
+            .write()
+            .expect("segments lock")
+            .push(segment.clone());
         self.allocator.request(base + self.log.segment_size_bytes);
         tracing::debug!(base, "commitlog rolled to a new segment");
         Ok(segment)

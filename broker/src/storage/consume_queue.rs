@@ -40,7 +40,8 @@ impl Entry {
     }
 
     fn is_plausible(&self, message_size_max_bytes: usize) -> bool {
-        (self.size_bytes as usize) >= RECORD_BYTES_MIN && (self.size_bytes as usize) <= message_size_max_bytes
+        (self.size_bytes as usize) >= RECORD_BYTES_MIN
+            && (self.size_bytes as usize) <= message_size_max_bytes
     }
 }
 
@@ -69,8 +70,12 @@ impl ConsumeQueue {
         let file_bytes = entries_per_file * ENTRY_BYTES as u64;
         let mut files = Vec::new();
         for (first_offset, path) in list_offset_files(dir)? {
-            let expected_first = files.last().map(|f: &Arc<MappedFile>| f.base_offset() + entries_per_file);
-            let size = std::fs::metadata(&path).map_err(|e| Error::io("cannot stat", &path, e))?.len();
+            let expected_first = files
+                .last()
+                .map(|f: &Arc<MappedFile>| f.base_offset() + entries_per_file);
+            let size = std::fs::metadata(&path)
+                .map_err(|e| Error::io("cannot stat", &path, e))?
+                .len();
             if first_offset % entries_per_file != 0
                 || expected_first.is_some_and(|expected| expected != first_offset)
                 || size != file_bytes
@@ -78,7 +83,12 @@ impl ConsumeQueue {
                 tracing::warn!(topic, queue_id, path = %path.display(), "consume queue file is inconsistent; rebuilding the queue");
                 return Ok(None);
             }
-            files.push(Arc::new(MappedFile::open(&path, first_offset, file_bytes, false)?));
+            files.push(Arc::new(MappedFile::open(
+                &path,
+                first_offset,
+                file_bytes,
+                false,
+            )?));
         }
         let queue = ConsumeQueue {
             topic: topic.to_string(),
@@ -90,25 +100,45 @@ impl ConsumeQueue {
             max_offset: AtomicU64::new(0),
             flushed_offset: AtomicU64::new(0),
         };
-        let Some(last) = files.last().cloned() else {
-            return Ok(Some(queue));
-        };
         // Count the valid entries of the last file: a non-decreasing run of plausible entries.
-        let mut count = 0u64;
-        let mut previous_end = 0u64;
-        while count < entries_per_file {
-            // SAFETY: no writer or reader exists yet.
-            let entry = Entry::decode(unsafe { last.slice(count as usize * ENTRY_BYTES, ENTRY_BYTES) });
-            if entry.size_bytes == 0 && entry.physical_offset == 0 && entry.tag_hash == 0 {
+        // An empty last file after a non-empty one (its entries were trimmed or never made it
+        // to disk) is removed, and the one before it is counted instead.
+        let mut count;
+        loop {
+            let Some(last) = files.last().cloned() else {
+                return Ok(Some(queue));
+            };
+            count = 0u64;
+            let mut previous_end = 0u64;
+            while count < entries_per_file {
+                // SAFETY: no writer or reader exists yet.
+                let entry =
+                    Entry::decode(unsafe { last.slice(count as usize * ENTRY_BYTES, ENTRY_BYTES) });
+                if entry.size_bytes == 0 && entry.physical_offset == 0 && entry.tag_hash == 0 {
+                    break;
+                }
+                if !entry.is_plausible(message_size_max_bytes)
+                    || entry.physical_offset < previous_end
+                {
+                    tracing::warn!(
+                        topic,
+                        queue_id,
+                        queue_offset = last.base_offset() + count,
+                        "implausible consume queue entry; rebuilding the queue"
+                    );
+                    return Ok(None);
+                }
+                previous_end = entry.physical_offset + u64::from(entry.size_bytes);
+                count += 1;
+            }
+            if count > 0 || files.len() == 1 {
                 break;
             }
-            if !entry.is_plausible(message_size_max_bytes) || entry.physical_offset < previous_end {
-                tracing::warn!(topic, queue_id, queue_offset = last.base_offset() + count, "implausible consume queue entry; rebuilding the queue");
-                return Ok(None);
-            }
-            previous_end = entry.physical_offset + u64::from(entry.size_bytes);
-            count += 1;
+            files.pop();
+            std::fs::remove_file(last.path())
+                .map_err(|e| Error::io("cannot remove", last.path(), e))?;
         }
+        let last = files.last().cloned().expect("at least one file");
         let first_base = files[0].base_offset();
         let max = last.base_offset() + count;
         *queue.files.write().expect("files lock") = files;
@@ -145,7 +175,9 @@ impl ConsumeQueue {
         if queue_offset < first {
             return None;
         }
-        files.get(((queue_offset - first) / self.entries_per_file) as usize).cloned()
+        files
+            .get(((queue_offset - first) / self.entries_per_file) as usize)
+            .cloned()
     }
 
     /// Reads up to `count_max` published entries starting at `queue_offset` (fewer at a file
@@ -155,7 +187,9 @@ impl ConsumeQueue {
         if queue_offset >= max || count_max == 0 {
             return Vec::new();
         }
-        let Some(file) = self.file_for(queue_offset) else { return Vec::new() };
+        let Some(file) = self.file_for(queue_offset) else {
+            return Vec::new();
+        };
         let file_end = file.base_offset() + self.entries_per_file;
         let end = max.min(file_end).min(queue_offset + count_max as u64);
         let count = (end - queue_offset) as usize;
@@ -211,10 +245,19 @@ impl ConsumeQueue {
     fn add_file(&self, queue_offset: u64) -> Result<Arc<MappedFile>> {
         let base = queue_offset - queue_offset % self.entries_per_file;
         let path = self.dir.join(super::offset_file_name(base));
-        let file = Arc::new(MappedFile::create(&path, base, self.entries_per_file * ENTRY_BYTES as u64, false)?);
+        let file = Arc::new(MappedFile::create(
+            &path,
+            base,
+            self.entries_per_file * ENTRY_BYTES as u64,
+            false,
+        )?);
         let mut files = self.files.write().expect("files lock");
         if let Some(last) = files.last() {
-            assert_eq!(last.base_offset() + self.entries_per_file, base, "consume queue files are contiguous");
+            assert_eq!(
+                last.base_offset() + self.entries_per_file,
+                base,
+                "consume queue files are contiguous"
+            );
         }
         files.push(file.clone());
         Ok(file)
@@ -230,7 +273,9 @@ impl ConsumeQueue {
         let mut max = self.max_offset();
         let min = self.min_offset();
         while max > min {
-            let Some(entry) = self.entries(max - 1, 1).pop() else { break };
+            let Some(entry) = self.entries(max - 1, 1).pop() else {
+                break;
+            };
             if entry.physical_offset + u64::from(entry.size_bytes) <= log_end {
                 break;
             }
@@ -243,7 +288,10 @@ impl ConsumeQueue {
         if max < self.max_offset() {
             tracing::warn!(topic = %self.topic, queue_id = self.queue_id, max_offset = max, "trimmed consume queue to the commitlog end");
             self.max_offset.store(max, Ordering::Release);
-            self.flushed_offset.store(self.flushed_offset.load(Ordering::Acquire).min(max), Ordering::Release);
+            self.flushed_offset.store(
+                self.flushed_offset.load(Ordering::Acquire).min(max),
+                Ordering::Release,
+            );
         }
         Ok(())
     }
@@ -251,9 +299,14 @@ impl ConsumeQueue {
     /// msyncs the entries written since the last flush.
     pub fn flush(&self) -> Result<()> {
         let max = self.max_offset();
-        let mut from = self.flushed_offset.load(Ordering::Acquire).max(self.min_offset());
+        let mut from = self
+            .flushed_offset
+            .load(Ordering::Acquire)
+            .max(self.min_offset());
         while from < max {
-            let Some(file) = self.file_for(from) else { break };
+            let Some(file) = self.file_for(from) else {
+                break;
+            };
             let to = max.min(file.base_offset() + self.entries_per_file);
             let position = (from - file.base_offset()) as usize * ENTRY_BYTES;
             file.flush(position, (to - from) as usize * ENTRY_BYTES)?;
@@ -275,14 +328,17 @@ impl ConsumeQueue {
             let first = files[0].clone();
             let last_of_first = first.base_offset() + self.entries_per_file - 1;
             drop(files);
-            let Some(entry) = self.entries(last_of_first, 1).pop() else { break };
+            let Some(entry) = self.entries(last_of_first, 1).pop() else {
+                break;
+            };
             if entry.physical_offset >= log_min {
                 break;
             }
             files = self.files.write().expect("files lock");
             files.remove(0);
             drop(files);
-            std::fs::remove_file(first.path()).map_err(|e| Error::io("cannot remove", first.path(), e))?;
+            std::fs::remove_file(first.path())
+                .map_err(|e| Error::io("cannot remove", first.path(), e))?;
         }
         sync_dir(&self.dir)?;
         // Binary search the first entry at or past log_min.
@@ -301,6 +357,10 @@ impl ConsumeQueue {
     }
 
     fn first_file_base(&self) -> u64 {
-        self.files.read().expect("files lock").first().map_or(0, |f| f.base_offset())
+        self.files
+            .read()
+            .expect("files lock")
+            .first()
+            .map_or(0, |f| f.base_offset())
     }
 }

@@ -29,7 +29,10 @@ pub(crate) struct MappedFile {
 
 impl std::fmt::Debug for MappedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedFile").field("path", &self.path).field("base", &self.base_offset).finish()
+        f.debug_struct("MappedFile")
+            .field("path", &self.path)
+            .field("base", &self.base_offset)
+            .finish()
     }
 }
 
@@ -53,12 +56,15 @@ impl MappedFile {
             let mut written = 0u64;
             while written < size_bytes {
                 let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
-                file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", path, e))?;
+                file.write_all(&zeros[..chunk])
+                    .map_err(|e| Error::io("cannot preallocate", path, e))?;
                 written += chunk as u64;
             }
-            file.sync_data().map_err(|e| Error::io("cannot sync", path, e))?;
+            file.sync_data()
+                .map_err(|e| Error::io("cannot sync", path, e))?;
         } else {
-            file.set_len(size_bytes).map_err(|e| Error::io("cannot size", path, e))?;
+            file.set_len(size_bytes)
+                .map_err(|e| Error::io("cannot size", path, e))?;
         }
         std::fs::rename(&temp_path, path).map_err(|e| Error::io("cannot rename into", path, e))?;
         if let Some(parent) = path.parent() {
@@ -75,7 +81,10 @@ impl MappedFile {
             .write(true)
             .open(path)
             .map_err(|e| Error::io("cannot open", path, e))?;
-        let actual = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?.len();
+        let actual = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat", path, e))?
+            .len();
         if actual != size_bytes {
             if !(extend && actual < size_bytes) {
                 return Err(Error::CommitLogCorrupt {
@@ -85,19 +94,33 @@ impl MappedFile {
                 });
             }
             tracing::warn!(path = %path.display(), actual, size_bytes, "extending a truncated file");
-            file.set_len(size_bytes).map_err(|e| Error::io("cannot extend", path, e))?;
+            file.set_len(size_bytes)
+                .map_err(|e| Error::io("cannot extend", path, e))?;
         }
         Self::map(path, file, base_offset, size_bytes, false)
     }
 
-    fn map(path: &Path, file: File, base_offset: u64, size_bytes: u64, populate: bool) -> Result<Self> {
+    fn map(
+        path: &Path,
+        file: File,
+        base_offset: u64,
+        size_bytes: u64,
+        populate: bool,
+    ) -> Result<Self> {
         let mut options = MmapOptions::new();
         options.len(size_bytes as usize);
         if populate {
             options.populate();
         }
-        let map = options.map_raw(&file).map_err(|e| Error::io("cannot map", path, e))?;
-        Ok(MappedFile { path: path.to_path_buf(), base_offset, map, _file: file })
+        let map = options
+            .map_raw(&file)
+            .map_err(|e| Error::io("cannot map", path, e))?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            base_offset,
+            map,
+            _file: file,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -117,7 +140,11 @@ impl MappedFile {
     /// # Safety
     /// No thread may write these bytes while the slice lives (see the module invariant).
     pub unsafe fn slice(&self, position: usize, len: usize) -> &[u8] {
-        assert!(position + len <= self.map.len(), "read past the end of {}", self.path.display());
+        assert!(
+            position + len <= self.map.len(),
+            "read past the end of {}",
+            self.path.display()
+        );
         // SAFETY: in bounds (asserted); the caller guarantees no concurrent writer.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(position), len) }
     }
@@ -129,7 +156,11 @@ impl MappedFile {
     /// published (see the module invariant); no other slice of them is alive.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, position: usize, len: usize) -> &mut [u8] {
-        assert!(position + len <= self.map.len(), "write past the end of {}", self.path.display());
+        assert!(
+            position + len <= self.map.len(),
+            "write past the end of {}",
+            self.path.display()
+        );
         // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(position), len) }
     }
@@ -139,7 +170,9 @@ impl MappedFile {
         if len == 0 {
             return Ok(());
         }
-        self.map.flush_range(position, len).map_err(|e| Error::io("cannot msync", &self.path, e))
+        self.map
+            .flush_range(position, len)
+            .map_err(|e| Error::io("cannot msync", &self.path, e))
     }
 }
 
@@ -160,7 +193,11 @@ pub(crate) fn list_offset_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("cannot list", dir, e))?;
-        if let Some(offset) = entry.file_name().to_str().and_then(super::parse_offset_file_name) {
+        if let Some(offset) = entry
+            .file_name()
+            .to_str()
+            .and_then(super::parse_offset_file_name)
+        {
             files.push((offset, entry.path()));
         }
     }
