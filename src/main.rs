@@ -1,2 +1,104 @@
-//! The `weir` binary (placeholder until the CLI lands in this change series).
-fn main() {}
+//! The `weir` binary: command-line parsing, logging setup, and wiring to the crates.
+
+mod admin;
+mod bench;
+mod crash_writer;
+mod tour;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Weir: a RocketMQ-style message broker with connectors and streaming SQL.
+#[derive(Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// Data directory of the embedded broker.
+    #[arg(long, global = true, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `weir_broker=debug`.
+    #[arg(long, global = true, default_value = "warn", env = "WEIR_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A short tour: create a topic, send, consume, query by key.
+    Tour,
+    /// Create, list, describe or delete topics.
+    #[command(subcommand)]
+    Topic(admin::TopicCommand),
+    /// Send one message (or one per stdin line).
+    Send(admin::SendArgs),
+    /// Consume a topic as a consumer group, committing offsets.
+    Consume(admin::ConsumeArgs),
+    /// Look messages up.
+    #[command(subcommand)]
+    Message(admin::MessageCommand),
+    /// Show or reset consumer group offsets.
+    #[command(subcommand)]
+    Group(admin::GroupCommand),
+    /// Benchmarks that print one JSON line with a same-run baseline.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Tools for tests.
+    #[command(subcommand, hide = true)]
+    Debug(crash_writer::DebugCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            match error.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = error.print();
+                    return ExitCode::SUCCESS;
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = error.print();
+                    return ExitCode::from(2);
+                }
+                _ => {}
+            }
+            // One line: clap's first line already starts with `error:`.
+            let rendered = error.render().to_string();
+            eprintln!("{} (see --help)", rendered.lines().next().unwrap_or("error: invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let data_dir = cli.data_dir;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Tour => tour::run(&data_dir).await,
+            Command::Topic(command) => admin::topic(&data_dir, command).await,
+            Command::Send(args) => admin::send(&data_dir, args).await,
+            Command::Consume(args) => admin::consume(&data_dir, args).await,
+            Command::Message(command) => admin::message(&data_dir, command).await,
+            Command::Group(command) => admin::group(&data_dir, command).await,
+            Command::Bench(command) => bench::run(command).await,
+            Command::Debug(command) => crash_writer::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -19,8 +19,8 @@ use crate::filter::TagExpression;
 use crate::message::{Message, SendResult, StoredMessage, new_message_id};
 use crate::offsets::OffsetTable;
 use crate::storage::{
-    DispatchListener, MessageStore, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID,
-    QueueRange, StoreConfig,
+    DispatchListener, MessageStore, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, QueueRange,
+    ReadLimits, StoreConfig,
 };
 use crate::topic::{TopicConfig, TopicTable, validate_group_name, validate_topic_name};
 
@@ -122,12 +122,15 @@ pub enum OffsetReset {
     Timestamp(i64),
 }
 
+/// Long-poll wake-ups per (topic, queue id), created when a pull first waits on a queue.
+type Waiters = Mutex<HashMap<(String, u32), Arc<Notify>>>;
+
 struct Inner {
     config: BrokerConfig,
     store: Arc<MessageStore>,
     topics: TopicTable,
     offsets: Arc<OffsetTable>,
-    waiters: Arc<Mutex<HashMap<(String, u32), Arc<Notify>>>>,
+    waiters: Arc<Waiters>,
     append_permits: Arc<Semaphore>,
     round_robin: Mutex<HashMap<String, Arc<AtomicU32>>>,
     born_host: SocketAddr,
@@ -142,23 +145,19 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker")
-            .field("data_dir", &self.inner.config.store.data_dir)
-            .finish()
+        f.debug_struct("Broker").field("data_dir", &self.inner.config.store.data_dir).finish()
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Broker {
     /// Opens (and recovers) the data directory. Blocking: call it before serving, or from
     /// `spawn_blocking`.
     pub fn open(config: BrokerConfig) -> Result<Broker> {
-        let waiters: Arc<Mutex<HashMap<(String, u32), Arc<Notify>>>> = Arc::default();
+        let waiters: Arc<Waiters> = Arc::default();
         let listener_waiters = waiters.clone();
         let listener: DispatchListener = Arc::new(move |topic, queue_id, _max_offset| {
             let waiters = listener_waiters.lock().expect("waiters lock");
@@ -171,8 +170,7 @@ impl Broker {
         });
         let store = Arc::new(MessageStore::open(config.store.clone(), Some(listener))?);
         let config_dir = config.store.data_dir.join("config");
-        std::fs::create_dir_all(&config_dir)
-            .map_err(|e| Error::io("cannot create", &config_dir, e))?;
+        std::fs::create_dir_all(&config_dir).map_err(|e| Error::io("cannot create", &config_dir, e))?;
         let topics = TopicTable::load(config_dir.join("topics.json"))?;
         let offsets = Arc::new(OffsetTable::load(config_dir.join("consumer_offsets.json"))?);
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -181,9 +179,7 @@ impl Broker {
         let persister = std::thread::Builder::new()
             .name("weir-offset-persist".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stop_rx.recv_timeout(interval)
-                {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
                     if let Err(error) = persist_offsets.persist() {
                         tracing::error!(%error, "cannot persist consumer offsets");
                     }
@@ -266,33 +262,22 @@ impl Broker {
     fn topic_for_send(&self, name: &str) -> Result<TopicConfig> {
         if let Some(config) = self.inner.topics.get(name) {
             if !config.permission.writable {
-                return Err(Error::TopicPermissionDenied {
-                    topic: name.to_string(),
-                    operation: "writable",
-                });
+                return Err(Error::TopicPermissionDenied { topic: name.to_string(), operation: "writable" });
             }
             return Ok(config);
         }
         validate_topic_name(name)?;
         if !self.inner.config.auto_create_topics {
-            return Err(Error::TopicNotFound {
-                topic: name.to_string(),
-            });
+            return Err(Error::TopicNotFound { topic: name.to_string() });
         }
         let config = TopicConfig::new(name, self.inner.config.default_queue_count);
         match self.inner.topics.put(config.clone(), true) {
             Ok(()) => {
-                tracing::info!(
-                    topic = name,
-                    queues = config.queue_count,
-                    "auto-created topic"
-                );
+                tracing::info!(topic = name, queues = config.queue_count, "auto-created topic");
                 Ok(config)
             }
             Err(Error::TopicExists { .. }) => {
-                self.inner.topics.get(name).ok_or(Error::TopicNotFound {
-                    topic: name.to_string(),
-                })
+                self.inner.topics.get(name).ok_or(Error::TopicNotFound { topic: name.to_string() })
             }
             Err(error) => Err(error),
         }
@@ -300,9 +285,7 @@ impl Broker {
 
     fn select_queue(&self, topic: &TopicConfig, sharding_key: Option<&str>) -> u32 {
         match sharding_key {
-            Some(key) => {
-                (crate::storage::fnv1a_64(key.as_bytes()) % u64::from(topic.queue_count)) as u32
-            }
+            Some(key) => (crate::storage::fnv1a_64(key.as_bytes()) % u64::from(topic.queue_count)) as u32,
             None => {
                 let counter = {
                     let mut counters = self.inner.round_robin.lock().expect("round robin lock");
@@ -328,10 +311,7 @@ impl Broker {
     pub async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>> {
         if messages.is_empty() || messages.len() > SEND_BATCH_MESSAGES_MAX {
             return Err(Error::BatchInvalid {
-                reason: format!(
-                    "{} messages; a batch holds 1..={SEND_BATCH_MESSAGES_MAX}",
-                    messages.len()
-                ),
+                reason: format!("{} messages; a batch holds 1..={SEND_BATCH_MESSAGES_MAX}", messages.len()),
             });
         }
         let born_timestamp_ms = now_ms();
@@ -378,17 +358,8 @@ impl Broker {
     }
 
     /// Appends store-ready messages, waiting for room in the append queue (backpressure).
-    pub async fn append(
-        &self,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<crate::storage::AppendedMessage>> {
-        let permit = self
-            .inner
-            .append_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::StoreClosed)?;
+    pub async fn append(&self, messages: Vec<NewMessage>) -> Result<Vec<crate::storage::AppendedMessage>> {
+        let permit = self.inner.append_permits.clone().acquire_owned().await.map_err(|_| Error::StoreClosed)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.inner.store.append(
             messages,
@@ -411,14 +382,9 @@ impl Broker {
             .inner
             .topics
             .get(&request.topic)
-            .ok_or_else(|| Error::TopicNotFound {
-                topic: request.topic.clone(),
-            })?;
+            .ok_or_else(|| Error::TopicNotFound { topic: request.topic.clone() })?;
         if !topic.permission.readable {
-            return Err(Error::TopicPermissionDenied {
-                topic: topic.name,
-                operation: "readable",
-            });
+            return Err(Error::TopicPermissionDenied { topic: topic.name, operation: "readable" });
         }
         if request.queue_id >= topic.queue_count {
             return Err(Error::QueueNotFound {
@@ -429,30 +395,18 @@ impl Broker {
         }
         let filter = Arc::new(TagExpression::parse(&request.tag_expression)?);
         let messages_max = request.messages_max.clamp(1, PULL_MESSAGES_MAX);
-        let deadline =
-            tokio::time::Instant::now() + request.long_poll_timeout.min(LONG_POLL_TIMEOUT_MAX);
+        let deadline = tokio::time::Instant::now() + request.long_poll_timeout.min(LONG_POLL_TIMEOUT_MAX);
         let mut offset = request.queue_offset;
         loop {
-            let notify = (!request.long_poll_timeout.is_zero())
-                .then(|| self.waiter(&request.topic, request.queue_id));
+            let notify = (!request.long_poll_timeout.is_zero()).then(|| self.waiter(&request.topic, request.queue_id));
             let notified = notify.as_ref().map(|n| n.notified());
             let mut notified = notified.map(Box::pin);
             if let Some(notified) = notified.as_mut() {
                 notified.as_mut().enable();
             }
-            let result = self
-                .pull_once(
-                    &request.topic,
-                    request.queue_id,
-                    offset,
-                    messages_max,
-                    filter.clone(),
-                )
-                .await?;
-            let waiting_helps = matches!(
-                result.status,
-                PullStatus::NoNewMessage | PullStatus::NoMatchedMessage
-            ) && result.next_offset >= result.max_offset;
+            let result = self.pull_once(&request.topic, request.queue_id, offset, messages_max, filter.clone()).await?;
+            let waiting_helps = matches!(result.status, PullStatus::NoNewMessage | PullStatus::NoMatchedMessage)
+                && result.next_offset >= result.max_offset;
             let Some(notified) = notified.filter(|_| waiting_helps) else {
                 return Ok(result);
             };
@@ -471,10 +425,7 @@ impl Broker {
 
     fn waiter(&self, topic: &str, queue_id: u32) -> Arc<Notify> {
         let mut waiters = self.inner.waiters.lock().expect("waiters lock");
-        waiters
-            .entry((topic.to_string(), queue_id))
-            .or_default()
-            .clone()
+        waiters.entry((topic.to_string(), queue_id)).or_default().clone()
     }
 
     async fn pull_once(
@@ -492,49 +443,24 @@ impl Broker {
         let read = tokio::task::spawn_blocking(move || {
             let range = store.queue_range(&topic_name, queue_id);
             if offset < range.min_offset {
-                return Ok((
-                    PullStatus::OffsetTooSmall,
-                    Vec::new(),
-                    range.min_offset,
-                    range,
-                ));
+                return Ok((PullStatus::OffsetTooSmall, Vec::new(), range.min_offset, range));
             }
             if offset > range.max_offset {
-                return Ok((
-                    PullStatus::OffsetTooLarge,
-                    Vec::new(),
-                    range.max_offset,
-                    range,
-                ));
+                return Ok((PullStatus::OffsetTooLarge, Vec::new(), range.max_offset, range));
             }
             if offset == range.max_offset {
                 return Ok((PullStatus::NoNewMessage, Vec::new(), offset, range));
             }
-            match store.read_queue(
-                &topic_name,
-                queue_id,
-                offset,
-                messages_max,
-                bytes_max,
-                scan_max,
-                filter.as_ref(),
-            ) {
+            let limits = ReadLimits { messages_max, bytes_max, scan_entries_max: scan_max };
+            match store.read_queue(&topic_name, queue_id, offset, limits, filter.as_ref()) {
                 Ok(read) => {
-                    let status = if read.messages.is_empty() {
-                        PullStatus::NoMatchedMessage
-                    } else {
-                        PullStatus::Found
-                    };
+                    let status =
+                        if read.messages.is_empty() { PullStatus::NoMatchedMessage } else { PullStatus::Found };
                     Ok((status, read.messages, read.next_offset, read.range))
                 }
                 Err(Error::OffsetBelowMinimum { min_offset, .. }) => {
                     let range = store.queue_range(&topic_name, queue_id);
-                    Ok((
-                        PullStatus::OffsetTooSmall,
-                        Vec::new(),
-                        min_offset.max(range.min_offset),
-                        range,
-                    ))
+                    Ok((PullStatus::OffsetTooSmall, Vec::new(), min_offset.max(range.min_offset), range))
                 }
                 Err(error) => Err(error),
             }
@@ -559,27 +485,11 @@ impl Broker {
     }
 
     /// Records a group's consume progress (the next offset to consume).
-    pub fn commit_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-    ) -> Result<()> {
+    pub fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()> {
         validate_group_name(group)?;
-        let config = self
-            .inner
-            .topics
-            .get(topic)
-            .ok_or_else(|| Error::TopicNotFound {
-                topic: topic.to_string(),
-            })?;
+        let config = self.inner.topics.get(topic).ok_or_else(|| Error::TopicNotFound { topic: topic.to_string() })?;
         if queue_id >= config.queue_count {
-            return Err(Error::QueueNotFound {
-                topic: topic.to_string(),
-                queue_id,
-                queue_count: config.queue_count,
-            });
+            return Err(Error::QueueNotFound { topic: topic.to_string(), queue_id, queue_count: config.queue_count });
         }
         self.inner.offsets.commit(group, topic, queue_id, offset);
         Ok(())
@@ -600,20 +510,9 @@ impl Broker {
     }
 
     /// Moves a group's offsets on every queue of a topic; returns the new offsets.
-    pub async fn reset_offsets(
-        &self,
-        group: &str,
-        topic: &str,
-        to: OffsetReset,
-    ) -> Result<Vec<(u32, u64)>> {
+    pub async fn reset_offsets(&self, group: &str, topic: &str, to: OffsetReset) -> Result<Vec<(u32, u64)>> {
         validate_group_name(group)?;
-        let config = self
-            .inner
-            .topics
-            .get(topic)
-            .ok_or_else(|| Error::TopicNotFound {
-                topic: topic.to_string(),
-            })?;
+        let config = self.inner.topics.get(topic).ok_or_else(|| Error::TopicNotFound { topic: topic.to_string() })?;
         let store = self.inner.store.clone();
         let topic_name = topic.to_string();
         let offsets = tokio::task::spawn_blocking(move || {
@@ -623,9 +522,7 @@ impl Broker {
                     let offset = match to {
                         OffsetReset::Earliest => Ok(range.min_offset),
                         OffsetReset::Latest => Ok(range.max_offset),
-                        OffsetReset::Timestamp(ms) => {
-                            store.offset_for_timestamp(&topic_name, queue_id, ms)
-                        }
+                        OffsetReset::Timestamp(ms) => store.offset_for_timestamp(&topic_name, queue_id, ms),
                     };
                     offset.map(|offset| (queue_id, offset))
                 })
@@ -642,19 +539,12 @@ impl Broker {
     // ----- queries -----
 
     /// Messages with this key, newest first.
-    pub async fn query_by_key(
-        &self,
-        topic: &str,
-        key: &str,
-        results_max: usize,
-    ) -> Result<Vec<StoredMessage>> {
+    pub async fn query_by_key(&self, topic: &str, key: &str, results_max: usize) -> Result<Vec<StoredMessage>> {
         let store = self.inner.store.clone();
         let (topic, key) = (topic.to_string(), key.to_string());
-        let found = tokio::task::spawn_blocking(move || {
-            store.lookup_key(&topic, &key, results_max.clamp(1, 1024))
-        })
-        .await
-        .map_err(|_| Error::StoreClosed)??;
+        let found = tokio::task::spawn_blocking(move || store.lookup_key(&topic, &key, results_max.clamp(1, 1024)))
+            .await
+            .map_err(|_| Error::StoreClosed)??;
         Ok(found.into_iter().map(StoredMessage::from).collect())
     }
 
@@ -667,9 +557,7 @@ impl Broker {
             .map_err(|_| Error::StoreClosed)??;
         found
             .map(StoredMessage::from)
-            .ok_or_else(|| Error::MessageNotFound {
-                what: format!("message id {message_id}"),
-            })
+            .ok_or_else(|| Error::MessageNotFound { what: format!("message id {message_id}") })
     }
 
     /// The message at a commitlog offset.
@@ -682,18 +570,11 @@ impl Broker {
     }
 
     /// The first offset of a queue stored at or after `timestamp_ms`.
-    pub async fn offset_for_timestamp(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        timestamp_ms: i64,
-    ) -> Result<u64> {
+    pub async fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64> {
         let store = self.inner.store.clone();
         let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || {
-            store.offset_for_timestamp(&topic, queue_id, timestamp_ms)
-        })
-        .await
-        .map_err(|_| Error::StoreClosed)?
+        tokio::task::spawn_blocking(move || store.offset_for_timestamp(&topic, queue_id, timestamp_ms))
+            .await
+            .map_err(|_| Error::StoreClosed)?
     }
 }

@@ -19,19 +19,8 @@ pub trait Messaging: Send + Sync {
     async fn send(&self, message: Message) -> Result<SendResult>;
     async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>>;
     async fn pull(&self, request: PullRequest) -> Result<PullResult>;
-    async fn commit_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-    ) -> Result<()>;
-    async fn committed_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-    ) -> Result<Option<u64>>;
+    async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()>;
+    async fn committed_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>>;
     async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<QueueRange>;
 }
 
@@ -42,9 +31,7 @@ impl Messaging for Broker {
             Some(existing) => Ok(existing),
             None => match self.create_topic(config.clone()) {
                 Ok(()) => Ok(config),
-                Err(crate::Error::TopicExists { .. }) => {
-                    Ok(Broker::topic(self, &config.name).unwrap_or(config))
-                }
+                Err(crate::Error::TopicExists { .. }) => Ok(Broker::topic(self, &config.name).unwrap_or(config)),
                 Err(error) => Err(error),
             },
         }
@@ -61,21 +48,10 @@ impl Messaging for Broker {
     async fn pull(&self, request: PullRequest) -> Result<PullResult> {
         Broker::pull(self, request).await
     }
-    async fn commit_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-    ) -> Result<()> {
+    async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()> {
         Broker::commit_offset(self, group, topic, queue_id, offset)
     }
-    async fn committed_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-    ) -> Result<Option<u64>> {
+    async fn committed_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
         Ok(Broker::committed_offset(self, group, topic, queue_id))
     }
     async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<QueueRange> {

@@ -26,17 +26,10 @@ pub enum Error {
     TopicConfigInvalid { topic: String, reason: String },
     /// The topic's permission forbids the operation.
     #[error("topic {topic:?} is not {operation}")]
-    TopicPermissionDenied {
-        topic: String,
-        operation: &'static str,
-    },
+    TopicPermissionDenied { topic: String, operation: &'static str },
     /// A queue id beyond the topic's queue count.
     #[error("queue {queue_id} does not exist in topic {topic:?} ({queue_count} queues)")]
-    QueueNotFound {
-        topic: String,
-        queue_id: u32,
-        queue_count: u32,
-    },
+    QueueNotFound { topic: String, queue_id: u32, queue_count: u32 },
     /// The encoded message is over the configured limit.
     #[error("message of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
     MessageTooLarge { size_bytes: usize, max_bytes: usize },
@@ -51,18 +44,10 @@ pub enum Error {
     BatchInvalid { reason: String },
     /// A tag subscription expression that does not parse.
     #[error("invalid tag expression {expression:?}: {reason}")]
-    TagExpressionInvalid {
-        expression: String,
-        reason: &'static str,
-    },
+    TagExpressionInvalid { expression: String, reason: &'static str },
     /// A read below the queue's minimum offset (retention removed it); reset the consumer.
     #[error("offset {offset} of {topic}/{queue_id} is below the minimum offset {min_offset}")]
-    OffsetBelowMinimum {
-        topic: String,
-        queue_id: u32,
-        offset: u64,
-        min_offset: u64,
-    },
+    OffsetBelowMinimum { topic: String, queue_id: u32, offset: u64, min_offset: u64 },
     /// No message at that physical offset, id or key.
     #[error("message not found: {what}")]
     MessageNotFound { what: String },
@@ -76,11 +61,7 @@ pub enum Error {
     DataDirLocked { path: PathBuf, holder: String },
     /// An I/O error from the operating system.
     #[error("{context} {path}: {source}")]
-    Io {
-        context: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { context: &'static str, path: PathBuf, source: std::io::Error },
     /// A metadata file that does not parse.
     #[error("metadata file {path} is invalid: {reason}")]
     MetadataInvalid { path: PathBuf, reason: String },
@@ -94,32 +75,15 @@ pub enum Error {
     // --- the data on disk ---
     /// A commitlog segment's bytes fail validation.
     #[error("commitlog corrupt at physical offset {offset} ({path}): {reason}")]
-    CommitLogCorrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    CommitLogCorrupt { path: PathBuf, offset: u64, reason: String },
     /// A consume queue entry disagrees with the commitlog.
     #[error("consume queue {topic}/{queue_id} corrupt at queue offset {queue_offset}: {reason}")]
-    ConsumeQueueCorrupt {
-        topic: String,
-        queue_id: u32,
-        queue_offset: u64,
-        reason: String,
-    },
+    ConsumeQueueCorrupt { topic: String, queue_id: u32, queue_offset: u64, reason: String },
 }
 
 impl Error {
-    pub(crate) fn io(
-        context: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Error::Io {
-            context,
-            path: path.into(),
-            source,
-        }
+    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { context, path: path.into(), source }
     }
 
     /// True when the caller should reset its offset (the data was removed by retention).

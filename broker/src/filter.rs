@@ -9,10 +9,7 @@ use crate::storage::{MessageFilter, MessageRecord, tag_hash};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TagExpression {
     All,
-    Tags {
-        tags: HashSet<String>,
-        hashes: HashSet<u64>,
-    },
+    Tags { tags: HashSet<String>, hashes: HashSet<u64> },
 }
 
 impl TagExpression {

@@ -10,12 +10,7 @@ use crate::error::{Error, Result};
 use crate::storage::{MessageRecord, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
 
 /// Property names the broker sets itself; user properties may not use them.
-pub const RESERVED_PROPERTIES: &[&str] = &[
-    PROPERTY_TAGS,
-    PROPERTY_KEYS,
-    PROPERTY_UNIQUE_ID,
-    "SHARDING_KEY",
-];
+pub const RESERVED_PROPERTIES: &[&str] = &[PROPERTY_TAGS, PROPERTY_KEYS, PROPERTY_UNIQUE_ID, "SHARDING_KEY"];
 
 /// A message to send.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,11 +30,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(topic: impl Into<String>, body: impl Into<Vec<u8>>) -> Self {
-        Message {
-            topic: topic.into(),
-            body: body.into(),
-            ..Message::default()
-        }
+        Message { topic: topic.into(), body: body.into(), ..Message::default() }
     }
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
         self.tag = Some(tag.into());
@@ -60,17 +51,13 @@ impl Message {
 
     /// Checks tag, keys and property names; the broker calls this before storing.
     pub fn validate(&self) -> Result<()> {
-        if let Some(tag) = &self.tag {
-            if tag.is_empty()
-                || tag.contains("||")
-                || tag.contains(char::is_whitespace)
-                || tag == "*"
-            {
-                return Err(Error::PropertyInvalid {
-                    name: PROPERTY_TAGS.into(),
-                    reason: "a tag is non-empty, not `*`, and holds no whitespace or `||`",
-                });
-            }
+        if let Some(tag) = &self.tag
+            && (tag.is_empty() || tag.contains("||") || tag.contains(char::is_whitespace) || tag == "*")
+        {
+            return Err(Error::PropertyInvalid {
+                name: PROPERTY_TAGS.into(),
+                reason: "a tag is non-empty, not `*`, and holds no whitespace or `||`",
+            });
         }
         for key in &self.keys {
             if key.is_empty() || key.contains(char::is_whitespace) {
@@ -82,10 +69,7 @@ impl Message {
         }
         for name in self.properties.keys() {
             if RESERVED_PROPERTIES.contains(&name.as_str()) {
-                return Err(Error::PropertyInvalid {
-                    name: name.clone(),
-                    reason: "reserved for the broker",
-                });
+                return Err(Error::PropertyInvalid { name: name.clone(), reason: "reserved for the broker" });
             }
         }
         Ok(())
@@ -126,11 +110,8 @@ impl From<MessageRecord> for StoredMessage {
         let tag = record.tag().map(str::to_string);
         let keys = record.keys().map(str::to_string).collect();
         let message_id = record.unique_id().unwrap_or_default().to_string();
-        let properties = record
-            .properties
-            .into_iter()
-            .filter(|(name, _)| !RESERVED_PROPERTIES.contains(&name.as_str()))
-            .collect();
+        let properties =
+            record.properties.into_iter().filter(|(name, _)| !RESERVED_PROPERTIES.contains(&name.as_str())).collect();
         StoredMessage {
             topic: record.topic,
             queue_id: record.queue_id,
@@ -152,26 +133,16 @@ impl From<MessageRecord> for StoredMessage {
 /// 48-bit ms timestamp, 16 bits of pid, a 32-bit per-process random nonce and a 32-bit
 /// counter. Unique across processes on a host and across restarts.
 pub fn new_message_id() -> String {
-    static NONCE: OnceLock<u32> = OnceLock::new();
+    static NONCE: OnceLock<(u32, u16)> = OnceLock::new();
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nonce = *NONCE.get_or_init(|| {
+    let (nonce, pid) = *NONCE.get_or_init(|| {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        hasher.finish() as u32
+        hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        (hasher.finish() as u32, std::process::id() as u16)
     });
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id() as u16;
-    format!(
-        "{:012X}{pid:04X}{nonce:08X}{counter:08X}",
-        now_ms & 0xFFFF_FFFF_FFFF
-    )
+    format!("{:012X}{pid:04X}{nonce:08X}{counter:08X}", now_ms & 0xFFFF_FFFF_FFFF)
 }
 
 #[cfg(test)]
@@ -197,12 +168,6 @@ mod tests {
         for message in cases {
             assert!(message.validate().is_err(), "{message:?}");
         }
-        assert!(
-            Message::new("t", "x")
-                .with_tag("A")
-                .with_key("k1")
-                .validate()
-                .is_ok()
-        );
+        assert!(Message::new("t", "x").with_tag("A").with_key("k1").validate().is_ok());
     }
 }

@@ -35,40 +35,21 @@ fn key(group: &str, topic: &str) -> String {
 impl OffsetTable {
     pub fn load(path: PathBuf) -> Result<Self> {
         let file: OffsetFile = metadata::read_json(&path)?.unwrap_or_default();
-        Ok(OffsetTable {
-            path,
-            offsets: Mutex::new(file.offsets),
-            dirty: AtomicBool::new(false),
-        })
+        Ok(OffsetTable { path, offsets: Mutex::new(file.offsets), dirty: AtomicBool::new(false) })
     }
 
     pub fn commit(&self, group: &str, topic: &str, queue_id: u32, offset: u64) {
-        self.offsets
-            .lock()
-            .expect("offsets lock")
-            .entry(key(group, topic))
-            .or_default()
-            .insert(queue_id, offset);
+        self.offsets.lock().expect("offsets lock").entry(key(group, topic)).or_default().insert(queue_id, offset);
         self.dirty.store(true, Ordering::Release);
     }
 
     pub fn get(&self, group: &str, topic: &str, queue_id: u32) -> Option<u64> {
-        self.offsets
-            .lock()
-            .expect("offsets lock")
-            .get(&key(group, topic))?
-            .get(&queue_id)
-            .copied()
+        self.offsets.lock().expect("offsets lock").get(&key(group, topic))?.get(&queue_id).copied()
     }
 
     /// All committed offsets of a group on a topic.
     pub fn for_group(&self, group: &str, topic: &str) -> BTreeMap<u32, u64> {
-        self.offsets
-            .lock()
-            .expect("offsets lock")
-            .get(&key(group, topic))
-            .cloned()
-            .unwrap_or_default()
+        self.offsets.lock().expect("offsets lock").get(&key(group, topic)).cloned().unwrap_or_default()
     }
 
     /// Every (group, topic) with committed offsets.
@@ -77,18 +58,12 @@ impl OffsetTable {
             .lock()
             .expect("offsets lock")
             .keys()
-            .filter_map(|k| {
-                k.split_once('@')
-                    .map(|(topic, group)| (group.to_string(), topic.to_string()))
-            })
+            .filter_map(|k| k.split_once('@').map(|(topic, group)| (group.to_string(), topic.to_string())))
             .collect()
     }
 
     pub fn remove_topic(&self, topic: &str) {
-        self.offsets
-            .lock()
-            .expect("offsets lock")
-            .retain(|k, _| !k.starts_with(&format!("{topic}@")));
+        self.offsets.lock().expect("offsets lock").retain(|k, _| !k.starts_with(&format!("{topic}@")));
         self.dirty.store(true, Ordering::Release);
     }
 

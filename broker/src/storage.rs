@@ -99,20 +99,26 @@ mod store;
 
 pub use checkpoint::Checkpoint;
 pub use record::{
-    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, properties_size,
-    tag_hash,
+    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, properties_size, tag_hash,
 };
 pub use store::{
-    AppendDone, AppendedMessage, DispatchListener, FlushMode, MessageFilter, MessageStore,
-    QueueRange, QueueRead, StoreConfig,
+    AppendDone, AppendedMessage, DispatchListener, FlushMode, MessageFilter, MessageStore, QueueRange, QueueRead,
+    ReadLimits, StoreConfig,
 };
 
 /// FNV-1a 64-bit hash: stable across versions and processes, so it can live in files.
 pub fn fnv1a_64(bytes: &[u8]) -> u64 {
+    fnv1a_64_parts(&[bytes])
+}
+
+/// FNV-1a 64 of the concatenation of `parts`, without building it.
+pub fn fnv1a_64_parts(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    for part in parts {
+        for byte in *part {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
     hash
 }
@@ -124,9 +130,5 @@ pub(crate) fn offset_file_name(offset: u64) -> String {
 
 /// Parses a 20-digit offset file name; `None` for anything else.
 pub(crate) fn parse_offset_file_name(name: &str) -> Option<u64> {
-    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
-        name.parse().ok()
-    } else {
-        None
-    }
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) { name.parse().ok() } else { None }
 }

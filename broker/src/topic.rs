@@ -24,10 +24,7 @@ pub struct Permission {
 
 impl Default for Permission {
     fn default() -> Self {
-        Permission {
-            readable: true,
-            writable: true,
-        }
+        Permission { readable: true, writable: true }
     }
 }
 
@@ -44,11 +41,7 @@ pub struct TopicConfig {
 
 impl TopicConfig {
     pub fn new(name: impl Into<String>, queue_count: u32) -> Self {
-        TopicConfig {
-            name: name.into(),
-            queue_count,
-            permission: Permission::default(),
-        }
+        TopicConfig { name: name.into(), queue_count, permission: Permission::default() }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -56,10 +49,7 @@ impl TopicConfig {
         if self.queue_count == 0 || self.queue_count > QUEUE_COUNT_MAX {
             return Err(Error::TopicConfigInvalid {
                 topic: self.name.clone(),
-                reason: format!(
-                    "queue_count {} is not in 1..={QUEUE_COUNT_MAX}",
-                    self.queue_count
-                ),
+                reason: format!("queue_count {} is not in 1..={QUEUE_COUNT_MAX}", self.queue_count),
             });
         }
         Ok(())
@@ -73,10 +63,7 @@ fn validate_name(name: &str) -> std::result::Result<(), &'static str> {
     if name.len() > NAME_LENGTH_MAX {
         return Err("longer than 127 characters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-')
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-') {
         return Err("only letters, digits, `%`, `_` and `-` are allowed");
     }
     Ok(())
@@ -84,18 +71,12 @@ fn validate_name(name: &str) -> std::result::Result<(), &'static str> {
 
 /// RocketMQ's topic rules: `[A-Za-z0-9%_-]`, 1 to 127 characters.
 pub fn validate_topic_name(name: &str) -> Result<()> {
-    validate_name(name).map_err(|reason| Error::TopicNameInvalid {
-        name: name.to_string(),
-        reason,
-    })
+    validate_name(name).map_err(|reason| Error::TopicNameInvalid { name: name.to_string(), reason })
 }
 
 /// Consumer group names follow the same rules.
 pub fn validate_group_name(name: &str) -> Result<()> {
-    validate_name(name).map_err(|reason| Error::GroupNameInvalid {
-        name: name.to_string(),
-        reason,
-    })
+    validate_name(name).map_err(|reason| Error::GroupNameInvalid { name: name.to_string(), reason })
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -121,10 +102,7 @@ impl TopicTable {
                 });
             }
         }
-        Ok(TopicTable {
-            path,
-            topics: RwLock::new(file.topics),
-        })
+        Ok(TopicTable { path, topics: RwLock::new(file.topics) })
     }
 
     pub fn get(&self, name: &str) -> Option<TopicConfig> {
@@ -132,12 +110,7 @@ impl TopicTable {
     }
 
     pub fn list(&self) -> Vec<TopicConfig> {
-        self.topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect()
+        self.topics.read().expect("topics lock").values().cloned().collect()
     }
 
     /// Inserts or replaces; `must_be_new` refuses an existing name.
@@ -149,12 +122,7 @@ impl TopicTable {
         }
         let mut next = topics.clone();
         next.insert(config.name.clone(), config);
-        metadata::write_json_atomic(
-            &self.path,
-            &TopicFile {
-                topics: next.clone(),
-            },
-        )?;
+        metadata::write_json_atomic(&self.path, &TopicFile { topics: next.clone() })?;
         *topics = next;
         Ok(())
     }
@@ -162,15 +130,8 @@ impl TopicTable {
     pub fn remove(&self, name: &str) -> Result<TopicConfig> {
         let mut topics = self.topics.write().expect("topics lock");
         let mut next = topics.clone();
-        let removed = next.remove(name).ok_or_else(|| Error::TopicNotFound {
-            topic: name.to_string(),
-        })?;
-        metadata::write_json_atomic(
-            &self.path,
-            &TopicFile {
-                topics: next.clone(),
-            },
-        )?;
+        let removed = next.remove(name).ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })?;
+        metadata::write_json_atomic(&self.path, &TopicFile { topics: next.clone() })?;
         *topics = next;
         Ok(removed)
     }

@@ -1,1 +1,17 @@
-//! placeholder
+//! Integration tests of the `weir` binary: the CLI end to end and a SIGKILL crash test.
+
+mod cli;
+mod crash;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `weir --data-dir <dir> <args>` to completion.
+pub fn weir(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("the weir binary runs")
+}

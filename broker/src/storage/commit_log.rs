@@ -15,6 +15,9 @@ use super::mapped_file::{MappedFile, list_offset_files, sync_dir};
 use super::record::{self, Decoded, END_MARKER_BYTES, MessageRecord, NewMessage, Placement};
 use crate::error::{Error, Result};
 
+/// Encoded records the writer holds before writing them to the segment file.
+const WRITE_BUFFER_BYTES_MAX: usize = 4 << 20;
+
 /// Page size used when zeroing a torn tail.
 const PAGE_BYTES: usize = 4096;
 
@@ -41,11 +44,7 @@ pub(crate) struct ScanOutcome {
 impl CommitLog {
     /// Opens the segments under `dir` (creating the first when there is none). The log is not
     /// readable until `recover` has found its end.
-    pub fn open(
-        dir: &Path,
-        segment_size_bytes: u64,
-        message_size_max_bytes: usize,
-    ) -> Result<Self> {
+    pub fn open(dir: &Path, segment_size_bytes: u64, message_size_max_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         let files = list_offset_files(dir)?;
         let mut truncated_at = None;
@@ -58,39 +57,27 @@ impl CommitLog {
                     reason: format!("segment start is not a multiple of {segment_size_bytes}"),
                 });
             }
-            if let Some(previous) = segments.last().map(|s: &Arc<MappedFile>| s.base_offset()) {
-                if previous + segment_size_bytes != *base {
-                    return Err(Error::CommitLogCorrupt {
-                        path: path.clone(),
-                        offset: previous + segment_size_bytes,
-                        reason: "a segment is missing before this one".to_string(),
-                    });
-                }
+            if let Some(previous) = segments.last().map(|s: &Arc<MappedFile>| s.base_offset())
+                && previous + segment_size_bytes != *base
+            {
+                return Err(Error::CommitLogCorrupt {
+                    path: path.clone(),
+                    offset: previous + segment_size_bytes,
+                    reason: "a segment is missing before this one".to_string(),
+                });
             }
             let is_last = index + 1 == files.len();
             if is_last {
-                let len = std::fs::metadata(path)
-                    .map_err(|e| Error::io("cannot stat", path, e))?
-                    .len();
+                let len = std::fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?.len();
                 if len < segment_size_bytes {
                     truncated_at = Some(base + len);
                 }
             }
-            segments.push(Arc::new(MappedFile::open(
-                path,
-                *base,
-                segment_size_bytes,
-                is_last,
-            )?));
+            segments.push(Arc::new(MappedFile::open(path, *base, segment_size_bytes, is_last)?));
         }
         if segments.is_empty() {
             let path = dir.join(super::offset_file_name(0));
-            segments.push(Arc::new(MappedFile::create(
-                &path,
-                0,
-                segment_size_bytes,
-                false,
-            )?));
+            segments.push(Arc::new(MappedFile::create(&path, 0, segment_size_bytes, false)?));
         }
         let min = segments[0].base_offset();
         Ok(CommitLog {
@@ -107,11 +94,7 @@ impl CommitLog {
 
     /// The first readable physical offset.
     pub fn min_offset(&self) -> u64 {
-        self.segments
-            .read()
-            .expect("segments lock")
-            .first()
-            .map_or(0, |s| s.base_offset())
+        self.segments.read().expect("segments lock").first().map_or(0, |s| s.base_offset())
     }
 
     /// The end of the readable log.
@@ -144,12 +127,7 @@ impl CommitLog {
     }
 
     fn last_segment(&self) -> Arc<MappedFile> {
-        self.segments
-            .read()
-            .expect("segments lock")
-            .last()
-            .cloned()
-            .expect("at least one segment")
+        self.segments.read().expect("segments lock").last().cloned().expect("at least one segment")
     }
 
     /// Reads the message at `physical_offset`; `size_hint` (from a consume queue) bounds the
@@ -161,24 +139,15 @@ impl CommitLog {
                 what: format!("physical offset {physical_offset} is at or past the log end {end}"),
             });
         }
-        let segment = self
-            .segment_for(physical_offset)
-            .ok_or_else(|| Error::MessageNotFound {
-                what: format!(
-                    "physical offset {physical_offset} is below the log start {}",
-                    self.min_offset()
-                ),
-            })?;
+        let segment = self.segment_for(physical_offset).ok_or_else(|| Error::MessageNotFound {
+            what: format!("physical offset {physical_offset} is below the log start {}", self.min_offset()),
+        })?;
         let position = (physical_offset - segment.base_offset()) as usize;
         let readable = (end - physical_offset).min((segment.len() - position) as u64) as usize;
         let len = match size_hint {
             Some(size) if (size as usize) <= readable => size as usize,
             Some(size) => {
-                return Err(self.corrupt(
-                    &segment,
-                    physical_offset,
-                    format!("size {size} runs past the log end"),
-                ));
+                return Err(self.corrupt(&segment, physical_offset, format!("size {size} runs past the log end")));
             }
             None => readable,
         };
@@ -195,38 +164,24 @@ impl CommitLog {
     }
 
     fn corrupt(&self, segment: &MappedFile, offset: u64, reason: String) -> Error {
-        Error::CommitLogCorrupt {
-            path: segment.path().to_path_buf(),
-            offset,
-            reason,
-        }
+        Error::CommitLogCorrupt { path: segment.path().to_path_buf(), offset, reason }
     }
 
     /// Scans from `start_offset` validating every record, calling `on_message` for each valid
     /// one, until the first invalid bytes: that is the end of the log. Run before any reader.
-    pub fn scan(
-        &self,
-        start_offset: u64,
-        mut on_message: impl FnMut(&MessageRecord),
-    ) -> ScanOutcome {
+    pub fn scan(&self, start_offset: u64, mut on_message: impl FnMut(&MessageRecord)) -> ScanOutcome {
         let mut offset = start_offset.max(self.min_offset());
         let last = self.last_segment();
         offset = offset.min(last.base_offset() + self.segment_size_bytes);
         loop {
             let Some(segment) = self.segment_for(offset) else {
-                return ScanOutcome {
-                    end_offset: offset,
-                    stop_reason: None,
-                };
+                return ScanOutcome { end_offset: offset, stop_reason: None };
             };
             let position = (offset - segment.base_offset()) as usize;
             // SAFETY: recovery runs before the writer thread and readers exist.
             let bytes = unsafe { segment.slice(position, segment.len() - position) };
             if bytes.len() >= 4 && bytes[..8.min(bytes.len())].iter().all(|b| *b == 0) {
-                return ScanOutcome {
-                    end_offset: offset,
-                    stop_reason: None,
-                };
+                return ScanOutcome { end_offset: offset, stop_reason: None };
             }
             match record::decode(bytes, offset, self.message_size_max_bytes) {
                 Decoded::Message(message) => {
@@ -235,10 +190,7 @@ impl CommitLog {
                 }
                 Decoded::EndOfSegment => offset = segment.base_offset() + self.segment_size_bytes,
                 Decoded::Invalid(reason) => {
-                    return ScanOutcome {
-                        end_offset: offset,
-                        stop_reason: Some(reason),
-                    };
+                    return ScanOutcome { end_offset: offset, stop_reason: Some(reason) };
                 }
             }
         }
@@ -251,8 +203,7 @@ impl CommitLog {
         while segments.len() > 1 && segments.last().expect("non-empty").base_offset() > end_offset {
             let removed = segments.pop().expect("non-empty");
             tracing::warn!(path = %removed.path().display(), end_offset, "removing a segment past the end of the log");
-            std::fs::remove_file(removed.path())
-                .map_err(|e| Error::io("cannot remove", removed.path(), e))?;
+            std::fs::remove_file(removed.path()).map_err(|e| Error::io("cannot remove", removed.path(), e))?;
         }
         sync_dir(&self.dir)?;
         let last = segments.last().expect("non-empty").clone();
@@ -277,22 +228,17 @@ impl CommitLog {
         Ok(())
     }
 
-    /// msyncs everything written below `offset`. Returns the new flushed offset.
+    /// Makes everything written below `offset` durable (fdatasync of each segment touched).
+    /// Returns the new flushed offset.
     pub fn flush_to(&self, offset: u64) -> Result<u64> {
         let _guard = self.flush_lock.lock().expect("flush lock");
         let target = offset.min(self.max_offset());
         let mut from = self.flushed_offset();
         while from < target {
-            let Some(segment) = self.segment_for(from) else {
-                break;
-            };
+            let Some(segment) = self.segment_for(from) else { break };
             let segment_end = segment.base_offset() + segment.len() as u64;
-            let to = target.min(segment_end);
-            segment.flush(
-                (from - segment.base_offset()) as usize,
-                (to - from) as usize,
-            )?;
-            from = to;
+            segment.sync_data()?;
+            from = target.min(segment_end);
         }
         if from > self.flushed_offset() {
             self.flushed_offset.store(from, Ordering::Release);
@@ -316,8 +262,7 @@ impl CommitLog {
             }
             segments.remove(0);
             drop(segments);
-            std::fs::remove_file(first.path())
-                .map_err(|e| Error::io("cannot remove", first.path(), e))?;
+            std::fs::remove_file(first.path()).map_err(|e| Error::io("cannot remove", first.path(), e))?;
             tracing::info!(path = %first.path().display(), "retention removed a commitlog segment");
             removed += 1;
         }
@@ -329,12 +274,7 @@ impl CommitLog {
 
     /// Paths of all segments, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        self.segments
-            .read()
-            .expect("segments lock")
-            .iter()
-            .map(|s| s.path().to_path_buf())
-            .collect()
+        self.segments.read().expect("segments lock").iter().map(|s| s.path().to_path_buf()).collect()
     }
 
     fn publish(&self, offset: u64) {
@@ -346,8 +286,13 @@ impl CommitLog {
 /// The writer thread's side of the commitlog: places records and rolls segments.
 pub(crate) struct CommitLogWriter {
     log: Arc<CommitLog>,
+    /// The segment holding `position`.
+    segment: Arc<MappedFile>,
     /// The next record's physical offset (not yet published).
     position: u64,
+    /// Records encoded but not yet written to the segment; they start at `buffer_start`.
+    buffer: Vec<u8>,
+    buffer_start: u64,
     allocator: SegmentAllocator,
 }
 
@@ -355,14 +300,8 @@ impl CommitLogWriter {
     pub fn new(log: Arc<CommitLog>, prefault: bool) -> Self {
         let position = log.max_offset();
         let allocator = SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, prefault);
-        let mut writer = CommitLogWriter {
-            log,
-            position,
-            allocator,
-        };
-        let next = writer.current_segment_end();
-        writer.allocator.request(next);
-        writer
+        let segment = log.last_segment();
+        CommitLogWriter { log, segment, position, buffer: Vec::new(), buffer_start: position, allocator }
     }
 
     /// The unpublished end of what was written.
@@ -370,73 +309,75 @@ impl CommitLogWriter {
         self.position
     }
 
-    fn current_segment_end(&self) -> u64 {
-        let last = self.log.last_segment();
-        last.base_offset() + self.log.segment_size_bytes
-    }
-
-    /// Writes `message` at the end of the log (rolling to a new segment when it does not fit)
-    /// and returns its physical offset and size. The bytes stay invisible until `publish`.
-    pub fn append(
-        &mut self,
-        message: &NewMessage,
-        queue_offset: u64,
-        store_timestamp_ms: i64,
-    ) -> Result<(u64, u32)> {
+    /// Encodes `message` at the end of the log (rolling to a new segment when it does not
+    /// fit) and returns its physical offset and size. The bytes stay invisible until
+    /// `publish`.
+    pub fn append(&mut self, message: &NewMessage, queue_offset: u64, store_timestamp_ms: i64) -> Result<(u64, u32)> {
         let size = message.encoded_len();
         assert!(
             (size + END_MARKER_BYTES) as u64 <= self.log.segment_size_bytes,
             "validated message must fit a segment"
         );
-        let mut segment = self.log.last_segment();
-        let mut segment_end = segment.base_offset() + self.log.segment_size_bytes;
-        assert!(self.position >= segment.base_offset() && self.position <= segment_end);
+        let segment_size = self.log.segment_size_bytes;
+        let mut segment_end = self.segment.base_offset() + segment_size;
+        assert!(self.position >= self.segment.base_offset() && self.position <= segment_end);
         if self.position + (size + END_MARKER_BYTES) as u64 > segment_end {
             let remaining = (segment_end - self.position) as usize;
             if remaining > 0 {
-                assert!(
-                    remaining >= END_MARKER_BYTES,
-                    "a record always leaves room for the marker"
-                );
-                let position = (self.position - segment.base_offset()) as usize;
-                // SAFETY: the writer owns the unpublished tail; readers stop at write_offset.
-                let out = unsafe { segment.slice_mut(position, END_MARKER_BYTES) };
-                record::encode_end_marker(remaining as u32, out);
+                assert!(remaining >= END_MARKER_BYTES, "a record always leaves room for the marker");
+                let start = self.buffer.len();
+                self.buffer.resize(start + END_MARKER_BYTES, 0);
+                record::encode_end_marker(remaining as u32, &mut self.buffer[start..]);
             }
-            segment = self.roll(segment_end)?;
+            self.write_buffer()?;
+            self.segment = self.roll(segment_end)?;
             self.position = segment_end;
-            segment_end += self.log.segment_size_bytes;
+            self.buffer_start = segment_end;
+            segment_end += segment_size;
+        }
+        if self.buffer.len() + size > WRITE_BUFFER_BYTES_MAX {
+            self.write_buffer()?;
         }
         let physical_offset = self.position;
-        let position = (physical_offset - segment.base_offset()) as usize;
-        // SAFETY: as above, this range is beyond the published write offset.
-        let out = unsafe { segment.slice_mut(position, size) };
-        let placement = Placement {
-            queue_offset,
-            physical_offset,
-            store_timestamp_ms,
-        };
-        record::encode_into(message, placement, out);
+        let start = self.buffer.len();
+        self.buffer.resize(start + size, 0);
+        let placement = Placement { queue_offset, physical_offset, store_timestamp_ms };
+        record::encode_into(message, placement, &mut self.buffer[start..]);
         self.position += size as u64;
         debug_assert!(self.position <= segment_end);
+        // Past half of the segment, have the next one prepared in the background (a short
+        // run never pays for preparing a segment it will not use).
+        if self.position - self.segment.base_offset() > segment_size / 2 {
+            self.allocator.request(segment_end);
+        }
         Ok((physical_offset, size as u32))
+    }
+
+    /// Writes the encoded-but-unwritten bytes into the current segment (still unpublished).
+    fn write_buffer(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let position = (self.buffer_start - self.segment.base_offset()) as usize;
+        self.segment.write_at(position, &self.buffer)?;
+        self.buffer_start += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
     }
 
     fn roll(&mut self, base: u64) -> Result<Arc<MappedFile>> {
         let segment = Arc::new(self.allocator.take(base)?);
-        self.log
-            .segments
-            .write()
-            .expect("segments lock")
-            .push(segment.clone());
-        self.allocator.request(base + self.log.segment_size_bytes);
+        self.log.segments.write().expect("segments lock").push(segment.clone());
         tracing::debug!(base, "commitlog rolled to a new segment");
         Ok(segment)
     }
 
-    /// Makes everything written so far readable.
-    pub fn publish(&self) {
+    /// Writes what was encoded and makes it readable.
+    pub fn publish(&mut self) -> Result<()> {
+        self.write_buffer()?;
+        debug_assert_eq!(self.buffer_start, self.position);
         self.log.publish(self.position);
+        Ok(())
     }
 }
 
@@ -481,25 +422,24 @@ impl SegmentAllocator {
     }
 
     fn request(&mut self, base: u64) {
-        if self.pending.is_none() {
-            if let Some(requests) = &self.requests {
-                if requests.send(base).is_ok() {
-                    self.pending = Some(base);
-                }
-            }
+        if self.pending.is_none()
+            && let Some(requests) = &self.requests
+            && requests.send(base).is_ok()
+        {
+            self.pending = Some(base);
         }
     }
 
     fn take(&mut self, base: u64) -> Result<MappedFile> {
-        if let Some(pending) = self.pending.take() {
-            if let Ok((made_base, made)) = self.ready.recv() {
-                debug_assert_eq!(made_base, pending);
-                if made_base == base {
-                    return made;
-                }
-                if let Ok(stale) = made {
-                    let _ = std::fs::remove_file(stale.path());
-                }
+        if let Some(pending) = self.pending.take()
+            && let Ok((made_base, made)) = self.ready.recv()
+        {
+            debug_assert_eq!(made_base, pending);
+            if made_base == base {
+                return made;
+            }
+            if let Ok(stale) = made {
+                let _ = std::fs::remove_file(stale.path());
             }
         }
         let path = self.dir.join(super::offset_file_name(base));

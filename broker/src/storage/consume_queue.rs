@@ -40,8 +40,7 @@ impl Entry {
     }
 
     fn is_plausible(&self, message_size_max_bytes: usize) -> bool {
-        (self.size_bytes as usize) >= RECORD_BYTES_MIN
-            && (self.size_bytes as usize) <= message_size_max_bytes
+        (self.size_bytes as usize) >= RECORD_BYTES_MIN && (self.size_bytes as usize) <= message_size_max_bytes
     }
 }
 
@@ -70,12 +69,8 @@ impl ConsumeQueue {
         let file_bytes = entries_per_file * ENTRY_BYTES as u64;
         let mut files = Vec::new();
         for (first_offset, path) in list_offset_files(dir)? {
-            let expected_first = files
-                .last()
-                .map(|f: &Arc<MappedFile>| f.base_offset() + entries_per_file);
-            let size = std::fs::metadata(&path)
-                .map_err(|e| Error::io("cannot stat", &path, e))?
-                .len();
+            let expected_first = files.last().map(|f: &Arc<MappedFile>| f.base_offset() + entries_per_file);
+            let size = std::fs::metadata(&path).map_err(|e| Error::io("cannot stat", &path, e))?.len();
             if first_offset % entries_per_file != 0
                 || expected_first.is_some_and(|expected| expected != first_offset)
                 || size != file_bytes
@@ -83,12 +78,7 @@ impl ConsumeQueue {
                 tracing::warn!(topic, queue_id, path = %path.display(), "consume queue file is inconsistent; rebuilding the queue");
                 return Ok(None);
             }
-            files.push(Arc::new(MappedFile::open(
-                &path,
-                first_offset,
-                file_bytes,
-                false,
-            )?));
+            files.push(Arc::new(MappedFile::open(&path, first_offset, file_bytes, false)?));
         }
         let queue = ConsumeQueue {
             topic: topic.to_string(),
@@ -112,14 +102,11 @@ impl ConsumeQueue {
             let mut previous_end = 0u64;
             while count < entries_per_file {
                 // SAFETY: no writer or reader exists yet.
-                let entry =
-                    Entry::decode(unsafe { last.slice(count as usize * ENTRY_BYTES, ENTRY_BYTES) });
+                let entry = Entry::decode(unsafe { last.slice(count as usize * ENTRY_BYTES, ENTRY_BYTES) });
                 if entry.size_bytes == 0 && entry.physical_offset == 0 && entry.tag_hash == 0 {
                     break;
                 }
-                if !entry.is_plausible(message_size_max_bytes)
-                    || entry.physical_offset < previous_end
-                {
+                if !entry.is_plausible(message_size_max_bytes) || entry.physical_offset < previous_end {
                     tracing::warn!(
                         topic,
                         queue_id,
@@ -135,8 +122,7 @@ impl ConsumeQueue {
                 break;
             }
             files.pop();
-            std::fs::remove_file(last.path())
-                .map_err(|e| Error::io("cannot remove", last.path(), e))?;
+            std::fs::remove_file(last.path()).map_err(|e| Error::io("cannot remove", last.path(), e))?;
         }
         let last = files.last().cloned().expect("at least one file");
         let first_base = files[0].base_offset();
@@ -175,9 +161,7 @@ impl ConsumeQueue {
         if queue_offset < first {
             return None;
         }
-        files
-            .get(((queue_offset - first) / self.entries_per_file) as usize)
-            .cloned()
+        files.get(((queue_offset - first) / self.entries_per_file) as usize).cloned()
     }
 
     /// Reads up to `count_max` published entries starting at `queue_offset` (fewer at a file
@@ -245,19 +229,10 @@ impl ConsumeQueue {
     fn add_file(&self, queue_offset: u64) -> Result<Arc<MappedFile>> {
         let base = queue_offset - queue_offset % self.entries_per_file;
         let path = self.dir.join(super::offset_file_name(base));
-        let file = Arc::new(MappedFile::create(
-            &path,
-            base,
-            self.entries_per_file * ENTRY_BYTES as u64,
-            false,
-        )?);
+        let file = Arc::new(MappedFile::create(&path, base, self.entries_per_file * ENTRY_BYTES as u64, false)?);
         let mut files = self.files.write().expect("files lock");
         if let Some(last) = files.last() {
-            assert_eq!(
-                last.base_offset() + self.entries_per_file,
-                base,
-                "consume queue files are contiguous"
-            );
+            assert_eq!(last.base_offset() + self.entries_per_file, base, "consume queue files are contiguous");
         }
         files.push(file.clone());
         Ok(file)
@@ -288,10 +263,7 @@ impl ConsumeQueue {
         if max < self.max_offset() {
             tracing::warn!(topic = %self.topic, queue_id = self.queue_id, max_offset = max, "trimmed consume queue to the commitlog end");
             self.max_offset.store(max, Ordering::Release);
-            self.flushed_offset.store(
-                self.flushed_offset.load(Ordering::Acquire).min(max),
-                Ordering::Release,
-            );
+            self.flushed_offset.store(self.flushed_offset.load(Ordering::Acquire).min(max), Ordering::Release);
         }
         Ok(())
     }
@@ -299,10 +271,7 @@ impl ConsumeQueue {
     /// msyncs the entries written since the last flush.
     pub fn flush(&self) -> Result<()> {
         let max = self.max_offset();
-        let mut from = self
-            .flushed_offset
-            .load(Ordering::Acquire)
-            .max(self.min_offset());
+        let mut from = self.flushed_offset.load(Ordering::Acquire).max(self.min_offset());
         while from < max {
             let Some(file) = self.file_for(from) else {
                 break;
@@ -337,8 +306,7 @@ impl ConsumeQueue {
             files = self.files.write().expect("files lock");
             files.remove(0);
             drop(files);
-            std::fs::remove_file(first.path())
-                .map_err(|e| Error::io("cannot remove", first.path(), e))?;
+            std::fs::remove_file(first.path()).map_err(|e| Error::io("cannot remove", first.path(), e))?;
         }
         sync_dir(&self.dir)?;
         // Binary search the first entry at or past log_min.
@@ -357,10 +325,6 @@ impl ConsumeQueue {
     }
 
     fn first_file_base(&self) -> u64 {
-        self.files
-            .read()
-            .expect("files lock")
-            .first()
-            .map_or(0, |f| f.base_offset())
+        self.files.read().expect("files lock").first().map_or(0, |f| f.base_offset())
     }
 }

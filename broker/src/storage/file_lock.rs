@@ -34,17 +34,12 @@ impl DataDirLock {
                     "" => "unknown pid".to_string(),
                     pid => format!("pid {pid}"),
                 };
-                return Err(Error::DataDirLocked {
-                    path: data_dir.to_path_buf(),
-                    holder,
-                });
+                return Err(Error::DataDirLocked { path: data_dir.to_path_buf(), holder });
             }
             return Err(Error::io("cannot lock", &path, error));
         }
-        file.set_len(0)
-            .map_err(|e| Error::io("cannot write", &path, e))?;
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io("cannot write", &path, e))?;
+        file.set_len(0).map_err(|e| Error::io("cannot write", &path, e))?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| Error::io("cannot write", &path, e))?;
         write!(file, "{}", std::process::id()).map_err(|e| Error::io("cannot write", &path, e))?;
         Ok(DataDirLock { _file: file })
     }

@@ -38,11 +38,7 @@ impl IndexFile {
 
     fn read_u32(&self, position: usize) -> u32 {
         // SAFETY: the index is only touched under the `IndexService` owner's lock.
-        u32::from_le_bytes(
-            unsafe { self.file.slice(position, 4) }
-                .try_into()
-                .expect("4 bytes"),
-        )
+        u32::from_le_bytes(unsafe { self.file.slice(position, 4) }.try_into().expect("4 bytes"))
     }
 
     fn write_header(&self) {
@@ -73,9 +69,7 @@ impl IndexService {
         let file_bytes = Self::file_bytes(slots, entries_max);
         let mut files = Vec::new();
         for (begin, path) in list_offset_files(dir)? {
-            let size = std::fs::metadata(&path)
-                .map_err(|e| Error::io("cannot stat", &path, e))?
-                .len();
+            let size = std::fs::metadata(&path).map_err(|e| Error::io("cannot stat", &path, e))?.len();
             if size != file_bytes {
                 tracing::warn!(path = %path.display(), size, "index file has the wrong size; removing it");
                 std::fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
@@ -84,9 +78,7 @@ impl IndexService {
             let file = MappedFile::open(&path, begin, file_bytes, false)?;
             // SAFETY: no other user of the file exists yet.
             let header = unsafe { file.slice(0, HEADER_BYTES) }.to_vec();
-            let field = |range: std::ops::Range<usize>| {
-                u64::from_le_bytes(header[range].try_into().expect("8 bytes"))
-            };
+            let field = |range: std::ops::Range<usize>| u64::from_le_bytes(header[range].try_into().expect("8 bytes"));
             let count = u32::from_le_bytes(header[36..40].try_into().expect("4 bytes"));
             files.push(IndexFile {
                 file,
@@ -99,13 +91,7 @@ impl IndexService {
             });
         }
         let dirty_from = files.len().saturating_sub(1);
-        Ok(IndexService {
-            dir: dir.to_path_buf(),
-            slots,
-            entries_max,
-            files,
-            dirty_from,
-        })
+        Ok(IndexService { dir: dir.to_path_buf(), slots, entries_max, files, dirty_from })
     }
 
     fn file_bytes(slots: u32, entries_max: u32) -> u64 {
@@ -114,33 +100,17 @@ impl IndexService {
 
     /// Hash of an index key (`topic#key`).
     pub fn key_hash(topic: &str, key: &str) -> u32 {
-        let mut bytes = Vec::with_capacity(topic.len() + 1 + key.len());
-        bytes.extend_from_slice(topic.as_bytes());
-        bytes.push(b'#');
-        bytes.extend_from_slice(key.as_bytes());
-        let hash = super::fnv1a_64(&bytes);
+        let hash = super::fnv1a_64_parts(&[topic.as_bytes(), b"#", key.as_bytes()]);
         (hash ^ (hash >> 32)) as u32
     }
 
     /// Adds one entry.
-    pub fn insert(
-        &mut self,
-        key_hash: u32,
-        physical_offset: u64,
-        store_timestamp_ms: i64,
-    ) -> Result<()> {
-        let needs_file = self
-            .files
-            .last()
-            .is_none_or(|f| f.entry_count >= self.entries_max);
+    pub fn insert(&mut self, key_hash: u32, physical_offset: u64, store_timestamp_ms: i64) -> Result<()> {
+        let needs_file = self.files.last().is_none_or(|f| f.entry_count >= self.entries_max);
         if needs_file {
             let path = self.dir.join(super::offset_file_name(physical_offset));
-            let file = MappedFile::create(
-                &path,
-                physical_offset,
-                Self::file_bytes(self.slots, self.entries_max),
-                false,
-            )?;
+            let file =
+                MappedFile::create(&path, physical_offset, Self::file_bytes(self.slots, self.entries_max), false)?;
             self.files.push(IndexFile {
                 file,
                 begin_timestamp_ms: store_timestamp_ms,
@@ -172,8 +142,7 @@ impl IndexService {
         out[12..16].copy_from_slice(&time_delta_s.to_le_bytes());
         out[16..20].copy_from_slice(&previous.to_le_bytes());
         // SAFETY: as above.
-        unsafe { index.file.slice_mut(slot_position, SLOT_BYTES) }
-            .copy_from_slice(&number.to_le_bytes());
+        unsafe { index.file.slice_mut(slot_position, SLOT_BYTES) }.copy_from_slice(&number.to_le_bytes());
         index.entry_count = number;
         index.end_timestamp_ms = index.end_timestamp_ms.max(store_timestamp_ms);
         index.end_physical_offset = index.end_physical_offset.max(physical_offset);

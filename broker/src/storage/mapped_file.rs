@@ -24,15 +24,12 @@ pub(crate) struct MappedFile {
     /// consume queues).
     base_offset: u64,
     map: MmapRaw,
-    _file: File,
+    file: File,
 }
 
 impl std::fmt::Debug for MappedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedFile")
-            .field("path", &self.path)
-            .field("base", &self.base_offset)
-            .finish()
+        f.debug_struct("MappedFile").field("path", &self.path).field("base", &self.base_offset).finish()
     }
 }
 
@@ -56,15 +53,12 @@ impl MappedFile {
             let mut written = 0u64;
             while written < size_bytes {
                 let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
-                file.write_all(&zeros[..chunk])
-                    .map_err(|e| Error::io("cannot preallocate", path, e))?;
+                file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", path, e))?;
                 written += chunk as u64;
             }
-            file.sync_data()
-                .map_err(|e| Error::io("cannot sync", path, e))?;
+            file.sync_data().map_err(|e| Error::io("cannot sync", path, e))?;
         } else {
-            file.set_len(size_bytes)
-                .map_err(|e| Error::io("cannot size", path, e))?;
+            file.set_len(size_bytes).map_err(|e| Error::io("cannot size", path, e))?;
         }
         std::fs::rename(&temp_path, path).map_err(|e| Error::io("cannot rename into", path, e))?;
         if let Some(parent) = path.parent() {
@@ -76,15 +70,9 @@ impl MappedFile {
     /// Opens an existing file, which must be exactly `size_bytes` long unless `extend` allows
     /// growing a short (truncated) file with zeros.
     pub fn open(path: &Path, base_offset: u64, size_bytes: u64, extend: bool) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("cannot open", path, e))?;
-        let actual = file
-            .metadata()
-            .map_err(|e| Error::io("cannot stat", path, e))?
-            .len();
+        let file =
+            OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io("cannot open", path, e))?;
+        let actual = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?.len();
         if actual != size_bytes {
             if !(extend && actual < size_bytes) {
                 return Err(Error::CommitLogCorrupt {
@@ -94,33 +82,19 @@ impl MappedFile {
                 });
             }
             tracing::warn!(path = %path.display(), actual, size_bytes, "extending a truncated file");
-            file.set_len(size_bytes)
-                .map_err(|e| Error::io("cannot extend", path, e))?;
+            file.set_len(size_bytes).map_err(|e| Error::io("cannot extend", path, e))?;
         }
         Self::map(path, file, base_offset, size_bytes, false)
     }
 
-    fn map(
-        path: &Path,
-        file: File,
-        base_offset: u64,
-        size_bytes: u64,
-        populate: bool,
-    ) -> Result<Self> {
+    fn map(path: &Path, file: File, base_offset: u64, size_bytes: u64, populate: bool) -> Result<Self> {
         let mut options = MmapOptions::new();
         options.len(size_bytes as usize);
         if populate {
             options.populate();
         }
-        let map = options
-            .map_raw(&file)
-            .map_err(|e| Error::io("cannot map", path, e))?;
-        Ok(MappedFile {
-            path: path.to_path_buf(),
-            base_offset,
-            map,
-            _file: file,
-        })
+        let map = options.map_raw(&file).map_err(|e| Error::io("cannot map", path, e))?;
+        Ok(MappedFile { path: path.to_path_buf(), base_offset, map, file })
     }
 
     pub fn path(&self) -> &Path {
@@ -140,11 +114,7 @@ impl MappedFile {
     /// # Safety
     /// No thread may write these bytes while the slice lives (see the module invariant).
     pub unsafe fn slice(&self, position: usize, len: usize) -> &[u8] {
-        assert!(
-            position + len <= self.map.len(),
-            "read past the end of {}",
-            self.path.display()
-        );
+        assert!(position + len <= self.map.len(), "read past the end of {}", self.path.display());
         // SAFETY: in bounds (asserted); the caller guarantees no concurrent writer.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(position), len) }
     }
@@ -156,13 +126,22 @@ impl MappedFile {
     /// published (see the module invariant); no other slice of them is alive.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, position: usize, len: usize) -> &mut [u8] {
-        assert!(
-            position + len <= self.map.len(),
-            "write past the end of {}",
-            self.path.display()
-        );
+        assert!(position + len <= self.map.len(), "write past the end of {}", self.path.display());
         // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(position), len) }
+    }
+
+    /// Writes `bytes` at `position` through the page cache (pwrite), visible to the mapping.
+    /// Same single-writer contract as `slice_mut`, without its write-protect faults.
+    pub fn write_at(&self, position: usize, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        assert!(position + bytes.len() <= self.map.len(), "write past the end of {}", self.path.display());
+        self.file.write_all_at(bytes, position as u64).map_err(|e| Error::io("cannot write", &self.path, e))
+    }
+
+    /// fdatasyncs the whole file (for files written with `write_at`).
+    pub fn sync_data(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io("cannot fdatasync", &self.path, e))
     }
 
     /// msyncs `[position, position + len)` to disk.
@@ -170,17 +149,13 @@ impl MappedFile {
         if len == 0 {
             return Ok(());
         }
-        self.map
-            .flush_range(position, len)
-            .map_err(|e| Error::io("cannot msync", &self.path, e))
+        self.map.flush_range(position, len).map_err(|e| Error::io("cannot msync", &self.path, e))
     }
 }
 
 /// fsyncs a directory so that created, renamed and removed entries survive a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|e| Error::io("cannot sync directory", dir, e))
+    File::open(dir).and_then(|handle| handle.sync_all()).map_err(|e| Error::io("cannot sync directory", dir, e))
 }
 
 /// Lists the offset-named files of `dir`, sorted by offset; other names are ignored.
@@ -193,11 +168,7 @@ pub(crate) fn list_offset_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("cannot list", dir, e))?;
-        if let Some(offset) = entry
-            .file_name()
-            .to_str()
-            .and_then(super::parse_offset_file_name)
-        {
+        if let Some(offset) = entry.file_name().to_str().and_then(super::parse_offset_file_name) {
             files.push((offset, entry.path()));
         }
     }

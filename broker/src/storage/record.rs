@@ -49,12 +49,7 @@ pub struct NewMessage {
 impl NewMessage {
     /// The record's length in the commitlog.
     pub fn encoded_len(&self) -> usize {
-        HEADER_FIXED_BYTES
-            + self.topic.len()
-            + 2
-            + properties_size(&self.properties)
-            + 4
-            + self.body.len()
+        HEADER_FIXED_BYTES + self.topic.len() + 2 + properties_size(&self.properties) + 4 + self.body.len()
     }
 
     /// The first property with this name.
@@ -65,17 +60,11 @@ impl NewMessage {
     /// Checks the format's limits; the store calls this before queueing an append.
     pub fn validate(&self, message_size_max_bytes: usize) -> Result<()> {
         if self.topic.is_empty() || self.topic.len() > TOPIC_BYTES_MAX {
-            return Err(Error::TopicNameInvalid {
-                name: self.topic.clone(),
-                reason: "must be 1 to 127 bytes",
-            });
+            return Err(Error::TopicNameInvalid { name: self.topic.clone(), reason: "must be 1 to 127 bytes" });
         }
         for (name, value) in &self.properties {
             if name.is_empty() {
-                return Err(Error::PropertyInvalid {
-                    name: name.clone(),
-                    reason: "empty name",
-                });
+                return Err(Error::PropertyInvalid { name: name.clone(), reason: "empty name" });
             }
             if name.len() > PROPERTIES_BYTES_MAX || value.len() > PROPERTIES_BYTES_MAX {
                 return Err(Error::PropertiesTooLarge {
@@ -86,17 +75,11 @@ impl NewMessage {
         }
         let properties_bytes = properties_size(&self.properties);
         if properties_bytes > PROPERTIES_BYTES_MAX {
-            return Err(Error::PropertiesTooLarge {
-                size_bytes: properties_bytes,
-                max_bytes: PROPERTIES_BYTES_MAX,
-            });
+            return Err(Error::PropertiesTooLarge { size_bytes: properties_bytes, max_bytes: PROPERTIES_BYTES_MAX });
         }
         let size_bytes = self.encoded_len();
         if size_bytes > message_size_max_bytes {
-            return Err(Error::MessageTooLarge {
-                size_bytes,
-                max_bytes: message_size_max_bytes,
-            });
+            return Err(Error::MessageTooLarge { size_bytes, max_bytes: message_size_max_bytes });
         }
         Ok(())
     }
@@ -104,17 +87,11 @@ impl NewMessage {
 
 /// Encoded size of a properties block.
 pub fn properties_size(properties: &[(String, String)]) -> usize {
-    properties
-        .iter()
-        .map(|(name, value)| 4 + name.len() + value.len())
-        .sum()
+    properties.iter().map(|(name, value)| 4 + name.len() + value.len()).sum()
 }
 
 fn property<'a>(properties: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    properties
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.as_str())
+    properties.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
 }
 
 /// Hash of a tag as stored in consume queue entries; 0 means "no tag".
@@ -155,10 +132,7 @@ impl MessageRecord {
     }
     /// The message keys (space separated in the `KEYS` property).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.property(PROPERTY_KEYS)
-            .unwrap_or("")
-            .split(' ')
-            .filter(|key| !key.is_empty())
+        self.property(PROPERTY_KEYS).unwrap_or("").split(' ').filter(|key| !key.is_empty())
     }
     /// The unique message id, if any.
     pub fn unique_id(&self) -> Option<&str> {
@@ -177,11 +151,7 @@ pub(crate) struct Placement {
 /// Writes `message` into `out` (exactly `message.encoded_len()` bytes), CRC included.
 pub(crate) fn encode_into(message: &NewMessage, placement: Placement, out: &mut [u8]) {
     let total = message.encoded_len();
-    assert_eq!(
-        out.len(),
-        total,
-        "record buffer must match the encoded length"
-    );
+    assert_eq!(out.len(), total, "record buffer must match the encoded length");
     let mut cursor = Cursor { buf: out, pos: 0 };
     cursor.put_u32(total as u32);
     cursor.put_u16(MAGIC);
@@ -213,10 +183,7 @@ pub(crate) fn encode_into(message: &NewMessage, placement: Placement, out: &mut 
     }
     cursor.put_u32(message.body.len() as u32);
     cursor.put_bytes(&message.body);
-    assert_eq!(
-        cursor.pos, total,
-        "encoder wrote a different length than it computed"
-    );
+    assert_eq!(cursor.pos, total, "encoder wrote a different length than it computed");
     let crc = crc32c(&out[12..]);
     out[8..12].copy_from_slice(&crc.to_le_bytes());
 }
@@ -246,15 +213,9 @@ pub(crate) enum Decoded {
 
 /// Reads the record length and kind at the start of `bytes`, validating the frame only.
 /// Returns the length of a message record whose frame and CRC check out.
-pub(crate) fn check_frame(
-    bytes: &[u8],
-    message_size_max_bytes: usize,
-) -> Result<(u8, usize), String> {
+pub(crate) fn check_frame(bytes: &[u8], message_size_max_bytes: usize) -> Result<(u8, usize), String> {
     if bytes.len() < END_MARKER_BYTES {
-        return Err(format!(
-            "only {} bytes left, too short for a record",
-            bytes.len()
-        ));
+        return Err(format!("only {} bytes left, too short for a record", bytes.len()));
     }
     let total = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
     let magic = u16::from_le_bytes(bytes[4..6].try_into().expect("2 bytes"));
@@ -267,10 +228,7 @@ pub(crate) fn check_frame(
     match bytes[7] {
         KIND_END_OF_SEGMENT => {
             if total != bytes.len() {
-                return Err(format!(
-                    "end-of-segment marker says {total} bytes but {} remain",
-                    bytes.len()
-                ));
+                return Err(format!("end-of-segment marker says {total} bytes but {} remain", bytes.len()));
             }
             Ok((KIND_END_OF_SEGMENT, total))
         }
@@ -281,9 +239,7 @@ pub(crate) fn check_frame(
             let stored = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
             let actual = crc32c(&bytes[12..total]);
             if stored != actual {
-                return Err(format!(
-                    "CRC mismatch: stored {stored:#010x}, computed {actual:#010x}"
-                ));
+                return Err(format!("CRC mismatch: stored {stored:#010x}, computed {actual:#010x}"));
             }
             Ok((KIND_MESSAGE, total))
         }
@@ -313,10 +269,7 @@ pub(crate) fn decode(bytes: &[u8], physical_offset: u64, message_size_max_bytes:
 
 /// Decodes a message record whose frame and CRC were already checked.
 fn decode_message(bytes: &[u8]) -> Result<MessageRecord, String> {
-    let mut reader = Reader {
-        buf: bytes,
-        pos: 12,
-    };
+    let mut reader = Reader { buf: bytes, pos: 12 };
     let flags = reader.u32()?;
     let queue_id = reader.u32()?;
     let queue_offset = reader.u64()?;
@@ -350,10 +303,7 @@ fn decode_message(bytes: &[u8]) -> Result<MessageRecord, String> {
     let body_len = reader.u32()? as usize;
     let body = reader.bytes(body_len)?.to_vec();
     if reader.pos != bytes.len() {
-        return Err(format!(
-            "record has {} trailing bytes",
-            bytes.len() - reader.pos
-        ));
+        return Err(format!("record has {} trailing bytes", bytes.len() - reader.pos));
     }
     Ok(MessageRecord {
         topic,
@@ -403,10 +353,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn bytes(&mut self, len: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(len)
-            .filter(|end| *end <= self.buf.len());
+        let end = self.pos.checked_add(len).filter(|end| *end <= self.buf.len());
         let end = end.ok_or_else(|| format!("field of {len} bytes overruns the record"))?;
         let slice = &self.buf[self.pos..end];
         self.pos = end;
@@ -416,19 +363,13 @@ impl<'a> Reader<'a> {
         Ok(self.bytes(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(
-            self.bytes(2)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().expect("2 bytes")))
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.bytes(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.bytes(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
     }
     fn string(&mut self, len: usize) -> Result<String, String> {
         let bytes = self.bytes(len)?;
@@ -449,10 +390,7 @@ mod tests {
             born_host: "10.1.2.3:4567".parse().unwrap(),
             reconsume_count: 2,
             prepared_transaction_offset: 0,
-            properties: vec![
-                (PROPERTY_TAGS.into(), "TagA".into()),
-                ("k".into(), "v".into()),
-            ],
+            properties: vec![(PROPERTY_TAGS.into(), "TagA".into()), ("k".into(), "v".into())],
             body: vec![7; body_len],
         }
     }
@@ -460,16 +398,10 @@ mod tests {
     #[test]
     fn round_trip_and_crc_detects_flips() {
         let message = sample(100);
-        let placement = Placement {
-            queue_offset: 9,
-            physical_offset: 4096,
-            store_timestamp_ms: 5,
-        };
+        let placement = Placement { queue_offset: 9, physical_offset: 4096, store_timestamp_ms: 5 };
         let mut buf = vec![0; message.encoded_len()];
         encode_into(&message, placement, &mut buf);
-        let Decoded::Message(record) = decode(&buf, 4096, 1 << 20) else {
-            panic!("decodes")
-        };
+        let Decoded::Message(record) = decode(&buf, 4096, 1 << 20) else { panic!("decodes") };
         assert_eq!(record.topic, "orders");
         assert_eq!(record.queue_offset, 9);
         assert_eq!(record.tag(), Some("TagA"));
@@ -479,25 +411,16 @@ mod tests {
         for position in [0, 5, 9, 20, 90, buf.len() - 1] {
             let mut flipped = buf.clone();
             flipped[position] ^= 0x40;
-            assert!(
-                matches!(decode(&flipped, 4096, 1 << 20), Decoded::Invalid(_)),
-                "{position}"
-            );
+            assert!(matches!(decode(&flipped, 4096, 1 << 20), Decoded::Invalid(_)), "{position}");
         }
     }
 
     #[test]
     fn limits_are_enforced() {
         let message = sample(2000);
-        assert!(matches!(
-            message.validate(1000),
-            Err(Error::MessageTooLarge { .. })
-        ));
+        assert!(matches!(message.validate(1000), Err(Error::MessageTooLarge { .. })));
         let mut message = sample(1);
         message.properties.push(("big".into(), "x".repeat(40_000)));
-        assert!(matches!(
-            message.validate(1 << 20),
-            Err(Error::PropertiesTooLarge { .. })
-        ));
+        assert!(matches!(message.validate(1 << 20), Err(Error::PropertiesTooLarge { .. })));
     }
 }

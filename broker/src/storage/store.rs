@@ -26,8 +26,7 @@ use super::file_lock::DataDirLock;
 use super::index::IndexService;
 use super::mapped_file::sync_dir;
 use super::record::{
-    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, TOPIC_BYTES_MAX,
-    tag_hash,
+    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, TOPIC_BYTES_MAX, tag_hash,
 };
 use crate::error::{Error, Result};
 
@@ -103,48 +102,26 @@ impl StoreConfig {
         if self.message_size_max_bytes < 1024 {
             return invalid("message_size_max_bytes", "must be at least 1024".into());
         }
-        if self.segment_size_bytes < (self.message_size_max_bytes as u64 + 8)
-            || self.segment_size_bytes > (1 << 40)
-        {
+        if self.segment_size_bytes < (self.message_size_max_bytes as u64 + 8) || self.segment_size_bytes > (1 << 40) {
             return invalid(
                 "segment_size_bytes",
-                format!(
-                    "must be between message_size_max_bytes + 8 ({}) and 1 TiB",
-                    self.message_size_max_bytes + 8
-                ),
+                format!("must be between message_size_max_bytes + 8 ({}) and 1 TiB", self.message_size_max_bytes + 8),
             );
         }
-        if self.consume_queue_entries_per_file == 0
-            || self.consume_queue_entries_per_file > 50_000_000
-        {
-            return invalid(
-                "consume_queue_entries_per_file",
-                "must be 1..=50000000".into(),
-            );
+        if self.consume_queue_entries_per_file == 0 || self.consume_queue_entries_per_file > 50_000_000 {
+            return invalid("consume_queue_entries_per_file", "must be 1..=50000000".into());
         }
         if self.index_slots == 0 || self.index_entries_max == 0 {
-            return invalid(
-                "index_slots",
-                "index_slots and index_entries_max must be positive".into(),
-            );
+            return invalid("index_slots", "index_slots and index_entries_max must be positive".into());
         }
         if self.append_queue_requests_max == 0 || self.write_batch_messages_max == 0 {
-            return invalid(
-                "append_queue_requests_max",
-                "queue and batch maxima must be positive".into(),
-            );
+            return invalid("append_queue_requests_max", "queue and batch maxima must be positive".into());
         }
-        if self.flush_interval_ms == 0
-            || self.checkpoint_interval_ms == 0
-            || self.retention_check_interval_ms == 0
-        {
+        if self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 || self.retention_check_interval_ms == 0 {
             return invalid("flush_interval_ms", "intervals must be positive".into());
         }
         if !(self.disk_usage_ratio_max > 0.0 && self.disk_usage_ratio_max <= 1.0) {
-            return invalid(
-                "disk_usage_ratio_max",
-                format!("{} is not in (0, 1]", self.disk_usage_ratio_max),
-            );
+            return invalid("disk_usage_ratio_max", format!("{} is not in (0, 1]", self.disk_usage_ratio_max));
         }
         Ok(())
     }
@@ -181,6 +158,17 @@ pub trait MessageFilter {
     fn matches(&self, message: &MessageRecord) -> bool;
 }
 
+/// Bounds of one queue read.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// Most messages returned.
+    pub messages_max: usize,
+    /// About this many bytes at most (at least one message is returned when any matches).
+    pub bytes_max: usize,
+    /// Most consume queue entries inspected (bounds a read whose filter matches little).
+    pub scan_entries_max: usize,
+}
+
 /// Messages read from one queue.
 #[derive(Debug, Default)]
 pub struct QueueRead {
@@ -191,17 +179,9 @@ pub struct QueueRead {
 }
 
 enum Command {
-    Append {
-        messages: Vec<NewMessage>,
-        done: AppendDone,
-    },
-    DeleteTopic {
-        topic: String,
-        done: Box<dyn FnOnce(Result<()>) + Send>,
-    },
-    Shutdown {
-        clean: bool,
-    },
+    Append { messages: Vec<NewMessage>, done: AppendDone },
+    DeleteTopic { topic: String, done: Box<dyn FnOnce(Result<()>) + Send> },
+    Shutdown { clean: bool },
 }
 
 struct FlushRequest {
@@ -233,25 +213,19 @@ pub struct MessageStore {
 
 impl std::fmt::Debug for MessageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageStore")
-            .field("data_dir", &self.shared.config.data_dir)
-            .finish()
+        f.debug_struct("MessageStore").field("data_dir", &self.shared.config.data_dir).finish()
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Whether a directory name can be a topic we wrote (guards recovery against strays).
 fn is_topic_dir_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= TOPIC_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-')
 }
 
 impl MessageStore {
@@ -259,8 +233,7 @@ impl MessageStore {
     pub fn open(config: StoreConfig, listener: Option<DispatchListener>) -> Result<MessageStore> {
         config.validate()?;
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io("cannot create data directory", &dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create data directory", &dir, e))?;
         let lock = DataDirLock::acquire(&dir)?;
         let abort_path = dir.join("abort");
         let unclean = abort_path.exists();
@@ -273,11 +246,7 @@ impl MessageStore {
             config.segment_size_bytes,
             config.message_size_max_bytes,
         )?);
-        let mut index = IndexService::open(
-            &dir.join("index"),
-            config.index_slots,
-            config.index_entries_max,
-        )?;
+        let mut index = IndexService::open(&dir.join("index"), config.index_slots, config.index_entries_max)?;
         let (queues, rebuild) = load_queues(&config)?;
         let mut cursors: HashMap<(String, u32), u64> = HashMap::new();
         for (topic, by_id) in &queues {
@@ -296,22 +265,12 @@ impl MessageStore {
         if let Some(truncated_at) = commit_log.truncated_at() {
             if truncated_at < flushed {
                 return Err(Error::CommitLogCorrupt {
-                    path: commit_log
-                        .segment_paths()
-                        .last()
-                        .cloned()
-                        .unwrap_or_default(),
+                    path: commit_log.segment_paths().last().cloned().unwrap_or_default(),
                     offset: truncated_at,
-                    reason: format!(
-                        "the segment file is truncated below the last flushed offset {flushed}"
-                    ),
+                    reason: format!("the segment file is truncated below the last flushed offset {flushed}"),
                 });
             }
-            start = start.min(
-                commit_log
-                    .segment_base(truncated_at)
-                    .max(commit_log.min_offset()),
-            );
+            start = start.min(commit_log.segment_base(truncated_at).max(commit_log.min_offset()));
         }
         let mut dispatch_error = None;
         let mut recovered = 0u64;
@@ -331,11 +290,7 @@ impl MessageStore {
         }
         if let Some(reason) = &outcome.stop_reason {
             if outcome.end_offset < flushed {
-                let path = commit_log
-                    .segment_paths()
-                    .last()
-                    .cloned()
-                    .unwrap_or_default();
+                let path = commit_log.segment_paths().last().cloned().unwrap_or_default();
                 return Err(Error::CommitLogCorrupt {
                     path,
                     offset: outcome.end_offset,
@@ -346,8 +301,7 @@ impl MessageStore {
             }
             tracing::warn!(end_offset = outcome.end_offset, reason = %reason, "truncating a torn commitlog tail");
         }
-        let damaged =
-            unclean || outcome.stop_reason.is_some() || commit_log.truncated_at().is_some();
+        let damaged = unclean || outcome.stop_reason.is_some() || commit_log.truncated_at().is_some();
         commit_log.truncate(outcome.end_offset, damaged)?;
         for by_id in queues.values() {
             for queue in by_id.values() {
@@ -419,18 +373,16 @@ impl MessageStore {
             return Err(Error::StoreClosed);
         }
         if messages.is_empty() {
-            return Err(Error::BatchInvalid {
-                reason: "no messages".into(),
-            });
+            return Err(Error::BatchInvalid { reason: "no messages".into() });
         }
         for message in &messages {
             message.validate(self.shared.config.message_size_max_bytes)?;
         }
         match self.commands.try_send(Command::Append { messages, done }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::Busy {
-                requests_max: self.shared.config.append_queue_requests_max,
-            }),
+            Err(TrySendError::Full(_)) => {
+                Err(Error::Busy { requests_max: self.shared.config.append_queue_requests_max })
+            }
             Err(TrySendError::Disconnected(_)) => Err(Error::StoreClosed),
         }
     }
@@ -448,9 +400,7 @@ impl MessageStore {
         let done: AppendDone = Box::new(move |result| {
             let _ = tx.send(result);
         });
-        self.commands
-            .send(Command::Append { messages, done })
-            .map_err(|_| Error::StoreClosed)?;
+        self.commands.send(Command::Append { messages, done }).map_err(|_| Error::StoreClosed)?;
         rx.recv().map_err(|_| Error::StoreClosed)?
     }
 
@@ -462,47 +412,29 @@ impl MessageStore {
     /// `[min, max)` of a queue; `0..0` for a queue never written.
     pub fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
         match self.queue(topic, queue_id) {
-            Some(queue) => QueueRange {
-                min_offset: queue.min_offset(),
-                max_offset: queue.max_offset(),
-            },
+            Some(queue) => QueueRange { min_offset: queue.min_offset(), max_offset: queue.max_offset() },
             None => QueueRange::default(),
         }
     }
 
     fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
-        self.shared
-            .queues
-            .read()
-            .expect("queues lock")
-            .get(topic)?
-            .get(&queue_id)
-            .cloned()
+        self.shared.queues.read().expect("queues lock").get(topic)?.get(&queue_id).cloned()
     }
 
-    /// Reads up to `count_max` messages (and about `bytes_max` bytes; at least one message
-    /// when any matches) from `queue_offset`, looking at no more than `scan_max` entries.
+    /// Reads matching messages from `queue_offset` within `limits`.
     pub fn read_queue(
         &self,
         topic: &str,
         queue_id: u32,
         queue_offset: u64,
-        count_max: usize,
-        bytes_max: usize,
-        scan_max: usize,
+        limits: ReadLimits,
         filter: &dyn MessageFilter,
     ) -> Result<QueueRead> {
+        let ReadLimits { messages_max: count_max, bytes_max, scan_entries_max: scan_max } = limits;
         let Some(queue) = self.queue(topic, queue_id) else {
-            return Ok(QueueRead {
-                messages: Vec::new(),
-                next_offset: queue_offset,
-                range: QueueRange::default(),
-            });
+            return Ok(QueueRead { messages: Vec::new(), next_offset: queue_offset, range: QueueRange::default() });
         };
-        let range = QueueRange {
-            min_offset: queue.min_offset(),
-            max_offset: queue.max_offset(),
-        };
+        let range = QueueRange { min_offset: queue.min_offset(), max_offset: queue.max_offset() };
         if queue_offset < range.min_offset {
             return Err(Error::OffsetBelowMinimum {
                 topic: topic.to_string(),
@@ -541,11 +473,7 @@ impl MessageStore {
                 }
             }
         }
-        Ok(QueueRead {
-            messages,
-            next_offset: next,
-            range,
-        })
+        Ok(QueueRead { messages, next_offset: next, range })
     }
 
     fn read_entry(
@@ -588,24 +516,13 @@ impl MessageStore {
     }
 
     /// Messages whose `KEYS` include `key`, newest first, at most `results_max`.
-    pub fn lookup_key(
-        &self,
-        topic: &str,
-        key: &str,
-        results_max: usize,
-    ) -> Result<Vec<MessageRecord>> {
-        self.lookup(topic, key, results_max, |message| {
-            message.keys().any(|k| k == key)
-        })
+    pub fn lookup_key(&self, topic: &str, key: &str, results_max: usize) -> Result<Vec<MessageRecord>> {
+        self.lookup(topic, key, results_max, |message| message.keys().any(|k| k == key))
     }
 
     /// The message with this unique id, if it is still stored.
     pub fn lookup_unique_id(&self, topic: &str, unique_id: &str) -> Result<Option<MessageRecord>> {
-        Ok(self
-            .lookup(topic, unique_id, 1, |message| {
-                message.unique_id() == Some(unique_id)
-            })?
-            .pop())
+        Ok(self.lookup(topic, unique_id, 1, |message| message.unique_id() == Some(unique_id))?.pop())
     }
 
     fn lookup(
@@ -616,12 +533,8 @@ impl MessageStore {
         is_match: impl Fn(&MessageRecord) -> bool,
     ) -> Result<Vec<MessageRecord>> {
         let hash = IndexService::key_hash(topic, key);
-        let candidates = self
-            .shared
-            .index
-            .lock()
-            .expect("index lock")
-            .lookup(hash, results_max.saturating_mul(4).max(16));
+        let candidates =
+            self.shared.index.lock().expect("index lock").lookup(hash, results_max.saturating_mul(4).max(16));
         let log = &self.shared.commit_log;
         let mut found = Vec::new();
         for offset in candidates {
@@ -644,12 +557,7 @@ impl MessageStore {
 
     /// The first queue offset whose message was stored at or after `timestamp_ms`
     /// (the max offset when none was).
-    pub fn offset_for_timestamp(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        timestamp_ms: i64,
-    ) -> Result<u64> {
+    pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64> {
         let Some(queue) = self.queue(topic, queue_id) else {
             return Ok(0);
         };
@@ -673,31 +581,18 @@ impl MessageStore {
     /// Every (topic, queue id) with a consume queue.
     pub fn queues(&self) -> Vec<(String, u32)> {
         let queues = self.shared.queues.read().expect("queues lock");
-        let mut all: Vec<_> = queues
-            .iter()
-            .flat_map(|(topic, by_id)| by_id.keys().map(move |id| (topic.clone(), *id)))
-            .collect();
+        let mut all: Vec<_> =
+            queues.iter().flat_map(|(topic, by_id)| by_id.keys().map(move |id| (topic.clone(), *id))).collect();
         all.sort();
         all
     }
 
     /// Removes a topic's consume queues (its messages stay in the commitlog until retention).
-    pub fn delete_topic(
-        &self,
-        topic: &str,
-        done: Box<dyn FnOnce(Result<()>) + Send>,
-    ) -> Result<()> {
-        self.commands
-            .try_send(Command::DeleteTopic {
-                topic: topic.to_string(),
-                done,
-            })
-            .map_err(|error| match error {
-                TrySendError::Full(_) => Error::Busy {
-                    requests_max: self.shared.config.append_queue_requests_max,
-                },
-                TrySendError::Disconnected(_) => Error::StoreClosed,
-            })
+    pub fn delete_topic(&self, topic: &str, done: Box<dyn FnOnce(Result<()>) + Send>) -> Result<()> {
+        self.commands.try_send(Command::DeleteTopic { topic: topic.to_string(), done }).map_err(|error| match error {
+            TrySendError::Full(_) => Error::Busy { requests_max: self.shared.config.append_queue_requests_max },
+            TrySendError::Disconnected(_) => Error::StoreClosed,
+        })
     }
 
     /// `[min, max)` of the commitlog and its flushed offset.
@@ -744,8 +639,7 @@ impl MessageStore {
         }
         checkpoint(&self.shared)?;
         let abort_path = self.shared.config.data_dir.join("abort");
-        std::fs::remove_file(&abort_path)
-            .map_err(|e| Error::io("cannot remove", &abort_path, e))?;
+        std::fs::remove_file(&abort_path).map_err(|e| Error::io("cannot remove", &abort_path, e))?;
         sync_dir(&self.shared.config.data_dir)?;
         tracing::info!(data_dir = %self.shared.config.data_dir.display(), "message store closed cleanly");
         Ok(())
@@ -774,16 +668,11 @@ fn load_queues(config: &StoreConfig) -> Result<(QueueMap, bool)> {
         if !is_topic_dir_name(&topic) || !topic_entry.path().is_dir() {
             continue;
         }
-        let queue_dirs = std::fs::read_dir(topic_entry.path())
-            .map_err(|e| Error::io("cannot list", topic_entry.path(), e))?;
+        let queue_dirs =
+            std::fs::read_dir(topic_entry.path()).map_err(|e| Error::io("cannot list", topic_entry.path(), e))?;
         for queue_entry in queue_dirs {
-            let queue_entry =
-                queue_entry.map_err(|e| Error::io("cannot list", topic_entry.path(), e))?;
-            let Some(queue_id) = queue_entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
+            let queue_entry = queue_entry.map_err(|e| Error::io("cannot list", topic_entry.path(), e))?;
+            let Some(queue_id) = queue_entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
             let path = queue_entry.path();
@@ -798,8 +687,7 @@ fn load_queues(config: &StoreConfig) -> Result<(QueueMap, bool)> {
                 Some(queue) => queue,
                 None => {
                     rebuild = true;
-                    std::fs::remove_dir_all(&path)
-                        .map_err(|e| Error::io("cannot remove", &path, e))?;
+                    std::fs::remove_dir_all(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
                     ConsumeQueue::open(
                         &path,
                         &topic,
@@ -810,10 +698,7 @@ fn load_queues(config: &StoreConfig) -> Result<(QueueMap, bool)> {
                     .expect("an empty queue is consistent")
                 }
             };
-            queues
-                .entry(topic.clone())
-                .or_default()
-                .insert(queue_id, Arc::new(queue));
+            queues.entry(topic.clone()).or_default().insert(queue_id, Arc::new(queue));
         }
     }
     Ok((queues, rebuild))
@@ -856,23 +741,15 @@ fn dispatch(
     index: &mut IndexService,
     item: &DispatchItem<'_>,
 ) -> Result<()> {
-    let queue = match queues
-        .get(item.topic)
-        .and_then(|by_id| by_id.get(&item.queue_id))
-    {
+    let queue = match queues.get(item.topic).and_then(|by_id| by_id.get(&item.queue_id)) {
         Some(queue) => queue.clone(),
         None => {
             let queue = Arc::new(open_new_queue(config, item.topic, item.queue_id)?);
-            queues
-                .entry(item.topic.to_string())
-                .or_default()
-                .insert(item.queue_id, queue.clone());
+            queues.entry(item.topic.to_string()).or_default().insert(item.queue_id, queue.clone());
             queue
         }
     };
-    let cursor = cursors
-        .entry((item.topic.to_string(), item.queue_id))
-        .or_insert(0);
+    let cursor = cursors.entry((item.topic.to_string(), item.queue_id)).or_insert(0);
     let entry = consume_queue::Entry {
         physical_offset: item.physical_offset,
         size_bytes: item.size_bytes,
@@ -883,34 +760,17 @@ fn dispatch(
 }
 
 fn index_message(index: &mut IndexService, item: &DispatchItem<'_>) -> Result<()> {
-    for key in item
-        .keys
-        .unwrap_or("")
-        .split(' ')
-        .filter(|key| !key.is_empty())
-    {
-        index.insert(
-            IndexService::key_hash(item.topic, key),
-            item.physical_offset,
-            item.store_timestamp_ms,
-        )?;
+    for key in item.keys.unwrap_or("").split(' ').filter(|key| !key.is_empty()) {
+        index.insert(IndexService::key_hash(item.topic, key), item.physical_offset, item.store_timestamp_ms)?;
     }
     if let Some(unique_id) = item.unique_id.filter(|id| !id.is_empty()) {
-        index.insert(
-            IndexService::key_hash(item.topic, unique_id),
-            item.physical_offset,
-            item.store_timestamp_ms,
-        )?;
+        index.insert(IndexService::key_hash(item.topic, unique_id), item.physical_offset, item.store_timestamp_ms)?;
     }
     Ok(())
 }
 
 fn open_new_queue(config: &StoreConfig, topic: &str, queue_id: u32) -> Result<ConsumeQueue> {
-    let dir = config
-        .data_dir
-        .join("consumequeue")
-        .join(topic)
-        .join(queue_id.to_string());
+    let dir = config.data_dir.join("consumequeue").join(topic).join(queue_id.to_string());
     let queue = ConsumeQueue::open(
         &dir,
         topic,
@@ -970,6 +830,12 @@ impl Writer {
                 }
             }
             self.publish(&mut touched);
+            if self.shared.failed.load(Ordering::Acquire) {
+                // Nothing of a failed batch is acknowledged; producers retry.
+                for (_, result) in &mut completions {
+                    *result = Err(Error::StoreClosed);
+                }
+            }
             match self.shared.config.flush_mode {
                 FlushMode::Async => {
                     for (done, result) in completions {
@@ -977,10 +843,7 @@ impl Writer {
                     }
                 }
                 FlushMode::Sync if !completions.is_empty() => {
-                    let request = FlushRequest {
-                        offset: self.log.position(),
-                        completions,
-                    };
+                    let request = FlushRequest { offset: self.log.position(), completions };
                     if let Err(unsent) = self.flush.send(request) {
                         for (done, _) in unsent.0.completions {
                             done(Err(Error::StoreClosed));
@@ -1019,13 +882,9 @@ impl Writer {
         let mut index = shared.index.lock().expect("index lock");
         for message in messages {
             let queue = writer_queue(&shared, &message.topic, message.queue_id, touched)?;
-            let cursor = self
-                .cursors
-                .entry((message.topic.clone(), message.queue_id))
-                .or_insert(0);
+            let cursor = self.cursors.entry((message.topic.clone(), message.queue_id)).or_insert(0);
             let queue_offset = *cursor;
-            let (physical_offset, size_bytes) =
-                self.log.append(message, queue_offset, store_timestamp_ms)?;
+            let (physical_offset, size_bytes) = self.log.append(message, queue_offset, store_timestamp_ms)?;
             let item = DispatchItem {
                 topic: &message.topic,
                 queue_id: message.queue_id,
@@ -1037,11 +896,7 @@ impl Writer {
                 unique_id: message.property(PROPERTY_UNIQUE_ID),
                 store_timestamp_ms,
             };
-            let entry = consume_queue::Entry {
-                physical_offset,
-                size_bytes,
-                tag_hash: tag_hash(item.tag),
-            };
+            let entry = consume_queue::Entry { physical_offset, size_bytes, tag_hash: tag_hash(item.tag) };
             queue.put(queue_offset, entry, cursor)?;
             index_message(&mut index, &item)?;
             match touched.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
@@ -1064,13 +919,17 @@ impl Writer {
 
     /// Makes the written records readable: commitlog first, then consume queues.
     fn publish(&mut self, touched: &mut Vec<(Arc<ConsumeQueue>, u64)>) {
-        self.log.publish();
+        if let Err(error) = self.log.publish() {
+            // The bytes never reached the file: nothing of this batch may become visible.
+            tracing::error!(%error, "commitlog write failed; the store stops accepting appends");
+            self.shared.failed.store(true, Ordering::Release);
+            touched.clear();
+            return;
+        }
         for (queue, max_offset) in touched.iter() {
             queue.publish(*max_offset);
         }
-        self.shared
-            .dispatched_offset
-            .store(self.log.position(), Ordering::Release);
+        self.shared.dispatched_offset.store(self.log.position(), Ordering::Release);
         if let Some(listener) = &self.listener {
             for (queue, max_offset) in touched.iter() {
                 listener(queue.topic(), queue.queue_id(), *max_offset);
@@ -1080,20 +939,13 @@ impl Writer {
     }
 
     fn delete_topic(&mut self, topic: &str) -> Result<()> {
-        let removed = self
-            .shared
-            .queues
-            .write()
-            .expect("queues lock")
-            .remove(topic);
+        let removed = self.shared.queues.write().expect("queues lock").remove(topic);
         self.cursors.retain(|(t, _), _| t != topic);
-        if let Some(by_id) = removed {
-            if let Some(queue) = by_id.values().next() {
-                if let Some(topic_dir) = queue.dir().parent() {
-                    std::fs::remove_dir_all(topic_dir)
-                        .map_err(|e| Error::io("cannot remove", topic_dir, e))?;
-                }
-            }
+        if let Some(by_id) = removed
+            && let Some(queue) = by_id.values().next()
+            && let Some(topic_dir) = queue.dir().parent()
+        {
+            std::fs::remove_dir_all(topic_dir).map_err(|e| Error::io("cannot remove", topic_dir, e))?;
         }
         // Checkpoint now so recovery never re-dispatches the deleted topic's old messages.
         checkpoint(&self.shared)
@@ -1107,29 +959,14 @@ fn writer_queue(
     queue_id: u32,
     touched: &[(Arc<ConsumeQueue>, u64)],
 ) -> Result<Arc<ConsumeQueue>> {
-    if let Some((queue, _)) = touched
-        .iter()
-        .find(|(q, _)| q.queue_id() == queue_id && q.topic() == topic)
-    {
+    if let Some((queue, _)) = touched.iter().find(|(q, _)| q.queue_id() == queue_id && q.topic() == topic) {
         return Ok(queue.clone());
     }
-    if let Some(queue) = shared
-        .queues
-        .read()
-        .expect("queues lock")
-        .get(topic)
-        .and_then(|m| m.get(&queue_id))
-    {
+    if let Some(queue) = shared.queues.read().expect("queues lock").get(topic).and_then(|m| m.get(&queue_id)) {
         return Ok(queue.clone());
     }
     let queue = Arc::new(open_new_queue(&shared.config, topic, queue_id)?);
-    shared
-        .queues
-        .write()
-        .expect("queues lock")
-        .entry(topic.to_string())
-        .or_default()
-        .insert(queue_id, queue.clone());
+    shared.queues.write().expect("queues lock").entry(topic.to_string()).or_default().insert(queue_id, queue.clone());
     Ok(queue)
 }
 
@@ -1154,22 +991,14 @@ fn checkpoint(shared: &Shared) -> Result<()> {
     let mut last = shared.last_checkpoint.lock().expect("checkpoint lock");
     let dispatched = shared.dispatched_offset.load(Ordering::Acquire);
     let flushed = shared.commit_log.flush_to(dispatched)?;
-    let queues: Vec<Arc<ConsumeQueue>> = shared
-        .queues
-        .read()
-        .expect("queues lock")
-        .values()
-        .flat_map(|m| m.values().cloned())
-        .collect();
+    let queues: Vec<Arc<ConsumeQueue>> =
+        shared.queues.read().expect("queues lock").values().flat_map(|m| m.values().cloned()).collect();
     for queue in queues {
         queue.flush()?;
     }
     shared.index.lock().expect("index lock").flush()?;
-    let checkpoint = Checkpoint {
-        commit_log_flushed_offset: flushed,
-        dispatched_offset: dispatched,
-        timestamp_ms: now_ms(),
-    };
+    let checkpoint =
+        Checkpoint { commit_log_flushed_offset: flushed, dispatched_offset: dispatched, timestamp_ms: now_ms() };
     checkpoint.store(&shared.config.data_dir.join("checkpoint"))?;
     *last = checkpoint;
     Ok(())
@@ -1203,21 +1032,12 @@ fn remove_expired(shared: &Shared, now: SystemTime) -> Result<usize> {
     })?;
     if removed > 0 {
         let log_min = shared.commit_log.min_offset();
-        let queues: Vec<Arc<ConsumeQueue>> = shared
-            .queues
-            .read()
-            .expect("queues lock")
-            .values()
-            .flat_map(|m| m.values().cloned())
-            .collect();
+        let queues: Vec<Arc<ConsumeQueue>> =
+            shared.queues.read().expect("queues lock").values().flat_map(|m| m.values().cloned()).collect();
         for queue in queues {
             queue.remove_below(log_min)?;
         }
-        shared
-            .index
-            .lock()
-            .expect("index lock")
-            .remove_below(log_min)?;
+        shared.index.lock().expect("index lock").remove_below(log_min)?;
     }
     Ok(removed)
 }
@@ -1232,17 +1052,12 @@ struct Flusher {
 
 impl Flusher {
     fn new(shared: Arc<Shared>) -> Self {
-        Flusher {
-            shared,
-            last_checkpoint: Instant::now(),
-            last_retention: Instant::now(),
-        }
+        Flusher { shared, last_checkpoint: Instant::now(), last_retention: Instant::now() }
     }
 
     fn run(mut self, requests: Receiver<FlushRequest>) {
         let config = self.shared.config.clone();
-        let tick =
-            Duration::from_millis(config.flush_interval_ms.min(config.checkpoint_interval_ms));
+        let tick = Duration::from_millis(config.flush_interval_ms.min(config.checkpoint_interval_ms));
         loop {
             match requests.recv_timeout(tick) {
                 Ok(first) => {
@@ -1267,20 +1082,13 @@ impl Flusher {
     }
 
     fn group_commit(&mut self, pending: Vec<FlushRequest>) {
-        let target = pending
-            .iter()
-            .map(|request| request.offset)
-            .max()
-            .unwrap_or(0);
+        let target = pending.iter().map(|request| request.offset).max().unwrap_or(0);
         let started = Instant::now();
         let flushed = self.shared.commit_log.flush_to(target);
         metrics::histogram!("weir_store_flush_seconds").record(started.elapsed().as_secs_f64());
         match flushed {
             Ok(flushed) => {
-                assert!(
-                    flushed >= target,
-                    "group commit must cover every waiting append"
-                );
+                assert!(flushed >= target, "group commit must cover every waiting append");
                 for request in pending {
                     for (done, result) in request.completions {
                         done(result);
@@ -1303,21 +1111,14 @@ impl Flusher {
         if self.last_checkpoint.elapsed() >= Duration::from_millis(config.checkpoint_interval_ms) {
             self.last_checkpoint = Instant::now();
             let dispatched = self.shared.dispatched_offset.load(Ordering::Acquire);
-            let previous = self
-                .shared
-                .last_checkpoint
-                .lock()
-                .expect("checkpoint lock")
-                .dispatched_offset;
-            if dispatched != previous {
-                if let Err(error) = checkpoint(&self.shared) {
-                    self.fail(&error);
-                }
+            let previous = self.shared.last_checkpoint.lock().expect("checkpoint lock").dispatched_offset;
+            if dispatched != previous
+                && let Err(error) = checkpoint(&self.shared)
+            {
+                self.fail(&error);
             }
         }
-        if self.last_retention.elapsed()
-            >= Duration::from_millis(config.retention_check_interval_ms)
-        {
+        if self.last_retention.elapsed() >= Duration::from_millis(config.retention_check_interval_ms) {
             self.last_retention = Instant::now();
             if let Err(error) = remove_expired(&self.shared, SystemTime::now()) {
                 tracing::error!(%error, "retention failed");

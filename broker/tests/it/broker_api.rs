@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use weir_broker::{
-    Broker, BrokerConfig, Error, Message, OffsetReset, PullRequest, PullStatus, TopicConfig,
-};
+use weir_broker::{Broker, BrokerConfig, Error, Message, OffsetReset, PullRequest, PullStatus, TopicConfig};
 
 fn open(dir: &std::path::Path) -> Broker {
     let mut config = BrokerConfig::new(dir);
@@ -18,13 +16,8 @@ async fn topic_lifecycle_and_name_rules() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(dir.path());
     broker.create_topic(TopicConfig::new("orders", 4)).unwrap();
-    assert!(matches!(
-        broker.create_topic(TopicConfig::new("orders", 4)),
-        Err(Error::TopicExists { .. })
-    ));
-    let error = broker
-        .create_topic(TopicConfig::new("bad name", 4))
-        .unwrap_err();
+    assert!(matches!(broker.create_topic(TopicConfig::new("orders", 4)), Err(Error::TopicExists { .. })));
+    let error = broker.create_topic(TopicConfig::new("bad name", 4)).unwrap_err();
     assert_eq!(
         error.to_string(),
         "invalid topic name \"bad name\": only letters, digits, `%`, `_` and `-` are allowed"
@@ -50,30 +43,15 @@ async fn sharding_key_keeps_order_and_round_robin_spreads() {
     broker.create_topic(TopicConfig::new("t", 4)).unwrap();
     let mut queues = std::collections::BTreeSet::new();
     for i in 0..8 {
-        queues.insert(
-            broker
-                .send(Message::new("t", format!("{i}")))
-                .await
-                .unwrap()
-                .queue_id,
-        );
+        queues.insert(broker.send(Message::new("t", format!("{i}"))).await.unwrap().queue_id);
     }
     assert_eq!(queues.len(), 4, "round robin uses every queue");
     let mut sharded = Vec::new();
     for i in 0..10 {
-        sharded.push(
-            broker
-                .send(Message::new("t", format!("o{i}")).with_sharding_key("order-42"))
-                .await
-                .unwrap(),
-        );
+        sharded.push(broker.send(Message::new("t", format!("o{i}")).with_sharding_key("order-42")).await.unwrap());
     }
     assert!(sharded.iter().all(|r| r.queue_id == sharded[0].queue_id));
-    assert!(
-        sharded
-            .windows(2)
-            .all(|w| w[1].queue_offset == w[0].queue_offset + 1)
-    );
+    assert!(sharded.windows(2).all(|w| w[1].queue_offset == w[0].queue_offset + 1));
 }
 
 /// One pull case: (from offset, tag expression, expected status, expected bodies, next).
@@ -84,29 +62,13 @@ async fn pull_statuses_and_tag_filters() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(dir.path());
     broker.create_topic(TopicConfig::new("t", 1)).unwrap();
-    for (body, tag) in [
-        ("a0", "A"),
-        ("b1", "B"),
-        ("a2", "A"),
-        ("c3", "C"),
-        ("n4", ""),
-    ] {
+    for (body, tag) in [("a0", "A"), ("b1", "B"), ("a2", "A"), ("c3", "C"), ("n4", "")] {
         let message = Message::new("t", body);
-        let message = if tag.is_empty() {
-            message
-        } else {
-            message.with_tag(tag)
-        };
+        let message = if tag.is_empty() { message } else { message.with_tag(tag) };
         broker.send(message).await.unwrap();
     }
     let cases: &[PullCase] = &[
-        (
-            0,
-            "*",
-            PullStatus::Found,
-            &["a0", "b1", "a2", "c3", "n4"],
-            5,
-        ),
+        (0, "*", PullStatus::Found, &["a0", "b1", "a2", "c3", "n4"], 5),
         (1, "A", PullStatus::Found, &["a2"], 5),
         (0, "A || C", PullStatus::Found, &["a0", "a2", "c3"], 5),
         (3, "B", PullStatus::NoMatchedMessage, &[], 5),
@@ -117,11 +79,7 @@ async fn pull_statuses_and_tag_filters() {
         let mut request = PullRequest::new("g", "t", 0, *offset);
         request.tag_expression = tags.to_string();
         let result = broker.pull(request).await.unwrap();
-        let got: Vec<&str> = result
-            .messages
-            .iter()
-            .map(|m| std::str::from_utf8(&m.body).unwrap())
-            .collect();
+        let got: Vec<&str> = result.messages.iter().map(|m| std::str::from_utf8(&m.body).unwrap()).collect();
         assert_eq!(
             (result.status, got.as_slice(), result.next_offset),
             (*status, *bodies, *next),
@@ -130,14 +88,8 @@ async fn pull_statuses_and_tag_filters() {
     }
     let mut request = PullRequest::new("g", "t", 0, 0);
     request.tag_expression = "A ||".into();
-    assert!(matches!(
-        broker.pull(request).await,
-        Err(Error::TagExpressionInvalid { .. })
-    ));
-    assert!(matches!(
-        broker.pull(PullRequest::new("g", "t", 7, 0)).await,
-        Err(Error::QueueNotFound { .. })
-    ));
+    assert!(matches!(broker.pull(request).await, Err(Error::TagExpressionInvalid { .. })));
+    assert!(matches!(broker.pull(PullRequest::new("g", "t", 7, 0)).await, Err(Error::QueueNotFound { .. })));
     let mut request = PullRequest::new("g", "t", 0, 0);
     request.messages_max = 2;
     assert_eq!(broker.pull(request).await.unwrap().messages.len(), 2);
@@ -177,54 +129,24 @@ async fn offsets_commit_reset_and_persist() {
     let broker = open(dir.path());
     broker.create_topic(TopicConfig::new("t", 2)).unwrap();
     for i in 0..10 {
-        broker
-            .send(Message::new("t", format!("{i}")))
-            .await
-            .unwrap();
+        broker.send(Message::new("t", format!("{i}"))).await.unwrap();
     }
     broker.commit_offset("g", "t", 0, 3).unwrap();
     assert_eq!(broker.committed_offset("g", "t", 0), Some(3));
     assert!(broker.commit_offset("bad group", "t", 0, 1).is_err());
-    assert_eq!(
-        broker
-            .reset_offsets("g", "t", OffsetReset::Latest)
-            .await
-            .unwrap(),
-        vec![(0, 5), (1, 5)]
-    );
-    assert_eq!(
-        broker
-            .reset_offsets("g", "t", OffsetReset::Earliest)
-            .await
-            .unwrap(),
-        vec![(0, 0), (1, 0)]
-    );
+    assert_eq!(broker.reset_offsets("g", "t", OffsetReset::Latest).await.unwrap(), vec![(0, 5), (1, 5)]);
+    assert_eq!(broker.reset_offsets("g", "t", OffsetReset::Earliest).await.unwrap(), vec![(0, 0), (1, 0)]);
     let future = chrono_like_now_ms() + 60_000;
-    assert_eq!(
-        broker
-            .reset_offsets("g", "t", OffsetReset::Timestamp(future))
-            .await
-            .unwrap(),
-        vec![(0, 5), (1, 5)]
-    );
+    assert_eq!(broker.reset_offsets("g", "t", OffsetReset::Timestamp(future)).await.unwrap(), vec![(0, 5), (1, 5)]);
     broker.commit_offset("g", "t", 1, 4).unwrap();
     broker.close().unwrap();
     drop(broker);
     let broker = open(dir.path());
-    assert_eq!(
-        broker
-            .group_offsets("g", "t")
-            .into_iter()
-            .collect::<Vec<_>>(),
-        vec![(0, 5), (1, 4)]
-    );
+    assert_eq!(broker.group_offsets("g", "t").into_iter().collect::<Vec<_>>(), vec![(0, 5), (1, 4)]);
 }
 
 fn chrono_like_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 #[tokio::test]
@@ -232,33 +154,17 @@ async fn query_by_key_id_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(dir.path());
     broker.create_topic(TopicConfig::new("t", 2)).unwrap();
-    let sent = broker
-        .send(
-            Message::new("t", "hello")
-                .with_key("order-1")
-                .with_property("color", "red"),
-        )
-        .await
-        .unwrap();
-    broker
-        .send(Message::new("t", "again").with_key("order-1"))
-        .await
-        .unwrap();
+    let sent = broker.send(Message::new("t", "hello").with_key("order-1").with_property("color", "red")).await.unwrap();
+    broker.send(Message::new("t", "again").with_key("order-1")).await.unwrap();
     let by_key = broker.query_by_key("t", "order-1", 10).await.unwrap();
     assert_eq!(by_key.len(), 2);
     let by_id = broker.query_by_id("t", &sent.message_id).await.unwrap();
     assert_eq!(by_id.body, b"hello");
-    assert_eq!(
-        by_id.properties.get("color").map(String::as_str),
-        Some("red")
-    );
+    assert_eq!(by_id.properties.get("color").map(String::as_str), Some("red"));
     assert_eq!(by_id.keys, vec!["order-1".to_string()]);
     let by_offset = broker.query_by_offset(sent.physical_offset).await.unwrap();
     assert_eq!(by_offset.message_id, sent.message_id);
-    assert!(matches!(
-        broker.query_by_id("t", "0000").await,
-        Err(Error::MessageNotFound { .. })
-    ));
+    assert!(matches!(broker.query_by_id("t", "0000").await, Err(Error::MessageNotFound { .. })));
 }
 
 #[tokio::test]

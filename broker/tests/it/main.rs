@@ -6,9 +6,7 @@ mod storage;
 
 use std::path::Path;
 
-use weir_broker::storage::{
-    FlushMode, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, StoreConfig,
-};
+use weir_broker::storage::{FlushMode, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, StoreConfig};
 
 /// A store config with tiny files, so tests cross segment, consume queue and index files.
 pub fn small_config(dir: &Path, flush_mode: FlushMode) -> StoreConfig {
@@ -25,13 +23,7 @@ pub fn small_config(dir: &Path, flush_mode: FlushMode) -> StoreConfig {
 }
 
 /// A store-ready message.
-pub fn new_message(
-    topic: &str,
-    queue_id: u32,
-    body: &[u8],
-    tag: Option<&str>,
-    key: Option<&str>,
-) -> NewMessage {
+pub fn new_message(topic: &str, queue_id: u32, body: &[u8], tag: Option<&str>, key: Option<&str>) -> NewMessage {
     let mut properties = Vec::new();
     if let Some(tag) = tag {
         properties.push((PROPERTY_TAGS.to_string(), tag.to_string()));
@@ -39,10 +31,7 @@ pub fn new_message(
     if let Some(key) = key {
         properties.push((PROPERTY_KEYS.to_string(), key.to_string()));
     }
-    let id = format!(
-        "{topic}-{queue_id}-{:016x}",
-        weir_broker::storage::fnv1a_64(body)
-    );
+    let id = format!("{topic}-{queue_id}-{:016x}", weir_broker::storage::fnv1a_64(body));
     properties.push((PROPERTY_UNIQUE_ID.to_string(), id));
     NewMessage {
         topic: topic.to_string(),

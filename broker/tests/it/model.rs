@@ -6,30 +6,16 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use weir_broker::filter::TagExpression;
-use weir_broker::storage::{FlushMode, MessageStore};
+use weir_broker::storage::{FlushMode, MessageStore, ReadLimits};
 
 use super::{new_message, small_config};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append {
-        topic: u8,
-        queue: u8,
-        body_len: u16,
-        tag: Option<u8>,
-        batch: u8,
-    },
-    Read {
-        topic: u8,
-        queue: u8,
-        start_permille: u16,
-        tag: Option<u8>,
-    },
+    Append { topic: u8, queue: u8, body_len: u16, tag: Option<u8>, batch: u8 },
+    Read { topic: u8, queue: u8, start_permille: u16, tag: Option<u8> },
     Restart,
-    Crash {
-        cut_permille: u16,
-        garbage: bool,
-    },
+    Crash { cut_permille: u16, garbage: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -62,19 +48,19 @@ fn tag_name(tag: u8) -> String {
 }
 
 /// Reads `[start, max)` of a queue through the store with a tag filter.
-fn read(
-    store: &MessageStore,
-    topic: &str,
-    queue: u32,
-    start: u64,
-    filter: &TagExpression,
-) -> Vec<(u64, Vec<u8>)> {
+fn read(store: &MessageStore, topic: &str, queue: u32, start: u64, filter: &TagExpression) -> Vec<(u64, Vec<u8>)> {
     let mut offset = start;
     let mut found = Vec::new();
     let max = store.queue_range(topic, queue).max_offset;
     while offset < max {
         let read = store
-            .read_queue(topic, queue, offset, 7, 3000, 50, filter)
+            .read_queue(
+                topic,
+                queue,
+                offset,
+                ReadLimits { messages_max: 7, bytes_max: 3000, scan_entries_max: 50 },
+                filter,
+            )
             .expect("read succeeds");
         assert!(read.next_offset > offset);
         offset = read.next_offset;
@@ -86,11 +72,7 @@ fn read(
 fn verify(store: &MessageStore, model: &Model) {
     for ((topic, queue), expected) in model {
         let range = store.queue_range(topic, *queue);
-        assert_eq!(
-            range.max_offset,
-            expected.len() as u64,
-            "{topic}/{queue} length"
-        );
+        assert_eq!(range.max_offset, expected.len() as u64, "{topic}/{queue} length");
         let all = read(store, topic, *queue, 0, &TagExpression::All);
         let bodies: Vec<_> = all.into_iter().map(|(_, body)| body).collect();
         let expected_bodies: Vec<_> = expected.iter().map(|e| e.body.clone()).collect();
@@ -102,11 +84,7 @@ fn verify(store: &MessageStore, model: &Model) {
 fn lose_tail(dir: &Path, cut: u64, segment_size: u64, garbage: bool) {
     for entry in std::fs::read_dir(dir.join("commitlog")).unwrap() {
         let path = entry.unwrap().path();
-        let Some(base) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+        let Some(base) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
             continue;
         };
         if base + segment_size <= cut {
@@ -115,11 +93,7 @@ fn lose_tail(dir: &Path, cut: u64, segment_size: u64, garbage: bool) {
         let mut bytes = std::fs::read(&path).unwrap();
         let from = cut.saturating_sub(base) as usize;
         for (i, byte) in bytes[from..].iter_mut().enumerate() {
-            *byte = if garbage {
-                (i as u8).wrapping_mul(31).wrapping_add(7)
-            } else {
-                0
-            };
+            *byte = if garbage { (i as u8).wrapping_mul(31).wrapping_add(7) } else { 0 };
         }
         std::fs::write(&path, &bytes).unwrap();
     }
@@ -133,13 +107,7 @@ fn run(ops: Vec<Op>, flush_mode: FlushMode) {
     let mut serial = 0u64;
     for op in ops {
         match op {
-            Op::Append {
-                topic,
-                queue,
-                body_len,
-                tag,
-                batch,
-            } => {
+            Op::Append { topic, queue, body_len, tag, batch } => {
                 let topic = topic_name(topic);
                 let tag = tag.map(tag_name);
                 let messages: Vec<_> = (0..batch)
@@ -147,23 +115,13 @@ fn run(ops: Vec<Op>, flush_mode: FlushMode) {
                         serial += 1;
                         let mut body = format!("{serial}:").into_bytes();
                         body.resize(body_len as usize + body.len(), b'a' + (serial % 26) as u8);
-                        new_message(
-                            &topic,
-                            u32::from(queue),
-                            &body,
-                            tag.as_deref(),
-                            Some(&format!("key{serial}")),
-                        )
+                        new_message(&topic, u32::from(queue), &body, tag.as_deref(), Some(&format!("key{serial}")))
                     })
                     .collect();
                 let placed = store.append_blocking(messages.clone()).unwrap();
                 let queue_model = model.entry((topic, u32::from(queue))).or_default();
                 for (message, placed) in messages.into_iter().zip(placed) {
-                    assert_eq!(
-                        placed.queue_offset,
-                        queue_model.len() as u64,
-                        "queue offsets are dense"
-                    );
+                    assert_eq!(placed.queue_offset, queue_model.len() as u64, "queue offsets are dense");
                     queue_model.push(Expected {
                         body: message.body,
                         tag: tag.clone(),
@@ -172,19 +130,13 @@ fn run(ops: Vec<Op>, flush_mode: FlushMode) {
                     });
                 }
             }
-            Op::Read {
-                topic,
-                queue,
-                start_permille,
-                tag,
-            } => {
+            Op::Read { topic, queue, start_permille, tag } => {
                 let key = (topic_name(topic), u32::from(queue));
                 let Some(expected) = model.get(&key) else {
                     continue;
                 };
                 let start = expected.len() as u64 * u64::from(start_permille) / 1000;
-                let filter =
-                    TagExpression::parse(&tag.map(tag_name).unwrap_or_else(|| "*".into())).unwrap();
+                let filter = TagExpression::parse(&tag.map(tag_name).unwrap_or_else(|| "*".into())).unwrap();
                 let got = read(&store, &key.0, key.1, start, &filter);
                 let want: Vec<_> = expected
                     .iter()
@@ -201,10 +153,7 @@ fn run(ops: Vec<Op>, flush_mode: FlushMode) {
                 store = MessageStore::open(config.clone(), None).unwrap();
                 verify(&store, &model);
             }
-            Op::Crash {
-                cut_permille,
-                garbage,
-            } => {
+            Op::Crash { cut_permille, garbage } => {
                 store.crash();
                 let (_, end, flushed) = store.commit_log_offsets();
                 drop(store);
@@ -226,21 +175,9 @@ fn run(ops: Vec<Op>, flush_mode: FlushMode) {
     verify(&store, &model);
     // Every surviving message is found again by its key.
     for expected in model.values().flatten().take(20) {
-        let serial = String::from_utf8_lossy(&expected.body)
-            .split(':')
-            .next()
-            .unwrap()
-            .to_string();
+        let serial = String::from_utf8_lossy(&expected.body).split(':').next().unwrap().to_string();
         let topics = ["topic-0", "topic-1"];
-        let hits: usize = topics
-            .iter()
-            .map(|t| {
-                store
-                    .lookup_key(t, &format!("key{serial}"), 4)
-                    .unwrap()
-                    .len()
-            })
-            .sum();
+        let hits: usize = topics.iter().map(|t| store.lookup_key(t, &format!("key{serial}"), 4).unwrap().len()).sum();
         assert_eq!(hits, 1, "key{serial}");
     }
     store.close().unwrap();

@@ -3,7 +3,9 @@
 use std::time::{Duration, SystemTime};
 
 use weir_broker::Error;
-use weir_broker::storage::{FlushMode, MessageFilter, MessageRecord, MessageStore, QueueRange};
+use weir_broker::storage::{FlushMode, MessageFilter, MessageRecord, MessageStore, QueueRange, ReadLimits};
+
+const LIMITS: ReadLimits = ReadLimits { messages_max: 64, bytes_max: 1 << 20, scan_entries_max: 1024 };
 
 use super::{new_message, small_config};
 
@@ -17,16 +19,12 @@ impl MessageFilter for AllMessages {
     }
 }
 
-fn read_all(
-    store: &MessageStore,
-    topic: &str,
-    queue_id: u32,
-) -> weir_broker::Result<Vec<MessageRecord>> {
+fn read_all(store: &MessageStore, topic: &str, queue_id: u32) -> weir_broker::Result<Vec<MessageRecord>> {
     let range = store.queue_range(topic, queue_id);
     let mut offset = range.min_offset;
     let mut all = Vec::new();
     while offset < range.max_offset {
-        let read = store.read_queue(topic, queue_id, offset, 64, 1 << 20, 1024, &AllMessages)?;
+        let read = store.read_queue(topic, queue_id, offset, LIMITS, &AllMessages)?;
         assert!(read.next_offset > offset, "reads make progress");
         offset = read.next_offset;
         all.extend(read.messages);
@@ -35,10 +33,7 @@ fn read_all(
 }
 
 fn bodies(messages: &[MessageRecord]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
-        .collect()
+    messages.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect()
 }
 
 /// Appends `count` messages `prefix-i` to topic `t`, queue `i % 2`, one request each.
@@ -46,13 +41,7 @@ fn fill(store: &MessageStore, prefix: &str, count: usize) {
     for i in 0..count {
         let body = format!("{prefix}-{i:04}-{}", "x".repeat(200));
         store
-            .append_blocking(vec![new_message(
-                "t",
-                (i % 2) as u32,
-                body.as_bytes(),
-                Some("A"),
-                Some(&format!("k{i}")),
-            )])
+            .append_blocking(vec![new_message("t", (i % 2) as u32, body.as_bytes(), Some("A"), Some(&format!("k{i}")))])
             .unwrap();
     }
 }
@@ -64,32 +53,17 @@ fn appends_span_segments_and_survive_clean_restart() {
         let data = dir.path().join(format!("{flush_mode:?}"));
         let store = MessageStore::open(small_config(&data, flush_mode), None).unwrap();
         fill(&store, "m", 120);
-        let before: Vec<_> = (0..2)
-            .map(|q| bodies(&read_all(&store, "t", q).unwrap()))
-            .collect();
+        let before: Vec<_> = (0..2).map(|q| bodies(&read_all(&store, "t", q).unwrap())).collect();
         assert_eq!(before[0].len(), 60);
-        assert!(
-            store.commit_log_offsets().1 > 3 * 8192,
-            "several segments were used"
-        );
+        assert!(store.commit_log_offsets().1 > 3 * 8192, "several segments were used");
         store.close().unwrap();
         drop(store);
         let store = MessageStore::open(small_config(&data, flush_mode), None).unwrap();
-        let after: Vec<_> = (0..2)
-            .map(|q| bodies(&read_all(&store, "t", q).unwrap()))
-            .collect();
+        let after: Vec<_> = (0..2).map(|q| bodies(&read_all(&store, "t", q).unwrap())).collect();
         assert_eq!(before, after);
-        assert_eq!(
-            store.queue_range("t", 0),
-            QueueRange {
-                min_offset: 0,
-                max_offset: 60
-            }
-        );
+        assert_eq!(store.queue_range("t", 0), QueueRange { min_offset: 0, max_offset: 60 });
         // Appends continue the queue offsets.
-        let placed = store
-            .append_blocking(vec![new_message("t", 0, b"next", None, None)])
-            .unwrap();
+        let placed = store.append_blocking(vec![new_message("t", 0, b"next", None, None)]).unwrap();
         assert_eq!(placed[0].queue_offset, 60);
         let found = store.lookup_key("t", "k17", 10).unwrap();
         assert_eq!(bodies(&found), vec![format!("m-0017-{}", "x".repeat(200))]);
@@ -102,9 +76,7 @@ fn appends_span_segments_and_survive_clean_restart() {
 fn batch_append_is_contiguous_and_offsets_lookup_by_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
-    let batch: Vec<_> = (0..10)
-        .map(|i| new_message("t", 0, format!("b{i}").as_bytes(), None, None))
-        .collect();
+    let batch: Vec<_> = (0..10).map(|i| new_message("t", 0, format!("b{i}").as_bytes(), None, None)).collect();
     let placed = store.append_blocking(batch).unwrap();
     let offsets: Vec<u64> = placed.iter().map(|p| p.queue_offset).collect();
     assert_eq!(offsets, (0..10).collect::<Vec<_>>());
@@ -112,18 +84,8 @@ fn batch_append_is_contiguous_and_offsets_lookup_by_time() {
         assert!(pair[1].physical_offset >= pair[0].physical_offset + u64::from(pair[0].size_bytes));
     }
     let first_time = placed[0].store_timestamp_ms;
-    assert_eq!(
-        store
-            .offset_for_timestamp("t", 0, first_time - 1000)
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        store
-            .offset_for_timestamp("t", 0, first_time + 60_000)
-            .unwrap(),
-        10
-    );
+    assert_eq!(store.offset_for_timestamp("t", 0, first_time - 1000).unwrap(), 0);
+    assert_eq!(store.offset_for_timestamp("t", 0, first_time + 60_000).unwrap(), 10);
     let read = store.read(placed[3].physical_offset).unwrap();
     assert_eq!(read.body, b"b3");
 }
@@ -132,24 +94,9 @@ fn batch_append_is_contiguous_and_offsets_lookup_by_time() {
 fn size_limits_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Async), None).unwrap();
-    let error = store
-        .append_blocking(vec![new_message("t", 0, &[0; 2000], None, None)])
-        .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::MessageTooLarge {
-                max_bytes: 1024,
-                ..
-            }
-        ),
-        "{error}"
-    );
-    assert!(
-        error
-            .to_string()
-            .contains("exceeds the maximum of 1024 bytes")
-    );
+    let error = store.append_blocking(vec![new_message("t", 0, &[0; 2000], None, None)]).unwrap_err();
+    assert!(matches!(error, Error::MessageTooLarge { max_bytes: 1024, .. }), "{error}");
+    assert!(error.to_string().contains("exceeds the maximum of 1024 bytes"));
 }
 
 #[test]
@@ -159,10 +106,7 @@ fn second_process_gets_a_lock_error_naming_the_holder() {
     let error = MessageStore::open(small_config(dir.path(), FlushMode::Async), None).unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, Error::DataDirLocked { .. }), "{text}");
-    assert!(
-        text.contains(&format!("pid {}", std::process::id())),
-        "{text}"
-    );
+    assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
 }
 
 /// Waits (with a deadline) until the checkpoint file says the whole log is flushed.
@@ -170,16 +114,11 @@ fn wait_for_checkpoint(dir: &std::path::Path, end: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let checkpoint: Option<weir_broker::storage::Checkpoint> =
-            std::fs::read(dir.join("checkpoint"))
-                .ok()
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            std::fs::read(dir.join("checkpoint")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
         if checkpoint.is_some_and(|c| c.commit_log_flushed_offset >= end) {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "checkpoint never reached {end}"
-        );
+        assert!(std::time::Instant::now() < deadline, "checkpoint never reached {end}");
         std::thread::yield_now();
     }
 }
@@ -192,15 +131,10 @@ fn damage_below_the_flushed_offset_after_a_crash_refuses_to_open() {
     let (_, end, _) = store.commit_log_offsets();
     wait_for_checkpoint(dir.path(), end);
     // A message appended after the checkpoint: recovery scans it, so damage before it is seen.
-    store
-        .append_blocking(vec![new_message("t", 0, b"late", None, None)])
-        .unwrap();
+    store.append_blocking(vec![new_message("t", 0, b"late", None, None)]).unwrap();
     store.crash();
     drop(store);
-    let segment = dir
-        .path()
-        .join("commitlog")
-        .join(format!("{:020}", end - end % 8192));
+    let segment = dir.path().join("commitlog").join(format!("{:020}", end - end % 8192));
     let mut bytes = std::fs::read(&segment).unwrap();
     let position = (end % 8192) as usize;
     bytes[position + 10] ^= 0xFF; // inside the "late" record, which starts at the old end
@@ -211,10 +145,7 @@ fn damage_below_the_flushed_offset_after_a_crash_refuses_to_open() {
     let store = opened.unwrap();
     assert_eq!(store.commit_log_offsets().1, end);
     assert_eq!(read_all(&store, "t", 0).unwrap().len(), 20);
-    let last = (0..2)
-        .flat_map(|q| read_all(&store, "t", q).unwrap())
-        .max_by_key(|m| m.physical_offset)
-        .unwrap();
+    let last = (0..2).flat_map(|q| read_all(&store, "t", q).unwrap()).max_by_key(|m| m.physical_offset).unwrap();
     store.close().unwrap();
     drop(store);
     // Damage inside the checkpointed region after an unclean stop is refused.
@@ -224,15 +155,9 @@ fn damage_below_the_flushed_offset_after_a_crash_refuses_to_open() {
         dispatched_offset: last.physical_offset,
         timestamp_ms: 0,
     };
-    std::fs::write(
-        dir.path().join("checkpoint"),
-        serde_json::to_vec(&checkpoint).unwrap(),
-    )
-    .unwrap();
-    let segment = dir.path().join("commitlog").join(format!(
-        "{:020}",
-        last.physical_offset - last.physical_offset % 8192
-    ));
+    std::fs::write(dir.path().join("checkpoint"), serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+    let segment =
+        dir.path().join("commitlog").join(format!("{:020}", last.physical_offset - last.physical_offset % 8192));
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[(last.physical_offset % 8192) as usize + 100] ^= 0xFF; // inside the last record
     std::fs::write(&segment, &bytes).unwrap();
@@ -252,10 +177,7 @@ fn unflushed_tail_lost_in_a_crash_is_truncated_and_queues_trimmed() {
     store.crash();
     let (_, end, flushed) = store.commit_log_offsets();
     drop(store);
-    assert_eq!(
-        flushed, 0,
-        "nothing was flushed: the whole log is an unflushed tail"
-    );
+    assert_eq!(flushed, 0, "nothing was flushed: the whole log is an unflushed tail");
     // Lose the last segment's second half, as an OS crash would lose unwritten pages.
     let base = end - end % 8192;
     let cut = base + (end - base) / 2;
@@ -265,37 +187,17 @@ fn unflushed_tail_lost_in_a_crash_is_truncated_and_queues_trimmed() {
     std::fs::write(&segment, &bytes).unwrap();
     let store = MessageStore::open(config, None).unwrap();
     let (_, recovered_end, _) = store.commit_log_offsets();
-    assert!(
-        recovered_end <= cut && recovered_end > base,
-        "{recovered_end} vs cut {cut}"
-    );
-    let survivors: Vec<_> = (0..2)
-        .flat_map(|q| read_all(&store, "t", q).unwrap())
-        .collect();
-    assert!(
-        survivors
-            .iter()
-            .all(|m| m.physical_offset + u64::from(m.size_bytes) <= recovered_end)
-    );
-    let mut indices: Vec<usize> = survivors
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.body)[2..6].parse().unwrap())
-        .collect();
+    assert!(recovered_end <= cut && recovered_end > base, "{recovered_end} vs cut {cut}");
+    let survivors: Vec<_> = (0..2).flat_map(|q| read_all(&store, "t", q).unwrap()).collect();
+    assert!(survivors.iter().all(|m| m.physical_offset + u64::from(m.size_bytes) <= recovered_end));
+    let mut indices: Vec<usize> =
+        survivors.iter().map(|m| String::from_utf8_lossy(&m.body)[2..6].parse().unwrap()).collect();
     indices.sort();
-    assert_eq!(
-        indices,
-        (0..indices.len()).collect::<Vec<_>>(),
-        "the survivors are a prefix"
-    );
+    assert_eq!(indices, (0..indices.len()).collect::<Vec<_>>(), "the survivors are a prefix");
     assert!(indices.len() < 30);
     // New appends continue right after the survivors in each queue.
-    let placed = store
-        .append_blocking(vec![new_message("t", 0, b"after", None, None)])
-        .unwrap();
-    assert_eq!(
-        placed[0].queue_offset,
-        survivors.iter().filter(|m| m.queue_id == 0).count() as u64
-    );
+    let placed = store.append_blocking(vec![new_message("t", 0, b"after", None, None)]).unwrap();
+    assert_eq!(placed[0].queue_offset, survivors.iter().filter(|m| m.queue_id == 0).count() as u64);
 }
 
 #[test]
@@ -306,26 +208,15 @@ fn flipped_byte_is_reported_not_returned() {
     let victim = read_all(&store, "t", 0).unwrap()[2].clone();
     store.close().unwrap();
     drop(store);
-    let segment = dir.path().join("commitlog").join(format!(
-        "{:020}",
-        victim.physical_offset - victim.physical_offset % 8192
-    ));
+    let segment =
+        dir.path().join("commitlog").join(format!("{:020}", victim.physical_offset - victim.physical_offset % 8192));
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[(victim.physical_offset % 8192) as usize + 150] ^= 0x01;
     std::fs::write(&segment, &bytes).unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     let error = read_all(&store, "t", 0).unwrap_err();
     let text = error.to_string();
-    assert!(
-        matches!(
-            error,
-            Error::ConsumeQueueCorrupt {
-                queue_offset: 2,
-                ..
-            }
-        ),
-        "{text}"
-    );
+    assert!(matches!(error, Error::ConsumeQueueCorrupt { queue_offset: 2, .. }), "{text}");
     assert!(text.contains("CRC mismatch"), "{text}");
     let error = store.read(victim.physical_offset).unwrap_err();
     assert!(matches!(error, Error::CommitLogCorrupt { .. }), "{error}");
@@ -342,14 +233,9 @@ fn garbage_consume_queue_is_rebuilt_from_the_commitlog() {
     store.close().unwrap();
     drop(store);
     let queue_dir = dir.path().join("consumequeue").join("t").join("1");
-    let mut files: Vec<_> = std::fs::read_dir(&queue_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&queue_dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    let garbage: Vec<u8> = (0..16 * 20)
-        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..16 * 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(files.last().unwrap(), &garbage).unwrap();
     std::fs::write(&files[0], b"short").unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
@@ -365,14 +251,8 @@ fn truncated_segment_is_detected() {
     let (_, end, _) = store.commit_log_offsets();
     store.close().unwrap();
     drop(store);
-    let segment = dir
-        .path()
-        .join("commitlog")
-        .join(format!("{:020}", end - end % 8192));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .unwrap();
+    let segment = dir.path().join("commitlog").join(format!("{:020}", end - end % 8192));
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
     file.set_len(end % 8192 / 2).unwrap();
     let error = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap_err();
     assert!(error.to_string().contains("truncated"), "{error}");
@@ -383,9 +263,7 @@ fn retention_removes_old_segments_and_moves_queue_minimums() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Async), None).unwrap();
     fill(&store, "m", 120);
-    let segments = std::fs::read_dir(dir.path().join("commitlog"))
-        .unwrap()
-        .count();
+    let segments = std::fs::read_dir(dir.path().join("commitlog")).unwrap().count();
     assert!(segments >= 4);
     // Nothing is old yet.
     assert_eq!(store.remove_expired(SystemTime::now()).unwrap(), 0);
@@ -395,9 +273,7 @@ fn retention_removes_old_segments_and_moves_queue_minimums() {
     let (log_min, _, _) = store.commit_log_offsets();
     let range = store.queue_range("t", 0);
     assert!(range.min_offset > 0 && range.min_offset < range.max_offset);
-    let error = store
-        .read_queue("t", 0, 0, 10, 1 << 20, 100, &AllMessages)
-        .unwrap_err();
+    let error = store.read_queue("t", 0, 0, LIMITS, &AllMessages).unwrap_err();
     assert!(error.is_offset_below_minimum(), "{error}");
     let rest = read_all(&store, "t", 0).unwrap();
     assert!(rest.iter().all(|m| m.physical_offset >= log_min));
@@ -415,9 +291,7 @@ fn deleted_topic_stays_deleted_after_a_crash() {
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     fill(&store, "m", 10);
     let (tx, rx) = std::sync::mpsc::channel();
-    store
-        .delete_topic("t", Box::new(move |r| tx.send(r).unwrap()))
-        .unwrap();
+    store.delete_topic("t", Box::new(move |r| tx.send(r).unwrap())).unwrap();
     rx.recv().unwrap().unwrap();
     assert_eq!(store.queue_range("t", 0), QueueRange::default());
     store.crash();

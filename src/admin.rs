@@ -1,0 +1,260 @@
+//! Admin subcommands on an embedded data directory: topics, send, consume, queries, groups.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use weir_broker::storage::FlushMode;
+use weir_broker::{Broker, BrokerConfig, Message, OffsetReset, PullRequest, PullStatus, StoredMessage, TopicConfig};
+
+/// Opens the embedded broker with sync flush: a CLI command's writes are durable when it exits.
+pub fn open_broker(data_dir: &Path) -> Result<Broker> {
+    let mut config = BrokerConfig::new(data_dir);
+    config.store.flush_mode = FlushMode::Sync;
+    Broker::open(config).with_context(|| format!("cannot open the data directory {}", data_dir.display()))
+}
+
+#[derive(Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of queues.
+        #[arg(long, default_value_t = 4)]
+        queues: u32,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's config and the offsets of its queues.
+    Describe { name: String },
+    /// Delete a topic, its queues and its consumer offsets.
+    Delete { name: String },
+}
+
+pub async fn topic(data_dir: &Path, command: TopicCommand) -> Result<()> {
+    let broker = open_broker(data_dir)?;
+    match command {
+        TopicCommand::Create { name, queues } => {
+            broker.create_topic(TopicConfig::new(&name, queues))?;
+            println!("created topic {name} with {queues} queues");
+        }
+        TopicCommand::List => {
+            for topic in broker.topics() {
+                println!("{}\tqueues={}", topic.name, topic.queue_count);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let topic = broker.topic(&name).with_context(|| format!("topic {name:?} does not exist"))?;
+            println!(
+                "topic {} queues={} readable={} writable={}",
+                topic.name, topic.queue_count, topic.permission.readable, topic.permission.writable
+            );
+            for queue_id in 0..topic.queue_count {
+                let range = broker.queue_range(&name, queue_id);
+                println!("  queue {queue_id}\tmin_offset={}\tmax_offset={}", range.min_offset, range.max_offset);
+            }
+        }
+        TopicCommand::Delete { name } => {
+            broker.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    broker.close()?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    tag: Option<String>,
+    /// Message key (repeatable).
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// User property `name=value` (repeatable).
+    #[arg(long = "property")]
+    properties: Vec<String>,
+    /// Messages with the same sharding key go to the same queue.
+    #[arg(long)]
+    sharding_key: Option<String>,
+    /// The body; without it, every stdin line is sent as one message.
+    body: Option<String>,
+}
+
+pub async fn send(data_dir: &Path, args: SendArgs) -> Result<()> {
+    let mut template = Message::new(&args.topic, Vec::new());
+    template.tag = args.tag;
+    template.keys = args.keys;
+    template.sharding_key = args.sharding_key;
+    for property in &args.properties {
+        let (name, value) =
+            property.split_once('=').with_context(|| format!("property {property:?} is not name=value"))?;
+        template.properties.insert(name.to_string(), value.to_string());
+    }
+    template.validate()?;
+    let bodies: Vec<String> = match args.body {
+        Some(body) => vec![body],
+        None => std::io::stdin().lines().collect::<std::io::Result<_>>().context("cannot read stdin")?,
+    };
+    let broker = open_broker(data_dir)?;
+    for body in bodies {
+        let mut message = template.clone();
+        message.body = body.into_bytes();
+        let sent = broker.send(message).await?;
+        println!("sent id={} queue={} offset={}", sent.message_id, sent.queue_id, sent.queue_offset);
+    }
+    broker.close()?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    group: String,
+    /// `*` or `TagA || TagB`.
+    #[arg(long, default_value = "*")]
+    tag_expression: String,
+    /// Where a group without committed offsets starts: earliest or latest.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Stop after this many messages.
+    #[arg(long, default_value_t = 100)]
+    max: usize,
+    /// Long-poll each queue this long when it has nothing new.
+    #[arg(long, default_value_t = 0)]
+    wait_ms: u64,
+}
+
+pub fn print_message(message: &StoredMessage) {
+    println!(
+        "queue={} offset={} id={} tag={} keys={} body={}",
+        message.queue_id,
+        message.queue_offset,
+        message.message_id,
+        message.tag.as_deref().unwrap_or("-"),
+        if message.keys.is_empty() { "-".to_string() } else { message.keys.join(",") },
+        String::from_utf8_lossy(&message.body)
+    );
+}
+
+pub async fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
+    let start_latest = match args.from.as_str() {
+        "earliest" => false,
+        "latest" => true,
+        other => bail!("--from must be earliest or latest, not {other:?}"),
+    };
+    let broker = open_broker(data_dir)?;
+    let topic = broker.topic(&args.topic).with_context(|| format!("topic {:?} does not exist", args.topic))?;
+    let mut printed = 0;
+    for queue_id in 0..topic.queue_count {
+        let range = broker.queue_range(&args.topic, queue_id);
+        let mut offset = broker.committed_offset(&args.group, &args.topic, queue_id).unwrap_or(if start_latest {
+            range.max_offset
+        } else {
+            range.min_offset
+        });
+        while printed < args.max {
+            let mut request = PullRequest::new(&args.group, &args.topic, queue_id, offset);
+            request.tag_expression = args.tag_expression.clone();
+            request.messages_max = (args.max - printed).min(weir_broker::PULL_MESSAGES_MAX);
+            request.long_poll_timeout = std::time::Duration::from_millis(args.wait_ms);
+            let result = broker.pull(request).await?;
+            for message in &result.messages {
+                print_message(message);
+            }
+            printed += result.messages.len();
+            let progressed = result.next_offset != offset;
+            offset = result.next_offset;
+            match result.status {
+                PullStatus::Found | PullStatus::NoMatchedMessage if progressed => continue,
+                PullStatus::OffsetTooSmall => continue,
+                _ => break,
+            }
+        }
+        broker.commit_offset(&args.group, &args.topic, queue_id, offset)?;
+    }
+    eprintln!("consumed {printed} messages");
+    broker.close()?;
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum MessageCommand {
+    /// Find messages by key, unique id or commitlog offset.
+    Query {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, conflicts_with_all = ["id", "offset"])]
+        key: Option<String>,
+        #[arg(long, conflicts_with = "offset")]
+        id: Option<String>,
+        #[arg(long)]
+        offset: Option<u64>,
+    },
+}
+
+pub async fn message(data_dir: &Path, command: MessageCommand) -> Result<()> {
+    let MessageCommand::Query { topic, key, id, offset } = command;
+    let broker = open_broker(data_dir)?;
+    let found = match (key, id, offset) {
+        (Some(key), _, _) => broker.query_by_key(&topic, &key, 64).await?,
+        (_, Some(id), _) => vec![broker.query_by_id(&topic, &id).await?],
+        (_, _, Some(offset)) => vec![broker.query_by_offset(offset).await?],
+        _ => bail!("give one of --key, --id or --offset"),
+    };
+    for message in &found {
+        print_message(message);
+    }
+    eprintln!("found {} messages", found.len());
+    broker.close()?;
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// Show a group's committed offsets and lag per queue, or reset them.
+    Offsets {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// Reset to earliest, latest, or a store time in ms since the Unix epoch.
+        #[arg(long)]
+        reset: Option<String>,
+    },
+}
+
+pub async fn group(data_dir: &Path, command: GroupCommand) -> Result<()> {
+    let GroupCommand::Offsets { group, topic, reset } = command;
+    let broker = open_broker(data_dir)?;
+    let config = broker.topic(&topic).with_context(|| format!("topic {topic:?} does not exist"))?;
+    if let Some(reset) = reset {
+        let to = match reset.as_str() {
+            "earliest" => OffsetReset::Earliest,
+            "latest" => OffsetReset::Latest,
+            other => OffsetReset::Timestamp(
+                other
+                    .parse()
+                    .with_context(|| format!("--reset {other:?} is not earliest, latest or a ms timestamp"))?,
+            ),
+        };
+        broker.reset_offsets(&group, &topic, to).await?;
+    }
+    let committed = broker.group_offsets(&group, &topic);
+    for queue_id in 0..config.queue_count {
+        let range = broker.queue_range(&topic, queue_id);
+        match committed.get(&queue_id) {
+            Some(offset) => println!(
+                "queue {queue_id}\tcommitted={offset}\tmax_offset={}\tlag={}",
+                range.max_offset,
+                range.max_offset.saturating_sub(*offset)
+            ),
+            None => println!("queue {queue_id}\tcommitted=-\tmax_offset={}", range.max_offset),
+        }
+    }
+    broker.close()?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The CLI on an embedded data directory: each case is a command, its exit status and text
+//! its stdout (or stderr, for failures) must contain.
+
+use super::weir;
+
+/// Runs the cases in order against one data directory.
+fn check(cases: &[(&[&str], bool, &[&str])]) {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, success, expected) in cases {
+        let output = weir(dir.path(), args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.success(), *success, "weir {args:?}\nstdout: {stdout}\nstderr: {stderr}");
+        let text = if *success { stdout.to_string() } else { stderr.to_string() };
+        for needle in *expected {
+            assert!(text.contains(needle), "weir {args:?}: expected {needle:?} in\n{text}\nstderr: {stderr}");
+        }
+        if !success {
+            assert_eq!(stderr.trim().lines().count(), 1, "one-line error for {args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn topic_send_consume_query_and_offsets() {
+    check(&[
+        (&["topic", "create", "orders", "--queues", "2"], true, &["created topic orders with 2 queues"]),
+        (&["topic", "create", "orders"], false, &["error: topic \"orders\" already exists"]),
+        (&["topic", "create", "bad name"], false, &["invalid topic name \"bad name\""]),
+        (&["topic", "list"], true, &["orders\tqueues=2"]),
+        (&["send", "--topic", "orders", "--tag", "paid", "--key", "o-1", "hello"], true, &["sent id=", "offset=0"]),
+        (
+            &["send", "--topic", "orders", "--tag", "new", "--key", "o-2", "--sharding-key", "x", "world"],
+            true,
+            &["sent"],
+        ),
+        (&["send", "--topic", "missing", "x"], false, &["topic \"missing\" does not exist"]),
+        (&["send", "--topic", "orders", "--property", "novalue", "x"], false, &["is not name=value"]),
+        (
+            &["consume", "--topic", "orders", "--group", "g1", "--tag-expression", "paid"],
+            true,
+            &["tag=paid keys=o-1 body=hello"],
+        ),
+        (&["consume", "--topic", "orders", "--group", "g1"], true, &[]),
+        (&["group", "offsets", "--group", "g1", "--topic", "orders"], true, &["lag=0"]),
+        (&["group", "offsets", "--group", "g1", "--topic", "orders", "--reset", "earliest"], true, &["committed=0"]),
+        (
+            &["group", "offsets", "--group", "g1", "--topic", "orders", "--reset", "soon"],
+            false,
+            &["not earliest, latest"],
+        ),
+        (&["consume", "--topic", "orders", "--group", "g1"], true, &["body=hello", "body=world"]),
+        (&["message", "query", "--topic", "orders", "--key", "o-2"], true, &["body=world"]),
+        (&["message", "query", "--topic", "orders", "--id", "nope"], false, &["message not found"]),
+        (&["topic", "describe", "orders"], true, &["queue 0", "queue 1", "max_offset="]),
+        (&["topic", "delete", "orders"], true, &["deleted topic orders"]),
+        (&["topic", "describe", "orders"], false, &["does not exist"]),
+        (&["consume", "--topic"], false, &[]),
+    ]);
+}
+
+#[test]
+fn tour_runs_and_reruns() {
+    check(&[
+        (&["tour"], true, &["created topic tour-orders", "query by key order-1001", "body={\"order\":\"order-1001\""]),
+        (&["tour"], true, &["already exists"]),
+    ]);
+}
+
+#[test]
+fn a_second_process_is_refused_with_the_holder_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = weir_broker::Broker::open(weir_broker::BrokerConfig::new(dir.path())).unwrap();
+    let output = weir(dir.path(), &["topic", "list"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&format!("locked by another process (pid {})", std::process::id())), "{stderr}");
+    broker.close().unwrap();
+}
