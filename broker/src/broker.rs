@@ -344,7 +344,9 @@ impl Broker {
             });
             message_ids.push(message_id);
         }
+        metrics::counter!("weir_broker_send_requests_total").increment(1);
         let appended = self.append(stored).await?;
+        metrics::counter!("weir_broker_sent_messages_total").increment(appended.len() as u64);
         Ok(appended
             .into_iter()
             .zip(message_ids)
@@ -468,6 +470,8 @@ impl Broker {
         .await
         .map_err(|_| Error::StoreClosed)?;
         let (status, records, next_offset, range): (PullStatus, Vec<_>, u64, QueueRange) = read?;
+        metrics::counter!("weir_broker_pull_requests_total").increment(1);
+        metrics::counter!("weir_broker_pulled_messages_total").increment(records.len() as u64);
         Ok(PullResult {
             status,
             messages: records.into_iter().map(StoredMessage::from).collect(),

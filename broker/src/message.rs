@@ -107,11 +107,20 @@ pub struct StoredMessage {
 
 impl From<MessageRecord> for StoredMessage {
     fn from(record: MessageRecord) -> Self {
-        let tag = record.tag().map(str::to_string);
-        let keys = record.keys().map(str::to_string).collect();
-        let message_id = record.unique_id().unwrap_or_default().to_string();
-        let properties =
-            record.properties.into_iter().filter(|(name, _)| !RESERVED_PROPERTIES.contains(&name.as_str())).collect();
+        let (mut tag, mut keys, mut message_id) = (None, Vec::new(), String::new());
+        let mut properties = BTreeMap::new();
+        // Move the reserved properties into their fields instead of copying them.
+        for (name, value) in record.properties {
+            match name.as_str() {
+                PROPERTY_TAGS => tag = Some(value),
+                PROPERTY_KEYS => keys = value.split(' ').filter(|k| !k.is_empty()).map(str::to_string).collect(),
+                PROPERTY_UNIQUE_ID => message_id = value,
+                other if RESERVED_PROPERTIES.contains(&other) => {}
+                _ => {
+                    properties.insert(name, value);
+                }
+            }
+        }
         StoredMessage {
             topic: record.topic,
             queue_id: record.queue_id,

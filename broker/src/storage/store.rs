@@ -191,6 +191,17 @@ struct FlushRequest {
 
 type QueueMap = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 
+/// The writer's next queue offset per topic and queue id.
+type Cursors = HashMap<String, HashMap<u32, u64>>;
+
+/// The cursor of a queue, allocating the topic key only the first time it is seen.
+fn cursor_mut<'a>(cursors: &'a mut Cursors, topic: &str, queue_id: u32) -> &'a mut u64 {
+    if !cursors.contains_key(topic) {
+        cursors.insert(topic.to_string(), HashMap::new());
+    }
+    cursors.get_mut(topic).expect("inserted above").entry(queue_id).or_insert(0)
+}
+
 struct Shared {
     config: StoreConfig,
     commit_log: Arc<CommitLog>,
@@ -248,10 +259,10 @@ impl MessageStore {
         )?);
         let mut index = IndexService::open(&dir.join("index"), config.index_slots, config.index_entries_max)?;
         let (queues, rebuild) = load_queues(&config)?;
-        let mut cursors: HashMap<(String, u32), u64> = HashMap::new();
+        let mut cursors = Cursors::new();
         for (topic, by_id) in &queues {
             for (queue_id, queue) in by_id {
-                cursors.insert((topic.clone(), *queue_id), queue.max_offset());
+                *cursor_mut(&mut cursors, topic, *queue_id) = queue.max_offset();
             }
         }
         let mut queues = queues;
@@ -306,9 +317,9 @@ impl MessageStore {
         for by_id in queues.values() {
             for queue in by_id.values() {
                 let key = (queue.topic().to_string(), queue.queue_id());
-                queue.publish(cursors[&key]);
+                queue.publish(*cursor_mut(&mut cursors, &key.0, key.1));
                 queue.trim_to_log_end(outcome.end_offset)?;
-                cursors.insert(key, queue.max_offset());
+                *cursor_mut(&mut cursors, &key.0, key.1) = queue.max_offset();
                 queue.remove_below(commit_log.min_offset())?;
             }
         }
@@ -737,7 +748,7 @@ impl<'a> DispatchItem<'a> {
 fn dispatch(
     config: &StoreConfig,
     queues: &mut QueueMap,
-    cursors: &mut HashMap<(String, u32), u64>,
+    cursors: &mut Cursors,
     index: &mut IndexService,
     item: &DispatchItem<'_>,
 ) -> Result<()> {
@@ -749,7 +760,7 @@ fn dispatch(
             queue
         }
     };
-    let cursor = cursors.entry((item.topic.to_string(), item.queue_id)).or_insert(0);
+    let cursor = cursor_mut(cursors, item.topic, item.queue_id);
     let entry = consume_queue::Entry {
         physical_offset: item.physical_offset,
         size_bytes: item.size_bytes,
@@ -786,7 +797,7 @@ struct Writer {
     shared: Arc<Shared>,
     log: CommitLogWriter,
     /// The next queue offset of every queue (the unpublished truth).
-    cursors: HashMap<(String, u32), u64>,
+    cursors: Cursors,
     listener: Option<DispatchListener>,
     flush: SyncSender<FlushRequest>,
 }
@@ -882,7 +893,7 @@ impl Writer {
         let mut index = shared.index.lock().expect("index lock");
         for message in messages {
             let queue = writer_queue(&shared, &message.topic, message.queue_id, touched)?;
-            let cursor = self.cursors.entry((message.topic.clone(), message.queue_id)).or_insert(0);
+            let cursor = cursor_mut(&mut self.cursors, &message.topic, message.queue_id);
             let queue_offset = *cursor;
             let (physical_offset, size_bytes) = self.log.append(message, queue_offset, store_timestamp_ms)?;
             let item = DispatchItem {
@@ -940,7 +951,7 @@ impl Writer {
 
     fn delete_topic(&mut self, topic: &str) -> Result<()> {
         let removed = self.shared.queues.write().expect("queues lock").remove(topic);
-        self.cursors.retain(|(t, _), _| t != topic);
+        self.cursors.remove(topic);
         if let Some(by_id) = removed
             && let Some(queue) = by_id.values().next()
             && let Some(topic_dir) = queue.dir().parent()
