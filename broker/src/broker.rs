@@ -247,8 +247,23 @@ impl Broker {
 
     /// Deletes a topic, its consume queues and its consumer offsets.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        self.inner.topics.remove(name)?;
+        let broker = self.clone();
+        let topic = name.to_string();
+        // topics.json is fsynced: off the async threads.
+        let removed = tokio::task::spawn_blocking(move || broker.inner.topics.remove(&topic))
+            .await
+            .map_err(|_| Error::StoreClosed)??;
         self.inner.offsets.remove_topic(name);
+        self.inner.round_robin.lock().expect("round robin lock").remove(name);
+        // Wake long polls on the deleted topic; their retry reports it gone.
+        let waiters: Vec<Arc<Notify>> = {
+            let mut waiters = self.inner.waiters.lock().expect("waiters lock");
+            let keys: Vec<_> = (0..removed.queue_count).map(|queue_id| (name.to_string(), queue_id)).collect();
+            keys.iter().filter_map(|key| waiters.remove(key)).collect()
+        };
+        for notify in waiters {
+            notify.notify_waiters();
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.inner.store.delete_topic(
             name,
@@ -259,7 +274,7 @@ impl Broker {
         rx.await.map_err(|_| Error::StoreClosed)?
     }
 
-    fn topic_for_send(&self, name: &str) -> Result<TopicConfig> {
+    async fn topic_for_send(&self, name: &str) -> Result<TopicConfig> {
         if let Some(config) = self.inner.topics.get(name) {
             if !config.permission.writable {
                 return Err(Error::TopicPermissionDenied { topic: name.to_string(), operation: "writable" });
@@ -271,7 +286,13 @@ impl Broker {
             return Err(Error::TopicNotFound { topic: name.to_string() });
         }
         let config = TopicConfig::new(name, self.inner.config.default_queue_count);
-        match self.inner.topics.put(config.clone(), true) {
+        let broker = self.clone();
+        let new_config = config.clone();
+        // topics.json is fsynced: off the async threads.
+        let created = tokio::task::spawn_blocking(move || broker.inner.topics.put(new_config, true))
+            .await
+            .map_err(|_| Error::StoreClosed)?;
+        match created {
             Ok(()) => {
                 tracing::info!(topic = name, queues = config.queue_count, "auto-created topic");
                 Ok(config)
@@ -319,7 +340,7 @@ impl Broker {
         let mut message_ids = Vec::with_capacity(messages.len());
         for message in messages {
             message.validate()?;
-            let topic = self.topic_for_send(&message.topic)?;
+            let topic = self.topic_for_send(&message.topic).await?;
             let queue_id = self.select_queue(&topic, message.sharding_key.as_deref());
             let message_id = message.unique_id.clone().unwrap_or_else(new_message_id);
             let mut properties = Vec::with_capacity(message.properties.len() + 3);

@@ -8,7 +8,7 @@ use super::metadata;
 use crate::error::Result;
 
 /// Written atomically by the flusher after msyncing commitlog, consume queues and index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     /// Every commitlog byte below this offset was msynced.
@@ -18,6 +18,15 @@ pub struct Checkpoint {
     pub dispatched_offset: u64,
     /// When the checkpoint was written, ms since the Unix epoch.
     pub timestamp_ms: i64,
+    /// Durable entries of every consume queue (`topic/queue id` → max offset): recovery
+    /// rebuilds the queues when one has gone missing or lost entries.
+    #[serde(default)]
+    pub queue_max_offsets: std::collections::BTreeMap<String, u64>,
+}
+
+/// The key of a queue in `Checkpoint::queue_max_offsets`.
+pub(crate) fn queue_key(topic: &str, queue_id: u32) -> String {
+    format!("{topic}/{queue_id}")
 }
 
 impl Checkpoint {

@@ -24,7 +24,9 @@ const PAGE_BYTES: usize = 4096;
 pub(crate) struct CommitLog {
     dir: PathBuf,
     segment_size_bytes: u64,
-    message_size_max_bytes: usize,
+    /// Decoding bound for a record's length: the segment size (the configured message
+    /// maximum only limits new appends, so lowering it never hides stored records).
+    decode_size_max: usize,
     segments: RwLock<Vec<Arc<MappedFile>>>,
     write_offset: AtomicU64,
     flushed_offset: AtomicU64,
@@ -44,8 +46,9 @@ pub(crate) struct ScanOutcome {
 impl CommitLog {
     /// Opens the segments under `dir` (creating the first when there is none). The log is not
     /// readable until `recover` has found its end.
-    pub fn open(dir: &Path, segment_size_bytes: u64, message_size_max_bytes: usize) -> Result<Self> {
+    pub fn open(dir: &Path, segment_size_bytes: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        sweep_temp_files(dir)?;
         let files = list_offset_files(dir)?;
         let mut truncated_at = None;
         let mut segments = Vec::with_capacity(files.len());
@@ -83,7 +86,7 @@ impl CommitLog {
         Ok(CommitLog {
             dir: dir.to_path_buf(),
             segment_size_bytes,
-            message_size_max_bytes,
+            decode_size_max: segment_size_bytes as usize,
             segments: RwLock::new(segments),
             write_offset: AtomicU64::new(min),
             flushed_offset: AtomicU64::new(min),
@@ -154,7 +157,7 @@ impl CommitLog {
         // SAFETY: [position, position + len) lies below the published write offset, and bytes
         // below it are never written again while the segment is in the list.
         let bytes = unsafe { segment.slice(position, len) };
-        match record::decode(bytes, physical_offset, self.message_size_max_bytes) {
+        match record::decode(bytes, physical_offset, self.decode_size_max) {
             Decoded::Message(message) => Ok(message),
             Decoded::EndOfSegment => Err(Error::MessageNotFound {
                 what: format!("physical offset {physical_offset} is an end-of-segment marker"),
@@ -183,7 +186,7 @@ impl CommitLog {
             if bytes.len() >= 4 && bytes[..8.min(bytes.len())].iter().all(|b| *b == 0) {
                 return ScanOutcome { end_offset: offset, stop_reason: None };
             }
-            match record::decode(bytes, offset, self.message_size_max_bytes) {
+            match record::decode(bytes, offset, self.decode_size_max) {
                 Decoded::Message(message) => {
                     on_message(&message);
                     offset += u64::from(message.size_bytes);
@@ -209,6 +212,14 @@ impl CommitLog {
         let last = segments.last().expect("non-empty").clone();
         drop(segments);
         let start = end_offset.saturating_sub(last.base_offset()) as usize;
+        let remaining = last.len().saturating_sub(start);
+        if remaining > 0 && remaining < END_MARKER_BYTES {
+            return Err(Error::CommitLogCorrupt {
+                path: last.path().to_path_buf(),
+                offset: end_offset,
+                reason: format!("the log ends {remaining} bytes before its segment end, too close for any record"),
+            });
+        }
         if zero_tail && start < last.len() {
             let mut position = start;
             while position < last.len() {
@@ -233,7 +244,8 @@ impl CommitLog {
     pub fn flush_to(&self, offset: u64) -> Result<u64> {
         let _guard = self.flush_lock.lock().expect("flush lock");
         let target = offset.min(self.max_offset());
-        let mut from = self.flushed_offset();
+        // Retention may have removed segments below the flushed offset's segment.
+        let mut from = self.flushed_offset().max(self.min_offset());
         while from < target {
             let Some(segment) = self.segment_for(from) else { break };
             let segment_end = segment.base_offset() + segment.len() as u64;
@@ -257,12 +269,17 @@ impl CommitLog {
                 break;
             }
             let first = segments[0].clone();
-            if first.base_offset() + self.segment_size_bytes > end || !expired(first.path()) {
+            let first_end = first.base_offset() + self.segment_size_bytes;
+            if first_end > end || first_end > self.flushed_offset() || !expired(first.path()) {
                 break;
             }
             segments.remove(0);
             drop(segments);
-            std::fs::remove_file(first.path()).map_err(|e| Error::io("cannot remove", first.path(), e))?;
+            match std::fs::remove_file(first.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot remove", first.path(), e)),
+            }
             tracing::info!(path = %first.path().display(), "retention removed a commitlog segment");
             removed += 1;
         }
@@ -462,4 +479,17 @@ impl Drop for SegmentAllocator {
             let _ = thread.join();
         }
     }
+}
+
+/// Removes `*.tmp` files a crash left behind while a segment was being prepared.
+fn sweep_temp_files(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("cannot list", dir, e))?.path();
+        if path.extension().is_some_and(|extension| extension == "tmp") {
+            tracing::warn!(path = %path.display(), "removing a half-prepared segment");
+            std::fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! commitlog record, so a stale or colliding entry can cost a read but never a wrong answer.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::mapped_file::{MappedFile, list_offset_files};
 use crate::error::{Error, Result};
@@ -18,7 +19,7 @@ const ENTRY_BYTES: usize = 20;
 const CHAIN_STEPS_MAX: usize = 100_000;
 
 struct IndexFile {
-    file: MappedFile,
+    file: Arc<MappedFile>,
     begin_timestamp_ms: i64,
     end_timestamp_ms: i64,
     begin_physical_offset: u64,
@@ -75,7 +76,7 @@ impl IndexService {
                 std::fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
                 continue;
             }
-            let file = MappedFile::open(&path, begin, file_bytes, false)?;
+            let file = Arc::new(MappedFile::open(&path, begin, file_bytes, false)?);
             // SAFETY: no other user of the file exists yet.
             let header = unsafe { file.slice(0, HEADER_BYTES) }.to_vec();
             let field = |range: std::ops::Range<usize>| u64::from_le_bytes(header[range].try_into().expect("8 bytes"));
@@ -109,8 +110,12 @@ impl IndexService {
         let needs_file = self.files.last().is_none_or(|f| f.entry_count >= self.entries_max);
         if needs_file {
             let path = self.dir.join(super::offset_file_name(physical_offset));
-            let file =
-                MappedFile::create(&path, physical_offset, Self::file_bytes(self.slots, self.entries_max), false)?;
+            let file = Arc::new(MappedFile::create(
+                &path,
+                physical_offset,
+                Self::file_bytes(self.slots, self.entries_max),
+                false,
+            )?);
             self.files.push(IndexFile {
                 file,
                 begin_timestamp_ms: store_timestamp_ms,
@@ -181,13 +186,12 @@ impl IndexService {
         found
     }
 
-    /// msyncs every file written since the last flush.
-    pub fn flush(&mut self) -> Result<()> {
-        for index in &self.files[self.dirty_from.min(self.files.len())..] {
-            index.file.flush(0, index.file.len())?;
-        }
+    /// The files written since the last call, for the caller to msync without holding the
+    /// index's lock (msync of a mapping is safe while it is being written).
+    pub fn take_dirty_files(&mut self) -> Vec<Arc<MappedFile>> {
+        let dirty = self.files[self.dirty_from.min(self.files.len())..].iter().map(|f| f.file.clone()).collect();
         self.dirty_from = self.files.len().saturating_sub(1);
-        Ok(())
+        dirty
     }
 
     /// Removes files whose entries all point below `log_min`, keeping the newest file.

@@ -42,29 +42,41 @@ impl MappedFile {
     pub fn create(path: &Path, base_offset: u64, size_bytes: u64, prefault: bool) -> Result<Self> {
         let temp_path = path.with_extension("tmp");
         let _ = std::fs::remove_file(&temp_path);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)
-            .map_err(|e| Error::io("cannot create", &temp_path, e))?;
-        if prefault {
-            let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
-            let mut written = 0u64;
-            while written < size_bytes {
-                let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
-                file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", path, e))?;
-                written += chunk as u64;
+        let prepared = Self::prepare(&temp_path, size_bytes, prefault);
+        let file = match prepared {
+            Ok(file) => file,
+            Err(error) => {
+                let _ = std::fs::remove_file(&temp_path); // never leave a large half-file behind
+                return Err(error);
             }
-            file.sync_data().map_err(|e| Error::io("cannot sync", path, e))?;
-        } else {
-            file.set_len(size_bytes).map_err(|e| Error::io("cannot size", path, e))?;
-        }
+        };
         std::fs::rename(&temp_path, path).map_err(|e| Error::io("cannot rename into", path, e))?;
         if let Some(parent) = path.parent() {
             sync_dir(parent)?;
         }
         Self::map(path, file, base_offset, size_bytes, prefault)
+    }
+
+    fn prepare(temp_path: &Path, size_bytes: u64, prefault: bool) -> Result<File> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(temp_path)
+            .map_err(|e| Error::io("cannot create", temp_path, e))?;
+        if prefault {
+            let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
+            let mut written = 0u64;
+            while written < size_bytes {
+                let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
+                file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
+                written += chunk as u64;
+            }
+            file.sync_data().map_err(|e| Error::io("cannot sync", temp_path, e))?;
+        } else {
+            file.set_len(size_bytes).map_err(|e| Error::io("cannot size", temp_path, e))?;
+        }
+        Ok(file)
     }
 
     /// Opens an existing file, which must be exactly `size_bytes` long unless `extend` allows

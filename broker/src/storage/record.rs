@@ -62,6 +62,13 @@ impl NewMessage {
         if self.topic.is_empty() || self.topic.len() > TOPIC_BYTES_MAX {
             return Err(Error::TopicNameInvalid { name: self.topic.clone(), reason: "must be 1 to 127 bytes" });
         }
+        // Topic names become directory names: the store enforces RocketMQ's character set too.
+        if !self.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-') {
+            return Err(Error::TopicNameInvalid {
+                name: self.topic.clone(),
+                reason: "only letters, digits, `%`, `_` and `-` are allowed",
+            });
+        }
         for (name, value) in &self.properties {
             if name.is_empty() {
                 return Err(Error::PropertyInvalid { name: name.clone(), reason: "empty name" });

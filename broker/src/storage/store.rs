@@ -112,13 +112,26 @@ impl StoreConfig {
             return invalid("consume_queue_entries_per_file", "must be 1..=50000000".into());
         }
         if self.index_slots == 0 || self.index_entries_max == 0 {
-            return invalid("index_slots", "index_slots and index_entries_max must be positive".into());
+            let field = if self.index_slots == 0 { "index_slots" } else { "index_entries_max" };
+            return invalid(field, "must be positive".into());
         }
         if self.append_queue_requests_max == 0 || self.write_batch_messages_max == 0 {
-            return invalid("append_queue_requests_max", "queue and batch maxima must be positive".into());
+            let field = if self.append_queue_requests_max == 0 {
+                "append_queue_requests_max"
+            } else {
+                "write_batch_messages_max"
+            };
+            return invalid(field, "must be positive".into());
         }
         if self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 || self.retention_check_interval_ms == 0 {
-            return invalid("flush_interval_ms", "intervals must be positive".into());
+            let field = if self.flush_interval_ms == 0 {
+                "flush_interval_ms"
+            } else if self.checkpoint_interval_ms == 0 {
+                "checkpoint_interval_ms"
+            } else {
+                "retention_check_interval_ms"
+            };
+            return invalid(field, "must be positive".into());
         }
         if !(self.disk_usage_ratio_max > 0.0 && self.disk_usage_ratio_max <= 1.0) {
             return invalid("disk_usage_ratio_max", format!("{} is not in (0, 1]", self.disk_usage_ratio_max));
@@ -194,12 +207,13 @@ type QueueMap = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
 /// The writer's next queue offset per topic and queue id.
 type Cursors = HashMap<String, HashMap<u32, u64>>;
 
-/// The cursor of a queue, allocating the topic key only the first time it is seen.
-fn cursor_mut<'a>(cursors: &'a mut Cursors, topic: &str, queue_id: u32) -> &'a mut u64 {
+/// The cursor of a queue (starting at `initial` when new), allocating the topic key only the
+/// first time the topic is seen.
+fn cursor_mut<'a>(cursors: &'a mut Cursors, topic: &str, queue_id: u32, initial: u64) -> &'a mut u64 {
     if !cursors.contains_key(topic) {
         cursors.insert(topic.to_string(), HashMap::new());
     }
-    cursors.get_mut(topic).expect("inserted above").entry(queue_id).or_insert(0)
+    cursors.get_mut(topic).expect("inserted above").entry(queue_id).or_insert(initial)
 }
 
 struct Shared {
@@ -210,6 +224,7 @@ struct Shared {
     /// Every message below this physical offset is in its consume queue and the index.
     dispatched_offset: AtomicU64,
     last_checkpoint: Mutex<Checkpoint>,
+    tombstones: Mutex<Tombstones>,
     failed: AtomicBool,
 }
 
@@ -219,6 +234,7 @@ pub struct MessageStore {
     commands: SyncSender<Command>,
     closed: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    maintainer: Mutex<Option<(SyncSender<()>, JoinHandle<()>)>>,
     _lock: DataDirLock,
 }
 
@@ -246,80 +262,55 @@ impl MessageStore {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("cannot create data directory", &dir, e))?;
         let lock = DataDirLock::acquire(&dir)?;
+        check_format(&config)?;
         let abort_path = dir.join("abort");
         let unclean = abort_path.exists();
-        let checkpoint_path = dir.join("checkpoint");
-        let checkpoint = Checkpoint::load(&checkpoint_path)?;
+        let checkpoint = Checkpoint::load(&dir.join("checkpoint"))?;
+        let tombstones = Tombstones::load(&dir)?;
         let started = Instant::now();
 
-        let commit_log = Arc::new(CommitLog::open(
-            &dir.join("commitlog"),
-            config.segment_size_bytes,
-            config.message_size_max_bytes,
-        )?);
-        let mut index = IndexService::open(&dir.join("index"), config.index_slots, config.index_entries_max)?;
-        let (queues, rebuild) = load_queues(&config)?;
-        let mut cursors = Cursors::new();
-        for (topic, by_id) in &queues {
-            for (queue_id, queue) in by_id {
-                *cursor_mut(&mut cursors, topic, *queue_id) = queue.max_offset();
+        let commit_log = Arc::new(CommitLog::open(&dir.join("commitlog"), config.segment_size_bytes)?);
+        let recovery = match recover(&config, &commit_log, checkpoint.as_ref(), &tombstones, false) {
+            Err(RecoveryError::Rebuild(reason)) => {
+                tracing::warn!(%reason, "consume queues are inconsistent; rebuilding them all from the commitlog");
+                recover(&config, &commit_log, checkpoint.as_ref(), &tombstones, true)
             }
-        }
-        let mut queues = queues;
-
-        // Recover: re-dispatch from the checkpoint (or everything) and find the log's end.
-        let mut start = match checkpoint {
-            Some(checkpoint) if !rebuild => checkpoint.dispatched_offset,
-            _ => commit_log.min_offset(),
+            other => other,
         };
-        let flushed = checkpoint.map_or(0, |c| c.commit_log_flushed_offset);
-        if let Some(truncated_at) = commit_log.truncated_at() {
-            if truncated_at < flushed {
-                return Err(Error::CommitLogCorrupt {
-                    path: commit_log.segment_paths().last().cloned().unwrap_or_default(),
-                    offset: truncated_at,
-                    reason: format!("the segment file is truncated below the last flushed offset {flushed}"),
+        let Recovery { queues, mut cursors, index, outcome, start } = match recovery {
+            Ok(recovery) => recovery,
+            Err(RecoveryError::Rebuild(reason)) => {
+                return Err(Error::ConsumeQueueCorrupt {
+                    topic: String::new(),
+                    queue_id: 0,
+                    queue_offset: 0,
+                    reason: format!("still inconsistent after a full rebuild: {reason}"),
                 });
             }
-            start = start.min(commit_log.segment_base(truncated_at).max(commit_log.min_offset()));
-        }
-        let mut dispatch_error = None;
-        let mut recovered = 0u64;
-        let outcome = commit_log.scan(start, |message| {
-            if dispatch_error.is_some() {
-                return;
-            }
-            let item = DispatchItem::from_record(message);
-            let result = dispatch(&config, &mut queues, &mut cursors, &mut index, &item);
-            if let Err(error) = result {
-                dispatch_error = Some(error);
-            }
-            recovered += 1;
-        });
-        if let Some(error) = dispatch_error {
-            return Err(error);
+            Err(RecoveryError::Fatal(error)) => return Err(error),
+        };
+        let flushed = checkpoint.as_ref().map_or(0, |c| c.commit_log_flushed_offset);
+        if outcome.end_offset < flushed {
+            // Whatever stopped the scan, data that was flushed is missing: not a torn write.
+            let path = commit_log.segment_paths().last().cloned().unwrap_or_default();
+            let found = outcome.stop_reason.clone().unwrap_or_else(|| "zeros or a missing segment".to_string());
+            return Err(Error::CommitLogCorrupt {
+                path,
+                offset: outcome.end_offset,
+                reason: format!("{found}; this is below the last flushed offset {flushed}, so it is not a torn write"),
+            });
         }
         if let Some(reason) = &outcome.stop_reason {
-            if outcome.end_offset < flushed {
-                let path = commit_log.segment_paths().last().cloned().unwrap_or_default();
-                return Err(Error::CommitLogCorrupt {
-                    path,
-                    offset: outcome.end_offset,
-                    reason: format!(
-                        "{reason}; this is below the last flushed offset {flushed}, so it is not a torn write"
-                    ),
-                });
-            }
             tracing::warn!(end_offset = outcome.end_offset, reason = %reason, "truncating a torn commitlog tail");
         }
         let damaged = unclean || outcome.stop_reason.is_some() || commit_log.truncated_at().is_some();
         commit_log.truncate(outcome.end_offset, damaged)?;
         for by_id in queues.values() {
             for queue in by_id.values() {
-                let key = (queue.topic().to_string(), queue.queue_id());
-                queue.publish(*cursor_mut(&mut cursors, &key.0, key.1));
+                let (topic, queue_id) = (queue.topic().to_string(), queue.queue_id());
+                queue.publish(*cursor_mut(&mut cursors, &topic, queue_id, 0));
                 queue.trim_to_log_end(outcome.end_offset)?;
-                *cursor_mut(&mut cursors, &key.0, key.1) = queue.max_offset();
+                *cursor_mut(&mut cursors, &topic, queue_id, 0) = queue.max_offset();
                 queue.remove_below(commit_log.min_offset())?;
             }
         }
@@ -328,7 +319,6 @@ impl MessageStore {
             unclean,
             start_offset = start,
             end_offset = outcome.end_offset,
-            recovered_messages = recovered,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "message store recovered"
         );
@@ -343,10 +333,14 @@ impl MessageStore {
             index: Mutex::new(index),
             dispatched_offset: AtomicU64::new(outcome.end_offset),
             last_checkpoint: Mutex::new(checkpoint.unwrap_or_default()),
+            tombstones: Mutex::new(tombstones),
             failed: AtomicBool::new(false),
         });
+        // Make what recovery rebuilt durable before anything new arrives.
+        checkpoint_now(&shared)?;
         let (command_tx, command_rx) = sync_channel(config.append_queue_requests_max);
         let (flush_tx, flush_rx) = sync_channel(config.append_queue_requests_max);
+        let (maintain_stop_tx, maintain_stop_rx) = sync_channel::<()>(1);
         let writer = Writer {
             shared: shared.clone(),
             log: CommitLogWriter::new(commit_log, config.segment_prefault),
@@ -354,20 +348,24 @@ impl MessageStore {
             listener,
             flush: flush_tx,
         };
-        let writer_thread = std::thread::Builder::new()
-            .name("weir-store-writer".into())
-            .spawn(move || writer.run(command_rx))
-            .map_err(|e| Error::io("cannot spawn writer thread", &dir, e))?;
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(body)
+                .map_err(|e| Error::io("cannot spawn a storage thread", &dir, e))
+        };
+        let writer_thread = spawn("weir-store-writer", Box::new(move || writer.run(command_rx)))?;
         let flusher_shared = shared.clone();
-        let flusher_thread = std::thread::Builder::new()
-            .name("weir-store-flusher".into())
-            .spawn(move || Flusher::new(flusher_shared).run(flush_rx))
-            .map_err(|e| Error::io("cannot spawn flusher thread", &dir, e))?;
+        let flusher_thread = spawn("weir-store-flusher", Box::new(move || Flusher::new(flusher_shared).run(flush_rx)))?;
+        let maintainer_shared = shared.clone();
+        let maintainer_thread =
+            spawn("weir-store-maint", Box::new(move || run_maintenance(&maintainer_shared, maintain_stop_rx)))?;
         Ok(MessageStore {
             shared,
             commands: command_tx,
             closed: AtomicBool::new(false),
             threads: Mutex::new(vec![writer_thread, flusher_thread]),
+            maintainer: Mutex::new(Some((maintain_stop_tx, maintainer_thread))),
             _lock: lock,
         })
     }
@@ -635,11 +633,19 @@ impl MessageStore {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        if let Some((stop, thread)) = self.maintainer.lock().expect("maintainer lock").take() {
+            let _ = stop.send(());
+            if thread.join().is_err() {
+                tracing::error!("the storage maintenance thread panicked");
+                self.shared.failed.store(true, Ordering::Release);
+            }
+        }
         let _ = self.commands.send(Command::Shutdown { clean });
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
         for thread in threads {
             if thread.join().is_err() {
-                tracing::error!("a storage thread panicked");
+                tracing::error!("a storage thread panicked; the shutdown is not clean");
+                self.shared.failed.store(true, Ordering::Release);
             }
         }
         if !clean {
@@ -648,7 +654,7 @@ impl MessageStore {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(Error::StoreClosed);
         }
-        checkpoint(&self.shared)?;
+        checkpoint_now(&self.shared)?;
         let abort_path = self.shared.config.data_dir.join("abort");
         std::fs::remove_file(&abort_path).map_err(|e| Error::io("cannot remove", &abort_path, e))?;
         sync_dir(&self.shared.config.data_dir)?;
@@ -665,7 +671,206 @@ impl Drop for MessageStore {
     }
 }
 
+/// File-layout settings fixed when a data directory is created (`store.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFormat {
+    format_version: u32,
+    segment_size_bytes: u64,
+    consume_queue_entries_per_file: u64,
+    index_slots: u32,
+    index_entries_max: u32,
+}
+
+/// Records the layout of a new data directory, or checks the config against an existing one.
+fn check_format(config: &StoreConfig) -> Result<()> {
+    let path = config.data_dir.join("store.json");
+    let wanted = StoreFormat {
+        format_version: super::record::VERSION as u32,
+        segment_size_bytes: config.segment_size_bytes,
+        consume_queue_entries_per_file: config.consume_queue_entries_per_file,
+        index_slots: config.index_slots,
+        index_entries_max: config.index_entries_max,
+    };
+    let Some(found) = super::metadata::read_json::<StoreFormat>(&path)? else {
+        return super::metadata::write_json_atomic(&path, &wanted);
+    };
+    let mismatch = |field: &'static str, found: u64, wanted: u64| {
+        Err(Error::ConfigInvalid {
+            field,
+            reason: format!(
+                "the data directory {} was created with {found} and the config says {wanted}; \
+                 the layout cannot change in place",
+                config.data_dir.display()
+            ),
+        })
+    };
+    if found.format_version != wanted.format_version {
+        return mismatch("format_version", found.format_version.into(), wanted.format_version.into());
+    }
+    if found.segment_size_bytes != wanted.segment_size_bytes {
+        return mismatch("segment_size_bytes", found.segment_size_bytes, wanted.segment_size_bytes);
+    }
+    if found.consume_queue_entries_per_file != wanted.consume_queue_entries_per_file {
+        return mismatch(
+            "consume_queue_entries_per_file",
+            found.consume_queue_entries_per_file,
+            wanted.consume_queue_entries_per_file,
+        );
+    }
+    if found.index_slots != wanted.index_slots {
+        return mismatch("index_slots", found.index_slots.into(), wanted.index_slots.into());
+    }
+    if found.index_entries_max != wanted.index_entries_max {
+        return mismatch("index_entries_max", found.index_entries_max.into(), wanted.index_entries_max.into());
+    }
+    Ok(())
+}
+
+/// Deleted topics and the log end at deletion (`topic_tombstones.json`): recovery never
+/// re-dispatches a deleted topic's older records, even when it rebuilds every queue.
+struct Tombstones {
+    path: PathBuf,
+    topics: std::collections::BTreeMap<String, u64>,
+}
+
+impl Tombstones {
+    fn load(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("topic_tombstones.json");
+        let topics = super::metadata::read_json(&path)?.unwrap_or_default();
+        Ok(Tombstones { path, topics })
+    }
+
+    /// Whether a record of `topic` at `physical_offset` predates the topic's deletion.
+    fn covers(&self, topic: &str, physical_offset: u64) -> bool {
+        self.topics.get(topic).is_some_and(|deleted_at| physical_offset < *deleted_at)
+    }
+
+    fn add(&mut self, topic: &str, log_end: u64) -> Result<()> {
+        self.topics.insert(topic.to_string(), log_end);
+        super::metadata::write_json_atomic(&self.path, &self.topics)
+    }
+
+    /// Forgets tombstones whose records retention has removed.
+    fn prune(&mut self, log_min: u64) -> Result<()> {
+        let before = self.topics.len();
+        self.topics.retain(|_, deleted_at| *deleted_at > log_min);
+        if self.topics.len() != before {
+            super::metadata::write_json_atomic(&self.path, &self.topics)?;
+        }
+        Ok(())
+    }
+}
+
+/// What recovery rebuilt, before the log is truncated to `outcome.end_offset`.
+struct Recovery {
+    queues: QueueMap,
+    cursors: Cursors,
+    index: IndexService,
+    outcome: super::commit_log::ScanOutcome,
+    start: u64,
+}
+
+enum RecoveryError {
+    /// Consume queues disagree with the log: rebuild them all from the first segment.
+    Rebuild(String),
+    Fatal(Error),
+}
+
+impl From<Error> for RecoveryError {
+    fn from(error: Error) -> Self {
+        RecoveryError::Fatal(error)
+    }
+}
+
+/// Loads queues and index and re-dispatches the log from the checkpoint (or, with
+/// `full_rebuild`, from scratch into emptied consume queues).
+fn recover(
+    config: &StoreConfig,
+    commit_log: &CommitLog,
+    checkpoint: Option<&Checkpoint>,
+    tombstones: &Tombstones,
+    full_rebuild: bool,
+) -> std::result::Result<Recovery, RecoveryError> {
+    if full_rebuild {
+        let root = config.data_dir.join("consumequeue");
+        match std::fs::remove_dir_all(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot remove", &root, e).into()),
+        }
+    }
+    let mut index = IndexService::open(&config.data_dir.join("index"), config.index_slots, config.index_entries_max)?;
+    let (mut queues, inconsistent) = load_queues(config)?;
+    if inconsistent && !full_rebuild {
+        return Err(RecoveryError::Rebuild("a consume queue file failed validation".into()));
+    }
+    let mut cursors = Cursors::new();
+    for (topic, by_id) in &queues {
+        for (queue_id, queue) in by_id {
+            *cursor_mut(&mut cursors, topic, *queue_id, 0) = queue.max_offset();
+        }
+    }
+    // A checkpoint claiming more dispatched than flushed is not trusted.
+    let checkpoint = checkpoint.filter(|c| c.dispatched_offset <= c.commit_log_flushed_offset);
+    if !full_rebuild && let Some(checkpoint) = checkpoint {
+        for (key, durable_max) in &checkpoint.queue_max_offsets {
+            let (topic, queue_id) = key.rsplit_once('/').unwrap_or((key, ""));
+            let loaded = queue_id.parse().ok().and_then(|id: u32| queues.get(topic)?.get(&id).map(|q| q.max_offset()));
+            if loaded.unwrap_or(0) < *durable_max {
+                return Err(RecoveryError::Rebuild(format!(
+                    "queue {key} had {durable_max} durable entries at the last checkpoint but {} now",
+                    loaded.unwrap_or(0)
+                )));
+            }
+        }
+    }
+    let mut start = match checkpoint {
+        Some(checkpoint) if !full_rebuild => checkpoint.dispatched_offset,
+        _ => commit_log.min_offset(),
+    };
+    let flushed = checkpoint.map_or(0, |c| c.commit_log_flushed_offset);
+    if let Some(truncated_at) = commit_log.truncated_at() {
+        if truncated_at < flushed {
+            return Err(Error::CommitLogCorrupt {
+                path: commit_log.segment_paths().last().cloned().unwrap_or_default(),
+                offset: truncated_at,
+                reason: format!("the segment file is truncated below the last flushed offset {flushed}"),
+            }
+            .into());
+        }
+        start = start.min(commit_log.segment_base(truncated_at).max(commit_log.min_offset()));
+    }
+    let mut failure = None;
+    let outcome = commit_log.scan(start, |message| {
+        if failure.is_some() || tombstones.covers(&message.topic, message.physical_offset) {
+            return;
+        }
+        let known = queues.get(&message.topic).is_some_and(|by_id| by_id.contains_key(&message.queue_id));
+        if !known && !full_rebuild && message.queue_offset > 0 {
+            failure = Some(RecoveryError::Rebuild(format!(
+                "queue {}/{} has no files but the log continues it at offset {}",
+                message.topic, message.queue_id, message.queue_offset
+            )));
+            return;
+        }
+        let item = DispatchItem::from_record(message);
+        match dispatch(config, &mut queues, &mut cursors, &mut index, &item) {
+            Ok(()) => {}
+            Err(error @ Error::ConsumeQueueCorrupt { .. }) => {
+                failure = Some(RecoveryError::Rebuild(error.to_string()));
+            }
+            Err(error) => failure = Some(RecoveryError::Fatal(error)),
+        }
+    });
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    Ok(Recovery { queues, cursors, index, outcome, start })
+}
+
 fn load_queues(config: &StoreConfig) -> Result<(QueueMap, bool)> {
+    let decode_size_max = config.segment_size_bytes as usize;
     let root = config.data_dir.join("consumequeue");
     std::fs::create_dir_all(&root).map_err(|e| Error::io("cannot create", &root, e))?;
     let mut queues = QueueMap::new();
@@ -687,13 +892,8 @@ fn load_queues(config: &StoreConfig) -> Result<(QueueMap, bool)> {
                 continue;
             };
             let path = queue_entry.path();
-            let opened = ConsumeQueue::open(
-                &path,
-                &topic,
-                queue_id,
-                config.consume_queue_entries_per_file,
-                config.message_size_max_bytes,
-            )?;
+            let opened =
+                ConsumeQueue::open(&path, &topic, queue_id, config.consume_queue_entries_per_file, decode_size_max)?;
             let queue = match opened {
                 Some(queue) => queue,
                 None => {
@@ -704,7 +904,7 @@ fn load_queues(config: &StoreConfig) -> Result<(QueueMap, bool)> {
                         &topic,
                         queue_id,
                         config.consume_queue_entries_per_file,
-                        config.message_size_max_bytes,
+                        config.segment_size_bytes as usize,
                     )?
                     .expect("an empty queue is consistent")
                 }
@@ -760,7 +960,7 @@ fn dispatch(
             queue
         }
     };
-    let cursor = cursor_mut(cursors, item.topic, item.queue_id);
+    let cursor = cursor_mut(cursors, item.topic, item.queue_id, queue.max_offset());
     let entry = consume_queue::Entry {
         physical_offset: item.physical_offset,
         size_bytes: item.size_bytes,
@@ -787,7 +987,7 @@ fn open_new_queue(config: &StoreConfig, topic: &str, queue_id: u32) -> Result<Co
         topic,
         queue_id,
         config.consume_queue_entries_per_file,
-        config.message_size_max_bytes,
+        config.segment_size_bytes as usize,
     )?;
     Ok(queue.expect("a new queue is consistent"))
 }
@@ -820,31 +1020,43 @@ impl Writer {
             }
             let mut completions = Vec::new();
             let mut shutdown = None;
-            for command in batch.drain(..) {
+            let mut failed = false;
+            let mut rest = batch.drain(..);
+            for command in rest.by_ref() {
                 match command {
-                    Command::Append { messages, done } => {
+                    Command::Append { messages, done } if !failed => {
                         let result = self.write(&messages, &mut touched);
                         if let Err(error) = &result {
                             tracing::error!(%error, "commitlog write failed; the store stops accepting appends");
-                            self.shared.failed.store(true, Ordering::Release);
+                            failed = true;
                         }
                         completions.push((done, result));
                     }
-                    Command::DeleteTopic { topic, done } => {
-                        self.publish(&mut touched);
-                        done(self.delete_topic(&topic));
+                    Command::DeleteTopic { topic, done } if !failed => {
+                        failed = !self.publish(&mut touched);
+                        done(if failed { Err(Error::StoreClosed) } else { self.delete_topic(&topic) });
                     }
                     Command::Shutdown { clean } => {
                         shutdown = Some(clean);
                         break;
                     }
+                    other => fail_command(other),
                 }
             }
-            self.publish(&mut touched);
-            if self.shared.failed.load(Ordering::Acquire) {
-                // Nothing of a failed batch is acknowledged; producers retry.
+            rest.for_each(fail_command);
+            if !failed {
+                failed = !self.publish(&mut touched);
+            }
+            if failed {
+                // Nothing of a failed batch is published or acknowledged; producers retry.
+                // (Bytes already written past the published end may reappear after a
+                // restart: an append that failed may still be stored, never lost silently.)
+                self.shared.failed.store(true, Ordering::Release);
+                touched.clear();
                 for (_, result) in &mut completions {
-                    *result = Err(Error::StoreClosed);
+                    if result.is_ok() {
+                        *result = Err(Error::StoreClosed);
+                    }
                 }
             }
             match self.shared.config.flush_mode {
@@ -890,10 +1102,9 @@ impl Writer {
         let store_timestamp_ms = now_ms();
         let mut appended = Vec::with_capacity(messages.len());
         let shared = self.shared.clone();
-        let mut index = shared.index.lock().expect("index lock");
         for message in messages {
             let queue = writer_queue(&shared, &message.topic, message.queue_id, touched)?;
-            let cursor = cursor_mut(&mut self.cursors, &message.topic, message.queue_id);
+            let cursor = cursor_mut(&mut self.cursors, &message.topic, message.queue_id, queue.max_offset());
             let queue_offset = *cursor;
             let (physical_offset, size_bytes) = self.log.append(message, queue_offset, store_timestamp_ms)?;
             let item = DispatchItem {
@@ -909,7 +1120,7 @@ impl Writer {
             };
             let entry = consume_queue::Entry { physical_offset, size_bytes, tag_hash: tag_hash(item.tag) };
             queue.put(queue_offset, entry, cursor)?;
-            index_message(&mut index, &item)?;
+            index_message(&mut shared.index.lock().expect("index lock"), &item)?;
             match touched.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
                 Some(slot) => slot.1 = *cursor,
                 None => touched.push((queue, *cursor)),
@@ -928,14 +1139,13 @@ impl Writer {
         Ok(appended)
     }
 
-    /// Makes the written records readable: commitlog first, then consume queues.
-    fn publish(&mut self, touched: &mut Vec<(Arc<ConsumeQueue>, u64)>) {
+    /// Makes the written records readable: commitlog first, then consume queues. False when
+    /// the bytes could not be written (then nothing becomes visible).
+    fn publish(&mut self, touched: &mut Vec<(Arc<ConsumeQueue>, u64)>) -> bool {
         if let Err(error) = self.log.publish() {
-            // The bytes never reached the file: nothing of this batch may become visible.
             tracing::error!(%error, "commitlog write failed; the store stops accepting appends");
-            self.shared.failed.store(true, Ordering::Release);
             touched.clear();
-            return;
+            return false;
         }
         for (queue, max_offset) in touched.iter() {
             queue.publish(*max_offset);
@@ -947,6 +1157,7 @@ impl Writer {
             }
         }
         touched.clear();
+        true
     }
 
     fn delete_topic(&mut self, topic: &str) -> Result<()> {
@@ -958,8 +1169,9 @@ impl Writer {
         {
             std::fs::remove_dir_all(topic_dir).map_err(|e| Error::io("cannot remove", topic_dir, e))?;
         }
-        // Checkpoint now so recovery never re-dispatches the deleted topic's old messages.
-        checkpoint(&self.shared)
+        // Recovery skips the topic's older records, even in a full rebuild.
+        self.shared.tombstones.lock().expect("tombstones lock").add(topic, self.log.position())?;
+        checkpoint_now(&self.shared)
     }
 }
 
@@ -997,19 +1209,29 @@ fn fail_command(command: Command) {
 }
 
 /// msyncs commitlog, consume queues and index up to the dispatched offset, then records it.
-fn checkpoint(shared: &Shared) -> Result<()> {
+fn checkpoint_now(shared: &Shared) -> Result<()> {
     // Held throughout so the writer (topic deletion) and the flusher never interleave.
     let mut last = shared.last_checkpoint.lock().expect("checkpoint lock");
     let dispatched = shared.dispatched_offset.load(Ordering::Acquire);
     let flushed = shared.commit_log.flush_to(dispatched)?;
     let queues: Vec<Arc<ConsumeQueue>> =
         shared.queues.read().expect("queues lock").values().flat_map(|m| m.values().cloned()).collect();
+    let mut queue_max_offsets = std::collections::BTreeMap::new();
     for queue in queues {
+        // Read before flushing: the flush covers at least this many entries.
+        queue_max_offsets.insert(super::checkpoint::queue_key(queue.topic(), queue.queue_id()), queue.max_offset());
         queue.flush()?;
     }
-    shared.index.lock().expect("index lock").flush()?;
-    let checkpoint =
-        Checkpoint { commit_log_flushed_offset: flushed, dispatched_offset: dispatched, timestamp_ms: now_ms() };
+    let dirty_index_files = shared.index.lock().expect("index lock").take_dirty_files();
+    for file in dirty_index_files {
+        file.flush(0, file.len())?;
+    }
+    let checkpoint = Checkpoint {
+        commit_log_flushed_offset: flushed,
+        dispatched_offset: dispatched,
+        timestamp_ms: now_ms(),
+        queue_max_offsets,
+    };
     checkpoint.store(&shared.config.data_dir.join("checkpoint"))?;
     *last = checkpoint;
     Ok(())
@@ -1027,48 +1249,85 @@ fn disk_usage_ratio(path: &Path) -> Option<f64> {
     Some(used as f64 / stats.f_blocks as f64)
 }
 
+/// Most segments one retention pass removes for disk pressure (expired ones are unlimited):
+/// when other files fill the disk, the log shrinks step by step, not all at once.
+const DISK_PRESSURE_SEGMENTS_PER_PASS_MAX: usize = 1;
+
 fn remove_expired(shared: &Shared, now: SystemTime) -> Result<usize> {
     let retention = Duration::from_secs(shared.config.retention_hours * 3600);
     let data_dir = shared.config.data_dir.clone();
     let ratio_max = shared.config.disk_usage_ratio_max;
+    let mut pressure_removals = 0;
     let removed = shared.commit_log.remove_oldest_segments(|path| {
-        let too_old = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|modified| modified + retention <= now);
+        let too_old = std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|modified| modified + retention <= now);
+        if too_old {
+            return true;
+        }
         let disk_full = disk_usage_ratio(&data_dir).is_some_and(|ratio| ratio > ratio_max);
-        if disk_full && !too_old {
+        if disk_full && pressure_removals < DISK_PRESSURE_SEGMENTS_PER_PASS_MAX {
             tracing::warn!(path = %path.display(), "disk usage above disk_usage_ratio_max; removing the oldest segment early");
+            pressure_removals += 1;
+            return true;
         }
-        too_old || disk_full
+        false
     })?;
-    if removed > 0 {
-        let log_min = shared.commit_log.min_offset();
-        let queues: Vec<Arc<ConsumeQueue>> =
-            shared.queues.read().expect("queues lock").values().flat_map(|m| m.values().cloned()).collect();
-        for queue in queues {
-            queue.remove_below(log_min)?;
+    // Queues and index follow the log start on every pass, so an earlier failure heals.
+    let log_min = shared.commit_log.min_offset();
+    let queues: Vec<Arc<ConsumeQueue>> =
+        shared.queues.read().expect("queues lock").values().flat_map(|m| m.values().cloned()).collect();
+    for queue in queues {
+        if let Err(error) = queue.remove_below(log_min) {
+            tracing::warn!(topic = queue.topic(), queue_id = queue.queue_id(), %error, "retention could not trim a queue");
         }
-        shared.index.lock().expect("index lock").remove_below(log_min)?;
     }
+    shared.index.lock().expect("index lock").remove_below(log_min)?;
+    shared.tombstones.lock().expect("tombstones lock").prune(log_min)?;
     Ok(removed)
 }
 
-/// The flusher thread: group-commit msyncs in sync mode, interval msyncs in async mode,
-/// checkpoints and retention in both.
+/// The maintenance thread: checkpoints and retention, off the flush path.
+fn run_maintenance(shared: &Shared, stop: Receiver<()>) {
+    let config = &shared.config;
+    let checkpoint_interval = Duration::from_millis(config.checkpoint_interval_ms);
+    let retention_interval = Duration::from_millis(config.retention_check_interval_ms);
+    let (mut last_checkpoint, mut last_retention) = (Instant::now(), Instant::now());
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(checkpoint_interval.min(retention_interval)) {
+        if shared.failed.load(Ordering::Acquire) {
+            continue;
+        }
+        if last_checkpoint.elapsed() >= checkpoint_interval {
+            last_checkpoint = Instant::now();
+            let dispatched = shared.dispatched_offset.load(Ordering::Acquire);
+            let previous = shared.last_checkpoint.lock().expect("checkpoint lock").dispatched_offset;
+            if dispatched != previous
+                && let Err(error) = checkpoint_now(shared)
+            {
+                tracing::error!(%error, "checkpoint failed; the store stops accepting appends");
+                shared.failed.store(true, Ordering::Release);
+            }
+        }
+        if last_retention.elapsed() >= retention_interval {
+            last_retention = Instant::now();
+            if let Err(error) = remove_expired(shared, SystemTime::now()) {
+                tracing::error!(%error, "retention failed");
+            }
+        }
+    }
+}
+
+/// The flusher thread: group commit in sync mode, interval flushes in async mode.
 struct Flusher {
     shared: Arc<Shared>,
-    last_checkpoint: Instant,
-    last_retention: Instant,
 }
 
 impl Flusher {
     fn new(shared: Arc<Shared>) -> Self {
-        Flusher { shared, last_checkpoint: Instant::now(), last_retention: Instant::now() }
+        Flusher { shared }
     }
 
     fn run(mut self, requests: Receiver<FlushRequest>) {
         let config = self.shared.config.clone();
-        let tick = Duration::from_millis(config.flush_interval_ms.min(config.checkpoint_interval_ms));
+        let tick = Duration::from_millis(config.flush_interval_ms);
         loop {
             match requests.recv_timeout(tick) {
                 Ok(first) => {
@@ -1088,7 +1347,6 @@ impl Flusher {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.maintain();
         }
     }
 
@@ -1098,8 +1356,20 @@ impl Flusher {
         let flushed = self.shared.commit_log.flush_to(target);
         metrics::histogram!("weir_store_flush_seconds").record(started.elapsed().as_secs_f64());
         match flushed {
-            Ok(flushed) => {
-                assert!(flushed >= target, "group commit must cover every waiting append");
+            Ok(flushed) if flushed < target => {
+                let error = Error::CommitLogCorrupt {
+                    path: self.shared.config.data_dir.join("commitlog"),
+                    offset: flushed,
+                    reason: format!("a flush stopped short of {target}: a segment is missing"),
+                };
+                self.fail(&error);
+                for request in pending {
+                    for (done, _) in request.completions {
+                        done(Err(Error::StoreClosed));
+                    }
+                }
+            }
+            Ok(_) => {
                 for request in pending {
                     for (done, result) in request.completions {
                         done(result);
@@ -1113,26 +1383,6 @@ impl Flusher {
                         done(Err(Error::StoreClosed));
                     }
                 }
-            }
-        }
-    }
-
-    fn maintain(&mut self) {
-        let config = &self.shared.config;
-        if self.last_checkpoint.elapsed() >= Duration::from_millis(config.checkpoint_interval_ms) {
-            self.last_checkpoint = Instant::now();
-            let dispatched = self.shared.dispatched_offset.load(Ordering::Acquire);
-            let previous = self.shared.last_checkpoint.lock().expect("checkpoint lock").dispatched_offset;
-            if dispatched != previous
-                && let Err(error) = checkpoint(&self.shared)
-            {
-                self.fail(&error);
-            }
-        }
-        if self.last_retention.elapsed() >= Duration::from_millis(config.retention_check_interval_ms) {
-            self.last_retention = Instant::now();
-            if let Err(error) = remove_expired(&self.shared, SystemTime::now()) {
-                tracing::error!(%error, "retention failed");
             }
         }
     }

@@ -154,6 +154,7 @@ fn damage_below_the_flushed_offset_after_a_crash_refuses_to_open() {
         commit_log_flushed_offset: end,
         dispatched_offset: last.physical_offset,
         timestamp_ms: 0,
+        ..Default::default()
     };
     std::fs::write(dir.path().join("checkpoint"), serde_json::to_vec(&checkpoint).unwrap()).unwrap();
     let segment =
@@ -261,7 +262,7 @@ fn truncated_segment_is_detected() {
 #[test]
 fn retention_removes_old_segments_and_moves_queue_minimums() {
     let dir = tempfile::tempdir().unwrap();
-    let store = MessageStore::open(small_config(dir.path(), FlushMode::Async), None).unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     fill(&store, "m", 120);
     let segments = std::fs::read_dir(dir.path().join("commitlog")).unwrap().count();
     assert!(segments >= 4);
@@ -281,7 +282,7 @@ fn retention_removes_old_segments_and_moves_queue_minimums() {
     // Retention survives a restart.
     store.close().unwrap();
     drop(store);
-    let store = MessageStore::open(small_config(dir.path(), FlushMode::Async), None).unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     assert_eq!(store.queue_range("t", 0), range);
 }
 
@@ -298,4 +299,74 @@ fn deleted_topic_stays_deleted_after_a_crash() {
     drop(store);
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     assert_eq!(store.queue_range("t", 0), QueueRange::default());
+}
+
+#[test]
+fn deleted_topic_stays_deleted_through_a_full_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
+    fill(&store, "m", 10);
+    store.append_blocking(vec![new_message("u", 0, b"keep", None, None)]).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.delete_topic("t", Box::new(move |r| tx.send(r).unwrap())).unwrap();
+    rx.recv().unwrap().unwrap();
+    store.close().unwrap();
+    drop(store);
+    // Damage u's queue so that recovery rebuilds every queue from the first segment.
+    let queue_file = dir.path().join("consumequeue/u/0").join(format!("{:020}", 0));
+    std::fs::write(&queue_file, b"garbage").unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
+    assert_eq!(store.queue_range("t", 0), QueueRange::default(), "the deleted topic is not resurrected");
+    assert_eq!(bodies(&read_all(&store, "u", 0).unwrap()), vec!["keep".to_string()]);
+}
+
+#[test]
+fn missing_consume_queue_directory_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
+    fill(&store, "m", 40);
+    let expected = bodies(&read_all(&store, "t", 1).unwrap());
+    store.close().unwrap();
+    drop(store);
+    std::fs::remove_dir_all(dir.path().join("consumequeue/t/1")).unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
+    assert_eq!(bodies(&read_all(&store, "t", 1).unwrap()), expected);
+}
+
+#[test]
+fn layout_settings_cannot_change_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Async), None).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let mut config = small_config(dir.path(), FlushMode::Async);
+    config.segment_size_bytes = 16384;
+    let error = MessageStore::open(config, None).unwrap_err();
+    assert!(matches!(error, Error::ConfigInvalid { field: "segment_size_bytes", .. }), "{error}");
+    assert!(error.to_string().contains("created with 8192 and the config says 16384"), "{error}");
+}
+
+#[test]
+fn lowering_the_message_maximum_keeps_stored_records_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path(), FlushMode::Sync);
+    config.message_size_max_bytes = 2048;
+    let store = MessageStore::open(config.clone(), None).unwrap();
+    store.append_blocking(vec![new_message("t", 0, &[b'z'; 1500], None, None)]).unwrap();
+    store.crash();
+    drop(store);
+    config.message_size_max_bytes = 1024;
+    let store = MessageStore::open(config, None).unwrap();
+    assert_eq!(read_all(&store, "t", 0).unwrap()[0].body.len(), 1500);
+    assert!(store.append_blocking(vec![new_message("t", 0, &[b'z'; 1500], None, None)]).is_err());
+}
+
+#[test]
+fn store_rejects_topics_that_cannot_be_directory_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Async), None).unwrap();
+    for topic in ["a.b", "../x", "sp ace"] {
+        let error = store.append_blocking(vec![new_message(topic, 0, b"x", None, None)]).unwrap_err();
+        assert!(matches!(error, Error::TopicNameInvalid { .. }), "{topic}: {error}");
+    }
 }
