@@ -1,16 +1,32 @@
 //! Admin subcommands on an embedded data directory: topics, send, consume, queries, groups.
 
-use std::path::Path;
-
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use weir_broker::storage::FlushMode;
 use weir_broker::{Broker, BrokerConfig, Message, OffsetReset, PullRequest, PullStatus, StoredMessage, TopicConfig};
 
-/// Opens the embedded broker with sync flush: a CLI command's writes are durable when it exits.
-pub fn open_broker(data_dir: &Path) -> Result<Broker> {
+/// Where the embedded broker lives and how a new data directory is laid out.
+pub struct StoreArgs {
+    pub data_dir: std::path::PathBuf,
+    pub segment_size_bytes: u64,
+}
+
+/// Opens the embedded broker with sync flush (a CLI command's writes are durable when it
+/// exits). An existing data directory keeps its layout; a new one gets `segment_size_bytes`.
+pub fn open_broker(store: &StoreArgs) -> Result<Broker> {
+    let (data_dir, segment_size_bytes) = (store.data_dir.as_path(), store.segment_size_bytes);
     let mut config = BrokerConfig::new(data_dir);
     config.store.flush_mode = FlushMode::Sync;
+    config.store.segment_size_bytes = segment_size_bytes;
+    config.store.message_size_max_bytes = config.store.message_size_max_bytes.min(segment_size_bytes as usize / 2);
+    config.store.adopt_existing_layout()?;
+    if !data_dir.join("store.json").exists() {
+        eprintln!(
+            "creating {} with {} MiB commitlog segments (the first one is written out now)",
+            data_dir.display(),
+            segment_size_bytes >> 20
+        );
+    }
     Broker::open(config).with_context(|| format!("cannot open the data directory {}", data_dir.display()))
 }
 
@@ -31,8 +47,8 @@ pub enum TopicCommand {
     Delete { name: String },
 }
 
-pub async fn topic(data_dir: &Path, command: TopicCommand) -> Result<()> {
-    let broker = open_broker(data_dir)?;
+pub async fn topic(store: &StoreArgs, command: TopicCommand) -> Result<()> {
+    let broker = open_broker(store)?;
     match command {
         TopicCommand::Create { name, queues } => {
             broker.create_topic(TopicConfig::new(&name, queues))?;
@@ -82,7 +98,7 @@ pub struct SendArgs {
     body: Option<String>,
 }
 
-pub async fn send(data_dir: &Path, args: SendArgs) -> Result<()> {
+pub async fn send(store: &StoreArgs, args: SendArgs) -> Result<()> {
     let mut template = Message::new(&args.topic, Vec::new());
     template.tag = args.tag;
     template.keys = args.keys;
@@ -97,7 +113,7 @@ pub async fn send(data_dir: &Path, args: SendArgs) -> Result<()> {
         Some(body) => vec![body],
         None => std::io::stdin().lines().collect::<std::io::Result<_>>().context("cannot read stdin")?,
     };
-    let broker = open_broker(data_dir)?;
+    let broker = open_broker(store)?;
     for body in bodies {
         let mut message = template.clone();
         message.body = body.into_bytes();
@@ -140,13 +156,13 @@ pub fn print_message(message: &StoredMessage) {
     );
 }
 
-pub async fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
+pub async fn consume(store: &StoreArgs, args: ConsumeArgs) -> Result<()> {
     let start_latest = match args.from.as_str() {
         "earliest" => false,
         "latest" => true,
         other => bail!("--from must be earliest or latest, not {other:?}"),
     };
-    let broker = open_broker(data_dir)?;
+    let broker = open_broker(store)?;
     let topic = broker.topic(&args.topic).with_context(|| format!("topic {:?} does not exist", args.topic))?;
     let mut printed = 0;
     for queue_id in 0..topic.queue_count {
@@ -196,9 +212,9 @@ pub enum MessageCommand {
     },
 }
 
-pub async fn message(data_dir: &Path, command: MessageCommand) -> Result<()> {
+pub async fn message(store: &StoreArgs, command: MessageCommand) -> Result<()> {
     let MessageCommand::Query { topic, key, id, offset } = command;
-    let broker = open_broker(data_dir)?;
+    let broker = open_broker(store)?;
     let found = match (key, id, offset) {
         (Some(key), _, _) => broker.query_by_key(&topic, &key, 64).await?,
         (_, Some(id), _) => vec![broker.query_by_id(&topic, &id).await?],
@@ -227,9 +243,9 @@ pub enum GroupCommand {
     },
 }
 
-pub async fn group(data_dir: &Path, command: GroupCommand) -> Result<()> {
+pub async fn group(store: &StoreArgs, command: GroupCommand) -> Result<()> {
     let GroupCommand::Offsets { group, topic, reset } = command;
-    let broker = open_broker(data_dir)?;
+    let broker = open_broker(store)?;
     let config = broker.topic(&topic).with_context(|| format!("topic {topic:?} does not exist"))?;
     if let Some(reset) = reset {
         let to = match reset.as_str() {

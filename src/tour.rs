@@ -1,15 +1,15 @@
 //! `weir tour`: the README's first command — create a topic, send, consume, query by key.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use weir_broker::{Message, PullRequest, TopicConfig};
 
-use crate::admin::{open_broker, print_message};
+use crate::admin::{StoreArgs, open_broker, print_message};
 
-pub async fn run(data_dir: &Path) -> Result<()> {
-    let broker = open_broker(data_dir)?;
+pub async fn run(store: &StoreArgs) -> Result<()> {
+    let data_dir = store.data_dir.as_path();
+    let broker = open_broker(store)?;
     println!("1. opened an embedded broker in {}", data_dir.display());
     if broker.topic("tour-orders").is_none() {
         broker.create_topic(TopicConfig::new("tour-orders", 4))?;

@@ -16,7 +16,9 @@ fn check(cases: &[(&[&str], bool, &[&str])]) {
             assert!(text.contains(needle), "weir {args:?}: expected {needle:?} in\n{text}\nstderr: {stderr}");
         }
         if !success {
-            assert_eq!(stderr.trim().lines().count(), 1, "one-line error for {args:?}: {stderr}");
+            let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
+            assert_eq!(errors.len(), 1, "one-line error for {args:?}: {stderr}");
+            assert_eq!(stderr.trim().lines().last(), Some(errors[0]), "the error is the last line: {stderr}");
         }
     }
 }
@@ -70,7 +72,10 @@ fn tour_runs_and_reruns() {
 #[test]
 fn a_second_process_is_refused_with_the_holder_named() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = weir_broker::Broker::open(weir_broker::BrokerConfig::new(dir.path())).unwrap();
+    let mut config = weir_broker::BrokerConfig::new(dir.path());
+    config.store.segment_size_bytes = 1 << 20;
+    config.store.message_size_max_bytes = 1 << 19;
+    let broker = weir_broker::Broker::open(config).unwrap();
     let output = weir(dir.path(), &["topic", "list"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());

@@ -6,10 +6,11 @@ mod crash;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `weir --data-dir <dir> <args>` to completion.
+/// Runs `weir --data-dir <dir> <args>` to completion, with 1 MiB segments for new
+/// directories (the 1 GiB default would write a gigabyte of zeros per test).
 pub fn weir(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("--data-dir")
+        .args(["--segment-size-bytes", "1048576", "--data-dir"])
         .arg(data_dir)
         .args(args)
         .output()

@@ -46,7 +46,9 @@ pub(crate) struct ScanOutcome {
 impl CommitLog {
     /// Opens the segments under `dir` (creating the first when there is none). The log is not
     /// readable until `recover` has found its end.
-    pub fn open(dir: &Path, segment_size_bytes: u64) -> Result<Self> {
+    /// `prefault` applies to the first segment of a new log (later ones are prepared by the
+    /// writer's allocator).
+    pub fn open(dir: &Path, segment_size_bytes: u64, prefault: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         sweep_temp_files(dir)?;
         let files = list_offset_files(dir)?;
@@ -80,7 +82,8 @@ impl CommitLog {
         }
         if segments.is_empty() {
             let path = dir.join(super::offset_file_name(0));
-            segments.push(Arc::new(MappedFile::create(&path, 0, segment_size_bytes, false)?));
+            tracing::info!(path = %path.display(), segment_size_bytes, prefault, "creating the first commitlog segment");
+            segments.push(Arc::new(MappedFile::create(&path, 0, segment_size_bytes, prefault)?));
         }
         let min = segments[0].base_offset();
         Ok(CommitLog {
