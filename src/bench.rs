@@ -33,6 +33,9 @@ pub struct StorageArgs {
     /// async or sync.
     #[arg(long, default_value = "async")]
     flush: String,
+    /// Async mode: the store's flush interval (and the baseline's).
+    #[arg(long, default_value_t = 500)]
+    flush_interval_ms: u64,
     /// Queues of the benchmark topic.
     #[arg(long, default_value_t = 8)]
     queues: u32,
@@ -66,16 +69,19 @@ async fn storage(args: StorageArgs) -> Result<()> {
         bail!("{} already exists; give an empty --dir", store_dir.display());
     }
     let total_bytes = args.messages * args.size as u64;
+    let flush_interval = Duration::from_millis(args.flush_interval_ms.max(1));
     let group_bytes = (args.producers * args.batch) as usize * args.size;
     settle_page_cache();
     let baseline_dir = root.clone();
-    let baseline =
-        tokio::task::spawn_blocking(move || baseline_write(&baseline_dir, total_bytes, flush_mode, group_bytes))
-            .await??;
+    let baseline = tokio::task::spawn_blocking(move || {
+        baseline_write(&baseline_dir, total_bytes, flush_mode, group_bytes, flush_interval)
+    })
+    .await??;
 
     settle_page_cache();
     let mut config = BrokerConfig::new(&store_dir);
     config.store.flush_mode = flush_mode;
+    config.store.flush_interval_ms = args.flush_interval_ms;
     let broker = Broker::open(config)?;
     broker.create_topic(TopicConfig::new("bench", args.queues))?;
     let body = vec![b'w'; args.size];
@@ -180,11 +186,17 @@ struct Baseline {
 }
 
 /// A plain sequential write of the same number of bytes to a fresh file in the same
-/// directory, with the same flush policy: async = a second thread fdatasyncs every 500 ms
-/// (the store's default flush interval) while the writer goes on; sync = fdatasync after
+/// directory, with the same flush policy: async = a second thread fdatasyncs every
+/// `flush_interval` (the store's) while the writer goes on; sync = fdatasync after
 /// every `group_bytes` (one group commit of every producer's batch), which is the best case
 /// of the store's group commit.
-fn baseline_write(dir: &Path, total_bytes: u64, flush_mode: FlushMode, group_bytes: usize) -> Result<Baseline> {
+fn baseline_write(
+    dir: &Path,
+    total_bytes: u64,
+    flush_mode: FlushMode,
+    group_bytes: usize,
+    flush_interval: Duration,
+) -> Result<Baseline> {
     let path = dir.join("baseline.dat");
     let mut file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     let chunk_bytes = match flush_mode {
@@ -199,7 +211,6 @@ fn baseline_write(dir: &Path, total_bytes: u64, flush_mode: FlushMode, group_byt
             let file = file.try_clone()?;
             let done = done.clone();
             Some(std::thread::spawn(move || {
-                let flush_interval = Duration::from_millis(500);
                 while !done.load(std::sync::atomic::Ordering::Acquire) {
                     std::thread::sleep(flush_interval);
                     let _ = file.sync_data();
@@ -225,7 +236,9 @@ fn baseline_write(dir: &Path, total_bytes: u64, flush_mode: FlushMode, group_byt
     drop(file);
     let _ = std::fs::remove_file(&path);
     let description = match flush_mode {
-        FlushMode::Async => "write(2) 1 MiB chunks, another thread fdatasyncs every 500 ms".to_string(),
+        FlushMode::Async => {
+            format!("write(2) 1 MiB chunks, another thread fdatasyncs every {} ms", flush_interval.as_millis())
+        }
         FlushMode::Sync => format!("write(2) {group_bytes}-byte chunks, fdatasync after each"),
     };
     Ok(Baseline { mb_per_sec: total_bytes as f64 / 1e6 / elapsed.as_secs_f64(), description })

@@ -6,7 +6,7 @@
 //! publishes bytes in them) and removed from the front (retention), never changed in between.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -365,11 +365,8 @@ impl CommitLogWriter {
         record::encode_into(message, placement, &mut self.buffer[start..]);
         self.position += size as u64;
         debug_assert!(self.position <= segment_end);
-        // Past half of the segment, have the next one prepared in the background (a short
-        // run never pays for preparing a segment it will not use).
-        if self.position - self.segment.base_offset() > segment_size / 2 {
-            self.allocator.request(segment_end);
-        }
+        // Have the next segment prepared in the background while this one fills.
+        self.allocator.request(segment_end);
         Ok((physical_offset, size as u32))
     }
 
@@ -403,6 +400,8 @@ impl CommitLogWriter {
 
 /// Creates and pre-faults the next segment on its own thread, off the append path.
 struct SegmentAllocator {
+    /// Set on drop: a preparation in progress stops and removes its file.
+    cancel: Arc<AtomicBool>,
     dir: PathBuf,
     segment_size_bytes: u64,
     prefault: bool,
@@ -417,13 +416,17 @@ impl SegmentAllocator {
         let (request_tx, request_rx) = sync_channel::<u64>(1);
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_dir = dir.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread_cancel = cancel.clone();
         let thread = std::thread::Builder::new()
             .name("weir-segment-alloc".into())
             .spawn(move || {
+                lower_thread_priority();
                 for base in request_rx {
                     let path = thread_dir.join(super::offset_file_name(base));
                     let _ = std::fs::remove_file(&path); // a leftover from a crash mid-allocation
-                    let made = MappedFile::create(&path, base, segment_size_bytes, prefault);
+                    let made =
+                        MappedFile::create_cancellable(&path, base, segment_size_bytes, prefault, &thread_cancel);
                     if ready_tx.send((base, made)).is_err() {
                         break;
                     }
@@ -431,6 +434,7 @@ impl SegmentAllocator {
             })
             .expect("spawn segment allocator thread");
         SegmentAllocator {
+            cancel,
             dir,
             segment_size_bytes,
             prefault,
@@ -469,6 +473,7 @@ impl SegmentAllocator {
 
 impl Drop for SegmentAllocator {
     fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
         self.requests.take();
         if let Some(pending) = self.pending.take() {
             // The prepared segment was never used: remove it so the log has no empty tail.
@@ -481,6 +486,16 @@ impl Drop for SegmentAllocator {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Preparing segments is background work: it runs at a lower CPU priority (nice 10) than the
+/// writer and the request threads, so on a small machine it does not slow appends down.
+fn lower_thread_priority() {
+    // SAFETY: setpriority on this thread's own id; failure only leaves the priority as is.
+    unsafe {
+        let thread_id = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread_id as libc::id_t, 10);
     }
 }
 

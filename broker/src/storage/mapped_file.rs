@@ -10,6 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -40,9 +41,20 @@ impl MappedFile {
     /// The file is prepared under a `.tmp` name and renamed into place, so a crash never
     /// leaves a short file under a real name.
     pub fn create(path: &Path, base_offset: u64, size_bytes: u64, prefault: bool) -> Result<Self> {
+        Self::create_cancellable(path, base_offset, size_bytes, prefault, &AtomicBool::new(false))
+    }
+
+    /// `create`, giving up (with an error, leaving nothing behind) once `cancel` is set.
+    pub fn create_cancellable(
+        path: &Path,
+        base_offset: u64,
+        size_bytes: u64,
+        prefault: bool,
+        cancel: &AtomicBool,
+    ) -> Result<Self> {
         let temp_path = path.with_extension("tmp");
         let _ = std::fs::remove_file(&temp_path);
-        let prepared = Self::prepare(&temp_path, size_bytes, prefault);
+        let prepared = Self::prepare(&temp_path, size_bytes, prefault, cancel);
         let file = match prepared {
             Ok(file) => file,
             Err(error) => {
@@ -57,7 +69,7 @@ impl MappedFile {
         Self::map(path, file, base_offset, size_bytes, prefault)
     }
 
-    fn prepare(temp_path: &Path, size_bytes: u64, prefault: bool) -> Result<File> {
+    fn prepare(temp_path: &Path, size_bytes: u64, prefault: bool, cancel: &AtomicBool) -> Result<File> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -68,6 +80,10 @@ impl MappedFile {
             let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
             let mut written = 0u64;
             while written < size_bytes {
+                if cancel.load(Ordering::Relaxed) {
+                    let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
+                    return Err(Error::io("stopped preparing", temp_path, cancelled));
+                }
                 let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
                 file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
                 written += chunk as u64;
