@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,7 +22,7 @@ use crate::storage::{
     DispatchListener, MessageStore, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, QueueRange,
     ReadLimits, StoreConfig,
 };
-use crate::topic::{TopicConfig, TopicTable, validate_group_name, validate_topic_name};
+use crate::topic::{TopicConfig, TopicEntry, TopicTable, validate_group_name, validate_topic_name};
 
 /// Most messages one pull returns.
 pub const PULL_MESSAGES_MAX: usize = 1024;
@@ -132,7 +132,6 @@ struct Inner {
     offsets: Arc<OffsetTable>,
     waiters: Arc<Waiters>,
     append_permits: Arc<Semaphore>,
-    round_robin: Mutex<HashMap<String, Arc<AtomicU32>>>,
     born_host: SocketAddr,
     persister: Mutex<Option<(std::sync::mpsc::SyncSender<()>, JoinHandle<()>)>>,
 }
@@ -195,7 +194,6 @@ impl Broker {
                 offsets,
                 waiters,
                 append_permits: Arc::new(Semaphore::new(permits)),
-                round_robin: Mutex::new(HashMap::new()),
                 born_host: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
                 persister: Mutex::new(Some((stop_tx, persister))),
             }),
@@ -254,7 +252,6 @@ impl Broker {
             .await
             .map_err(|_| Error::StoreClosed)??;
         self.inner.offsets.remove_topic(name);
-        self.inner.round_robin.lock().expect("round robin lock").remove(name);
         // Wake long polls on the deleted topic; their retry reports it gone.
         let waiters: Vec<Arc<Notify>> = {
             let mut waiters = self.inner.waiters.lock().expect("waiters lock");
@@ -274,12 +271,12 @@ impl Broker {
         rx.await.map_err(|_| Error::StoreClosed)?
     }
 
-    async fn topic_for_send(&self, name: &str) -> Result<TopicConfig> {
-        if let Some(config) = self.inner.topics.get(name) {
-            if !config.permission.writable {
+    async fn topic_for_send(&self, name: &str) -> Result<Arc<TopicEntry>> {
+        if let Some(entry) = self.inner.topics.entry(name) {
+            if !entry.config.permission.writable {
                 return Err(Error::TopicPermissionDenied { topic: name.to_string(), operation: "writable" });
             }
-            return Ok(config);
+            return Ok(entry);
         }
         validate_topic_name(name)?;
         if !self.inner.config.auto_create_topics {
@@ -287,33 +284,23 @@ impl Broker {
         }
         let config = TopicConfig::new(name, self.inner.config.default_queue_count);
         let broker = self.clone();
-        let new_config = config.clone();
         // topics.json is fsynced: off the async threads.
-        let created = tokio::task::spawn_blocking(move || broker.inner.topics.put(new_config, true))
+        let created = tokio::task::spawn_blocking(move || broker.inner.topics.put(config, true))
             .await
             .map_err(|_| Error::StoreClosed)?;
         match created {
-            Ok(()) => {
-                tracing::info!(topic = name, queues = config.queue_count, "auto-created topic");
-                Ok(config)
-            }
-            Err(Error::TopicExists { .. }) => {
-                self.inner.topics.get(name).ok_or(Error::TopicNotFound { topic: name.to_string() })
-            }
-            Err(error) => Err(error),
+            Ok(()) => tracing::info!(topic = name, "auto-created topic"),
+            Err(Error::TopicExists { .. }) => {}
+            Err(error) => return Err(error),
         }
+        self.inner.topics.entry(name).ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })
     }
 
-    fn select_queue(&self, topic: &TopicConfig, sharding_key: Option<&str>) -> u32 {
+    fn select_queue(&self, topic: &TopicEntry, sharding_key: Option<&str>) -> u32 {
+        let queue_count = topic.config.queue_count;
         match sharding_key {
-            Some(key) => (crate::storage::fnv1a_64(key.as_bytes()) % u64::from(topic.queue_count)) as u32,
-            None => {
-                let counter = {
-                    let mut counters = self.inner.round_robin.lock().expect("round robin lock");
-                    counters.entry(topic.name.clone()).or_default().clone()
-                };
-                counter.fetch_add(1, Ordering::Relaxed) % topic.queue_count
-            }
+            Some(key) => (crate::storage::fnv1a_64(key.as_bytes()) % u64::from(queue_count)) as u32,
+            None => topic.next_queue.fetch_add(1, Ordering::Relaxed) % queue_count,
         }
     }
 

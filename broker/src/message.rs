@@ -151,7 +151,16 @@ pub fn new_message_id() -> String {
     });
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:012X}{pid:04X}{nonce:08X}{counter:08X}", now_ms & 0xFFFF_FFFF_FFFF)
+    let mut id = [0u8; 32];
+    let fields = [(now_ms & 0xFFFF_FFFF_FFFF, 12), (u64::from(pid), 4), (u64::from(nonce), 8), (u64::from(counter), 8)];
+    let mut position = 0;
+    for (value, digits) in fields {
+        for shift in (0..digits).rev() {
+            id[position] = b"0123456789ABCDEF"[((value >> (shift * 4)) & 0xF) as usize];
+            position += 1;
+        }
+    }
+    String::from_utf8(id.to_vec()).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]
@@ -163,7 +172,11 @@ mod tests {
         let a = new_message_id();
         let b = new_message_id();
         assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()), "{a}");
         assert_ne!(a, b);
+        let counter_a = u32::from_str_radix(&a[24..], 16).unwrap();
+        let counter_b = u32::from_str_radix(&b[24..], 16).unwrap();
+        assert_eq!(counter_b, counter_a.wrapping_add(1), "{a} {b}");
     }
 
     #[test]

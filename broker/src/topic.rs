@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -85,10 +86,21 @@ struct TopicFile {
     topics: BTreeMap<String, TopicConfig>,
 }
 
+/// A topic as the send path sees it: its config and its round-robin queue counter.
+#[derive(Debug)]
+pub(crate) struct TopicEntry {
+    pub config: TopicConfig,
+    pub next_queue: AtomicU32,
+}
+
 /// The topic table, persisted atomically to `config/topics.json` on every change.
 pub(crate) struct TopicTable {
     path: PathBuf,
-    topics: RwLock<BTreeMap<String, TopicConfig>>,
+    topics: RwLock<BTreeMap<String, Arc<TopicEntry>>>,
+}
+
+fn entry(config: TopicConfig) -> Arc<TopicEntry> {
+    Arc::new(TopicEntry { config, next_queue: AtomicU32::new(0) })
 }
 
 impl TopicTable {
@@ -102,15 +114,26 @@ impl TopicTable {
                 });
             }
         }
-        Ok(TopicTable { path, topics: RwLock::new(file.topics) })
+        let topics = file.topics.into_iter().map(|(name, config)| (name, entry(config))).collect();
+        Ok(TopicTable { path, topics: RwLock::new(topics) })
     }
 
     pub fn get(&self, name: &str) -> Option<TopicConfig> {
+        self.entry(name).map(|entry| entry.config.clone())
+    }
+
+    /// The shared entry (no copy of the config): the send path's lookup.
+    pub fn entry(&self, name: &str) -> Option<Arc<TopicEntry>> {
         self.topics.read().expect("topics lock").get(name).cloned()
     }
 
     pub fn list(&self) -> Vec<TopicConfig> {
-        self.topics.read().expect("topics lock").values().cloned().collect()
+        self.topics.read().expect("topics lock").values().map(|entry| entry.config.clone()).collect()
+    }
+
+    fn persist(&self, topics: &BTreeMap<String, Arc<TopicEntry>>) -> Result<()> {
+        let file = TopicFile { topics: topics.iter().map(|(name, e)| (name.clone(), e.config.clone())).collect() };
+        metadata::write_json_atomic(&self.path, &file)
     }
 
     /// Inserts or replaces; `must_be_new` refuses an existing name.
@@ -121,8 +144,8 @@ impl TopicTable {
             return Err(Error::TopicExists { topic: config.name });
         }
         let mut next = topics.clone();
-        next.insert(config.name.clone(), config);
-        metadata::write_json_atomic(&self.path, &TopicFile { topics: next.clone() })?;
+        next.insert(config.name.clone(), entry(config));
+        self.persist(&next)?;
         *topics = next;
         Ok(())
     }
@@ -131,9 +154,9 @@ impl TopicTable {
         let mut topics = self.topics.write().expect("topics lock");
         let mut next = topics.clone();
         let removed = next.remove(name).ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })?;
-        metadata::write_json_atomic(&self.path, &TopicFile { topics: next.clone() })?;
+        self.persist(&next)?;
         *topics = next;
-        Ok(removed)
+        Ok(removed.config.clone())
     }
 }
 
