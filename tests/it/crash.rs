@@ -7,22 +7,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_broker::storage::FlushMode;
 use weir_broker::{Broker, BrokerConfig, PullRequest};
 
 const PRODUCERS: u32 = 4;
 const SEGMENT_SIZE_BYTES: u64 = 65536;
 
-/// Must match `weir debug crash-writer`'s store config (file sizes are checked on open).
+/// The writer's data directory, opened with the layout it was created with.
 fn crash_config(dir: &std::path::Path) -> BrokerConfig {
     let mut config = BrokerConfig::new(dir);
-    config.store.flush_mode = FlushMode::Sync;
-    config.store.segment_size_bytes = SEGMENT_SIZE_BYTES;
-    config.store.message_size_max_bytes = 4096;
-    config.store.consume_queue_entries_per_file = 1000;
-    config.store.index_slots = 1024;
-    config.store.index_entries_max = 4096;
-    config.store.checkpoint_interval_ms = 20;
+    config.store.adopt_existing_layout().unwrap();
     config
 }
 

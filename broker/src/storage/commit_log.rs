@@ -317,9 +317,10 @@ pub(crate) struct CommitLogWriter {
 }
 
 impl CommitLogWriter {
-    pub fn new(log: Arc<CommitLog>, prefault: bool) -> Self {
+    pub fn new(log: Arc<CommitLog>, prefault: bool, prefault_bytes_per_sec_max: u64) -> Self {
         let position = log.max_offset();
-        let allocator = SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, prefault);
+        let allocator =
+            SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, prefault, prefault_bytes_per_sec_max);
         let segment = log.last_segment();
         CommitLogWriter { log, segment, position, buffer: Vec::new(), buffer_start: position, allocator }
     }
@@ -399,34 +400,36 @@ impl CommitLogWriter {
 }
 
 /// Creates and pre-faults the next segment on its own thread, off the append path.
+///
+/// Prefaulting is paced (`prefault_bytes_per_sec_max`) and never makes the writer wait: when
+/// the writer needs a segment that is not ready, the preparation is cancelled and the writer
+/// creates a sparse segment itself. So a lightly loaded store writes into prefaulted segments
+/// (overwrites are about twice as fast), and a store writing faster than the pace does not
+/// write every byte twice.
 struct SegmentAllocator {
-    /// Set on drop: a preparation in progress stops and removes its file.
-    cancel: Arc<AtomicBool>,
     dir: PathBuf,
     segment_size_bytes: u64,
-    prefault: bool,
-    requests: Option<SyncSender<u64>>,
+    requests: Option<SyncSender<(u64, Arc<AtomicBool>)>>,
     ready: Receiver<(u64, Result<MappedFile>)>,
-    pending: Option<u64>,
+    /// The base being prepared and its cancel flag.
+    pending: Option<(u64, Arc<AtomicBool>)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl SegmentAllocator {
-    fn start(dir: PathBuf, segment_size_bytes: u64, prefault: bool) -> Self {
-        let (request_tx, request_rx) = sync_channel::<u64>(1);
+    fn start(dir: PathBuf, segment_size_bytes: u64, prefault: bool, prefault_bytes_per_sec_max: u64) -> Self {
+        let (request_tx, request_rx) = sync_channel::<(u64, Arc<AtomicBool>)>(1);
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_dir = dir.clone();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let thread_cancel = cancel.clone();
         let thread = std::thread::Builder::new()
             .name("weir-segment-alloc".into())
             .spawn(move || {
                 lower_thread_priority();
-                for base in request_rx {
+                for (base, cancel) in request_rx {
                     let path = thread_dir.join(super::offset_file_name(base));
                     let _ = std::fs::remove_file(&path); // a leftover from a crash mid-allocation
-                    let made =
-                        MappedFile::create_cancellable(&path, base, segment_size_bytes, prefault, &thread_cancel);
+                    let pace = Some(prefault_bytes_per_sec_max).filter(|rate| *rate > 0);
+                    let made = MappedFile::create_paced(&path, base, segment_size_bytes, prefault, &cancel, pace);
                     if ready_tx.send((base, made)).is_err() {
                         break;
                     }
@@ -434,10 +437,8 @@ impl SegmentAllocator {
             })
             .expect("spawn segment allocator thread");
         SegmentAllocator {
-            cancel,
             dir,
             segment_size_bytes,
-            prefault,
             requests: Some(request_tx),
             ready: ready_rx,
             pending: None,
@@ -448,34 +449,51 @@ impl SegmentAllocator {
     fn request(&mut self, base: u64) {
         if self.pending.is_none()
             && let Some(requests) = &self.requests
-            && requests.send(base).is_ok()
         {
-            self.pending = Some(base);
+            let cancel = Arc::new(AtomicBool::new(false));
+            if requests.send((base, cancel.clone())).is_ok() {
+                self.pending = Some((base, cancel));
+            }
         }
     }
 
+    /// The segment starting at `base`: the prepared one if it is ready, else a sparse one.
     fn take(&mut self, base: u64) -> Result<MappedFile> {
-        if let Some(pending) = self.pending.take()
-            && let Ok((made_base, made)) = self.ready.recv()
-        {
-            debug_assert_eq!(made_base, pending);
-            if made_base == base {
-                return made;
-            }
-            if let Ok(stale) = made {
-                let _ = std::fs::remove_file(stale.path());
+        if let Some((pending, cancel)) = self.pending.take() {
+            let ready = match self.ready.try_recv() {
+                Ok(ready) => Some(ready),
+                Err(_) => {
+                    // Not ready: stop it (within one chunk) rather than wait for it.
+                    cancel.store(true, Ordering::Relaxed);
+                    self.ready.recv().ok()
+                }
+            };
+            if let Some((made_base, made)) = ready {
+                debug_assert_eq!(made_base, pending);
+                match made {
+                    Ok(made) if made_base == base && !cancel.load(Ordering::Relaxed) => {
+                        metrics::counter!("weir_store_segments_prefaulted_total").increment(1);
+                        return Ok(made);
+                    }
+                    Ok(stale) => {
+                        let _ = std::fs::remove_file(stale.path());
+                    }
+                    Err(_) => {}
+                }
             }
         }
+        metrics::counter!("weir_store_segments_sparse_total").increment(1);
+        tracing::debug!(base, "next segment not prepared in time; creating a sparse one");
         let path = self.dir.join(super::offset_file_name(base));
-        MappedFile::create(&path, base, self.segment_size_bytes, self.prefault)
+        MappedFile::create(&path, base, self.segment_size_bytes, false)
     }
 }
 
 impl Drop for SegmentAllocator {
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
         self.requests.take();
-        if let Some(pending) = self.pending.take() {
+        if let Some((pending, cancel)) = self.pending.take() {
+            cancel.store(true, Ordering::Relaxed);
             // The prepared segment was never used: remove it so the log has no empty tail.
             if let Ok((_, Ok(unused))) = self.ready.recv() {
                 let _ = std::fs::remove_file(unused.path());

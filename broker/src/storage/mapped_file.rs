@@ -41,20 +41,22 @@ impl MappedFile {
     /// The file is prepared under a `.tmp` name and renamed into place, so a crash never
     /// leaves a short file under a real name.
     pub fn create(path: &Path, base_offset: u64, size_bytes: u64, prefault: bool) -> Result<Self> {
-        Self::create_cancellable(path, base_offset, size_bytes, prefault, &AtomicBool::new(false))
+        Self::create_paced(path, base_offset, size_bytes, prefault, &AtomicBool::new(false), None)
     }
 
-    /// `create`, giving up (with an error, leaving nothing behind) once `cancel` is set.
-    pub fn create_cancellable(
+    /// `create`, writing the zeros no faster than `pace_bytes_per_sec` and giving up (with an
+    /// error, leaving nothing behind) once `cancel` is set.
+    pub fn create_paced(
         path: &Path,
         base_offset: u64,
         size_bytes: u64,
         prefault: bool,
         cancel: &AtomicBool,
+        pace_bytes_per_sec: Option<u64>,
     ) -> Result<Self> {
         let temp_path = path.with_extension("tmp");
         let _ = std::fs::remove_file(&temp_path);
-        let prepared = Self::prepare(&temp_path, size_bytes, prefault, cancel);
+        let prepared = Self::prepare(&temp_path, size_bytes, prefault, cancel, pace_bytes_per_sec);
         let file = match prepared {
             Ok(file) => file,
             Err(error) => {
@@ -69,7 +71,14 @@ impl MappedFile {
         Self::map(path, file, base_offset, size_bytes, prefault)
     }
 
-    fn prepare(temp_path: &Path, size_bytes: u64, prefault: bool, cancel: &AtomicBool) -> Result<File> {
+    fn prepare(
+        temp_path: &Path,
+        size_bytes: u64,
+        prefault: bool,
+        cancel: &AtomicBool,
+        pace_bytes_per_sec: Option<u64>,
+    ) -> Result<File> {
+        let started = std::time::Instant::now();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -87,6 +96,12 @@ impl MappedFile {
                 let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
                 file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
                 written += chunk as u64;
+                if let Some(rate) = pace_bytes_per_sec {
+                    // Background work keeps to its pace: wait out the rest of this chunk's share.
+                    let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
+                    let pace_interval = due.saturating_sub(started.elapsed());
+                    std::thread::sleep(pace_interval);
+                }
             }
             file.sync_data().map_err(|e| Error::io("cannot sync", temp_path, e))?;
         } else {

@@ -52,6 +52,9 @@ pub struct StoreConfig {
     /// the allocator thread, off the append path. Overwrites are about twice as fast as
     /// writes to fresh blocks on this kind of disk.
     pub segment_prefault: bool,
+    /// Pace of the background prefault (0 = unpaced). A segment not ready when the writer
+    /// needs it is created sparse instead, so the writer never waits for a prefault.
+    pub segment_prefault_bytes_per_sec_max: u64,
     /// Largest record accepted, header included.
     pub message_size_max_bytes: usize,
     pub flush_mode: FlushMode,
@@ -84,6 +87,7 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             segment_size_bytes: 1 << 30,
             segment_prefault: true,
+            segment_prefault_bytes_per_sec_max: 32 << 20,
             message_size_max_bytes: 4 << 20,
             flush_mode: FlushMode::Async,
             flush_interval_ms: 500,
@@ -361,7 +365,7 @@ impl MessageStore {
         let (maintain_stop_tx, maintain_stop_rx) = sync_channel::<()>(1);
         let writer = Writer {
             shared: shared.clone(),
-            log: CommitLogWriter::new(commit_log, config.segment_prefault),
+            log: CommitLogWriter::new(commit_log, config.segment_prefault, config.segment_prefault_bytes_per_sec_max),
             cursors,
             listener,
             flush: flush_tx,
