@@ -97,10 +97,14 @@ impl MappedFile {
                 file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
                 written += chunk as u64;
                 if let Some(rate) = pace_bytes_per_sec {
-                    // Background work keeps to its pace: wait out the rest of this chunk's share.
+                    // Background work keeps to its pace: wait out the rest of this chunk's
+                    // share, in short steps so a cancel is seen within 10 ms.
                     let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
-                    let pace_interval = due.saturating_sub(started.elapsed());
-                    std::thread::sleep(pace_interval);
+                    while started.elapsed() < due && !cancel.load(Ordering::Relaxed) {
+                        let pace_interval =
+                            due.saturating_sub(started.elapsed()).min(std::time::Duration::from_millis(10));
+                        std::thread::sleep(pace_interval);
+                    }
                 }
             }
             file.sync_data().map_err(|e| Error::io("cannot sync", temp_path, e))?;

@@ -49,16 +49,22 @@ fn fill(store: &MessageStore, prefix: &str, count: usize) {
 #[test]
 fn appends_span_segments_and_survive_clean_restart() {
     let dir = tempfile::tempdir().unwrap();
-    for flush_mode in [FlushMode::Async, FlushMode::Sync] {
-        let data = dir.path().join(format!("{flush_mode:?}"));
-        let store = MessageStore::open(small_config(&data, flush_mode), None).unwrap();
+    // Unpaced prefault (segments ready in time) and a crawl (every roll falls back to sparse).
+    for (flush_mode, prefault_pace) in [(FlushMode::Async, 0), (FlushMode::Sync, 0), (FlushMode::Async, 1)] {
+        let data = dir.path().join(format!("{flush_mode:?}-{prefault_pace}"));
+        let config = || {
+            let mut config = small_config(&data, flush_mode);
+            config.segment_prefault_bytes_per_sec_max = prefault_pace;
+            config
+        };
+        let store = MessageStore::open(config(), None).unwrap();
         fill(&store, "m", 120);
         let before: Vec<_> = (0..2).map(|q| bodies(&read_all(&store, "t", q).unwrap())).collect();
         assert_eq!(before[0].len(), 60);
         assert!(store.commit_log_offsets().1 > 3 * 8192, "several segments were used");
         store.close().unwrap();
         drop(store);
-        let store = MessageStore::open(small_config(&data, flush_mode), None).unwrap();
+        let store = MessageStore::open(config(), None).unwrap();
         let after: Vec<_> = (0..2).map(|q| bodies(&read_all(&store, "t", q).unwrap())).collect();
         assert_eq!(before, after);
         assert_eq!(store.queue_range("t", 0), QueueRange { min_offset: 0, max_offset: 60 });
