@@ -83,6 +83,9 @@ pub struct PullRequest {
     pub queue_id: u32,
     pub queue_offset: u64,
     pub messages_max: usize,
+    /// Most bytes of messages returned (capped by the broker's `pull_bytes_max`; at least one
+    /// message is returned when any matches).
+    pub bytes_max: usize,
     /// `*`, or `TagA || TagB`.
     pub tag_expression: String,
     /// Wait up to this long for a message when there is none (0 = answer at once).
@@ -97,6 +100,7 @@ impl PullRequest {
             queue_id,
             queue_offset,
             messages_max: 32,
+            bytes_max: usize::MAX,
             tag_expression: "*".to_string(),
             long_poll_timeout: Duration::ZERO,
         }
@@ -404,7 +408,11 @@ impl Broker {
             });
         }
         let filter = Arc::new(TagExpression::parse(&request.tag_expression)?);
-        let messages_max = request.messages_max.clamp(1, PULL_MESSAGES_MAX);
+        let limits = ReadLimits {
+            messages_max: request.messages_max.clamp(1, PULL_MESSAGES_MAX),
+            bytes_max: request.bytes_max.min(self.inner.config.pull_bytes_max),
+            scan_entries_max: self.inner.config.pull_scan_entries_max,
+        };
         let deadline = tokio::time::Instant::now() + request.long_poll_timeout.min(LONG_POLL_TIMEOUT_MAX);
         let mut offset = request.queue_offset;
         loop {
@@ -414,7 +422,7 @@ impl Broker {
             if let Some(notified) = notified.as_mut() {
                 notified.as_mut().enable();
             }
-            let result = self.pull_once(&request.topic, request.queue_id, offset, messages_max, filter.clone()).await?;
+            let result = self.pull_once(&request.topic, request.queue_id, offset, limits, filter.clone()).await?;
             let waiting_helps = matches!(result.status, PullStatus::NoNewMessage | PullStatus::NoMatchedMessage)
                 && result.next_offset >= result.max_offset;
             let Some(notified) = notified.filter(|_| waiting_helps) else {
@@ -427,7 +435,7 @@ impl Broker {
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    return self.pull_once(&request.topic, request.queue_id, offset, messages_max, filter).await;
+                    return self.pull_once(&request.topic, request.queue_id, offset, limits, filter).await;
                 }
             }
         }
@@ -443,13 +451,11 @@ impl Broker {
         topic: &str,
         queue_id: u32,
         offset: u64,
-        messages_max: usize,
+        limits: ReadLimits,
         filter: Arc<TagExpression>,
     ) -> Result<PullResult> {
         let store = self.inner.store.clone();
         let topic_name = topic.to_string();
-        let bytes_max = self.inner.config.pull_bytes_max;
-        let scan_max = self.inner.config.pull_scan_entries_max;
         let read = tokio::task::spawn_blocking(move || {
             let range = store.queue_range(&topic_name, queue_id);
             if offset < range.min_offset {
@@ -461,7 +467,6 @@ impl Broker {
             if offset == range.max_offset {
                 return Ok((PullStatus::NoNewMessage, Vec::new(), offset, range));
             }
-            let limits = ReadLimits { messages_max, bytes_max, scan_entries_max: scan_max };
             match store.read_queue(&topic_name, queue_id, offset, limits, filter.as_ref()) {
                 Ok(read) => {
                     let status =

@@ -93,6 +93,10 @@ async fn pull_statuses_and_tag_filters() {
     let mut request = PullRequest::new("g", "t", 0, 0);
     request.messages_max = 2;
     assert_eq!(broker.pull(request).await.unwrap().messages.len(), 2);
+    let mut request = PullRequest::new("g", "t", 0, 0);
+    request.bytes_max = 1;
+    let result = broker.pull(request).await.unwrap();
+    assert_eq!((result.messages.len(), result.next_offset), (1, 1), "at least one message, then the byte limit");
 }
 
 #[tokio::test]
