@@ -209,14 +209,23 @@ pub enum MessageCommand {
         id: Option<String>,
         #[arg(long)]
         offset: Option<u64>,
+        /// With --key: only messages stored at or after this time (ms since the Unix epoch).
+        #[arg(long, requires = "key")]
+        begin_ms: Option<i64>,
+        /// With --key: only messages stored at or before this time (ms since the Unix epoch).
+        #[arg(long, requires = "key")]
+        end_ms: Option<i64>,
     },
 }
 
 pub async fn message(store: &StoreArgs, command: MessageCommand) -> Result<()> {
-    let MessageCommand::Query { topic, key, id, offset } = command;
+    let MessageCommand::Query { topic, key, id, offset, begin_ms, end_ms } = command;
     let broker = open_broker(store)?;
     let found = match (key, id, offset) {
-        (Some(key), _, _) => broker.query_by_key(&topic, &key, 64).await?,
+        (Some(key), _, _) => {
+            let (begin, end) = (begin_ms.unwrap_or(i64::MIN), end_ms.unwrap_or(i64::MAX));
+            broker.query_by_key_between(&topic, &key, 64, begin, end).await?
+        }
         (_, Some(id), _) => vec![broker.query_by_id(&topic, &id).await?],
         (_, _, Some(offset)) => vec![broker.query_by_offset(offset).await?],
         _ => bail!("give one of --key, --id or --offset"),

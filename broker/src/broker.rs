@@ -28,6 +28,8 @@ use crate::topic::{TopicConfig, TopicEntry, TopicTable, validate_group_name, val
 pub const PULL_MESSAGES_MAX: usize = 1024;
 /// Most messages one send batch holds.
 pub const SEND_BATCH_MESSAGES_MAX: usize = 4096;
+/// Most messages one query by key returns.
+pub const QUERY_RESULTS_MAX: usize = 1024;
 /// Longest long-poll wait a pull may ask for.
 pub const LONG_POLL_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
@@ -557,11 +559,26 @@ impl Broker {
 
     /// Messages with this key, newest first.
     pub async fn query_by_key(&self, topic: &str, key: &str, results_max: usize) -> Result<Vec<StoredMessage>> {
+        self.query_by_key_between(topic, key, results_max, i64::MIN, i64::MAX).await
+    }
+
+    /// Messages with this key stored between `begin_ms` and `end_ms` (inclusive, ms since the
+    /// Unix epoch), newest first, at most `results_max` (≤ 1024).
+    pub async fn query_by_key_between(
+        &self,
+        topic: &str,
+        key: &str,
+        results_max: usize,
+        begin_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<StoredMessage>> {
         let store = self.inner.store.clone();
         let (topic, key) = (topic.to_string(), key.to_string());
-        let found = tokio::task::spawn_blocking(move || store.lookup_key(&topic, &key, results_max.clamp(1, 1024)))
-            .await
-            .map_err(|_| Error::StoreClosed)??;
+        let results_max = results_max.clamp(1, QUERY_RESULTS_MAX);
+        let found =
+            tokio::task::spawn_blocking(move || store.lookup_key_between(&topic, &key, results_max, begin_ms..=end_ms))
+                .await
+                .map_err(|_| Error::StoreClosed)??;
         Ok(found.into_iter().map(StoredMessage::from).collect())
     }
 

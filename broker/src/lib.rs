@@ -16,7 +16,7 @@ pub mod topic;
 
 pub use broker::{
     Broker, BrokerConfig, LONG_POLL_TIMEOUT_MAX, OffsetReset, PULL_MESSAGES_MAX, PullRequest, PullResult, PullStatus,
-    SEND_BATCH_MESSAGES_MAX,
+    QUERY_RESULTS_MAX, SEND_BATCH_MESSAGES_MAX,
 };
 pub use client::Messaging;
 pub use error::{Error, Result};

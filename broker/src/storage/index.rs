@@ -6,6 +6,7 @@
 //! **Invariant:** the index only ever gives candidates; callers verify every hit against the
 //! commitlog record, so a stale or colliding entry can cost a read but never a wrong answer.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -155,10 +156,15 @@ impl IndexService {
         Ok(())
     }
 
-    /// Candidate physical offsets for `key_hash`, newest first, at most `results_max`.
-    pub fn lookup(&self, key_hash: u32, results_max: usize) -> Vec<u64> {
+    /// Candidate physical offsets for `key_hash` stored within `store_time_ms` (inclusive, to
+    /// the second the entries keep), newest first, at most `results_max`. Files whose time
+    /// span misses the range are not read.
+    pub fn lookup(&self, key_hash: u32, results_max: usize, store_time_ms: &RangeInclusive<i64>) -> Vec<u64> {
         let mut found = Vec::new();
         for index in self.files.iter().rev() {
+            if index.end_timestamp_ms < *store_time_ms.start() || index.begin_timestamp_ms > *store_time_ms.end() {
+                continue;
+            }
             let mut number = index.read_u32(index.slot_position(key_hash % self.slots));
             let mut steps = 0;
             while number != 0 && number <= index.entry_count && steps < CHAIN_STEPS_MAX {
@@ -167,7 +173,11 @@ impl IndexService {
                 let bytes = unsafe { index.file.slice(position, ENTRY_BYTES) };
                 let hash = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
                 let previous = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
-                if hash == key_hash {
+                let time_delta_s = i32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+                let stored_from_ms = index.begin_timestamp_ms.saturating_add(i64::from(time_delta_s) * 1000);
+                let in_range = stored_from_ms <= *store_time_ms.end()
+                    && stored_from_ms.saturating_add(999) >= *store_time_ms.start();
+                if hash == key_hash && in_range {
                     let offset = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
                     if !found.contains(&offset) {
                         found.push(offset);

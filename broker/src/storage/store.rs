@@ -548,12 +548,27 @@ impl MessageStore {
 
     /// Messages whose `KEYS` include `key`, newest first, at most `results_max`.
     pub fn lookup_key(&self, topic: &str, key: &str, results_max: usize) -> Result<Vec<MessageRecord>> {
-        self.lookup(topic, key, results_max, |message| message.keys().any(|k| k == key))
+        self.lookup_key_between(topic, key, results_max, i64::MIN..=i64::MAX)
+    }
+
+    /// Messages whose `KEYS` include `key` and that were stored within `store_time_ms`,
+    /// newest first (RocketMQ's query by key with begin and end time).
+    pub fn lookup_key_between(
+        &self,
+        topic: &str,
+        key: &str,
+        results_max: usize,
+        store_time_ms: std::ops::RangeInclusive<i64>,
+    ) -> Result<Vec<MessageRecord>> {
+        self.lookup(topic, key, results_max, &store_time_ms, |message| {
+            store_time_ms.contains(&message.store_timestamp_ms) && message.keys().any(|k| k == key)
+        })
     }
 
     /// The message with this unique id, if it is still stored.
     pub fn lookup_unique_id(&self, topic: &str, unique_id: &str) -> Result<Option<MessageRecord>> {
-        Ok(self.lookup(topic, unique_id, 1, |message| message.unique_id() == Some(unique_id))?.pop())
+        let all_time = i64::MIN..=i64::MAX;
+        Ok(self.lookup(topic, unique_id, 1, &all_time, |message| message.unique_id() == Some(unique_id))?.pop())
     }
 
     fn lookup(
@@ -561,11 +576,12 @@ impl MessageStore {
         topic: &str,
         key: &str,
         results_max: usize,
+        store_time_ms: &std::ops::RangeInclusive<i64>,
         is_match: impl Fn(&MessageRecord) -> bool,
     ) -> Result<Vec<MessageRecord>> {
         let hash = IndexService::key_hash(topic, key);
-        let candidates =
-            self.shared.index.lock().expect("index lock").lookup(hash, results_max.saturating_mul(4).max(16));
+        let candidates_max = results_max.saturating_mul(4).max(16);
+        let candidates = self.shared.index.lock().expect("index lock").lookup(hash, candidates_max, store_time_ms);
         let log = &self.shared.commit_log;
         let mut found = Vec::new();
         for offset in candidates {

@@ -162,6 +162,16 @@ async fn query_by_key_id_and_offset() {
     broker.send(Message::new("t", "again").with_key("order-1")).await.unwrap();
     let by_key = broker.query_by_key("t", "order-1", 10).await.unwrap();
     assert_eq!(by_key.len(), 2);
+    let stored_at = by_key[1].store_timestamp_ms;
+    let cases = [
+        (stored_at - 60_000, stored_at + 60_000, 2),
+        (stored_at + 3_600_000, i64::MAX, 0),
+        (i64::MIN, stored_at - 3_600_000, 0),
+    ];
+    for (begin, end, expected) in cases {
+        let found = broker.query_by_key_between("t", "order-1", 10, begin, end).await.unwrap();
+        assert_eq!(found.len(), expected, "between {begin} and {end}");
+    }
     let by_id = broker.query_by_id("t", &sent.message_id).await.unwrap();
     assert_eq!(by_id.body, b"hello");
     assert_eq!(by_id.properties.get("color").map(String::as_str), Some("red"));
