@@ -137,6 +137,8 @@ struct Inner {
     topics: TopicTable,
     offsets: Arc<OffsetTable>,
     waiters: Arc<Waiters>,
+    /// Topics being deleted: sends to them are refused until the deletion ends.
+    deleting: Mutex<std::collections::HashSet<String>>,
     append_permits: Arc<Semaphore>,
     born_host: SocketAddr,
     persister: Mutex<Option<(std::sync::mpsc::SyncSender<()>, JoinHandle<()>)>>,
@@ -199,6 +201,7 @@ impl Broker {
                 topics,
                 offsets,
                 waiters,
+                deleting: Mutex::new(std::collections::HashSet::new()),
                 append_permits: Arc::new(Semaphore::new(permits)),
                 born_host: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
                 persister: Mutex::new(Some((stop_tx, persister))),
@@ -232,8 +235,9 @@ impl Broker {
         self.inner.topics.put(config, true)
     }
 
-    /// Creates or replaces a topic's config. Lowering the queue count stops writes to the
-    /// queues above it; their messages stay readable.
+    /// Creates or replaces a topic's config. Lowering the queue count stops sends and pulls
+    /// on the queues above it; their messages stay stored (until retention) and come back if
+    /// the count is raised again.
     pub fn update_topic(&self, config: TopicConfig) -> Result<()> {
         if self.inner.topics.get(&config.name).is_none() {
             return Err(Error::TopicNotFound { topic: config.name });
@@ -251,33 +255,55 @@ impl Broker {
 
     /// Deletes a topic, its consume queues and its consumer offsets.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let broker = self.clone();
-        let topic = name.to_string();
-        // topics.json is fsynced: off the async threads.
-        let removed = tokio::task::spawn_blocking(move || broker.inner.topics.remove(&topic))
-            .await
-            .map_err(|_| Error::StoreClosed)??;
+        let config = self.inner.topics.get(name).ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })?;
+        // Refuse sends (and auto-creation) while the deletion runs.
+        self.inner.deleting.lock().expect("deleting lock").insert(name.to_string());
+        let result = self.delete_topic_steps(name).await;
+        self.inner.deleting.lock().expect("deleting lock").remove(name);
+        result?;
         self.inner.offsets.remove_topic(name);
-        // Wake long polls on the deleted topic; their retry reports it gone.
+        // Wake long polls on the deleted topic: they see it gone and return.
         let waiters: Vec<Arc<Notify>> = {
             let mut waiters = self.inner.waiters.lock().expect("waiters lock");
-            let keys: Vec<_> = (0..removed.queue_count).map(|queue_id| (name.to_string(), queue_id)).collect();
+            let keys: Vec<_> = (0..config.queue_count).map(|queue_id| (name.to_string(), queue_id)).collect();
             keys.iter().filter_map(|key| waiters.remove(key)).collect()
         };
         for notify in waiters {
             notify.notify_waiters();
         }
+        Ok(())
+    }
+
+    /// The store first (tombstone, queues), then `topics.json`: a crash in between leaves an
+    /// empty topic to delete again, never a deleted topic whose old messages come back.
+    async fn delete_topic_steps(&self, name: &str) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.store.delete_topic(
-            name,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        )?;
-        rx.await.map_err(|_| Error::StoreClosed)?
+        let broker = self.clone();
+        let topic = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            broker.inner.store.delete_topic(
+                &topic,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            )
+        })
+        .await
+        .map_err(|_| Error::StoreClosed)??;
+        rx.await.map_err(|_| Error::StoreClosed)??;
+        let broker = self.clone();
+        let topic = name.to_string();
+        // topics.json is fsynced: off the async threads.
+        tokio::task::spawn_blocking(move || broker.inner.topics.remove(&topic))
+            .await
+            .map_err(|_| Error::StoreClosed)??;
+        Ok(())
     }
 
     async fn topic_for_send(&self, name: &str) -> Result<Arc<TopicEntry>> {
+        if self.inner.deleting.lock().expect("deleting lock").contains(name) {
+            return Err(Error::TopicNotFound { topic: name.to_string() });
+        }
         if let Some(entry) = self.inner.topics.entry(name) {
             if !entry.config.permission.writable {
                 return Err(Error::TopicPermissionDenied { topic: name.to_string(), operation: "writable" });
@@ -435,7 +461,11 @@ impl Broker {
             }
             offset = result.next_offset;
             tokio::select! {
-                _ = notified => {}
+                _ = notified => {
+                    if self.inner.topics.entry(&request.topic).is_none() {
+                        return Err(Error::TopicNotFound { topic: request.topic.clone() });
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     return self.pull_once(&request.topic, request.queue_id, offset, limits, filter).await;
                 }

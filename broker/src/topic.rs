@@ -107,6 +107,9 @@ impl TopicTable {
     pub fn load(path: PathBuf) -> Result<Self> {
         let file: TopicFile = metadata::read_json(&path)?.unwrap_or_default();
         for (name, config) in &file.topics {
+            if let Err(error) = config.validate() {
+                return Err(Error::MetadataInvalid { path, reason: error.to_string() });
+            }
             if name != &config.name {
                 return Err(Error::MetadataInvalid {
                     path,

@@ -238,7 +238,9 @@ impl CommitLog {
             last.flush(start, last.len() - start)?;
         }
         self.write_offset.store(end_offset, Ordering::Release);
-        self.flushed_offset.store(end_offset, Ordering::Release);
+        // Whether the recovered bytes reached the disk is unknown: the next flush syncs every
+        // segment (cheap when nothing is dirty) before anything counts as flushed.
+        self.flushed_offset.store(self.min_offset(), Ordering::Release);
         Ok(())
     }
 
@@ -471,7 +473,7 @@ impl SegmentAllocator {
             if let Some((made_base, made)) = ready {
                 debug_assert_eq!(made_base, pending);
                 match made {
-                    Ok(made) if made_base == base && !cancel.load(Ordering::Relaxed) => {
+                    Ok(made) if made_base == base => {
                         metrics::counter!("weir_store_segments_prefaulted_total").increment(1);
                         return Ok(made);
                     }

@@ -94,11 +94,28 @@ impl ConsumeQueue {
         // An empty last file after a non-empty one (its entries were trimmed or never made it
         // to disk) is removed, and the one before it is counted instead.
         let mut count;
+        let mut first_entry = 0u64;
         loop {
             let Some(last) = files.last().cloned() else {
                 return Ok(Some(queue));
             };
             count = 0u64;
+            if files.len() == 1 {
+                // A queue rebuilt after retention starts mid-file: skip the empty entries before
+                // its first one.
+                while count < entries_per_file {
+                    // SAFETY: no writer or reader exists yet.
+                    let bytes = unsafe { last.slice(count as usize * ENTRY_BYTES, ENTRY_BYTES) };
+                    if bytes.iter().any(|b| *b != 0) {
+                        break;
+                    }
+                    count += 1;
+                }
+                if count == entries_per_file {
+                    count = 0; // an empty file: the queue starts at its base
+                }
+                first_entry = count;
+            }
             let mut previous_end = 0u64;
             while count < entries_per_file {
                 // SAFETY: no writer or reader exists yet.
@@ -125,7 +142,7 @@ impl ConsumeQueue {
             std::fs::remove_file(last.path()).map_err(|e| Error::io("cannot remove", last.path(), e))?;
         }
         let last = files.last().cloned().expect("at least one file");
-        let first_base = files[0].base_offset();
+        let first_base = files[0].base_offset() + first_entry;
         let max = last.base_offset() + count;
         *queue.files.write().expect("files lock") = files;
         queue.min_offset.store(first_base, Ordering::Release);

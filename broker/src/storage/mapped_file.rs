@@ -107,6 +107,10 @@ impl MappedFile {
                     }
                 }
             }
+            if cancel.load(Ordering::Relaxed) {
+                let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
+                return Err(Error::io("stopped preparing", temp_path, cancelled));
+            }
             file.sync_data().map_err(|e| Error::io("cannot sync", temp_path, e))?;
         } else {
             file.set_len(size_bytes).map_err(|e| Error::io("cannot size", temp_path, e))?;

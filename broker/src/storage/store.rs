@@ -112,7 +112,8 @@ impl StoreConfig {
             self.consume_queue_entries_per_file = found.consume_queue_entries_per_file;
             self.index_slots = found.index_slots;
             self.index_entries_max = found.index_entries_max;
-            self.message_size_max_bytes = self.message_size_max_bytes.min(found.segment_size_bytes as usize - 8);
+            self.message_size_max_bytes =
+                self.message_size_max_bytes.min((found.segment_size_bytes as usize).saturating_sub(8));
         }
         Ok(())
     }
@@ -246,6 +247,7 @@ struct Shared {
     dispatched_offset: AtomicU64,
     last_checkpoint: Mutex<Checkpoint>,
     tombstones: Mutex<Tombstones>,
+    retention: Mutex<()>,
     failed: AtomicBool,
 }
 
@@ -356,6 +358,7 @@ impl MessageStore {
             dispatched_offset: AtomicU64::new(outcome.end_offset),
             last_checkpoint: Mutex::new(checkpoint.unwrap_or_default()),
             tombstones: Mutex::new(tombstones),
+            retention: Mutex::new(()),
             failed: AtomicBool::new(false),
         });
         // Make what recovery rebuilt durable before anything new arrives.
@@ -588,6 +591,9 @@ impl MessageStore {
             if offset < log.min_offset() || offset >= log.max_offset() {
                 continue;
             }
+            if self.shared.tombstones.lock().expect("tombstones lock").covers(topic, offset) {
+                continue; // a deleted incarnation of the topic
+            }
             match log.read(offset, None) {
                 Ok(message) if message.topic == topic && is_match(&message) => found.push(message),
                 Ok(_) => {}
@@ -635,11 +641,12 @@ impl MessageStore {
     }
 
     /// Removes a topic's consume queues (its messages stay in the commitlog until retention).
+    /// Blocks while the append queue is full (call it from a blocking context).
     pub fn delete_topic(&self, topic: &str, done: Box<dyn FnOnce(Result<()>) + Send>) -> Result<()> {
-        self.commands.try_send(Command::DeleteTopic { topic: topic.to_string(), done }).map_err(|error| match error {
-            TrySendError::Full(_) => Error::Busy { requests_max: self.shared.config.append_queue_requests_max },
-            TrySendError::Disconnected(_) => Error::StoreClosed,
-        })
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::StoreClosed);
+        }
+        self.commands.send(Command::DeleteTopic { topic: topic.to_string(), done }).map_err(|_| Error::StoreClosed)
     }
 
     /// `[min, max)` of the commitlog and its flushed offset.
@@ -831,11 +838,14 @@ fn recover(
     full_rebuild: bool,
 ) -> std::result::Result<Recovery, RecoveryError> {
     if full_rebuild {
-        let root = config.data_dir.join("consumequeue");
-        match std::fs::remove_dir_all(&root) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("cannot remove", &root, e).into()),
+        // Queues and index are derived data: both are rebuilt from the first segment.
+        for derived in ["consumequeue", "index"] {
+            let root = config.data_dir.join(derived);
+            match std::fs::remove_dir_all(&root) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot remove", &root, e).into()),
+            }
         }
     }
     let mut index = IndexService::open(&config.data_dir.join("index"), config.index_slots, config.index_entries_max)?;
@@ -855,6 +865,9 @@ fn recover(
         for (key, durable_max) in &checkpoint.queue_max_offsets {
             let (topic, queue_id) = key.rsplit_once('/').unwrap_or((key, ""));
             let loaded = queue_id.parse().ok().and_then(|id: u32| queues.get(topic)?.get(&id).map(|q| q.max_offset()));
+            if loaded.is_none() && tombstones.topics.contains_key(topic) {
+                continue; // deleted after that checkpoint
+            }
             if loaded.unwrap_or(0) < *durable_max {
                 return Err(RecoveryError::Rebuild(format!(
                     "queue {key} had {durable_max} durable entries at the last checkpoint but {} now",
@@ -1199,6 +1212,9 @@ impl Writer {
     }
 
     fn delete_topic(&mut self, topic: &str) -> Result<()> {
+        // Tombstone first: recovery then skips the topic's older records (even in a full
+        // rebuild), whatever state a crash leaves the queue files in.
+        self.shared.tombstones.lock().expect("tombstones lock").add(topic, self.log.position())?;
         let removed = self.shared.queues.write().expect("queues lock").remove(topic);
         self.cursors.remove(topic);
         if let Some(by_id) = removed
@@ -1207,8 +1223,6 @@ impl Writer {
         {
             std::fs::remove_dir_all(topic_dir).map_err(|e| Error::io("cannot remove", topic_dir, e))?;
         }
-        // Recovery skips the topic's older records, even in a full rebuild.
-        self.shared.tombstones.lock().expect("tombstones lock").add(topic, self.log.position())?;
         checkpoint_now(&self.shared)
     }
 }
@@ -1292,6 +1306,8 @@ fn disk_usage_ratio(path: &Path) -> Option<f64> {
 const DISK_PRESSURE_SEGMENTS_PER_PASS_MAX: usize = 1;
 
 fn remove_expired(shared: &Shared, now: SystemTime) -> Result<usize> {
+    // One pass at a time: the maintenance thread and `MessageStore::remove_expired` may race.
+    let _pass = shared.retention.lock().expect("retention lock");
     let retention = Duration::from_secs(shared.config.retention_hours * 3600);
     let data_dir = shared.config.data_dir.clone();
     let ratio_max = shared.config.disk_usage_ratio_max;
@@ -1330,10 +1346,8 @@ fn run_maintenance(shared: &Shared, stop: Receiver<()>) {
     let retention_interval = Duration::from_millis(config.retention_check_interval_ms);
     let (mut last_checkpoint, mut last_retention) = (Instant::now(), Instant::now());
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(checkpoint_interval.min(retention_interval)) {
-        if shared.failed.load(Ordering::Acquire) {
-            continue;
-        }
-        if last_checkpoint.elapsed() >= checkpoint_interval {
+        // A failed store takes no more checkpoints, but retention still frees disk space.
+        if !shared.failed.load(Ordering::Acquire) && last_checkpoint.elapsed() >= checkpoint_interval {
             last_checkpoint = Instant::now();
             let dispatched = shared.dispatched_offset.load(Ordering::Acquire);
             let previous = shared.last_checkpoint.lock().expect("checkpoint lock").dispatched_offset;
@@ -1389,6 +1403,16 @@ impl Flusher {
     }
 
     fn group_commit(&mut self, pending: Vec<FlushRequest>) {
+        if self.shared.failed.load(Ordering::Acquire) {
+            // After a failed fdatasync the kernel may have dropped dirty pages and cleared the
+            // error: a later successful sync proves nothing, so nothing more is acknowledged.
+            for request in pending {
+                for (done, _) in request.completions {
+                    done(Err(Error::StoreClosed));
+                }
+            }
+            return;
+        }
         let target = pending.iter().map(|request| request.offset).max().unwrap_or(0);
         let started = Instant::now();
         let flushed = self.shared.commit_log.flush_to(target);

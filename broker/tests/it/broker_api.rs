@@ -192,3 +192,24 @@ async fn auto_create_topics_when_enabled() {
     assert_eq!(broker.topic("fresh").unwrap().queue_count, 4);
     assert!(broker.send(Message::new("bad/name", "x")).await.is_err());
 }
+
+#[tokio::test]
+async fn deleting_a_topic_ends_long_polls_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    broker.create_topic(TopicConfig::new("t", 1)).unwrap();
+    let mut request = PullRequest::new("g", "t", 0, 0);
+    request.long_poll_timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    let waiting = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.pull(request).await }
+    });
+    // Whether the pull is parked yet or not, it must end with the topic gone.
+    tokio::task::yield_now().await;
+    broker.delete_topic("t").await.unwrap();
+    let result = waiting.await.unwrap();
+    assert!(matches!(result, Err(Error::TopicNotFound { .. })), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(25), "the long poll did not wait out its timeout");
+    assert!(matches!(broker.send(Message::new("t", "x")).await, Err(Error::TopicNotFound { .. })));
+}
