@@ -1,7 +1,8 @@
 //! The broker's storage engine: commitlog, consume queues, index, checkpoint and metadata files.
 //!
-//! Everything here is synchronous: it owns its threads (a writer, a flusher, a segment
-//! allocator) and talks to the rest of the broker through bounded channels and callbacks.
+//! Everything here is synchronous: it owns its threads (a writer, a flusher, a maintenance
+//! thread for checkpoints and retention, a segment allocator) and talks to the rest of the
+//! broker through bounded channels and callbacks.
 //! **Invariant:** storage knows nothing of tokio, of consumers or of the network; it stores
 //! messages, maps queue offsets to them and finds them again.
 //!
@@ -12,6 +13,8 @@
 //!   LOCK                                  flock(2)-held by the owning process; holds its pid
 //!   abort                                 exists while a store is open; present at open => crash
 //!   checkpoint                            JSON, written atomically (see `Checkpoint`)
+//!   store.json                            layout fixed at creation (segment, queue, index sizes)
+//!   topic_tombstones.json                 deleted topics and the log end at their deletion
 //!   commitlog/<20-digit start offset>     preallocated segments, `segment_size_bytes` each
 //!   consumequeue/<topic>/<queue id>/<20-digit first queue offset>
 //!   index/<20-digit first physical offset>
@@ -73,17 +76,23 @@
 //!
 //! # Durability and recovery
 //!
-//! - `flush: async` msyncs the commitlog every `flush_interval_ms`; `flush: sync` acknowledges
-//!   an append only after its bytes are msynced, and one msync serves every append written
-//!   before it (group commit).
-//! - Every `checkpoint_interval_ms` the flusher msyncs the commitlog, the consume queues and
-//!   the index up to the dispatched offset `D`, then writes `checkpoint` atomically with `D`.
+//! - The commitlog is written with `pwrite` and made durable with `fdatasync`. `flush: async`
+//!   syncs every `flush_interval_ms`; `flush: sync` acknowledges an append only after its
+//!   bytes are synced, and one sync serves every append written before it (group commit).
+//!   After a failed sync nothing more is acknowledged.
+//! - Every `checkpoint_interval_ms` the maintenance thread syncs the commitlog, the consume
+//!   queues and the index up to the dispatched offset `D`, then writes `checkpoint`
+//!   atomically with `D`, the flushed offset `F` and every queue's durable max offset.
 //! - On open, a present `abort` file means the last run did not close cleanly. Recovery scans
-//!   the commitlog from the checkpoint's `D` (or the first segment without a checkpoint),
-//!   verifying length, magic, CRC and physical offset of every record and re-dispatching it
-//!   into consume queues and index. The first invalid record is the end of the log: the rest
-//!   of that segment is zeroed and later segments are removed. Consume queue entries that
-//!   point at or past the end are trimmed. Index hits are verified on read.
+//!   the commitlog from `D` (or the first segment without a checkpoint), verifying length,
+//!   magic, CRC and physical offset of every record and re-dispatching it into consume queues
+//!   and index (records of deleted topics, per the tombstones, are skipped). The first invalid
+//!   record is the end of the log: when that end lies below `F`, flushed data is missing and
+//!   the store refuses to open (corruption, not a torn write); otherwise the rest of that
+//!   segment is zeroed and later segments are removed. Consume queue entries that point at or
+//!   past the end are trimmed. When a queue fails validation, is missing, or holds fewer
+//!   entries than the checkpoint recorded, all queues and the index are rebuilt from the
+//!   first segment. Index hits are verified on read.
 //! - Reads check the CRC again and that the record belongs to the queue and offset the
 //!   consume queue claims; a mismatch is reported as corruption, never returned as data.
 

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::metadata;
 use crate::error::Result;
 
-/// Written atomically by the flusher after msyncing commitlog, consume queues and index.
+/// Written atomically by the maintenance thread after syncing commitlog, consume queues and
+/// index.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {

@@ -1,5 +1,5 @@
-//! `MessageStore`: opens and recovers the data directory and runs the writer, flusher and
-//! segment-allocator threads behind a bounded append channel.
+//! `MessageStore`: opens and recovers the data directory and runs the writer, flusher,
+//! maintenance and segment-allocator threads behind a bounded append channel.
 //!
 //! The writer thread takes every queued append request it can get (up to
 //! `write_batch_messages_max` messages) per wake-up, writes the records into the commitlog,
@@ -53,7 +53,8 @@ pub struct StoreConfig {
     /// writes to fresh blocks on this kind of disk.
     pub segment_prefault: bool,
     /// Pace of the background prefault (0 = unpaced). A segment not ready when the writer
-    /// needs it is created sparse instead, so the writer never waits for a prefault.
+    /// needs it is cancelled (the writer waits at most for one 1 MiB chunk) and created
+    /// sparse instead.
     pub segment_prefault_bytes_per_sec_max: u64,
     /// Largest record accepted, header included.
     pub message_size_max_bytes: usize,
