@@ -1154,6 +1154,8 @@ impl Writer {
         let store_timestamp_ms = now_ms();
         let mut appended = Vec::with_capacity(messages.len());
         let shared = self.shared.clone();
+        // One index lock per request (a roll inside waits at most for one prefault chunk).
+        let mut index = shared.index.lock().expect("index lock");
         for message in messages {
             let queue = writer_queue(&shared, &message.topic, message.queue_id, touched)?;
             let cursor = cursor_mut(&mut self.cursors, &message.topic, message.queue_id, queue.max_offset());
@@ -1172,7 +1174,7 @@ impl Writer {
             };
             let entry = consume_queue::Entry { physical_offset, size_bytes, tag_hash: tag_hash(item.tag) };
             queue.put(queue_offset, entry, cursor)?;
-            index_message(&mut shared.index.lock().expect("index lock"), &item)?;
+            index_message(&mut index, &item)?;
             match touched.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
                 Some(slot) => slot.1 = *cursor,
                 None => touched.push((queue, *cursor)),
