@@ -15,7 +15,18 @@ enum Op {
     Append { topic: u8, queue: u8, body_len: u16, tag: Option<u8>, batch: u8 },
     Read { topic: u8, queue: u8, start_permille: u16, tag: Option<u8> },
     Restart,
-    Crash { cut_permille: u16, garbage: bool },
+    Crash { cut_permille: u16, loss: Loss },
+}
+
+/// How a crash loses the commitlog's unflushed tail.
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    /// Pages never written: zeros from the cut on.
+    Zeros,
+    /// Pages half written: garbage from the cut on.
+    Garbage,
+    /// The file itself cut short (later segment files gone).
+    Truncation,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -25,7 +36,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..2, 0u8..3, 0u16..1000, proptest::option::of(0u8..3))
             .prop_map(|(topic, queue, start_permille, tag)| Op::Read { topic, queue, start_permille, tag }),
         1 => Just(Op::Restart),
-        1 => (0u16..=1000, any::<bool>()).prop_map(|(cut_permille, garbage)| Op::Crash { cut_permille, garbage }),
+        1 => (0u16..=1000, prop_oneof![Just(Loss::Zeros), Just(Loss::Garbage), Just(Loss::Truncation)])
+            .prop_map(|(cut_permille, loss)| Op::Crash { cut_permille, loss }),
     ]
 }
 
@@ -80,8 +92,8 @@ fn verify(store: &MessageStore, model: &Model) {
     }
 }
 
-/// Zeroes or garbles every commitlog byte from `cut` on, as an OS crash loses unwritten pages.
-fn lose_tail(dir: &Path, cut: u64, segment_size: u64, garbage: bool) {
+/// Loses every commitlog byte from `cut` on, as an OS crash loses unwritten pages.
+fn lose_tail(dir: &Path, cut: u64, segment_size: u64, loss: Loss) {
     for entry in std::fs::read_dir(dir.join("commitlog")).unwrap() {
         let path = entry.unwrap().path();
         let Some(base) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
@@ -90,12 +102,23 @@ fn lose_tail(dir: &Path, cut: u64, segment_size: u64, garbage: bool) {
         if base + segment_size <= cut {
             continue;
         }
-        let mut bytes = std::fs::read(&path).unwrap();
         let from = cut.saturating_sub(base) as usize;
-        for (i, byte) in bytes[from..].iter_mut().enumerate() {
-            *byte = if garbage { (i as u8).wrapping_mul(31).wrapping_add(7) } else { 0 };
+        match loss {
+            Loss::Truncation if base >= cut => std::fs::remove_file(&path).unwrap(),
+            Loss::Truncation => {
+                std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(from as u64).unwrap();
+            }
+            Loss::Zeros | Loss::Garbage => {
+                let mut bytes = std::fs::read(&path).unwrap();
+                for (i, byte) in bytes[from..].iter_mut().enumerate() {
+                    *byte = match loss {
+                        Loss::Garbage => (i as u8).wrapping_mul(31).wrapping_add(7),
+                        _ => 0,
+                    };
+                }
+                std::fs::write(&path, &bytes).unwrap();
+            }
         }
-        std::fs::write(&path, &bytes).unwrap();
     }
 }
 
@@ -153,13 +176,13 @@ fn run(ops: Vec<Op>, flush_mode: FlushMode) {
                 store = MessageStore::open(config.clone(), None).unwrap();
                 verify(&store, &model);
             }
-            Op::Crash { cut_permille, garbage } => {
+            Op::Crash { cut_permille, loss } => {
                 store.crash();
                 let (_, end, flushed) = store.commit_log_offsets();
                 drop(store);
                 let cut = flushed + (end - flushed) * u64::from(cut_permille) / 1000;
                 if cut < end {
-                    lose_tail(dir.path(), cut, config.segment_size_bytes, garbage);
+                    lose_tail(dir.path(), cut, config.segment_size_bytes, loss);
                 }
                 if flush_mode == FlushMode::Sync {
                     assert_eq!(flushed, end, "sync mode acknowledges only flushed appends");
