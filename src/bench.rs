@@ -44,13 +44,14 @@ pub struct StorageArgs {
     dir: Option<PathBuf>,
 }
 
-pub async fn run(command: BenchCommand) -> Result<()> {
+/// Runs a benchmark; its stores get `segment_size_bytes` segments.
+pub async fn run(command: BenchCommand, segment_size_bytes: u64) -> Result<()> {
     match command {
-        BenchCommand::Storage(args) => storage(args).await,
+        BenchCommand::Storage(args) => storage(args, segment_size_bytes).await,
     }
 }
 
-async fn storage(args: StorageArgs) -> Result<()> {
+async fn storage(args: StorageArgs, segment_size_bytes: u64) -> Result<()> {
     let flush_mode = match args.flush.as_str() {
         "async" => FlushMode::Async,
         "sync" => FlushMode::Sync,
@@ -82,6 +83,8 @@ async fn storage(args: StorageArgs) -> Result<()> {
     let mut config = BrokerConfig::new(&store_dir);
     config.store.flush_mode = flush_mode;
     config.store.flush_interval_ms = args.flush_interval_ms;
+    config.store.segment_size_bytes = segment_size_bytes;
+    config.store.message_size_max_bytes = config.store.message_size_max_bytes.min(segment_size_bytes as usize / 2);
     let broker = Broker::open(config)?;
     broker.create_topic(TopicConfig::new("bench", args.queues))?;
     let body = vec![b'w'; args.size];

@@ -98,7 +98,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => admin::consume(&store, args).await,
             Command::Message(command) => admin::message(&store, command).await,
             Command::Group(command) => admin::group(&store, command).await,
-            Command::Bench(command) => bench::run(command).await,
+            Command::Bench(command) => bench::run(command, store.segment_size_bytes).await,
             Command::Debug(command) => crash_writer::run(command).await,
         }
     });

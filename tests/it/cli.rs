@@ -82,3 +82,31 @@ fn a_second_process_is_refused_with_the_holder_named() {
     assert!(stderr.contains(&format!("locked by another process (pid {})", std::process::id())), "{stderr}");
     broker.close().unwrap();
 }
+
+#[test]
+fn storage_benchmark_prints_one_json_line_with_its_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench_dir = dir.path().join("bench");
+    let output = weir(
+        dir.path(),
+        &["bench", "storage", "--messages", "3000", "--producers", "4", "--dir", bench_dir.to_str().unwrap()],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    for key in [
+        "msgs_per_sec",
+        "mb_per_sec",
+        "append_p50_us",
+        "append_p99_us",
+        "consume_msgs_per_sec",
+        "baseline_mb_per_sec",
+        "ratio",
+    ] {
+        assert!(line[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {line}");
+    }
+    assert_eq!(line["messages"], 3000);
+    assert!(!bench_dir.join("store").exists(), "the benchmark cleans up its store");
+}
