@@ -173,7 +173,7 @@ async fn storage(args: StorageArgs, segment_size_bytes: u64) -> Result<()> {
         "consume_msgs_per_sec": round(read as f64 / read_elapsed.as_secs_f64()),
         "baseline_mb_per_sec": round(baseline.mb_per_sec),
         "baseline": baseline.description,
-        "ratio": round(mb_per_sec / baseline.mb_per_sec),
+        "ratio": (mb_per_sec / baseline.mb_per_sec * 10_000.0).round() / 10_000.0,
     });
     println!("{line}");
     Ok(())

@@ -139,15 +139,37 @@ impl CommitLog {
     /// Reads the message at `physical_offset`; `size_hint` (from a consume queue) bounds the
     /// read when known. Corrupt bytes are an error, never a message.
     pub fn read(&self, physical_offset: u64, size_hint: Option<u32>) -> Result<MessageRecord> {
+        self.read_with(physical_offset, size_hint, &mut None)
+    }
+
+    /// `read`, reusing the segment in `segment_cache` when it holds the offset (sequential
+    /// reads then skip the segment table's lock and reference count), and leaving the
+    /// segment read from there. A cached segment stays readable even if retention removed it.
+    pub(crate) fn read_with(
+        &self,
+        physical_offset: u64,
+        size_hint: Option<u32>,
+        segment_cache: &mut Option<Arc<MappedFile>>,
+    ) -> Result<MessageRecord> {
         let end = self.max_offset();
         if physical_offset >= end {
             return Err(Error::MessageNotFound {
                 what: format!("physical offset {physical_offset} is at or past the log end {end}"),
             });
         }
-        let segment = self.segment_for(physical_offset).ok_or_else(|| Error::MessageNotFound {
-            what: format!("physical offset {physical_offset} is below the log start {}", self.min_offset()),
-        })?;
+        let cached = segment_cache.as_ref().filter(|segment| {
+            physical_offset >= segment.base_offset() && physical_offset < segment.base_offset() + segment.len() as u64
+        });
+        let segment = match cached {
+            Some(segment) => segment.clone(),
+            None => {
+                let segment = self.segment_for(physical_offset).ok_or_else(|| Error::MessageNotFound {
+                    what: format!("physical offset {physical_offset} is below the log start {}", self.min_offset()),
+                })?;
+                *segment_cache = Some(segment.clone());
+                segment
+            }
+        };
         let position = (physical_offset - segment.base_offset()) as usize;
         let readable = (end - physical_offset).min((segment.len() - position) as u64) as usize;
         let len = match size_hint {

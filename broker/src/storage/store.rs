@@ -479,6 +479,7 @@ impl MessageStore {
             });
         }
         let mut messages = Vec::new();
+        let mut segment_cache = None;
         let mut next = queue_offset;
         let mut scanned = 0usize;
         let mut bytes = 0usize;
@@ -496,7 +497,7 @@ impl MessageStore {
                 if !messages.is_empty() && bytes + entry.size_bytes as usize > bytes_max {
                     break 'read;
                 }
-                let message = self.read_entry(&queue, next, entry)?;
+                let message = self.read_entry(&queue, next, entry, &mut segment_cache)?;
                 next += 1;
                 scanned += 1;
                 if filter.matches(&message) {
@@ -516,9 +517,11 @@ impl MessageStore {
         queue: &ConsumeQueue,
         queue_offset: u64,
         entry: consume_queue::Entry,
+        segment_cache: &mut Option<Arc<super::mapped_file::MappedFile>>,
     ) -> Result<MessageRecord> {
         let log = &self.shared.commit_log;
-        if entry.physical_offset < log.min_offset() {
+        let cached = segment_cache.as_ref().is_some_and(|segment| entry.physical_offset >= segment.base_offset());
+        if !cached && entry.physical_offset < log.min_offset() {
             return Err(Error::OffsetBelowMinimum {
                 topic: queue.topic().to_string(),
                 queue_id: queue.queue_id(),
@@ -532,12 +535,15 @@ impl MessageStore {
             queue_offset,
             reason,
         };
-        let message = log.read(entry.physical_offset, Some(entry.size_bytes)).map_err(|error| match error {
-            Error::CommitLogCorrupt { offset, reason, .. } => {
-                corrupt(format!("entry points at physical offset {offset}, which is not a valid record: {reason}"))
-            }
-            other => other,
-        })?;
+        let message =
+            log.read_with(entry.physical_offset, Some(entry.size_bytes), segment_cache).map_err(
+                |error| match error {
+                    Error::CommitLogCorrupt { offset, reason, .. } => corrupt(format!(
+                        "entry points at physical offset {offset}, which is not a valid record: {reason}"
+                    )),
+                    other => other,
+                },
+            )?;
         if message.topic != queue.topic()
             || message.queue_id != queue.queue_id()
             || message.queue_offset != queue_offset
@@ -622,7 +628,7 @@ impl MessageStore {
                 low = middle + 1;
                 continue;
             };
-            match self.read_entry(&queue, middle, entry) {
+            match self.read_entry(&queue, middle, entry, &mut None) {
                 Ok(message) if message.store_timestamp_ms < timestamp_ms => low = middle + 1,
                 Ok(_) => high = middle,
                 Err(error) if error.is_offset_below_minimum() => low = middle + 1,
