@@ -99,18 +99,25 @@ async fn pull_statuses_and_tag_filters() {
     assert_eq!((result.messages.len(), result.next_offset), (1, 1), "at least one message, then the byte limit");
 }
 
+/// Starts a pull of queue 0 from offset 0 that long-polls for `timeout`.
+fn spawn_long_poll(
+    broker: &Broker,
+    topic: &str,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<weir_broker::Result<weir_broker::PullResult>> {
+    let mut request = PullRequest::new("g", topic, 0, 0);
+    request.long_poll_timeout = timeout;
+    let broker = broker.clone();
+    tokio::spawn(async move { broker.pull(request).await })
+}
+
 #[tokio::test]
 async fn long_poll_returns_when_a_message_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(dir.path());
     broker.create_topic(TopicConfig::new("t", 1)).unwrap();
-    let mut request = PullRequest::new("g", "t", 0, 0);
-    request.long_poll_timeout = Duration::from_secs(20);
     let started = Instant::now();
-    let waiting = tokio::spawn({
-        let broker = broker.clone();
-        async move { broker.pull(request).await }
-    });
+    let waiting = spawn_long_poll(&broker, "t", Duration::from_secs(20));
     // The pull is parked; a send wakes it.
     tokio::task::yield_now().await;
     broker.send(Message::new("t", "wake")).await.unwrap();
@@ -198,13 +205,8 @@ async fn deleting_a_topic_ends_long_polls_on_it() {
     let dir = tempfile::tempdir().unwrap();
     let broker = open(dir.path());
     broker.create_topic(TopicConfig::new("t", 1)).unwrap();
-    let mut request = PullRequest::new("g", "t", 0, 0);
-    request.long_poll_timeout = Duration::from_secs(30);
     let started = Instant::now();
-    let waiting = tokio::spawn({
-        let broker = broker.clone();
-        async move { broker.pull(request).await }
-    });
+    let waiting = spawn_long_poll(&broker, "t", Duration::from_secs(30));
     // Whether the pull is parked yet or not, it must end with the topic gone.
     tokio::task::yield_now().await;
     broker.delete_topic("t").await.unwrap();

@@ -32,6 +32,13 @@ fn read_all(store: &MessageStore, topic: &str, queue_id: u32) -> weir_broker::Re
     Ok(all)
 }
 
+/// Deletes a topic and waits for the store to finish.
+fn delete_topic(store: &MessageStore, topic: &str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.delete_topic(topic, Box::new(move |result| tx.send(result).unwrap())).unwrap();
+    rx.recv().unwrap().unwrap();
+}
+
 fn bodies(messages: &[MessageRecord]) -> Vec<String> {
     messages.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect()
 }
@@ -297,9 +304,7 @@ fn deleted_topic_stays_deleted_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     fill(&store, "m", 10);
-    let (tx, rx) = std::sync::mpsc::channel();
-    store.delete_topic("t", Box::new(move |r| tx.send(r).unwrap())).unwrap();
-    rx.recv().unwrap().unwrap();
+    delete_topic(&store, "t");
     assert_eq!(store.queue_range("t", 0), QueueRange::default());
     store.crash();
     drop(store);
@@ -313,9 +318,7 @@ fn deleted_topic_stays_deleted_through_a_full_rebuild() {
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     fill(&store, "m", 10);
     store.append_blocking(vec![new_message("u", 0, b"keep", None, None)]).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    store.delete_topic("t", Box::new(move |r| tx.send(r).unwrap())).unwrap();
-    rx.recv().unwrap().unwrap();
+    delete_topic(&store, "t");
     store.close().unwrap();
     drop(store);
     // Damage u's queue so that recovery rebuilds every queue from the first segment.
@@ -410,9 +413,7 @@ fn a_recreated_topic_does_not_see_its_deleted_incarnation() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
     store.append_blocking(vec![new_message("t", 0, b"old", None, Some("k"))]).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    store.delete_topic("t", Box::new(move |r| tx.send(r).unwrap())).unwrap();
-    rx.recv().unwrap().unwrap();
+    delete_topic(&store, "t");
     let placed = store.append_blocking(vec![new_message("t", 0, b"new", None, Some("k"))]).unwrap();
     assert_eq!(placed[0].queue_offset, 0, "a re-created topic starts at offset 0");
     assert_eq!(bodies(&store.lookup_key("t", "k", 10).unwrap()), vec!["new".to_string()]);
