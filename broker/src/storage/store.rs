@@ -59,7 +59,7 @@ pub struct StoreConfig {
     /// Largest record accepted, header included.
     pub message_size_max_bytes: usize,
     pub flush_mode: FlushMode,
-    /// Async mode: msync period. Sync mode: unused for appends.
+    /// Async mode: fdatasync period. Sync mode: unused for appends.
     pub flush_interval_ms: u64,
     /// How often consume queues and index are msynced and the checkpoint written.
     pub checkpoint_interval_ms: u64,
