@@ -49,7 +49,7 @@ async fn verify(broker: &Broker, acked: &BTreeMap<u32, u64>) {
 async fn acknowledged_sync_appends_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: BTreeMap<u32, u64> = BTreeMap::new();
-    for (round, kill_after) in [150usize, 420, 60, 700, 333].into_iter().enumerate() {
+    for (round, kill_after) in [150usize, 420, 60, 700, 333, 1500, 90, 2500].into_iter().enumerate() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["debug", "crash-writer", "--producers", &PRODUCERS.to_string()])
             .args(["--segment-size-bytes", &SEGMENT_SIZE_BYTES.to_string(), "--dir"])
