@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod crash_writer;
+mod pipeline;
 mod tour;
 
 use std::path::PathBuf;
@@ -49,6 +50,11 @@ enum Command {
     /// Show or reset consumer group offsets.
     #[command(subcommand)]
     Group(admin::GroupCommand),
+    /// Check a pipeline file (YAML) without running it.
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+    },
     /// Benchmarks that print one JSON line with a same-run baseline.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => admin::consume(&store, args).await,
             Command::Message(command) => admin::message(&store, command).await,
             Command::Group(command) => admin::group(&store, command).await,
+            Command::Validate { file } => validate(&file),
             Command::Bench(command) => bench::run(command, store.segment_size_bytes).await,
             Command::Debug(command) => crash_writer::run(command).await,
         }
@@ -109,4 +116,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `weir validate FILE`: one summary line, or the first problem as `file:line:column: …`.
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    let pipeline = pipeline::load(file)?;
+    println!("ok: {}", pipeline::summary(&pipeline));
+    Ok(())
 }

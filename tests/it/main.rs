@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod pipelines;
 
 use std::path::Path;
 use std::process::{Command, Output};

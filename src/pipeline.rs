@@ -1,0 +1,515 @@
+//! Pipeline files (DESIGN.md §5): the YAML model, `${ENV}` interpolation, and validation
+//! with errors that name the file, line and field.
+//!
+//! Loading is parse → validate: `load` interpolates the environment into the text, parses it
+//! into the model (unknown fields are errors), then checks what serde cannot (names, topic
+//! references, addresses, tag expressions). Running a pipeline (`weir run`) comes with the
+//! Connect worker; today `weir validate FILE` lints a file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use weir_broker::filter::TagExpression;
+use weir_broker::topic::{QUEUE_COUNT_MAX, validate_topic_name};
+
+/// A pipeline file: topics are the edges between sources, stream jobs and sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// The pipeline's name, used in logs and metrics.
+    pub pipeline: String,
+    /// Where the broker runs: embedded by default.
+    #[serde(default)]
+    pub broker: BrokerSection,
+    /// Topics the pipeline creates (if missing) and uses.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicSection>,
+    /// Sources by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceSection>,
+    /// Stream jobs by name (executed once the streams engine lands).
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamSection>,
+    /// Sinks by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkSection>,
+}
+
+/// `broker: { embedded: { data_dir: ./data } }` or `broker: { namesrv: host:port }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// An in-process broker on a data directory (the default).
+    pub embedded: Option<EmbeddedBroker>,
+    /// A NameServer address (needs the network protocol, not available yet).
+    pub namesrv: Option<String>,
+}
+
+/// The embedded broker's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBroker {
+    /// Data directory, relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+/// One topic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSection {
+    /// Number of queues (1..=1024).
+    #[serde(default = "default_queues")]
+    pub queues: u32,
+}
+
+fn default_queues() -> u32 {
+    4
+}
+
+/// A source, by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSection {
+    /// Logs and metrics posted over HTTP.
+    Http(HttpSource),
+}
+
+/// `type: http`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSource {
+    /// Address to listen on, `ip:port`.
+    pub listen: String,
+    /// Path → topic routes.
+    pub routes: Vec<HttpRoute>,
+    /// Largest request body accepted (default 10 MiB).
+    #[serde(default)]
+    pub body_bytes_max: Option<u64>,
+    /// Bearer token required on every request, when set.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+}
+
+/// One HTTP route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    /// URL path, starting with `/`.
+    pub path: String,
+    /// Topic the records go to.
+    pub topic: String,
+    /// Body format.
+    pub format: RouteFormat,
+    /// Message tag template, e.g. `"{{domain}}"`.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Message key template, e.g. `"{{request_id}}"`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Field holding the event time (default: receive time).
+    #[serde(default)]
+    pub timestamp_field: Option<String>,
+}
+
+/// Body formats of the HTTP source.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteFormat {
+    Ndjson,
+    JsonArray,
+    Json,
+    Text,
+    Influx,
+}
+
+/// A stream job: SQL over topics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// The job's SQL statements.
+    pub sql: String,
+}
+
+/// A sink, by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSection {
+    /// JSON lines into files, rotated by size.
+    File(FileSink),
+    /// Each record printed on standard output.
+    Stdout(TopicSink),
+    /// Records consumed and dropped (benchmarks).
+    Blackhole(TopicSink),
+}
+
+/// `type: file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSink {
+    /// Topic consumed.
+    pub topic: String,
+    /// Tag expression (`*`, `TagA || TagB`).
+    #[serde(default)]
+    pub tags: Option<String>,
+    /// Output file (rotated files get a numeric suffix).
+    pub path: PathBuf,
+    /// Rotate after this many bytes (default 100 MiB).
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
+}
+
+/// `type: stdout` and `type: blackhole`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSink {
+    /// Topic consumed.
+    pub topic: String,
+    /// Tag expression (`*`, `TagA || TagB`).
+    #[serde(default)]
+    pub tags: Option<String>,
+}
+
+/// A problem in a pipeline file, with where it is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PipelineError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the position is unknown.
+    pub line: u64,
+    pub column: u64,
+    /// The field at fault, as a dotted path (`sinks.to_file.topic`), when known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+/// Reads, interpolates, parses and validates a pipeline file.
+pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+    let text = std::fs::read_to_string(path).map_err(|error| PipelineError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: None,
+        message: format!("cannot read the file: {error}"),
+    })?;
+    parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// `load` on text already read; `env` looks variables up.
+pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, PipelineError> {
+    let text = interpolate(path, text, env)?;
+    let pipeline: Pipeline = serde_saphyr::from_str(&text).map_err(|error| {
+        let location = error.location();
+        let mut line = location.as_ref().map_or(0, |l| l.line());
+        let mut column = location.as_ref().map_or(0, |l| l.column());
+        let mut message = error.without_snippet().to_string();
+        if let Some(suffix) = message.rfind(" at line ") {
+            message.truncate(suffix); // the position leads the line instead
+        }
+        // Inside a `type:`-tagged section the parser reports the section's line; point at the
+        // unknown field itself.
+        let mut field = None;
+        if let Some(name) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+            if let Some((found_line, found_column)) = position_of_key_after(&text, name, line) {
+                (line, column) = (found_line, found_column);
+            }
+            field = Some(name.to_string());
+        }
+        PipelineError { file: path.to_path_buf(), line, column, field, message }
+    })?;
+    validate(path, &text, &pipeline)?;
+    Ok(pipeline)
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}`; `$${` stands for a literal `${`.
+fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, PipelineError> {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find('$') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start..];
+            if let Some(literal) = after.strip_prefix("$${") {
+                out.push_str("${");
+                rest = literal;
+                continue;
+            }
+            let Some(body) = after.strip_prefix("${") else {
+                out.push('$');
+                rest = &after[1..];
+                continue;
+            };
+            let column = (line.len() - rest.len() + start + 1) as u64;
+            let error = |message: String| PipelineError {
+                file: path.to_path_buf(),
+                line: index as u64 + 1,
+                column,
+                field: None,
+                message,
+            };
+            let end = body.find('}').ok_or_else(|| error("`${` without a closing `}`".into()))?;
+            let (name, default) = match body[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&body[..end], None),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(error(format!("`${{{}}}` is not a valid environment variable name", &body[..end])));
+            }
+            match (env(name), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(error(format!(
+                        "environment variable {name} is not set (give a default with `${{{name}:-value}}`)"
+                    )));
+                }
+            }
+            rest = &body[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// Where `key:` first appears as a mapping key in `text` (1-based line and column).
+fn position_of_key(text: &str, key: &str) -> (u64, u64) {
+    position_of_key_after(text, key, 1).unwrap_or((0, 0))
+}
+
+/// Where `key:` first appears as a mapping key at or after line `from_line`.
+fn position_of_key_after(text: &str, key: &str, from_line: u64) -> Option<(u64, u64)> {
+    for (index, line) in text.lines().enumerate().skip(from_line.saturating_sub(1) as usize) {
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        let unquoted = trimmed.trim_start_matches(['"', '\'']);
+        if let Some(after) = unquoted.strip_prefix(key)
+            && after.trim_start_matches(['"', '\'']).starts_with(':')
+        {
+            return Some((index as u64 + 1, (line.len() - unquoted.len() + 1) as u64));
+        }
+    }
+    None
+}
+
+/// Where `key: value` first appears in `text`.
+fn position_of_entry(text: &str, key: &str, value: &str) -> (u64, u64) {
+    for (index, line) in text.lines().enumerate() {
+        if let Some(at) = line.find(&format!("{key}:"))
+            && line[at..].contains(value)
+        {
+            return (index as u64 + 1, at as u64 + 1);
+        }
+    }
+    position_of_key(text, key)
+}
+
+fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), PipelineError> {
+    let fail = |(line, column): (u64, u64), field: String, message: String| PipelineError {
+        file: path.to_path_buf(),
+        line,
+        column,
+        field: Some(field),
+        message,
+    };
+    let name = &pipeline.pipeline;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(fail(
+            position_of_key(text, "pipeline"),
+            "pipeline".into(),
+            format!("{name:?} is not a pipeline name (letters, digits, `_` and `-`)"),
+        ));
+    }
+    match (&pipeline.broker.embedded, &pipeline.broker.namesrv) {
+        (Some(_), Some(_)) => {
+            return Err(fail(
+                position_of_key(text, "namesrv"),
+                "broker".into(),
+                "give either `embedded` or `namesrv`, not both".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(fail(
+                position_of_key(text, "namesrv"),
+                "broker.namesrv".into(),
+                "a remote broker needs the network protocol, which this build does not have yet; \
+                 use `broker: { embedded: { data_dir: ... } }`"
+                    .into(),
+            ));
+        }
+        (Some(embedded), None) if embedded.data_dir.as_os_str().is_empty() => {
+            return Err(fail(
+                position_of_key(text, "data_dir"),
+                "broker.embedded.data_dir".into(),
+                "the data directory is empty".into(),
+            ));
+        }
+        _ => {}
+    }
+    for (topic, section) in &pipeline.topics {
+        if let Err(error) = validate_topic_name(topic) {
+            return Err(fail(position_of_key(text, topic), format!("topics.{topic}"), error.to_string()));
+        }
+        if section.queues == 0 || section.queues > QUEUE_COUNT_MAX {
+            return Err(fail(
+                position_of_entry(text, "queues", &section.queues.to_string()),
+                format!("topics.{topic}.queues"),
+                format!("{} is not in 1..={QUEUE_COUNT_MAX}", section.queues),
+            ));
+        }
+    }
+    let declared = |field: String, topic: &str| {
+        if pipeline.topics.contains_key(topic) {
+            Ok(())
+        } else {
+            Err(fail(
+                position_of_entry(text, "topic", topic),
+                field,
+                format!("topic {topic:?} is not declared under `topics`"),
+            ))
+        }
+    };
+    for (source_name, source) in &pipeline.sources {
+        let SourceSection::Http(http) = source;
+        if http.listen.parse::<SocketAddr>().is_err() {
+            return Err(fail(
+                position_of_entry(text, "listen", &http.listen),
+                format!("sources.{source_name}.listen"),
+                format!("{:?} is not an `ip:port` address", http.listen),
+            ));
+        }
+        if http.body_bytes_max.is_some_and(|max| max == 0 || max > HTTP_BODY_BYTES_MAX) {
+            return Err(fail(
+                position_of_key(text, "body_bytes_max"),
+                format!("sources.{source_name}.body_bytes_max"),
+                format!("must be in 1..={HTTP_BODY_BYTES_MAX}"),
+            ));
+        }
+        if http.auth_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
+            return Err(fail(
+                position_of_key(text, "auth_token"),
+                format!("sources.{source_name}.auth_token"),
+                "the token is empty (leave the field out for no authentication)".into(),
+            ));
+        }
+        if http.routes.is_empty() {
+            return Err(fail(
+                position_of_key(text, source_name),
+                format!("sources.{source_name}.routes"),
+                "an HTTP source needs at least one route".into(),
+            ));
+        }
+        let mut paths = std::collections::BTreeSet::new();
+        for (index, route) in http.routes.iter().enumerate() {
+            let field = format!("sources.{source_name}.routes[{index}]");
+            if !route.path.starts_with('/') || !paths.insert(route.path.as_str()) {
+                return Err(fail(
+                    position_of_entry(text, "path", &route.path),
+                    format!("{field}.path"),
+                    format!("{:?} must start with `/` and be unique within the source", route.path),
+                ));
+            }
+            declared(format!("{field}.topic"), &route.topic)?;
+            let templates = [("tag", &route.tag), ("key", &route.key), ("timestamp_field", &route.timestamp_field)];
+            for (name, value) in templates {
+                let Some(value) = value else { continue };
+                let problem = if route.format == RouteFormat::Text {
+                    Some("plain text lines have no fields to take it from".to_string())
+                } else if name == "timestamp_field" {
+                    value.trim().is_empty().then(|| "the field name is empty".to_string())
+                } else {
+                    template_problem(value)
+                };
+                if let Some(problem) = problem {
+                    return Err(fail(position_of_entry(text, name, value), format!("{field}.{name}"), problem));
+                }
+            }
+        }
+    }
+    for (job, stream) in &pipeline.streams {
+        if stream.sql.trim().is_empty() {
+            return Err(fail(position_of_key(text, job), format!("streams.{job}.sql"), "the SQL is empty".into()));
+        }
+    }
+    for (sink_name, sink) in &pipeline.sinks {
+        let (topic, tags) = match sink {
+            SinkSection::File(file) => {
+                if file.rotate_bytes == Some(0) {
+                    return Err(fail(
+                        position_of_key(text, "rotate_bytes"),
+                        format!("sinks.{sink_name}.rotate_bytes"),
+                        "must be positive".into(),
+                    ));
+                }
+                if file.path.as_os_str().is_empty() {
+                    return Err(fail(
+                        position_of_key(text, sink_name),
+                        format!("sinks.{sink_name}.path"),
+                        "the path is empty".into(),
+                    ));
+                }
+                (&file.topic, &file.tags)
+            }
+            SinkSection::Stdout(sink) | SinkSection::Blackhole(sink) => (&sink.topic, &sink.tags),
+        };
+        declared(format!("sinks.{sink_name}.topic"), topic)?;
+        if let Some(tags) = tags
+            && let Err(error) = TagExpression::parse(tags)
+        {
+            return Err(fail(
+                position_of_entry(text, "tags", tags),
+                format!("sinks.{sink_name}.tags"),
+                error.to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Largest `body_bytes_max` an HTTP source may set.
+pub const HTTP_BODY_BYTES_MAX: u64 = 1 << 30;
+
+/// What is wrong with a `{{field}}` template, if anything.
+fn template_problem(template: &str) -> Option<String> {
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return Some(format!("{template:?} opens `{{{{` without closing it"));
+        };
+        let field = after[..close].trim();
+        if field.is_empty() || field.contains(['{', '}']) {
+            return Some(format!("{template:?} has an empty or malformed `{{{{field}}}}`"));
+        }
+        rest = &after[close + 2..];
+    }
+    rest.contains("}}").then(|| format!("{template:?} closes `}}}}` without opening it"))
+}
+
+/// One line summing a valid pipeline up.
+pub fn summary(pipeline: &Pipeline) -> String {
+    format!(
+        "pipeline {}: {} topics, {} sources, {} stream jobs, {} sinks",
+        pipeline.pipeline,
+        pipeline.topics.len(),
+        pipeline.sources.len(),
+        pipeline.streams.len(),
+        pipeline.sinks.len()
+    )
+}

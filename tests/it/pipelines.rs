@@ -1,0 +1,127 @@
+//! Pipeline files: every file under `pipelines/` validates, and bad files get an error that
+//! names the file, line and field.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `weir validate` on `path` with extra environment variables.
+fn validate(path: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_weir")).arg("validate").arg(path).envs(env.iter().copied()).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_pipeline_file_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "pipelines/ holds the example pipelines");
+    for file in files {
+        let (ok, stdout, stderr) = validate(&file, &[]);
+        assert!(ok, "{}: {stderr}", file.display());
+        assert!(stdout.starts_with("ok: pipeline "), "{stdout}");
+    }
+}
+
+/// A valid base the cases below break one line of.
+const BASE: &str = "pipeline: p
+topics:
+  orders: { queues: 2 }
+sources:
+  web:
+    type: http
+    listen: 127.0.0.1:8080
+    routes:
+      - path: /v1/orders
+        topic: orders
+        format: ndjson
+        tag: \"{{kind}}\"
+sinks:
+  out:
+    type: file
+    topic: orders
+    tags: \"paid || refunded\"
+    path: ./out.jsonl
+";
+
+/// (replace this, with this, environment, expected `file:line:column: …` tail or None for ok)
+type Case = (&'static str, &'static str, &'static [(&'static str, &'static str)], Option<&'static str>);
+
+#[test]
+fn bad_pipelines_name_file_line_and_field() {
+    let cases: &[Case] = &[
+        ("pipeline: p", "pipeline: p", &[], None),
+        ("pipeline: p", "pipeline: p\nbogus: 1", &[], Some(":2:1: bogus: unknown field `bogus`")),
+        ("    path: ./out.jsonl", "    path: ./out.jsonl\n    colour: red", &[], Some(":19:5: colour: unknown field")),
+        ("    type: http", "    type: kafka", &[], Some(":6:5: unknown variant `kafka`")),
+        (
+            "    topic: orders\n    tags",
+            "    topic: missing\n    tags",
+            &[],
+            Some(":16:5: sinks.out.topic: topic \"missing\""),
+        ),
+        (
+            "  orders: { queues: 2 }",
+            "  orders: { queues: 2 }\n  bad.name: {}",
+            &[],
+            Some(":4:3: topics.bad.name: invalid topic name"),
+        ),
+        ("{ queues: 2 }", "{ queues: 0 }", &[], Some("topics.orders.queues: 0 is not in 1..=1024")),
+        (
+            "127.0.0.1:8080",
+            "localhost",
+            &[],
+            Some(":7:5: sources.web.listen: \"localhost\" is not an `ip:port` address"),
+        ),
+        ("paid || refunded", "paid || ", &[], Some(":17:5: sinks.out.tags: invalid tag expression")),
+        ("{{kind}}", "{{kind", &[], Some(":12:9: sources.web.routes[0].tag: \"{{kind\" opens `{{`")),
+        ("format: ndjson", "format: text", &[], Some("sources.web.routes[0].tag: plain text lines have no fields")),
+        (
+            "path: /v1/orders",
+            "path: v1/orders",
+            &[],
+            Some("sources.web.routes[0].path: \"v1/orders\" must start with `/`"),
+        ),
+        (
+            "pipeline: p",
+            "pipeline: p\nbroker: { namesrv: 127.0.0.1:9876 }",
+            &[],
+            Some("broker.namesrv: a remote broker"),
+        ),
+        ("127.0.0.1:8080", "${WEB_LISTEN}", &[("WEB_LISTEN", "127.0.0.1:9999")], None),
+        ("127.0.0.1:8080", "${UNSET_WEIR_TEST_VAR:-127.0.0.1:1}", &[], None),
+        (
+            "127.0.0.1:8080",
+            "${UNSET_WEIR_TEST_VAR}",
+            &[],
+            Some(":7:13: environment variable UNSET_WEIR_TEST_VAR is not set"),
+        ),
+        ("127.0.0.1:8080", "${BAD-NAME}", &[], Some(":7:13: `${BAD-NAME}` is not a valid environment variable name")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (index, (from, to, env, expected)) in cases.iter().enumerate() {
+        assert!(BASE.contains(from), "case {index}: base lacks {from:?}");
+        let file = dir.path().join(format!("case{index}.yaml"));
+        std::fs::write(&file, BASE.replacen(from, to, 1)).unwrap();
+        let (ok, stdout, stderr) = validate(&file, env);
+        match expected {
+            None => assert!(ok, "case {index} should validate: {stderr}"),
+            Some(tail) => {
+                assert!(!ok, "case {index} should fail: {stdout}");
+                let line = stderr.trim();
+                assert!(line.starts_with(&format!("error: {}", file.display())), "case {index}: {line}");
+                assert!(line.contains(tail), "case {index}: expected {tail:?} in {line}");
+                assert_eq!(line.lines().count(), 1, "case {index}: one line: {line}");
+            }
+        }
+    }
+}
