@@ -12,7 +12,7 @@ use crate::error::Result;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
-    /// Every commitlog byte below this offset was msynced.
+    /// Every commitlog byte below this offset was fdatasynced.
     pub commit_log_flushed_offset: u64,
     /// Every message below this offset has its consume queue and index entries msynced;
     /// recovery re-dispatches from here.

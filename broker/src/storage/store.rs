@@ -4,9 +4,9 @@
 //! The writer thread takes every queued append request it can get (up to
 //! `write_batch_messages_max` messages) per wake-up, writes the records into the commitlog,
 //! writes their consume queue and index entries, then publishes them all at once. In sync
-//! flush mode it hands the batch's completions to the flusher, which msyncs once for every
+//! flush mode it hands the batch's completions to the flusher, which fdatasyncs once for every
 //! batch waiting (group commit) before acknowledging; in async mode it acknowledges at once
-//! and the flusher msyncs on an interval.
+//! and the flusher fdatasyncs on an interval.
 //!
 //! **API boundary:** callers get completions through a callback, so the store needs no async
 //! runtime; the broker turns callbacks into futures.
@@ -34,9 +34,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlushMode {
-    /// Acknowledge after the write; msync every `flush_interval_ms` (RocketMQ ASYNC_FLUSH).
+    /// Acknowledge after the write; fdatasync every `flush_interval_ms` (RocketMQ ASYNC_FLUSH).
     Async,
-    /// Acknowledge only after msync; one msync serves every waiting append (SYNC_FLUSH).
+    /// Acknowledge only after fdatasync; one sync serves every waiting append (SYNC_FLUSH).
     Sync,
 }
 
@@ -1269,7 +1269,8 @@ fn fail_command(command: Command) {
     }
 }
 
-/// msyncs commitlog, consume queues and index up to the dispatched offset, then records it.
+/// Syncs the commitlog (fdatasync), consume queues and index (msync) up to the dispatched
+/// offset, then records it.
 fn checkpoint_now(shared: &Shared) -> Result<()> {
     // Held throughout so the writer (topic deletion) and the flusher never interleave.
     let mut last = shared.last_checkpoint.lock().expect("checkpoint lock");
