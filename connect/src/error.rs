@@ -1,0 +1,58 @@
+//! Connect's errors; a sink's error carries the retry hint the runtime acts on.
+
+use std::time::Duration;
+
+/// Result alias for the connect crate.
+pub type Result<T, E = ConnectError> = std::result::Result<T, E>;
+
+/// What the runtime should do about a failed sink call. The runtime retries on the hint,
+/// never by parsing an error's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryHint {
+    /// Transient (timeout, overload, connection lost): retry, after at least `after` if given.
+    Retry { after: Option<Duration> },
+    /// The records cannot be written as they are (type error, rejected by the target).
+    Permanent,
+}
+
+/// A failed `Sink::write` or `Sink::flush`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    pub retry: RetryHint,
+    /// With `Permanent`: the indexes (in the batch) of the records at fault; empty means the
+    /// whole batch. The others count as written.
+    pub failed_records: Vec<usize>,
+}
+
+impl SinkError {
+    /// A transient failure of the whole call.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SinkError { message: message.into(), retry: RetryHint::Retry { after: None }, failed_records: Vec::new() }
+    }
+
+    /// Records that can never be written (poison); the rest of the batch was written.
+    pub fn poison(message: impl Into<String>, failed_records: Vec<usize>) -> Self {
+        SinkError { message: message.into(), retry: RetryHint::Permanent, failed_records }
+    }
+}
+
+/// Everything that can stop a connector task, by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A setting is out of range.
+    #[error("invalid config for connector {connector:?}: `{field}` {reason}")]
+    Config { connector: String, field: &'static str, reason: String },
+    /// The broker refused or failed.
+    #[error("broker: {0}")]
+    Broker(#[from] weir_broker::Error),
+    /// The sink failed and the error tolerance does not allow skipping.
+    #[error("connector {connector:?}: sink failed after {attempts} attempts: {source}")]
+    Sink {
+        connector: String,
+        attempts: u32,
+        #[source]
+        source: SinkError,
+    },
+}

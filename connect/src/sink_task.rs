@@ -1,0 +1,342 @@
+//! The sink task: consumes a topic as a consumer group, writes batches to a `Sink`, flushes,
+//! and only then commits offsets (at-least-once). Retries follow the sink's retry hint with
+//! exponential backoff and jitter; records the sink cannot take go to a dead-letter topic
+//! (`errors_tolerance: all`) or stop the task (`none`).
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use weir_broker::{Message, Messaging, PullRequest, PullStatus, TopicConfig};
+
+use crate::error::{ConnectError, Result, RetryHint, SinkError};
+use crate::record::SinkRecord;
+
+/// Most records one batch may hold.
+pub const BATCH_RECORDS_MAX: usize = 10_000;
+/// Longest backoff between retries.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Where records go. Implementations may buffer in `write`; `flush` makes them durable.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes a batch. A retryable error means nothing of it counts as written (it is written
+    /// again); a permanent one lists the records at fault (all, when empty) and the rest
+    /// counts as written.
+    async fn write(&mut self, batch: &[SinkRecord]) -> std::result::Result<(), SinkError>;
+    /// Makes everything written so far durable in the target.
+    async fn flush(&mut self) -> std::result::Result<(), SinkError>;
+}
+
+/// What a permanent sink error does (Kafka Connect's `errors.tolerance`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorTolerance {
+    /// The task stops with the error; offsets stay before the failed batch.
+    None,
+    /// The records at fault go to the dead-letter topic with the error attached; the task
+    /// goes on.
+    All,
+}
+
+/// A sink task's settings.
+#[derive(Clone, Debug)]
+pub struct SinkTaskConfig {
+    /// Connector name: consumer group `connect-<name>`, dead-letter topic `%DLQ%<name>`.
+    pub connector: String,
+    /// Topic consumed.
+    pub topic: String,
+    /// `*` or `TagA || TagB`.
+    pub tag_expression: String,
+    /// Most records per batch.
+    pub batch_records_max: usize,
+    /// About this many bytes per batch at most.
+    pub batch_bytes_max: usize,
+    /// How long a partial batch waits for more records.
+    pub linger: Duration,
+    /// Retries of one write or flush before the task fails.
+    pub retries_max: u32,
+    /// First backoff; it doubles per retry up to `backoff_max`, with ±25 % jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub errors_tolerance: ErrorTolerance,
+}
+
+impl SinkTaskConfig {
+    /// Defaults for a connector on a topic.
+    pub fn new(connector: impl Into<String>, topic: impl Into<String>) -> Self {
+        SinkTaskConfig {
+            connector: connector.into(),
+            topic: topic.into(),
+            tag_expression: "*".into(),
+            batch_records_max: 500,
+            batch_bytes_max: 4 << 20,
+            linger: Duration::from_millis(100),
+            retries_max: 10,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            errors_tolerance: ErrorTolerance::None,
+        }
+    }
+
+    /// The consumer group whose offsets record the sink's progress.
+    pub fn group(&self) -> String {
+        format!("connect-{}", self.connector)
+    }
+
+    /// Where records the sink cannot take go.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("%DLQ%{}", self.connector)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let invalid =
+            |field, reason: String| Err(ConnectError::Config { connector: self.connector.clone(), field, reason });
+        if weir_broker::topic::validate_group_name(&self.group()).is_err() {
+            return invalid("connector", "must be letters, digits, `%`, `_` and `-`".into());
+        }
+        if self.batch_records_max == 0 || self.batch_records_max > BATCH_RECORDS_MAX {
+            return invalid("batch_records_max", format!("must be in 1..={BATCH_RECORDS_MAX}"));
+        }
+        if self.batch_bytes_max == 0 {
+            return invalid("batch_bytes_max", "must be positive".into());
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial || self.backoff_max > BACKOFF_MAX {
+            return invalid("backoff_max", format!("needs 0 < backoff_initial <= backoff_max <= {BACKOFF_MAX:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// What a sink task did before it stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkTaskStats {
+    pub records_written: u64,
+    pub records_dead_lettered: u64,
+    pub batches: u64,
+}
+
+/// Runs until `shutdown` turns true (then returns after the current batch is flushed and
+/// committed) or a failure the tolerance does not allow.
+pub async fn run_sink_task(
+    broker: Arc<dyn Messaging>,
+    sink: &mut dyn Sink,
+    config: &SinkTaskConfig,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SinkTaskStats> {
+    config.validate()?;
+    let topic = broker
+        .topic(&config.topic)
+        .await?
+        .ok_or_else(|| weir_broker::Error::TopicNotFound { topic: config.topic.clone() })?;
+    if config.errors_tolerance == ErrorTolerance::All {
+        broker.ensure_topic(TopicConfig::new(config.dead_letter_topic(), 1)).await?;
+    }
+    let group = config.group();
+    let mut positions = Vec::with_capacity(topic.queue_count as usize);
+    for queue_id in 0..topic.queue_count {
+        let committed = broker.committed_offset(&group, &config.topic, queue_id).await?;
+        let start = match committed {
+            Some(offset) => offset,
+            None => broker.queue_range(&config.topic, queue_id).await?.min_offset,
+        };
+        positions.push(start);
+    }
+    tracing::info!(connector = %config.connector, topic = %config.topic, %group, "sink task started");
+    let mut stats = SinkTaskStats::default();
+    let mut first_queue = 0usize;
+    while !*shutdown.borrow() {
+        let (batch, next_positions) = gather(broker.as_ref(), config, &positions, first_queue, shutdown).await?;
+        first_queue = (first_queue + 1) % positions.len().max(1);
+        if !batch.is_empty() {
+            let started = Instant::now();
+            let dead = deliver(broker.as_ref(), sink, config, &batch).await?;
+            stats.batches += 1;
+            stats.records_written += (batch.len() - dead) as u64;
+            stats.records_dead_lettered += dead as u64;
+            metrics::histogram!("weir_connect_sink_batch_seconds", "connector" => config.connector.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("weir_connect_sink_records_total", "connector" => config.connector.clone())
+                .increment((batch.len() - dead) as u64);
+        }
+        // Everything below `next_positions` is written and flushed (or dead-lettered).
+        for (queue_id, (old, new)) in positions.iter().zip(&next_positions).enumerate() {
+            if new != old {
+                broker.commit_offset(&group, &config.topic, queue_id as u32, *new).await?;
+            }
+        }
+        positions = next_positions;
+    }
+    tracing::info!(connector = %config.connector, ?stats, "sink task stopped");
+    Ok(stats)
+}
+
+/// Pulls a batch: up to the limits, waiting at most `linger` for more once one record is in.
+async fn gather(
+    broker: &dyn Messaging,
+    config: &SinkTaskConfig,
+    positions: &[u64],
+    first_queue: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(Vec<SinkRecord>, Vec<u64>)> {
+    let mut next = positions.to_vec();
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    let deadline = tokio::time::Instant::now() + config.linger;
+    loop {
+        let mut progressed = false;
+        for step in 0..next.len() {
+            let queue_id = (first_queue + step) % next.len();
+            if batch.len() >= config.batch_records_max || bytes >= config.batch_bytes_max {
+                return Ok((batch, next));
+            }
+            let mut request = PullRequest::new(&config.group(), &config.topic, queue_id as u32, next[queue_id]);
+            request.messages_max = (config.batch_records_max - batch.len()).min(weir_broker::PULL_MESSAGES_MAX);
+            request.bytes_max = config.batch_bytes_max - bytes;
+            request.tag_expression = config.tag_expression.clone();
+            let result = broker.pull(request).await?;
+            if result.status == PullStatus::OffsetTooSmall {
+                tracing::warn!(
+                    connector = %config.connector, queue_id, from = next[queue_id], to = result.next_offset,
+                    "retention removed unconsumed messages; skipping to the queue's minimum"
+                );
+            }
+            progressed |= result.next_offset != next[queue_id];
+            next[queue_id] = result.next_offset;
+            for message in result.messages {
+                bytes += message.body.len();
+                batch.push(SinkRecord::from(message));
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if (!batch.is_empty() && now >= deadline) || (batch.is_empty() && progressed) || *shutdown.borrow() {
+            return Ok((batch, next));
+        }
+        if !progressed {
+            // Nothing new anywhere: wait for a message on the first queue, the linger at most.
+            let queue_id = first_queue % next.len().max(1);
+            let mut request = PullRequest::new(&config.group(), &config.topic, queue_id as u32, next[queue_id]);
+            request.messages_max = 1;
+            request.tag_expression = config.tag_expression.clone();
+            request.long_poll_timeout = config.linger.max(Duration::from_millis(1));
+            tokio::select! {
+                _ = broker.pull(request) => {}
+                _ = shutdown.changed() => {}
+            }
+            if batch.is_empty() {
+                return Ok((batch, next));
+            }
+        }
+    }
+}
+
+/// Writes and flushes a batch, retrying on the sink's hint. Returns how many records went to
+/// the dead-letter topic.
+async fn deliver(
+    broker: &dyn Messaging,
+    sink: &mut dyn Sink,
+    config: &SinkTaskConfig,
+    batch: &[SinkRecord],
+) -> Result<usize> {
+    let mut dead = 0;
+    match with_retries(config, sink, SinkCall::Write, batch).await {
+        Ok(()) => {}
+        Err((attempts, error)) => dead += handle_permanent(broker, config, batch, attempts, error).await?,
+    }
+    if let Err((attempts, error)) = with_retries(config, sink, SinkCall::Flush, batch).await {
+        // A flush that cannot succeed: what it held is not known to be written.
+        let whole = SinkError { failed_records: Vec::new(), ..error };
+        dead = handle_permanent(broker, config, batch, attempts, whole).await?;
+    }
+    Ok(dead)
+}
+
+#[derive(Clone, Copy)]
+enum SinkCall {
+    Write,
+    Flush,
+}
+
+/// Makes `call` until it succeeds, fails permanently, or exhausts the retries.
+async fn with_retries(
+    config: &SinkTaskConfig,
+    sink: &mut dyn Sink,
+    call: SinkCall,
+    batch: &[SinkRecord],
+) -> std::result::Result<(), (u32, SinkError)> {
+    let mut attempts = 0u32;
+    let mut backoff = config.backoff_initial;
+    loop {
+        attempts += 1;
+        let result = match call {
+            SinkCall::Write => sink.write(batch).await,
+            SinkCall::Flush => sink.flush().await,
+        };
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        metrics::counter!("weir_connect_sink_errors_total", "connector" => config.connector.clone()).increment(1);
+        let after = match error.retry {
+            RetryHint::Permanent => return Err((attempts, error)),
+            RetryHint::Retry { .. } if attempts > config.retries_max => {
+                let exhausted = SinkError { retry: RetryHint::Permanent, failed_records: Vec::new(), ..error };
+                return Err((attempts, exhausted));
+            }
+            RetryHint::Retry { after } => after.unwrap_or_default().max(jitter(backoff)),
+        };
+        tracing::warn!(connector = %config.connector, attempts, error = %error.message, retry_in_ms = after.as_millis() as u64, "sink call failed; retrying");
+        tokio::time::sleep(after).await; // backoff between retries
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+/// `duration` ± 25 %.
+fn jitter(duration: Duration) -> Duration {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    let unit = (hasher.finish() % 10_001) as f64 / 10_000.0; // 0.0..=1.0
+    duration.mul_f64(0.75 + unit * 0.5)
+}
+
+/// Dead-letters the records at fault (tolerance `all`) or stops the task (`none`).
+async fn handle_permanent(
+    broker: &dyn Messaging,
+    config: &SinkTaskConfig,
+    batch: &[SinkRecord],
+    attempts: u32,
+    error: SinkError,
+) -> Result<usize> {
+    if config.errors_tolerance == ErrorTolerance::None {
+        return Err(ConnectError::Sink { connector: config.connector.clone(), attempts, source: error });
+    }
+    let failed: Vec<&SinkRecord> = if error.failed_records.is_empty() {
+        batch.iter().collect()
+    } else {
+        error.failed_records.iter().filter_map(|index| batch.get(*index)).collect()
+    };
+    let messages: Vec<Message> = failed
+        .iter()
+        .map(|record| {
+            let mut message = record.record.to_message();
+            message.topic = config.dead_letter_topic();
+            let mut context = BTreeMap::new();
+            context.insert("DLQ_ERROR".to_string(), error.message.clone());
+            context.insert("DLQ_CONNECTOR".to_string(), config.connector.clone());
+            context.insert("DLQ_ORIGIN_TOPIC".to_string(), record.record.topic.clone());
+            context.insert("DLQ_ORIGIN_QUEUE_ID".to_string(), record.queue_id.to_string());
+            context.insert("DLQ_ORIGIN_QUEUE_OFFSET".to_string(), record.queue_offset.to_string());
+            message.properties.extend(context);
+            message
+        })
+        .collect();
+    for chunk in messages.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
+        broker.send_batch(chunk.to_vec()).await?;
+    }
+    tracing::warn!(connector = %config.connector, records = failed.len(), error = %error.message, "records sent to the dead-letter topic");
+    metrics::counter!("weir_connect_sink_dead_lettered_total", "connector" => config.connector.clone())
+        .increment(failed.len() as u64);
+    Ok(failed.len())
+}
