@@ -1,4 +1,7 @@
-//! Weir connectors: HTTP, MySQL CDC and the MySQL / Elasticsearch / Redis / Doris sinks.
+//! Weir connectors: sources and sinks for external systems (DESIGN.md §4).
 //!
-//! Empty until the Connect issue lands; each connector will live in its own folder behind
-//! its own cargo feature (DESIGN.md §4, STYLE.md).
+//! Today: the basic sinks (`file`, `stdout`, `blackhole`), always built. The HTTP source and
+//! the MySQL, Redis, Elasticsearch and Doris connectors come with their issues, each in its
+//! own folder behind its own cargo feature.
+
+pub mod sinks;

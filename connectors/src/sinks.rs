@@ -1,0 +1,31 @@
+//! Sinks: where records leave Weir.
+
+mod blackhole;
+mod file;
+mod stdout;
+
+pub use blackhole::BlackholeSink;
+pub use file::{FileSink, FileSinkConfig};
+pub use stdout::StdoutSink;
+
+use weir_connect::SinkRecord;
+
+/// The JSON line a record becomes in line-oriented sinks: the record's place and metadata,
+/// and its value (as JSON when it parses, else as a string).
+pub fn json_line(record: &SinkRecord) -> String {
+    let value = match serde_json::from_slice::<serde_json::Value>(&record.record.value) {
+        Ok(json) => json,
+        Err(_) => serde_json::Value::String(String::from_utf8_lossy(&record.record.value).into_owned()),
+    };
+    let line = serde_json::json!({
+        "topic": record.record.topic,
+        "queue_id": record.queue_id,
+        "queue_offset": record.queue_offset,
+        "message_id": record.message_id,
+        "key": record.record.key,
+        "tag": record.record.tag,
+        "timestamp_ms": record.record.timestamp_ms,
+        "value": value,
+    });
+    line.to_string()
+}
