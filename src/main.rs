@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod crash_writer;
 mod pipeline;
+mod run;
 mod tour;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ enum Command {
     /// Show or reset consumer group offsets.
     #[command(subcommand)]
     Group(admin::GroupCommand),
+    /// Run a pipeline file on the embedded broker until Ctrl-C.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+    },
     /// Check a pipeline file (YAML) without running it.
     Validate {
         /// The pipeline file.
@@ -105,6 +111,7 @@ fn main() -> ExitCode {
             Command::Message(command) => admin::message(&store, command).await,
             Command::Group(command) => admin::group(&store, command).await,
             Command::Validate { file } => validate(&file),
+            Command::Run { file } => run::run(&file, store.segment_size_bytes).await,
             Command::Bench(command) => bench::run(command, store.segment_size_bytes).await,
             Command::Debug(command) => crash_writer::run(command).await,
         }

@@ -139,7 +139,7 @@ pub struct StreamSection {
 }
 
 /// A sink, by `type`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkSection {
     /// JSON lines into files, rotated by size.
@@ -151,7 +151,7 @@ pub enum SinkSection {
 }
 
 /// `type: file`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSink {
     /// Topic consumed.
@@ -167,7 +167,7 @@ pub struct FileSink {
 }
 
 /// `type: stdout` and `type: blackhole`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSink {
     /// Topic consumed.

@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod pipelines;
+mod run;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,4 @@
+//! Sources: where records enter Weir.
+
+#[cfg(feature = "http")]
+pub mod http;

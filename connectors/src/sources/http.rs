@@ -1,0 +1,203 @@
+//! `type: http`: logs and metrics posted over HTTP into topics.
+//!
+//! Each route maps a path to a topic and a body format. A request is answered 200 only after
+//! every event in it is stored by the broker (durably, with the sync flush `weir run` uses);
+//! a body that does not parse is refused whole with 400 naming the first bad line, so nothing
+//! of it is written. Limits: `body_bytes_max` (413), `events_per_request_max` (400),
+//! `requests_in_flight_max` (503 with `Retry-After` when exceeded, as when the broker's append
+//! queue is full). A request of more than 4,096 events is stored in several appends; if a
+//! later one fails the earlier ones stay stored (the client's retry repeats them:
+//! at-least-once).
+
+mod parse;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+use weir_broker::{Message, Messaging};
+
+pub use parse::{BadLine, Format};
+
+/// Default largest request body.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 10 << 20;
+/// Default most requests handled at once.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 64;
+/// Default most events in one request.
+pub const EVENTS_PER_REQUEST_MAX_DEFAULT: usize = 100_000;
+
+/// One path → topic route.
+#[derive(Clone, Debug)]
+pub struct HttpRoute {
+    pub path: String,
+    pub topic: String,
+    pub format: Format,
+    /// Tag template (`"{{domain}}"`); events missing a field get no tag.
+    pub tag: Option<String>,
+    /// Key template (`"{{request_id}}"`); events missing a field get no key.
+    pub key: Option<String>,
+    /// Field with the event time in ms since the Unix epoch, stored as `EVENT_TIME_MS`.
+    pub timestamp_field: Option<String>,
+}
+
+/// An HTTP source's settings.
+#[derive(Clone, Debug)]
+pub struct HttpSourceConfig {
+    /// Source name (logs and metrics).
+    pub name: String,
+    pub listen: SocketAddr,
+    pub routes: Vec<HttpRoute>,
+    pub body_bytes_max: usize,
+    pub events_per_request_max: usize,
+    pub requests_in_flight_max: usize,
+    /// When set, requests need `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+}
+
+impl HttpSourceConfig {
+    pub fn new(name: impl Into<String>, listen: SocketAddr, routes: Vec<HttpRoute>) -> Self {
+        HttpSourceConfig {
+            name: name.into(),
+            listen,
+            routes,
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            events_per_request_max: EVENTS_PER_REQUEST_MAX_DEFAULT,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+            auth_token: None,
+        }
+    }
+}
+
+struct SourceState {
+    name: String,
+    broker: Arc<dyn Messaging>,
+    in_flight: Arc<Semaphore>,
+    events_per_request_max: usize,
+    auth_token: Option<String>,
+}
+
+/// Binds the listener (so callers learn the address or the bind error at once).
+pub async fn bind(config: &HttpSourceConfig) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.listen).await
+}
+
+/// Serves until `shutdown` completes, then finishes the requests in progress.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<dyn Messaging>,
+    config: HttpSourceConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = Arc::new(SourceState {
+        name: config.name.clone(),
+        broker,
+        in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max.max(1))),
+        events_per_request_max: config.events_per_request_max,
+        auth_token: config.auth_token.clone(),
+    });
+    let mut router = Router::new().route("/health", get(|| async { "ok\n" }));
+    for route in config.routes {
+        let state = state.clone();
+        let route = Arc::new(route);
+        let path = route.path.clone();
+        router = router.route(
+            &path,
+            post(move |headers: HeaderMap, body: Bytes| {
+                let (state, route) = (state.clone(), route.clone());
+                async move { handle(&state, &route, &headers, body).await }
+            }),
+        );
+    }
+    let router = router.layer(DefaultBodyLimit::max(config.body_bytes_max));
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+fn reply(status: StatusCode, text: String) -> Response {
+    (status, text + "\n").into_response()
+}
+
+fn retry_later(text: String) -> Response {
+    let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, text);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+async fn handle(state: &SourceState, route: &HttpRoute, headers: &HeaderMap, body: Bytes) -> Response {
+    let response = handle_inner(state, route, headers, body).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("weir_http_source_requests_total", "source" => state.name.clone(), "status" => status)
+        .increment(1);
+    response
+}
+
+async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMap, body: Bytes) -> Response {
+    if let Some(token) = &state.auth_token {
+        let expected = format!("Bearer {token}");
+        if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            let mut response = reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+        && encoding != "identity"
+    {
+        return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding {encoding:?} is not supported"));
+    }
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return retry_later("too many requests in flight; retry later".into());
+    };
+    let events = match parse::parse(route.format, &body, state.events_per_request_max) {
+        Ok(events) => events,
+        Err(bad) => return reply(StatusCode::BAD_REQUEST, format!("line {}: {}", bad.line, bad.reason)),
+    };
+    let mut messages = Vec::with_capacity(events.len());
+    for event in events {
+        match to_message(route, event) {
+            Ok(message) => messages.push(message),
+            Err(bad) => return reply(StatusCode::BAD_REQUEST, format!("line {}: {}", bad.line, bad.reason)),
+        }
+    }
+    let accepted = messages.len();
+    let mut rest = messages;
+    while !rest.is_empty() {
+        let chunk: Vec<Message> = rest.drain(..rest.len().min(weir_broker::SEND_BATCH_MESSAGES_MAX)).collect();
+        match state.broker.send_batch(chunk).await {
+            Ok(_) => {}
+            Err(error @ weir_broker::Error::Busy { .. }) => return retry_later(error.to_string()),
+            Err(error) => {
+                tracing::error!(source = %state.name, topic = %route.topic, %error, "cannot store a request's events");
+                return reply(StatusCode::INTERNAL_SERVER_ERROR, format!("the broker refused the events: {error}"));
+            }
+        }
+    }
+    metrics::counter!("weir_http_source_events_total", "source" => state.name.clone()).increment(accepted as u64);
+    metrics::counter!("weir_http_source_bytes_total", "source" => state.name.clone()).increment(body.len() as u64);
+    reply(StatusCode::OK, format!("{{\"accepted\":{accepted}}}"))
+}
+
+fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine> {
+    let mut message = Message::new(&route.topic, event.body);
+    let bad = |reason: String| BadLine { line: event.line, reason };
+    if let Some(json) = &event.json {
+        message.tag = route.tag.as_deref().and_then(|template| parse::render(template, json));
+        message.keys = route.key.as_deref().and_then(|template| parse::render(template, json)).into_iter().collect();
+        if let Some(field) = &route.timestamp_field {
+            let Some(time) = json.get(field).and_then(serde_json::Value::as_i64) else {
+                return Err(bad(format!("field {field:?} is missing or not a number of ms")));
+            };
+            let mut properties = BTreeMap::new();
+            properties.insert("EVENT_TIME_MS".to_string(), time.to_string());
+            message.properties = properties;
+        }
+    }
+    message.validate().map_err(|error| bad(error.to_string()))?;
+    Ok(message)
+}

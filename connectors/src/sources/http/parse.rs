@@ -1,0 +1,148 @@
+//! Request bodies → records: NDJSON, a JSON array, one JSON object, or text lines; and the
+//! `{{field}}` templates that make tags and keys.
+
+use serde_json::Value;
+
+/// Body formats of the HTTP source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line; blank lines are skipped.
+    Ndjson,
+    /// A JSON array of objects.
+    JsonArray,
+    /// A single JSON object.
+    Json,
+    /// One message per non-empty line, as text.
+    Text,
+}
+
+/// One parsed event: its JSON (absent for text) and the bytes stored as the message body.
+#[derive(Debug, PartialEq)]
+pub struct Event {
+    /// The line the event starts on (1-based; 1 for JSON arrays and objects).
+    pub line: usize,
+    pub json: Option<Value>,
+    pub body: Vec<u8>,
+}
+
+/// A body that does not parse: which line (1-based) and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadLine {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Parses a whole body; the first bad line fails it all (nothing of it is written).
+pub fn parse(format: Format, body: &[u8], events_max: usize) -> Result<Vec<Event>, BadLine> {
+    let text = std::str::from_utf8(body).map_err(|error| {
+        let line = body[..error.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        BadLine { line, reason: "the body is not UTF-8".into() }
+    })?;
+    let too_many = |line| BadLine { line, reason: format!("more than {events_max} events in one request") };
+    let mut events = Vec::new();
+    match format {
+        Format::Ndjson | Format::Text => {
+            for (index, line) in text.lines().enumerate() {
+                let line = line.trim_end_matches('\r');
+                if line.trim().is_empty() {
+                    continue;
+                }
+                if events.len() == events_max {
+                    return Err(too_many(index + 1));
+                }
+                let json = match format {
+                    Format::Ndjson => Some(object(line, index + 1)?),
+                    _ => None,
+                };
+                events.push(Event { line: index + 1, json, body: line.as_bytes().to_vec() });
+            }
+        }
+        Format::Json => {
+            let value = object(text, 1)?;
+            events.push(Event { line: 1, body: value.to_string().into_bytes(), json: Some(value) });
+        }
+        Format::JsonArray => {
+            let value: Value =
+                serde_json::from_str(text).map_err(|e| BadLine { line: e.line(), reason: e.to_string() })?;
+            let Value::Array(items) = value else {
+                return Err(BadLine { line: 1, reason: "expected a JSON array".into() });
+            };
+            if items.len() > events_max {
+                return Err(too_many(1));
+            }
+            for (index, item) in items.into_iter().enumerate() {
+                if !item.is_object() {
+                    return Err(BadLine { line: 1, reason: format!("array element {index} is not a JSON object") });
+                }
+                events.push(Event { line: 1, body: item.to_string().into_bytes(), json: Some(item) });
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn object(text: &str, line: usize) -> Result<Value, BadLine> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| BadLine { line: line + e.line() - 1, reason: e.to_string() })?;
+    if value.is_object() { Ok(value) } else { Err(BadLine { line, reason: "expected a JSON object".into() }) }
+}
+
+/// Renders `{{field}}` (dots for nested fields) from an event; `None` when a field is missing.
+pub fn render(template: &str, json: &Value) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after.find("}}")?;
+        let mut value = json;
+        for part in after[..close].trim().split('.') {
+            value = value.get(part)?;
+        }
+        match value {
+            Value::String(text) => out.push_str(text),
+            Value::Null => return None,
+            other => out.push_str(&other.to_string()),
+        }
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_bad_lines() {
+        let cases: &[(Format, &str, Result<usize, usize>)] = &[
+            (Format::Ndjson, "{\"a\":1}\n\n{\"a\":2}\r\n", Ok(2)),
+            (Format::Ndjson, "{\"a\":1}\n{\"a\":\n{\"a\":3}", Err(2)),
+            (Format::Ndjson, "{\"a\":1}\n[1,2]", Err(2)),
+            (Format::JsonArray, "[{\"a\":1},{\"a\":2}]", Ok(2)),
+            (Format::JsonArray, "[{\"a\":1},\n 3]", Err(1)),
+            (Format::Json, "{\"a\":1}", Ok(1)),
+            (Format::Json, "\n\n{\"a\":", Err(3)),
+            (Format::Text, "one\ntwo\n\nthree", Ok(3)),
+        ];
+        for (format, body, expected) in cases {
+            match (parse(*format, body.as_bytes(), 100), expected) {
+                (Ok(events), Ok(count)) => assert_eq!(events.len(), *count, "{body:?}"),
+                (Err(bad), Err(line)) => assert_eq!(bad.line, *line, "{body:?}: {bad:?}"),
+                (got, want) => panic!("{body:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert_eq!(parse(Format::Text, b"a\nb\nc", 2).unwrap_err().line, 3);
+        assert_eq!(parse(Format::Text, b"ok\n\xff", 10).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn templates() {
+        let json = serde_json::json!({"domain": "a.com", "status": 500, "user": {"id": 7}, "gone": null});
+        assert_eq!(render("{{domain}}", &json).as_deref(), Some("a.com"));
+        assert_eq!(render("s{{status}}-{{user.id}}", &json).as_deref(), Some("s500-7"));
+        assert_eq!(render("{{missing}}", &json), None);
+        assert_eq!(render("{{gone}}", &json), None);
+    }
+}

@@ -1,0 +1,166 @@
+//! `weir run FILE`: starts a pipeline on the embedded broker — topics, HTTP sources, sinks —
+//! and stops it cleanly on Ctrl-C (sources stop taking requests, sinks flush and commit, the
+//! store closes).
+//!
+//! Sink tasks run under a supervisor: a failed task is logged and restarted after a backoff
+//! (1 s doubling to 60 s) without stopping the rest. Stream jobs are validated but not executed
+//! until the streams engine lands; a source or sink type the runtime lacks is refused by name.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
+use weir_broker::{Messaging, TopicConfig};
+use weir_connect::{Sink, SinkTaskConfig, run_sink_task};
+use weir_connectors::sinks::{BlackholeSink, FileSink, FileSinkConfig, StdoutSink};
+use weir_connectors::sources::http::{self, HttpRoute, HttpSourceConfig};
+
+use crate::admin::{StoreArgs, open_broker};
+use crate::pipeline::{self, RouteFormat, SinkSection, SourceSection};
+
+/// Longest wait before a failed sink task is restarted.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+pub async fn run(file: &std::path::Path, segment_size_bytes: u64) -> Result<()> {
+    let pipeline = pipeline::load(file)?;
+    let data_dir = pipeline
+        .broker
+        .embedded
+        .as_ref()
+        .map_or_else(|| std::path::PathBuf::from("./data"), |embedded| embedded.data_dir.clone());
+    let broker = open_broker(&StoreArgs { data_dir: data_dir.clone(), segment_size_bytes })?;
+    let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
+    println!("pipeline {}: broker on {}", pipeline.pipeline, data_dir.display());
+    for (name, topic) in &pipeline.topics {
+        let config = messaging.ensure_topic(TopicConfig::new(name, topic.queues)).await?;
+        println!("  topic {name}: {} queues", config.queue_count);
+    }
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (name, source) in &pipeline.sources {
+        let SourceSection::Http(section) = source;
+        let config = http_config(name, section)?;
+        let listener =
+            http::bind(&config).await.with_context(|| format!("source {name}: cannot listen on {}", config.listen))?;
+        for route in &config.routes {
+            println!("  source {name}: POST http://{}{} -> topic {}", listener.local_addr()?, route.path, route.topic);
+        }
+        let mut source_stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = source_stopped.wait_for(|stop| *stop).await;
+        };
+        let messaging = messaging.clone();
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(error) = http::serve(listener, messaging, config, shutdown).await {
+                tracing::error!(source = %name, %error, "HTTP source stopped");
+            }
+        }));
+    }
+    for name in pipeline.streams.keys() {
+        println!("  stream job {name}: validated, not executed (the streams engine is not in this build)");
+    }
+    for (name, sink) in &pipeline.sinks {
+        let (config, describe) = sink_config(name, sink);
+        make_sink(sink)?; // refuse a sink that cannot be built before anything runs
+        println!("  sink {name}: topic {} -> {describe}", config.topic);
+        tasks.push(tokio::spawn(supervise(messaging.clone(), config, sink.clone(), stopped.clone())));
+    }
+    println!("running; Ctrl-C stops");
+    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    println!("stopping: sources stop, sinks flush and commit");
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    tokio::task::spawn_blocking(move || broker.close()).await??;
+    println!("stopped");
+    Ok(())
+}
+
+fn http_config(name: &str, section: &pipeline::HttpSource) -> Result<HttpSourceConfig> {
+    let listen = section.listen.parse().with_context(|| format!("source {name}: bad listen address"))?;
+    let mut routes = Vec::new();
+    for route in &section.routes {
+        let format = match route.format {
+            RouteFormat::Ndjson => http::Format::Ndjson,
+            RouteFormat::JsonArray => http::Format::JsonArray,
+            RouteFormat::Json => http::Format::Json,
+            RouteFormat::Text => http::Format::Text,
+            RouteFormat::Influx => bail!("source {name}: format `influx` is not available in this build yet"),
+        };
+        routes.push(HttpRoute {
+            path: route.path.clone(),
+            topic: route.topic.clone(),
+            format,
+            tag: route.tag.clone(),
+            key: route.key.clone(),
+            timestamp_field: route.timestamp_field.clone(),
+        });
+    }
+    let mut config = HttpSourceConfig::new(name, listen, routes);
+    if let Some(max) = section.body_bytes_max {
+        config.body_bytes_max = max as usize;
+    }
+    config.auth_token = section.auth_token.clone();
+    Ok(config)
+}
+
+fn sink_config(name: &str, sink: &SinkSection) -> (SinkTaskConfig, String) {
+    let (topic, tags, describe) = match sink {
+        SinkSection::File(file) => (&file.topic, &file.tags, format!("file {}", file.path.display())),
+        SinkSection::Stdout(sink) => (&sink.topic, &sink.tags, "stdout".to_string()),
+        SinkSection::Blackhole(sink) => (&sink.topic, &sink.tags, "blackhole".to_string()),
+    };
+    let mut config = SinkTaskConfig::new(name, topic);
+    if let Some(tags) = tags {
+        config.tag_expression = tags.clone();
+    }
+    (config, describe)
+}
+
+fn make_sink(sink: &SinkSection) -> Result<Box<dyn Sink>> {
+    Ok(match sink {
+        SinkSection::File(file) => {
+            let mut config = FileSinkConfig::new(&file.path);
+            if let Some(rotate_bytes) = file.rotate_bytes {
+                config.rotate_bytes = rotate_bytes;
+            }
+            Box::new(FileSink::new(config))
+        }
+        SinkSection::Stdout(_) => Box::new(StdoutSink),
+        SinkSection::Blackhole(_) => Box::new(BlackholeSink::default()),
+    })
+}
+
+/// Runs a sink task until the pipeline stops, restarting it with backoff when it fails.
+async fn supervise(
+    messaging: Arc<dyn Messaging>,
+    config: SinkTaskConfig,
+    section: SinkSection,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    while !*stopped.borrow() {
+        let mut sink = match make_sink(&section) {
+            Ok(sink) => sink,
+            Err(error) => {
+                tracing::error!(connector = %config.connector, %error, "cannot build the sink");
+                return;
+            }
+        };
+        match run_sink_task(messaging.clone(), sink.as_mut(), &config, &mut stopped).await {
+            Ok(_) => return,
+            Err(error) => {
+                tracing::error!(connector = %config.connector, %error, restart_in_s = backoff.as_secs(), "sink task failed");
+                eprintln!("sink {}: {error}; restarting in {} s", config.connector, backoff.as_secs());
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {} // restart backoff
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    }
+}
