@@ -84,12 +84,26 @@ sinks:
     }
     assert!(banner.contains(&format!("POST http://127.0.0.1:{port}/v1/logs -> topic logs")), "{banner}");
     let auth = [("Authorization", "Bearer secret")];
+    let gzip = |text: &[u8]| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text).unwrap();
+        encoder.finish().unwrap()
+    };
+    let gzip_line = gzip(b"{\"id\":\"a4\",\"level\":\"warn\"}\n");
+    let gzip_bomb = gzip(&[b' '; 5000]);
+    let zstd_line = zstd::encode_all(&b"{\"id\":\"a5\",\"level\":\"debug\"}"[..], 3).unwrap();
+    let gzip_headers = [("Authorization", "Bearer secret"), ("Content-Encoding", "gzip")];
+    let zstd_headers = [("Authorization", "Bearer secret"), ("Content-Encoding", "zstd")];
     let cases: &[Case] = &[
         ("GET", "/health", &[], b"", 200, "ok"),
         ("POST", "/v1/logs", &[], b"{\"id\":\"x\"}\n", 401, "bearer token"),
         ("POST", "/v1/logs", &auth, b"{\"id\":\"a0\",\"level\":\"info\"}\n{\"id\": oops}\n", 400, "line 2:"),
         ("POST", "/v1/logs", &auth, &[b'x'; 2000], 413, ""),
         ("POST", "/v1/logs", &[("Authorization", "Bearer secret"), ("Content-Encoding", "br")], b"{}", 415, "br"),
+        ("POST", "/v1/logs", &gzip_headers, &gzip_line, 200, "{\"accepted\":1}"),
+        ("POST", "/v1/logs", &zstd_headers, &zstd_line, 200, "{\"accepted\":1}"),
+        ("POST", "/v1/logs", &gzip_headers, &gzip_bomb, 413, "decompressed body"),
+        ("POST", "/v1/logs", &gzip_headers, b"not gzip", 400, "bad gzip body"),
         (
             "POST",
             "/v1/logs",
@@ -108,7 +122,7 @@ sinks:
     let deadline = Instant::now() + Duration::from_secs(30);
     let written = loop {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if text.lines().count() >= 3 {
+        if text.lines().count() >= 5 {
             break text;
         }
         assert!(Instant::now() < deadline, "the file sink did not write the events");
@@ -124,6 +138,8 @@ sinks:
             ("\"a1\"".into(), "\"a1\"".into(), "\"info\"".into()),
             ("\"a2\"".into(), "\"a2\"".into(), "\"error\"".into()),
             ("\"a3\"".into(), "\"a3\"".into(), "null".into()),
+            ("\"a4\"".into(), "\"a4\"".into(), "\"warn\"".into()),
+            ("\"a5\"".into(), "\"a5\"".into(), "\"debug\"".into()),
         ]
     );
     // SIGINT stops it cleanly.

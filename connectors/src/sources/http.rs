@@ -3,7 +3,8 @@
 //! Each route maps a path to a topic and a body format. A request is answered 200 only after
 //! every event in it is stored by the broker (durably, with the sync flush `weir run` uses);
 //! a body that does not parse is refused whole with 400 naming the first bad line, so nothing
-//! of it is written. Limits: `body_bytes_max` (413), `events_per_request_max` (400),
+//! of it is written. Bodies may be gzip or zstd (`Content-Encoding`); the decompressed size
+//! counts against `body_bytes_max`. Limits: `body_bytes_max` (413), `events_per_request_max` (400),
 //! `requests_in_flight_max` (503 with `Retry-After` when exceeded, as when the broker's append
 //! queue is full). A request of more than 4,096 events is stored in several appends; if a
 //! later one fails the earlier ones stay stored (the client's retry repeats them:
@@ -80,6 +81,7 @@ struct SourceState {
     broker: Arc<dyn Messaging>,
     in_flight: Arc<Semaphore>,
     events_per_request_max: usize,
+    body_bytes_max: usize,
     auth_token: Option<String>,
 }
 
@@ -100,6 +102,7 @@ pub async fn serve(
         broker,
         in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max.max(1))),
         events_per_request_max: config.events_per_request_max,
+        body_bytes_max: config.body_bytes_max,
         auth_token: config.auth_token.clone(),
     });
     let mut router = Router::new().route("/health", get(|| async { "ok\n" }));
@@ -146,13 +149,25 @@ async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMa
             return response;
         }
     }
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
-        && encoding != "identity"
-    {
-        return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Encoding {encoding:?} is not supported"));
-    }
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return retry_later("too many requests in flight; retry later".into());
+    };
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let body = match encoding.trim().to_ascii_lowercase().as_str() {
+        "identity" | "" => body,
+        coding @ ("gzip" | "x-gzip" | "zstd") => {
+            let (coding, limit) = (coding.to_string(), state.body_bytes_max);
+            // Decompression is CPU work: off the async threads.
+            match tokio::task::spawn_blocking(move || decompress(&coding, &body, limit)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(response)) => return response,
+                Err(_) => return reply(StatusCode::INTERNAL_SERVER_ERROR, "decompression failed".into()),
+            }
+        }
+        other => {
+            let text = format!("Content-Encoding {other:?} is not supported (use gzip or zstd)");
+            return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, text);
+        }
     };
     let events = match parse::parse(route.format, &body, state.events_per_request_max) {
         Ok(events) => events,
@@ -181,6 +196,27 @@ async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMa
     metrics::counter!("weir_http_source_events_total", "source" => state.name.clone()).increment(accepted as u64);
     metrics::counter!("weir_http_source_bytes_total", "source" => state.name.clone()).increment(body.len() as u64);
     reply(StatusCode::OK, format!("{{\"accepted\":{accepted}}}"))
+}
+
+/// Inflates a gzip or zstd body, refusing one that would exceed `limit` bytes (413).
+fn decompress(coding: &str, body: &[u8], limit: usize) -> Result<Bytes, Response> {
+    use std::io::Read;
+    let reader: Box<dyn Read> = match coding {
+        "zstd" => match zstd::stream::read::Decoder::new(body) {
+            Ok(decoder) => Box::new(decoder),
+            Err(error) => return Err(reply(StatusCode::BAD_REQUEST, format!("bad zstd body: {error}"))),
+        },
+        _ => Box::new(flate2::read::GzDecoder::new(body)),
+    };
+    let mut out = Vec::new();
+    match reader.take(limit as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > limit => Err(reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the decompressed body is over body_bytes_max ({limit} bytes)"),
+        )),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(error) => Err(reply(StatusCode::BAD_REQUEST, format!("bad {coding} body: {error}"))),
+    }
 }
 
 fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine> {
