@@ -160,7 +160,7 @@ async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMa
             // Decompression is CPU work: off the async threads.
             match tokio::task::spawn_blocking(move || decompress(&coding, &body, limit)).await {
                 Ok(Ok(body)) => body,
-                Ok(Err(response)) => return response,
+                Ok(Err((status, text))) => return reply(status, text),
                 Err(_) => return reply(StatusCode::INTERNAL_SERVER_ERROR, "decompression failed".into()),
             }
         }
@@ -199,23 +199,23 @@ async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMa
 }
 
 /// Inflates a gzip or zstd body, refusing one that would exceed `limit` bytes (413).
-fn decompress(coding: &str, body: &[u8], limit: usize) -> Result<Bytes, Response> {
+fn decompress(coding: &str, body: &[u8], limit: usize) -> Result<Bytes, (StatusCode, String)> {
     use std::io::Read;
     let reader: Box<dyn Read> = match coding {
         "zstd" => match zstd::stream::read::Decoder::new(body) {
             Ok(decoder) => Box::new(decoder),
-            Err(error) => return Err(reply(StatusCode::BAD_REQUEST, format!("bad zstd body: {error}"))),
+            Err(error) => return Err((StatusCode::BAD_REQUEST, format!("bad zstd body: {error}"))),
         },
         _ => Box::new(flate2::read::GzDecoder::new(body)),
     };
     let mut out = Vec::new();
     match reader.take(limit as u64 + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() > limit => Err(reply(
+        Ok(_) if out.len() > limit => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the decompressed body is over body_bytes_max ({limit} bytes)"),
         )),
         Ok(_) => Ok(Bytes::from(out)),
-        Err(error) => Err(reply(StatusCode::BAD_REQUEST, format!("bad {coding} body: {error}"))),
+        Err(error) => Err((StatusCode::BAD_REQUEST, format!("bad {coding} body: {error}"))),
     }
 }
 
