@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::sync::watch;
 use weir_broker::{Messaging, TopicConfig};
 use weir_connect::{Sink, SinkTaskConfig, run_sink_task};
@@ -88,7 +88,7 @@ fn http_config(name: &str, section: &pipeline::HttpSource) -> Result<HttpSourceC
             RouteFormat::JsonArray => http::Format::JsonArray,
             RouteFormat::Json => http::Format::Json,
             RouteFormat::Text => http::Format::Text,
-            RouteFormat::Influx => bail!("source {name}: format `influx` is not available in this build yet"),
+            RouteFormat::Influx => http::Format::Influx,
         };
         routes.push(HttpRoute {
             path: route.path.clone(),

@@ -10,6 +10,7 @@
 //! later one fails the earlier ones stay stored (the client's retry repeats them:
 //! at-least-once).
 
+mod influx;
 mod parse;
 
 use std::collections::BTreeMap;

@@ -14,6 +14,8 @@ pub enum Format {
     Json,
     /// One message per non-empty line, as text.
     Text,
+    /// InfluxDB line protocol, one point per line, stored as JSON.
+    Influx,
 }
 
 /// One parsed event: its JSON (absent for text) and the bytes stored as the message body.
@@ -41,20 +43,26 @@ pub fn parse(format: Format, body: &[u8], events_max: usize) -> Result<Vec<Event
     let too_many = |line| BadLine { line, reason: format!("more than {events_max} events in one request") };
     let mut events = Vec::new();
     match format {
-        Format::Ndjson | Format::Text => {
+        Format::Ndjson | Format::Text | Format::Influx => {
             for (index, line) in text.lines().enumerate() {
                 let line = line.trim_end_matches('\r');
-                if line.trim().is_empty() {
+                if line.trim().is_empty() || (format == Format::Influx && line.trim_start().starts_with('#')) {
                     continue;
                 }
                 if events.len() == events_max {
                     return Err(too_many(index + 1));
                 }
-                let json = match format {
-                    Format::Ndjson => Some(object(line, index + 1)?),
-                    _ => None,
+                let (json, body) = match format {
+                    Format::Ndjson => (Some(object(line, index + 1)?), line.as_bytes().to_vec()),
+                    Format::Influx => {
+                        let point =
+                            super::influx::parse_line(line).map_err(|reason| BadLine { line: index + 1, reason })?;
+                        let body = point.to_string().into_bytes();
+                        (Some(point), body)
+                    }
+                    _ => (None, line.as_bytes().to_vec()),
                 };
-                events.push(Event { line: index + 1, json, body: line.as_bytes().to_vec() });
+                events.push(Event { line: index + 1, json, body });
             }
         }
         Format::Json => {
@@ -125,6 +133,8 @@ mod tests {
             (Format::Json, "{\"a\":1}", Ok(1)),
             (Format::Json, "\n\n{\"a\":", Err(3)),
             (Format::Text, "one\ntwo\n\nthree", Ok(3)),
+            (Format::Influx, "# comment\ncpu,host=a x=1\n\nmem used=2i 1700000000000000000\n", Ok(2)),
+            (Format::Influx, "cpu x=1\ncpu", Err(2)),
         ];
         for (format, body, expected) in cases {
             match (parse(*format, body.as_bytes(), 100), expected) {
