@@ -10,10 +10,14 @@ use clap::{Args, Subcommand};
 use weir_broker::storage::FlushMode;
 use weir_broker::{Broker, BrokerConfig, Message, PullRequest, TopicConfig};
 
+mod ingest;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Write N messages through the embedded API with P producers, then read them back.
     Storage(StorageArgs),
+    /// NDJSON over HTTP into the broker through the HTTP source, against a discard baseline.
+    Ingest(ingest::IngestArgs),
 }
 
 #[derive(Args)]
@@ -48,6 +52,7 @@ pub struct StorageArgs {
 pub async fn run(command: BenchCommand, segment_size_bytes: u64) -> Result<()> {
     match command {
         BenchCommand::Storage(args) => storage(args, segment_size_bytes).await,
+        BenchCommand::Ingest(args) => ingest::run(args, segment_size_bytes).await,
     }
 }
 

@@ -111,3 +111,18 @@ fn storage_benchmark_prints_one_json_line_with_its_baseline() {
     assert_eq!(line["messages"], 3000);
     assert!(!bench_dir.join("store").exists(), "the benchmark cleans up its store");
 }
+
+#[test]
+fn ingest_benchmark_prints_one_json_line_with_its_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench_dir = dir.path().join("bench");
+    let args = ["bench", "ingest", "--duration-secs", "1", "--connections", "2", "--dir", bench_dir.to_str().unwrap()];
+    let output = weir(dir.path(), &args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for key in ["mib_per_sec", "events_per_sec", "request_p99_ms", "cpu_cores_used", "baseline_mib_per_sec", "ratio"] {
+        assert!(line[key].as_f64().is_some_and(|v| v > 0.0 || key == "ratio"), "{key} in {line}");
+    }
+    assert!(line["events"].as_u64().unwrap() > 0);
+}
