@@ -374,6 +374,23 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
             ));
         }
     }
+    // Sink names become consumer groups (`connect-<name>`) and dead-letter topics (`%DLQ%<name>`).
+    for (section, names) in
+        [("sources", pipeline.sources.keys().collect::<Vec<_>>()), ("sinks", pipeline.sinks.keys().collect())]
+    {
+        for name in names {
+            let valid = !name.is_empty()
+                && name.len() <= 100
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(fail(
+                    position_of_key(text, name),
+                    format!("{section}.{name}"),
+                    "a name is 1 to 100 letters, digits, `_` or `-`".into(),
+                ));
+            }
+        }
+    }
     let declared = |field: String, topic: &str| {
         if pipeline.topics.contains_key(topic) {
             Ok(())
@@ -418,11 +435,16 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         let mut paths = std::collections::BTreeSet::new();
         for (index, route) in http.routes.iter().enumerate() {
             let field = format!("sources.{source_name}.routes[{index}]");
-            if !route.path.starts_with('/') || !paths.insert(route.path.as_str()) {
+            let plain = route.path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-.~".contains(&b));
+            if !route.path.starts_with('/') || !plain || route.path == "/health" || !paths.insert(route.path.as_str()) {
                 return Err(fail(
                     position_of_entry(text, "path", &route.path),
                     format!("{field}.path"),
-                    format!("{:?} must start with `/` and be unique within the source", route.path),
+                    format!(
+                        "{:?} must start with `/`, use only letters, digits and `/_-.~`, not be /health, \
+                         and be unique within the source",
+                        route.path
+                    ),
                 ));
             }
             declared(format!("{field}.topic"), &route.topic)?;
@@ -482,8 +504,8 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
     Ok(())
 }
 
-/// Largest `body_bytes_max` an HTTP source may set.
-pub const HTTP_BODY_BYTES_MAX: u64 = 1 << 30;
+/// Largest `body_bytes_max` an HTTP source may set (bodies are held in memory whole).
+pub const HTTP_BODY_BYTES_MAX: u64 = 64 << 20;
 
 /// What is wrong with a `{{field}}` template, if anything.
 fn template_problem(template: &str) -> Option<String> {

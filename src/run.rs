@@ -67,8 +67,19 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64) -> Result<()> 
         println!("  sink {name}: topic {} -> {describe}", config.topic);
         tasks.push(tokio::spawn(supervise(messaging.clone(), config, sink.clone(), stopped.clone())));
     }
-    println!("running; Ctrl-C stops");
-    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    println!("running; Ctrl-C (or SIGTERM) stops, a second one exits at once");
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        signal = tokio::signal::ctrl_c() => signal.context("cannot wait for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second interrupt: exiting without a clean stop");
+            std::process::exit(130);
+        }
+    });
     println!("stopping: sources stop, sinks flush and commit");
     let _ = stop.send(true);
     for task in tasks {
@@ -129,7 +140,7 @@ fn make_sink(sink: &SinkSection) -> Result<Box<dyn Sink>> {
             }
             Box::new(FileSink::new(config))
         }
-        SinkSection::Stdout(_) => Box::new(StdoutSink),
+        SinkSection::Stdout(_) => Box::new(StdoutSink::default()),
         SinkSection::Blackhole(_) => Box::new(BlackholeSink::default()),
     })
 }

@@ -27,13 +27,19 @@ pub trait Messaging: Send + Sync {
 #[async_trait]
 impl Messaging for Broker {
     async fn ensure_topic(&self, config: TopicConfig) -> Result<TopicConfig> {
-        match Broker::topic(self, &config.name) {
-            Some(existing) => Ok(existing),
-            None => match self.create_topic(config.clone()) {
-                Ok(()) => Ok(config),
-                Err(crate::Error::TopicExists { .. }) => Ok(Broker::topic(self, &config.name).unwrap_or(config)),
-                Err(error) => Err(error),
-            },
+        if let Some(existing) = Broker::topic(self, &config.name) {
+            return Ok(existing);
+        }
+        let broker = self.clone();
+        let new_config = config.clone();
+        // topics.json is fsynced: off the async threads.
+        let created = tokio::task::spawn_blocking(move || broker.create_topic(new_config))
+            .await
+            .map_err(|_| crate::Error::StoreClosed)?;
+        match created {
+            Ok(()) => Ok(config),
+            Err(crate::Error::TopicExists { .. }) => Ok(Broker::topic(self, &config.name).unwrap_or(config)),
+            Err(error) => Err(error),
         }
     }
     async fn topic(&self, name: &str) -> Result<Option<TopicConfig>> {

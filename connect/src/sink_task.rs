@@ -147,12 +147,15 @@ pub async fn run_sink_task(
     tracing::info!(connector = %config.connector, topic = %config.topic, %group, "sink task started");
     let mut stats = SinkTaskStats::default();
     let mut first_queue = 0usize;
-    while !*shutdown.borrow() {
+    // A dropped sender counts as a stop, like `true`.
+    while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
         let (batch, next_positions) = gather(broker.as_ref(), config, &positions, first_queue, shutdown).await?;
         first_queue = (first_queue + 1) % positions.len().max(1);
         if !batch.is_empty() {
             let started = Instant::now();
-            let dead = deliver(broker.as_ref(), sink, config, &batch).await?;
+            let Some(dead) = deliver(broker.as_ref(), sink, config, &batch, shutdown).await? else {
+                break; // stopped mid-retry: nothing of this batch is committed
+            };
             stats.batches += 1;
             stats.records_written += (batch.len() - dead) as u64;
             stats.records_dead_lettered += dead as u64;
@@ -223,7 +226,7 @@ async fn gather(
             request.long_poll_timeout = config.linger.max(Duration::from_millis(1));
             tokio::select! {
                 _ = broker.pull(request) => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
             }
             if batch.is_empty() {
                 return Ok((batch, next));
@@ -232,65 +235,79 @@ async fn gather(
     }
 }
 
-/// Writes and flushes a batch, retrying on the sink's hint. Returns how many records went to
-/// the dead-letter topic.
+/// Writes and flushes a batch, retrying on the sink's hint: a retryable failure of either
+/// call writes the (remaining) batch again before the next flush, so a flush that failed after
+/// the target dropped buffered data cannot be followed by a commit. Returns how many records
+/// went to the dead-letter topic, or `None` when shutdown interrupted a retry (nothing is
+/// committed then).
 async fn deliver(
     broker: &dyn Messaging,
     sink: &mut dyn Sink,
     config: &SinkTaskConfig,
     batch: &[SinkRecord],
-) -> Result<usize> {
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<usize>> {
     let mut dead = 0;
-    match with_retries(config, sink, SinkCall::Write, batch).await {
-        Ok(()) => {}
-        Err((attempts, error)) => dead += handle_permanent(broker, config, batch, attempts, error).await?,
-    }
-    if let Err((attempts, error)) = with_retries(config, sink, SinkCall::Flush, batch).await {
-        // A flush that cannot succeed: what it held is not known to be written.
-        let whole = SinkError { failed_records: Vec::new(), ..error };
-        dead = handle_permanent(broker, config, batch, attempts, whole).await?;
-    }
-    Ok(dead)
-}
-
-#[derive(Clone, Copy)]
-enum SinkCall {
-    Write,
-    Flush,
-}
-
-/// Makes `call` until it succeeds, fails permanently, or exhausts the retries.
-async fn with_retries(
-    config: &SinkTaskConfig,
-    sink: &mut dyn Sink,
-    call: SinkCall,
-    batch: &[SinkRecord],
-) -> std::result::Result<(), (u32, SinkError)> {
+    let mut pending: Vec<SinkRecord> = batch.to_vec();
     let mut attempts = 0u32;
     let mut backoff = config.backoff_initial;
     loop {
         attempts += 1;
-        let result = match call {
-            SinkCall::Write => sink.write(batch).await,
-            SinkCall::Flush => sink.flush().await,
+        let result = match sink.write(&pending).await {
+            Ok(()) => sink.flush().await.map_err(|error| (error, true)),
+            Err(error) if error.retry == RetryHint::Permanent => {
+                let failed = failed_indexes(&error, pending.len());
+                dead += dead_letter(broker, config, &pending, &failed, attempts, &error).await?;
+                let mut index = 0;
+                pending.retain(|_| {
+                    index += 1;
+                    !failed.contains(&(index - 1))
+                });
+                if pending.is_empty() {
+                    return Ok(Some(dead));
+                }
+                sink.flush().await.map_err(|error| (error, true))
+            }
+            Err(error) => Err((error, false)),
         };
-        let error = match result {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
+        let (error, in_flush) = match result {
+            Ok(()) => return Ok(Some(dead)),
+            Err(failure) => failure,
         };
         metrics::counter!("weir_connect_sink_errors_total", "connector" => config.connector.clone()).increment(1);
+        let call = if in_flush { "flush" } else { "write" };
         let after = match error.retry {
-            RetryHint::Permanent => return Err((attempts, error)),
+            RetryHint::Permanent => {
+                // A flush that cannot succeed: nothing of the batch is known to be written.
+                let all: Vec<usize> = (0..pending.len()).collect();
+                return Ok(Some(dead + dead_letter(broker, config, &pending, &all, attempts, &error).await?));
+            }
             RetryHint::Retry { .. } if attempts > config.retries_max => {
-                let exhausted = SinkError { retry: RetryHint::Permanent, failed_records: Vec::new(), ..error };
-                return Err((attempts, exhausted));
+                // Out of retries: a transient outage, not bad records; stop rather than
+                // dead-letter the topic. The supervisor restarts the task later.
+                let source = SinkError { message: format!("{call}: {}", error.message), ..error };
+                return Err(ConnectError::Sink { connector: config.connector.clone(), attempts, source });
             }
             RetryHint::Retry { after } => after.unwrap_or_default().max(jitter(backoff)),
         };
-        tracing::warn!(connector = %config.connector, attempts, error = %error.message, retry_in_ms = after.as_millis() as u64, "sink call failed; retrying");
-        tokio::time::sleep(after).await; // backoff between retries
+        tracing::warn!(connector = %config.connector, attempts, call, error = %error.message, retry_in_ms = after.as_millis() as u64, "sink call failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(after) => {} // backoff between retries
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+        }
         backoff = (backoff * 2).min(config.backoff_max);
     }
+}
+
+/// The batch indexes a permanent error names (all when it names none), sorted and unique.
+fn failed_indexes(error: &SinkError, len: usize) -> Vec<usize> {
+    if error.failed_records.is_empty() {
+        return (0..len).collect();
+    }
+    let mut failed: Vec<usize> = error.failed_records.iter().copied().filter(|index| *index < len).collect();
+    failed.sort_unstable();
+    failed.dedup();
+    failed
 }
 
 /// `duration` ± 25 %.
@@ -301,29 +318,38 @@ fn jitter(duration: Duration) -> Duration {
     duration.mul_f64(0.75 + unit * 0.5)
 }
 
-/// Dead-letters the records at fault (tolerance `all`) or stops the task (`none`).
-async fn handle_permanent(
+/// Longest error text attached to a dead-lettered record.
+const DEAD_LETTER_ERROR_BYTES_MAX: usize = 1024;
+
+/// Dead-letters `failed` records of `batch` (tolerance `all`) or stops the task (`none`).
+async fn dead_letter(
     broker: &dyn Messaging,
     config: &SinkTaskConfig,
     batch: &[SinkRecord],
+    failed: &[usize],
     attempts: u32,
-    error: SinkError,
+    error: &SinkError,
 ) -> Result<usize> {
     if config.errors_tolerance == ErrorTolerance::None {
-        return Err(ConnectError::Sink { connector: config.connector.clone(), attempts, source: error });
+        let source = SinkError { message: error.message.clone(), retry: error.retry, failed_records: failed.to_vec() };
+        return Err(ConnectError::Sink { connector: config.connector.clone(), attempts, source });
     }
-    let failed: Vec<&SinkRecord> = if error.failed_records.is_empty() {
-        batch.iter().collect()
-    } else {
-        error.failed_records.iter().filter_map(|index| batch.get(*index)).collect()
-    };
+    let mut reason = error.message.clone();
+    if reason.len() > DEAD_LETTER_ERROR_BYTES_MAX {
+        let mut cut = DEAD_LETTER_ERROR_BYTES_MAX;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
     let messages: Vec<Message> = failed
         .iter()
+        .filter_map(|index| batch.get(*index))
         .map(|record| {
             let mut message = record.record.to_message();
             message.topic = config.dead_letter_topic();
             let mut context = BTreeMap::new();
-            context.insert("DLQ_ERROR".to_string(), error.message.clone());
+            context.insert("DLQ_ERROR".to_string(), reason.clone());
             context.insert("DLQ_CONNECTOR".to_string(), config.connector.clone());
             context.insert("DLQ_ORIGIN_TOPIC".to_string(), record.record.topic.clone());
             context.insert("DLQ_ORIGIN_QUEUE_ID".to_string(), record.queue_id.to_string());
@@ -332,11 +358,12 @@ async fn handle_permanent(
             message
         })
         .collect();
+    let count = messages.len();
     for chunk in messages.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
         broker.send_batch(chunk.to_vec()).await?;
     }
-    tracing::warn!(connector = %config.connector, records = failed.len(), error = %error.message, "records sent to the dead-letter topic");
+    tracing::warn!(connector = %config.connector, records = count, error = %reason, "records sent to the dead-letter topic");
     metrics::counter!("weir_connect_sink_dead_lettered_total", "connector" => config.connector.clone())
-        .increment(failed.len() as u64);
-    Ok(failed.len())
+        .increment(count as u64);
+    Ok(count)
 }

@@ -60,6 +60,8 @@ impl Sink for MemorySink {
         }
         if target.flush_failures_left > 0 {
             target.flush_failures_left -= 1;
+            // Like a target that lost its buffer: what was written is gone, not durable.
+            target.pending.clear();
             return Err(SinkError::retryable("injected: flush timeout"));
         }
         let pending = std::mem::take(&mut target.pending);

@@ -87,8 +87,12 @@ fn append(config: &FileSinkConfig, open_file: &mut Option<OpenFile>, lines: &[St
             *open_file = Some(open(config)?);
         }
         let current = open_file.as_mut().expect("opened above");
-        current.file.write_all(line.as_bytes()).map_err(|e| io_error("write", &config.path, e))?;
-        current.file.write_all(b"\n").map_err(|e| io_error("write", &config.path, e))?;
+        let written = current.file.write_all(line.as_bytes()).and_then(|()| current.file.write_all(b"\n"));
+        if let Err(error) = written {
+            // Cut a half-written line off, so a retry does not glue a line onto it.
+            let _ = current.file.set_len(current.size_bytes);
+            return Err(io_error("write", &config.path, error));
+        }
         current.size_bytes += line_bytes;
     }
     Ok(())

@@ -34,6 +34,9 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 10 << 20;
 pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 64;
 /// Default most events in one request.
 pub const EVENTS_PER_REQUEST_MAX_DEFAULT: usize = 100_000;
+/// Largest event accepted: the broker's default message maximum less room for the header and
+/// properties, so an event the store would refuse is refused with 400 before anything is sent.
+pub const EVENT_BYTES_MAX: usize = (4 << 20) - (64 << 10);
 
 /// One path → topic route.
 #[derive(Clone, Debug)]
@@ -188,6 +191,15 @@ async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMa
         match state.broker.send_batch(chunk).await {
             Ok(_) => {}
             Err(error @ weir_broker::Error::Busy { .. }) => return retry_later(error.to_string()),
+            Err(
+                error @ (weir_broker::Error::MessageTooLarge { .. }
+                | weir_broker::Error::PropertiesTooLarge { .. }
+                | weir_broker::Error::PropertyInvalid { .. }),
+            ) => {
+                // Only possible past the first chunk of a very large request; the earlier
+                // chunks stay stored (at-least-once).
+                return reply(StatusCode::BAD_REQUEST, format!("the broker refused an event: {error}"));
+            }
             Err(error) => {
                 tracing::error!(source = %state.name, topic = %route.topic, %error, "cannot store a request's events");
                 return reply(StatusCode::INTERNAL_SERVER_ERROR, format!("the broker refused the events: {error}"));
@@ -207,7 +219,8 @@ fn decompress(coding: &str, body: &[u8], limit: usize) -> Result<Bytes, (StatusC
             Ok(decoder) => Box::new(decoder),
             Err(error) => return Err((StatusCode::BAD_REQUEST, format!("bad zstd body: {error}"))),
         },
-        _ => Box::new(flate2::read::GzDecoder::new(body)),
+        // Every member of a multi-member gzip body, not just the first.
+        _ => Box::new(flate2::read::MultiGzDecoder::new(body)),
     };
     let mut out = Vec::new();
     match reader.take(limit as u64 + 1).read_to_end(&mut out) {
@@ -221,8 +234,11 @@ fn decompress(coding: &str, body: &[u8], limit: usize) -> Result<Bytes, (StatusC
 }
 
 fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine> {
-    let mut message = Message::new(&route.topic, event.body);
     let bad = |reason: String| BadLine { line: event.line, reason };
+    if event.body.len() > EVENT_BYTES_MAX {
+        return Err(bad(format!("an event of {} bytes exceeds the maximum of {EVENT_BYTES_MAX}", event.body.len())));
+    }
+    let mut message = Message::new(&route.topic, event.body);
     if let Some(json) = &event.json {
         message.tag = route.tag.as_deref().and_then(|template| parse::render(template, json));
         message.keys = route.key.as_deref().and_then(|template| parse::render(template, json)).into_iter().collect();
