@@ -97,6 +97,8 @@ fn bad_pipelines_name_file_line_and_field() {
             &[],
             Some("broker.namesrv: a remote broker"),
         ),
+        ("path: /v1/orders", "path: /v1/:id", &[], Some("sources.web.routes[0].path: \"/v1/:id\"")),
+        ("  out:\n    type: file", "  o.ut:\n    type: file", &[], Some(":14:3: sinks.o.ut: a name is")),
         ("127.0.0.1:8080", "${WEB_LISTEN}", &[("WEB_LISTEN", "127.0.0.1:9999")], None),
         ("127.0.0.1:8080", "${UNSET_WEIR_TEST_VAR:-127.0.0.1:1}", &[], None),
         (
