@@ -87,6 +87,17 @@ fn config(connector: &str, tolerance: ErrorTolerance) -> SinkTaskConfig {
     config
 }
 
+/// A broker in a temp dir with topic `events` of `queues` queues holding `e0`..`e{count-1}`.
+async fn topic_with_events(queues: u32, count: usize) -> (tempfile::TempDir, Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    broker.create_topic(TopicConfig::new("events", queues)).unwrap();
+    if count > 0 {
+        send(&broker, (0..count).map(|i| format!("e{i}"))).await;
+    }
+    (dir, broker)
+}
+
 async fn send(broker: &Broker, bodies: impl IntoIterator<Item = String>) {
     let messages: Vec<Message> = bodies.into_iter().map(|body| Message::new("events", body)).collect();
     broker.send_batch(messages).await.unwrap();
@@ -124,10 +135,7 @@ fn committed(broker: &Broker, group: &str) -> BTreeMap<u32, u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_everything_through_retries_and_resumes_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = open(dir.path());
-    broker.create_topic(TopicConfig::new("events", 4)).unwrap();
-    send(&broker, (0..300).map(|i| format!("e{i}"))).await;
+    let (_dir, broker) = topic_with_events(4, 300).await;
     let sink = MemorySink::default();
     {
         let mut target = sink.0.lock().unwrap();
@@ -159,10 +167,7 @@ async fn delivers_everything_through_retries_and_resumes_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_go_to_the_dead_letter_topic_with_the_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = open(dir.path());
-    broker.create_topic(TopicConfig::new("events", 2)).unwrap();
-    send(&broker, (0..40).map(|i| format!("e{i}"))).await;
+    let (_dir, broker) = topic_with_events(2, 40).await;
     let sink = MemorySink::default();
     sink.0.lock().unwrap().poison = ["e7".to_string(), "e23".to_string()].into();
     let stats =
@@ -184,10 +189,7 @@ async fn poison_records_go_to_the_dead_letter_topic_with_the_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tolerance_a_poison_record_stops_the_task_before_its_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = open(dir.path());
-    broker.create_topic(TopicConfig::new("events", 1)).unwrap();
-    send(&broker, (0..10).map(|i| format!("e{i}"))).await;
+    let (_dir, broker) = topic_with_events(1, 10).await;
     let sink = MemorySink::default();
     sink.0.lock().unwrap().poison = ["e3".to_string()].into();
     let error = run_until(&broker, sink, config("strict", ErrorTolerance::None), |_| false).await.unwrap_err();
@@ -198,10 +200,7 @@ async fn without_tolerance_a_poison_record_stops_the_task_before_its_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_that_cannot_succeed_never_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = open(dir.path());
-    broker.create_topic(TopicConfig::new("events", 1)).unwrap();
-    send(&broker, (0..5).map(|i| format!("e{i}"))).await;
+    let (_dir, broker) = topic_with_events(1, 5).await;
     let sink = MemorySink::default();
     sink.0.lock().unwrap().flush_broken = true;
     let error = run_until(&broker, sink.clone(), config("broken", ErrorTolerance::None), |_| false).await.unwrap_err();
@@ -212,9 +211,7 @@ async fn a_flush_that_cannot_succeed_never_commits() {
 
 #[tokio::test]
 async fn bad_config_is_refused_by_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = open(dir.path());
-    broker.create_topic(TopicConfig::new("events", 1)).unwrap();
+    let (_dir, broker) = topic_with_events(1, 0).await;
     let mut config = config("bad name", ErrorTolerance::None);
     let error = run_until(&broker, MemorySink::default(), config.clone(), |_| false).await.unwrap_err();
     assert!(error.to_string().contains("`connector`"), "{error}");
