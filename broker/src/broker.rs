@@ -357,9 +357,18 @@ impl Broker {
         let born_timestamp_ms = now_ms();
         let mut stored = Vec::with_capacity(messages.len());
         let mut message_ids = Vec::with_capacity(messages.len());
+        let mut last_topic: Option<Arc<TopicEntry>> = None;
         for message in messages {
             message.validate()?;
-            let topic = self.topic_for_send(&message.topic).await?;
+            // Batches are mostly one topic: look each topic up once per batch.
+            let topic = match &last_topic {
+                Some(entry) if entry.config.name == message.topic => entry.clone(),
+                _ => {
+                    let entry = self.topic_for_send(&message.topic).await?;
+                    last_topic = Some(entry.clone());
+                    entry
+                }
+            };
             let queue_id = self.select_queue(&topic, message.sharding_key.as_deref());
             let message_id = message.unique_id.clone().unwrap_or_else(new_message_id);
             let mut properties = Vec::with_capacity(message.properties.len() + 3);
