@@ -112,8 +112,8 @@ pub async fn serve(
     let mut router = Router::new().route("/health", get(|| async { "ok\n" }));
     for route in config.routes {
         let state = state.clone();
-        let route = Arc::new(route);
-        let path = route.path.clone();
+        let route = Arc::new(PreparedRoute { fields: template_fields(&route), route });
+        let path = route.route.path.clone();
         router = router.route(
             &path,
             post(move |headers: HeaderMap, body: Bytes| {
@@ -136,7 +136,31 @@ fn retry_later(text: String) -> Response {
     response
 }
 
-async fn handle(state: &SourceState, route: &HttpRoute, headers: &HeaderMap, body: Bytes) -> Response {
+/// A route and the top-level fields its templates read.
+struct PreparedRoute {
+    route: HttpRoute,
+    fields: Vec<String>,
+}
+
+/// The top-level field names the tag and key templates and the timestamp field read.
+fn template_fields(route: &HttpRoute) -> Vec<String> {
+    let mut fields = Vec::new();
+    for template in [&route.tag, &route.key].into_iter().flatten() {
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find("{{") {
+            let after = &rest[open + 2..];
+            let Some(close) = after.find("}}") else { break };
+            fields.push(after[..close].trim().split('.').next().unwrap_or_default().to_string());
+            rest = &after[close + 2..];
+        }
+    }
+    fields.extend(route.timestamp_field.iter().cloned());
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
+async fn handle(state: &SourceState, route: &PreparedRoute, headers: &HeaderMap, body: Bytes) -> Response {
     let response = handle_inner(state, route, headers, body).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("weir_http_source_requests_total", "source" => state.name.clone(), "status" => status)
@@ -144,7 +168,8 @@ async fn handle(state: &SourceState, route: &HttpRoute, headers: &HeaderMap, bod
     response
 }
 
-async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMap, body: Bytes) -> Response {
+async fn handle_inner(state: &SourceState, prepared: &PreparedRoute, headers: &HeaderMap, body: Bytes) -> Response {
+    let route = &prepared.route;
     if let Some(token) = &state.auth_token {
         let expected = format!("Bearer {token}");
         if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
@@ -173,7 +198,7 @@ async fn handle_inner(state: &SourceState, route: &HttpRoute, headers: &HeaderMa
             return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, text);
         }
     };
-    let events = match parse::parse(route.format, &body, state.events_per_request_max) {
+    let events = match parse::parse(route.format, &body, state.events_per_request_max, &prepared.fields) {
         Ok(events) => events,
         Err(bad) => return reply(StatusCode::BAD_REQUEST, format!("line {}: {}", bad.line, bad.reason)),
     };

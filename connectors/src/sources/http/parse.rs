@@ -35,7 +35,11 @@ pub struct BadLine {
 }
 
 /// Parses a whole body; the first bad line fails it all (nothing of it is written).
-pub fn parse(format: Format, body: &[u8], events_max: usize) -> Result<Vec<Event>, BadLine> {
+///
+/// For NDJSON, `fields` names the top-level fields the route's templates read: each line is
+/// checked to be a JSON object in full, but only those fields are kept (`Event::json` holds
+/// them), which spares building a map of every field of every line.
+pub fn parse(format: Format, body: &[u8], events_max: usize, fields: &[String]) -> Result<Vec<Event>, BadLine> {
     let text = std::str::from_utf8(body).map_err(|error| {
         let line = body[..error.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
         BadLine { line, reason: "the body is not UTF-8".into() }
@@ -53,7 +57,7 @@ pub fn parse(format: Format, body: &[u8], events_max: usize) -> Result<Vec<Event
                     return Err(too_many(index + 1));
                 }
                 let (json, body) = match format {
-                    Format::Ndjson => (Some(object(line, index + 1)?), line.as_bytes().to_vec()),
+                    Format::Ndjson => (Some(picked_fields(line, index + 1, fields)?), line.as_bytes().to_vec()),
                     Format::Influx => {
                         let point =
                             super::influx::parse_line(line).map_err(|reason| BadLine { line: index + 1, reason })?;
@@ -87,6 +91,48 @@ pub fn parse(format: Format, body: &[u8], events_max: usize) -> Result<Vec<Event
         }
     }
     Ok(events)
+}
+
+/// Validates `text` as one JSON object and keeps only the top-level `fields`.
+fn picked_fields(text: &str, line: usize, fields: &[String]) -> Result<Value, BadLine> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    struct Pick<'a>(&'a [String]);
+
+    impl<'de> Visitor<'de> for Pick<'_> {
+        type Value = serde_json::Map<String, Value>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut picked = serde_json::Map::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if self.0.iter().any(|wanted| wanted.as_str() == key) {
+                    picked.insert(key.into_owned(), map.next_value::<Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(picked)
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Pick<'_> {
+        type Value = serde_json::Map<String, Value>;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let picked = Pick(fields)
+        .deserialize(&mut deserializer)
+        .and_then(|picked| deserializer.end().map(|()| picked))
+        .map_err(|e| BadLine { line: line + e.line() - 1, reason: e.to_string() })?;
+    Ok(Value::Object(picked))
 }
 
 fn object(text: &str, line: usize) -> Result<Value, BadLine> {
@@ -137,14 +183,14 @@ mod tests {
             (Format::Influx, "cpu x=1\ncpu", Err(2)),
         ];
         for (format, body, expected) in cases {
-            match (parse(*format, body.as_bytes(), 100), expected) {
+            match (parse(*format, body.as_bytes(), 100, &["a".to_string()]), expected) {
                 (Ok(events), Ok(count)) => assert_eq!(events.len(), *count, "{body:?}"),
                 (Err(bad), Err(line)) => assert_eq!(bad.line, *line, "{body:?}: {bad:?}"),
                 (got, want) => panic!("{body:?}: got {got:?}, want {want:?}"),
             }
         }
-        assert_eq!(parse(Format::Text, b"a\nb\nc", 2).unwrap_err().line, 3);
-        assert_eq!(parse(Format::Text, b"ok\n\xff", 10).unwrap_err().line, 2);
+        assert_eq!(parse(Format::Text, b"a\nb\nc", 2, &[]).unwrap_err().line, 3);
+        assert_eq!(parse(Format::Text, b"ok\n\xff", 10, &[]).unwrap_err().line, 2);
     }
 
     #[test]
