@@ -52,7 +52,10 @@ impl Message {
     /// Checks tag, keys and property names; the broker calls this before storing.
     pub fn validate(&self) -> Result<()> {
         if let Some(tag) = &self.tag
-            && (tag.is_empty() || tag.contains("||") || tag.contains(char::is_whitespace) || tag == "*")
+            && (tag.is_empty()
+                || tag.as_bytes().windows(2).any(|pair| pair == b"||")
+                || tag.contains(char::is_whitespace)
+                || tag == "*")
         {
             return Err(Error::PropertyInvalid {
                 name: PROPERTY_TAGS.into(),
