@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod crash_writer;
 mod pipeline;
+mod rest;
 mod run;
 mod tour;
 
@@ -55,6 +56,9 @@ enum Command {
     Run {
         /// The pipeline file.
         file: PathBuf,
+        /// Address of the REST admin API and `/metrics` (Kafka Connect's port by default).
+        #[arg(long, default_value = "127.0.0.1:8083")]
+        admin_listen: std::net::SocketAddr,
     },
     /// Check a pipeline file (YAML) without running it.
     Validate {
@@ -111,7 +115,7 @@ fn main() -> ExitCode {
             Command::Message(command) => admin::message(&store, command).await,
             Command::Group(command) => admin::group(&store, command).await,
             Command::Validate { file } => validate(&file),
-            Command::Run { file } => run::run(&file, store.segment_size_bytes).await,
+            Command::Run { file, admin_listen } => run::run(&file, store.segment_size_bytes, admin_listen).await,
             Command::Bench(command) => bench::run(command, store.segment_size_bytes).await,
             Command::Debug(command) => crash_writer::run(command).await,
         }

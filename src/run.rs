@@ -18,12 +18,18 @@ use weir_connectors::sources::http::{self, HttpRoute, HttpSourceConfig};
 
 use crate::admin::{StoreArgs, open_broker};
 use crate::pipeline::{self, RouteFormat, SinkSection, SourceSection};
+use crate::rest::{self, ConnectorState, ConnectorStatus, Statuses};
 
 /// Longest wait before a failed sink task is restarted.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-pub async fn run(file: &std::path::Path, segment_size_bytes: u64) -> Result<()> {
+pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: std::net::SocketAddr) -> Result<()> {
     let pipeline = pipeline::load(file)?;
+    // Every component's metrics go to one Prometheus recorder, served on the admin API.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let statuses: Statuses = Arc::default();
     let data_dir = pipeline
         .broker
         .embedded
@@ -38,6 +44,22 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64) -> Result<()> 
     }
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("admin API: cannot listen on {admin_listen}"))?;
+    println!("  admin API: http://{}/connectors, /metrics", admin.local_addr()?);
+    let mut admin_stopped = stopped.clone();
+    let admin_shutdown = async move {
+        let _ = admin_stopped.wait_for(|stop| *stop).await;
+    };
+    tasks.push(tokio::spawn({
+        let statuses = statuses.clone();
+        async move {
+            if let Err(error) = rest::serve(admin, metrics, statuses, admin_shutdown).await {
+                tracing::error!(%error, "admin API stopped");
+            }
+        }
+    }));
     for (name, source) in &pipeline.sources {
         let SourceSection::Http(section) = source;
         let config = http_config(name, section)?;
@@ -46,16 +68,25 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64) -> Result<()> 
         for route in &config.routes {
             println!("  source {name}: POST http://{}{} -> topic {}", listener.local_addr()?, route.path, route.topic);
         }
+        let topics: Vec<&str> = config.routes.iter().map(|route| route.topic.as_str()).collect();
+        let status = ConnectorStatus { kind: "source", topic: topics.join(","), state: ConnectorState::Running };
+        statuses.lock().expect("statuses lock").insert(name.clone(), status);
         let mut source_stopped = stopped.clone();
         let shutdown = async move {
             let _ = source_stopped.wait_for(|stop| *stop).await;
         };
         let messaging = messaging.clone();
         let name = name.clone();
+        let statuses = statuses.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(error) = http::serve(listener, messaging, config, shutdown).await {
-                tracing::error!(source = %name, %error, "HTTP source stopped");
-            }
+            let state = match http::serve(listener, messaging, config, shutdown).await {
+                Ok(()) => ConnectorState::Stopped,
+                Err(error) => {
+                    tracing::error!(source = %name, %error, "HTTP source stopped");
+                    ConnectorState::Failed(error.to_string())
+                }
+            };
+            rest::set_state(&statuses, &name, state);
         }));
     }
     for name in pipeline.streams.keys() {
@@ -65,7 +96,9 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64) -> Result<()> 
         let (config, describe) = sink_config(name, sink);
         make_sink(sink)?; // refuse a sink that cannot be built before anything runs
         println!("  sink {name}: topic {} -> {describe}", config.topic);
-        tasks.push(tokio::spawn(supervise(messaging.clone(), config, sink.clone(), stopped.clone())));
+        let status = ConnectorStatus { kind: "sink", topic: config.topic.clone(), state: ConnectorState::Running };
+        statuses.lock().expect("statuses lock").insert(name.clone(), status);
+        tasks.push(tokio::spawn(supervise(messaging.clone(), config, sink.clone(), stopped.clone(), statuses.clone())));
     }
     println!("running; Ctrl-C (or SIGTERM) stops, a second one exits at once");
     let mut terminate =
@@ -151,6 +184,7 @@ async fn supervise(
     config: SinkTaskConfig,
     section: SinkSection,
     mut stopped: watch::Receiver<bool>,
+    statuses: Statuses,
 ) {
     let mut backoff = Duration::from_secs(1);
     while !*stopped.borrow() {
@@ -161,9 +195,14 @@ async fn supervise(
                 return;
             }
         };
+        rest::set_state(&statuses, &config.connector, ConnectorState::Running);
         match run_sink_task(messaging.clone(), sink.as_mut(), &config, &mut stopped).await {
-            Ok(_) => return,
+            Ok(_) => {
+                rest::set_state(&statuses, &config.connector, ConnectorState::Stopped);
+                return;
+            }
             Err(error) => {
+                rest::set_state(&statuses, &config.connector, ConnectorState::Failed(error.to_string()));
                 tracing::error!(connector = %config.connector, %error, restart_in_s = backoff.as_secs(), "sink task failed");
                 eprintln!("sink {}: {error}; restarting in {} s", config.connector, backoff.as_secs());
             }

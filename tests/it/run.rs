@@ -36,6 +36,7 @@ fn free_port() -> u16 {
 fn http_to_file_pipeline_runs_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let admin_port = free_port();
     let out = dir.path().join("out/logs.jsonl");
     let file = dir.path().join("pipeline.yaml");
     std::fs::write(
@@ -67,6 +68,7 @@ sinks:
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["--segment-size-bytes", "1048576", "run"])
         .arg(&file)
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .env("E2E_TOKEN", "secret")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -142,6 +144,26 @@ sinks:
             ("\"a5\"".into(), "\"a5\"".into(), "\"debug\"".into()),
         ]
     );
+    // The admin API reports the connectors and every component's metrics.
+    let (status, text) = http(admin_port, "GET", "/connectors", &[], b"");
+    assert_eq!((status, text.trim()), (200, r#"["to_file","web"]"#));
+    let (status, text) = http(admin_port, "GET", "/connectors/to_file/status", &[], b"");
+    assert_eq!(status, 200, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((json["type"].as_str(), json["tasks"][0]["state"].as_str()), (Some("sink"), Some("RUNNING")), "{text}");
+    assert_eq!(http(admin_port, "GET", "/connectors/nope/status", &[], b"").0, 404);
+    let (status, metrics) = http(admin_port, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    for name in [
+        "weir_http_source_requests_total",
+        "weir_http_source_events_total",
+        "weir_broker_sent_messages_total",
+        "weir_store_appended_messages_total",
+        "weir_connect_sink_records_total",
+        "weir_connect_sink_batch_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    }
     // SIGINT stops it cleanly.
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };

@@ -1,0 +1,93 @@
+//! The REST admin API of `weir run`, in Kafka Connect's shape, and the Prometheus `/metrics`
+//! endpoint: `GET /connectors`, `GET /connectors/{name}/status`, `GET /metrics`.
+//!
+//! Pause/resume/restart and offset reads/resets are still to come (the Connect issue).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// A connector's state as the API reports it (Kafka Connect's words).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectorState {
+    Running,
+    /// Failed with this error; the supervisor restarts it after a backoff.
+    Failed(String),
+    Stopped,
+}
+
+/// What the API knows of one connector.
+#[derive(Clone, Debug)]
+pub struct ConnectorStatus {
+    /// `source` or `sink`.
+    pub kind: &'static str,
+    pub topic: String,
+    pub state: ConnectorState,
+}
+
+/// Status of every connector, updated by the tasks that run them.
+pub type Statuses = Arc<Mutex<BTreeMap<String, ConnectorStatus>>>;
+
+/// Records `state` for connector `name`.
+pub fn set_state(statuses: &Statuses, name: &str, state: ConnectorState) {
+    if let Some(status) = statuses.lock().expect("statuses lock").get_mut(name) {
+        status.state = state;
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    metrics: PrometheusHandle,
+    statuses: Statuses,
+}
+
+/// Serves the API until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    statuses: Statuses,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/connectors", get(list_connectors))
+        .route("/connectors/{name}/status", get(connector_status))
+        .with_state(ApiState { metrics, statuses });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn render_metrics(State(state): State<ApiState>) -> String {
+    state.metrics.run_upkeep();
+    state.metrics.render()
+}
+
+async fn list_connectors(State(state): State<ApiState>) -> Response {
+    let names: Vec<String> = state.statuses.lock().expect("statuses lock").keys().cloned().collect();
+    axum::Json(names).into_response()
+}
+
+async fn connector_status(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let Some(status) = state.statuses.lock().expect("statuses lock").get(&name).cloned() else {
+        let body = serde_json::json!({ "error_code": 404, "message": format!("connector {name} not found") });
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    };
+    let (task_state, trace) = match &status.state {
+        ConnectorState::Running => ("RUNNING", None),
+        ConnectorState::Failed(error) => ("FAILED", Some(error.clone())),
+        ConnectorState::Stopped => ("STOPPED", None),
+    };
+    let body = serde_json::json!({
+        "name": name,
+        "type": status.kind,
+        "topic": status.topic,
+        "connector": { "state": task_state },
+        "tasks": [ { "id": 0, "state": task_state, "trace": trace } ],
+    });
+    axum::Json(body).into_response()
+}
