@@ -18,7 +18,7 @@ use weir_connectors::sources::http::{self, HttpRoute, HttpSourceConfig};
 
 use crate::admin::{StoreArgs, open_broker};
 use crate::pipeline::{self, RouteFormat, SinkSection, SourceSection};
-use crate::rest::{self, ConnectorState, ConnectorStatus, Statuses};
+use crate::rest::{self, ConnectorState, ConnectorStatus, Control, Controls, Statuses};
 
 /// Longest wait before a failed sink task is restarted.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -30,6 +30,7 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let statuses: Statuses = Arc::default();
+    let controls: Controls = Arc::default();
     let data_dir = pipeline
         .broker
         .embedded
@@ -53,9 +54,9 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
         let _ = admin_stopped.wait_for(|stop| *stop).await;
     };
     tasks.push(tokio::spawn({
-        let statuses = statuses.clone();
+        let (statuses, controls) = (statuses.clone(), controls.clone());
         async move {
-            if let Err(error) = rest::serve(admin, metrics, statuses, admin_shutdown).await {
+            if let Err(error) = rest::serve(admin, metrics, statuses, controls, admin_shutdown).await {
                 tracing::error!(%error, "admin API stopped");
             }
         }
@@ -98,7 +99,11 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
         println!("  sink {name}: topic {} -> {describe}", config.topic);
         let status = ConnectorStatus { kind: "sink", topic: config.topic.clone(), state: ConnectorState::Running };
         statuses.lock().expect("statuses lock").insert(name.clone(), status);
-        tasks.push(tokio::spawn(supervise(messaging.clone(), config, sink.clone(), stopped.clone(), statuses.clone())));
+        let (control, control_rx) = watch::channel(Control::default());
+        controls.lock().expect("controls lock").insert(name.clone(), control);
+        let supervisor =
+            supervise(messaging.clone(), config, sink.clone(), stopped.clone(), statuses.clone(), control_rx);
+        tasks.push(tokio::spawn(supervisor));
     }
     println!("running; Ctrl-C (or SIGTERM) stops, a second one exits at once");
     let mut terminate =
@@ -178,38 +183,74 @@ fn make_sink(sink: &SinkSection) -> Result<Box<dyn Sink>> {
     })
 }
 
-/// Runs a sink task until the pipeline stops, restarting it with backoff when it fails.
+/// Runs a sink task until the pipeline stops: restarts it with backoff when it fails, and
+/// follows `control` (pause, resume, restart from the admin API).
 async fn supervise(
     messaging: Arc<dyn Messaging>,
     config: SinkTaskConfig,
     section: SinkSection,
     mut stopped: watch::Receiver<bool>,
     statuses: Statuses,
+    mut control: watch::Receiver<Control>,
 ) {
+    let name = config.connector.clone();
     let mut backoff = Duration::from_secs(1);
-    while !*stopped.borrow() {
+    loop {
+        // Paused: wait for resume (or the end).
+        if control.borrow().paused {
+            rest::set_state(&statuses, &name, ConnectorState::Paused);
+            tokio::select! {
+                _ = control.wait_for(|c| !c.paused) => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+        }
+        if *stopped.borrow() {
+            rest::set_state(&statuses, &name, ConnectorState::Stopped);
+            return;
+        }
         let mut sink = match make_sink(&section) {
             Ok(sink) => sink,
             Err(error) => {
-                tracing::error!(connector = %config.connector, %error, "cannot build the sink");
+                tracing::error!(connector = %name, %error, "cannot build the sink");
+                rest::set_state(&statuses, &name, ConnectorState::Failed(error.to_string()));
                 return;
             }
         };
-        rest::set_state(&statuses, &config.connector, ConnectorState::Running);
-        match run_sink_task(messaging.clone(), sink.as_mut(), &config, &mut stopped).await {
+        // This run stops when the pipeline stops or the admin API changes the control.
+        let seen = *control.borrow();
+        let (run_stop, mut run_stopped) = watch::channel(false);
+        let watcher = tokio::spawn({
+            let (mut stopped, mut control) = (stopped.clone(), control.clone());
+            async move {
+                tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => {}
+                    _ = control.wait_for(|c| *c != seen) => {}
+                }
+                let _ = run_stop.send(true);
+                // Keep the sender alive until the run notices, so a dropped sender never
+                // reads as a stop by itself.
+                std::future::pending::<()>().await;
+            }
+        });
+        rest::set_state(&statuses, &name, ConnectorState::Running);
+        let outcome = run_sink_task(messaging.clone(), sink.as_mut(), &config, &mut run_stopped).await;
+        watcher.abort();
+        match outcome {
             Ok(_) => {
-                rest::set_state(&statuses, &config.connector, ConnectorState::Stopped);
-                return;
+                backoff = Duration::from_secs(1);
+                continue; // stopped, paused or restarted: the loop head decides
             }
             Err(error) => {
-                rest::set_state(&statuses, &config.connector, ConnectorState::Failed(error.to_string()));
-                tracing::error!(connector = %config.connector, %error, restart_in_s = backoff.as_secs(), "sink task failed");
-                eprintln!("sink {}: {error}; restarting in {} s", config.connector, backoff.as_secs());
+                rest::set_state(&statuses, &name, ConnectorState::Failed(error.to_string()));
+                tracing::error!(connector = %name, %error, restart_in_s = backoff.as_secs(), "sink task failed");
+                eprintln!("sink {name}: {error}; restarting in {} s", backoff.as_secs());
             }
         }
+        let before = *control.borrow();
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {} // restart backoff
-            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = control.wait_for(|c| *c != before) => {} // a restart or pause from the admin API
+            _ = stopped.wait_for(|stop| *stop) => {}
         }
         backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
     }

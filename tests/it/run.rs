@@ -164,6 +164,33 @@ sinks:
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
+    // Pause, resume and restart through the admin API.
+    let wait_for_state = |wanted: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, text) = http(admin_port, "GET", "/connectors/to_file/status", &[], b"");
+            if text.contains(&format!("\"state\":\"{wanted}\"")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "to_file never became {wanted}: {text}");
+            std::thread::sleep(Duration::from_millis(20)); // poll interval for the status
+        }
+    };
+    assert_eq!(http(admin_port, "PUT", "/connectors/to_file/pause", &[], b"").0, 202);
+    wait_for_state("PAUSED");
+    let (status, _) = http(port, "POST", "/v1/logs", &auth, b"{\"id\":\"a6\",\"level\":\"info\"}\n");
+    assert_eq!(status, 200, "the source keeps taking events while the sink is paused");
+    assert_eq!(http(admin_port, "PUT", "/connectors/to_file/resume", &[], b"").0, 202);
+    wait_for_state("RUNNING");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("\"a6\"") {
+        assert!(Instant::now() < deadline, "the resumed sink did not deliver the event sent while paused");
+        std::thread::sleep(Duration::from_millis(20)); // poll interval for the file
+    }
+    assert_eq!(http(admin_port, "POST", "/connectors/to_file/restart", &[], b"").0, 202);
+    wait_for_state("RUNNING");
+    assert_eq!(http(admin_port, "PUT", "/connectors/web/pause", &[], b"").0, 409);
+    assert_eq!(http(admin_port, "PUT", "/connectors/nope/pause", &[], b"").0, 404);
     // SIGINT stops it cleanly.
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
