@@ -109,7 +109,7 @@ pub async fn serve(
         body_bytes_max: config.body_bytes_max,
         auth_token: config.auth_token.clone(),
     });
-    let mut router = Router::new().route("/health", get(|| async { "ok\n" }));
+    let mut router = Router::new();
     for route in config.routes {
         let state = state.clone();
         let route = Arc::new(PreparedRoute { fields: template_fields(&route), route });
@@ -122,8 +122,33 @@ pub async fn serve(
             }),
         );
     }
-    let router = router.layer(DefaultBodyLimit::max(config.body_bytes_max));
+    // Layers run outside-in: the guard (auth, in-flight limit) runs before any body is read,
+    // so neither unauthenticated clients nor a flood can make the source buffer bodies.
+    let router = router
+        .layer(DefaultBodyLimit::max(config.body_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .route("/health", get(|| async { "ok\n" }));
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Checks the bearer token and takes an in-flight slot, before the body is read.
+async fn guard(
+    axum::extract::State(state): axum::extract::State<Arc<SourceState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = &state.auth_token {
+        let expected = format!("Bearer {token}");
+        if request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            let mut response = reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return retry_later("too many requests in flight; retry later".into());
+    };
+    next.run(request).await
 }
 
 fn reply(status: StatusCode, text: String) -> Response {
@@ -170,17 +195,6 @@ async fn handle(state: &SourceState, route: &PreparedRoute, headers: &HeaderMap,
 
 async fn handle_inner(state: &SourceState, prepared: &PreparedRoute, headers: &HeaderMap, body: Bytes) -> Response {
     let route = &prepared.route;
-    if let Some(token) = &state.auth_token {
-        let expected = format!("Bearer {token}");
-        if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-            let mut response = reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
-    }
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
-        return retry_later("too many requests in flight; retry later".into());
-    };
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
     let body = match encoding.trim().to_ascii_lowercase().as_str() {
         "identity" | "" => body,
