@@ -96,6 +96,9 @@ pub struct HttpSource {
     /// Bearer token required on every request, when set.
     #[serde(default)]
     pub auth_token: Option<String>,
+    /// Longest a request may take, upload included (default 30000; 408 after it).
+    #[serde(default)]
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// One HTTP route.
@@ -416,6 +419,13 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                 position_of_key(text, "body_bytes_max"),
                 format!("sources.{source_name}.body_bytes_max"),
                 format!("must be in 1..={HTTP_BODY_BYTES_MAX}"),
+            ));
+        }
+        if http.request_timeout_ms.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
+            return Err(fail(
+                position_of_key(text, "request_timeout_ms"),
+                format!("sources.{source_name}.request_timeout_ms"),
+                "must be in 1..=3600000".into(),
             ));
         }
         if http.auth_token.as_deref().is_some_and(|token| token.trim().is_empty()) {

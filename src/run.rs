@@ -153,6 +153,9 @@ fn http_config(name: &str, section: &pipeline::HttpSource) -> Result<HttpSourceC
         config.body_bytes_max = max as usize;
     }
     config.auth_token = section.auth_token.clone();
+    if let Some(ms) = section.request_timeout_ms {
+        config.request_timeout = Duration::from_millis(ms);
+    }
     Ok(config)
 }
 

@@ -51,6 +51,7 @@ sources:
     type: http
     listen: 127.0.0.1:{port}
     body_bytes_max: 1024
+    request_timeout_ms: 500
     auth_token: ${{E2E_TOKEN}}
     routes:
       - {{ path: /v1/logs, topic: logs, format: ndjson, tag: \"{{{{level}}}}\", key: \"{{{{id}}}}\" }}
@@ -120,6 +121,17 @@ sinks:
         assert_eq!(got, *status, "{method} {path}: {text}");
         assert!(text.contains(needle), "{method} {path}: {text:?} lacks {needle:?}");
     }
+    // A client that stops mid-upload gets 408 instead of holding the source forever.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.write_all(
+        b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\nContent-Length: 100\r\n\r\n{\"id\"",
+    )
+    .unwrap();
+    let mut response = vec![0u8; 256];
+    let read = slow.read(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response[..read]);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     // The file sink receives exactly the accepted events (the 400 request wrote nothing).
     let deadline = Instant::now() + Duration::from_secs(30);
     let written = loop {

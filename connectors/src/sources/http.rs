@@ -32,6 +32,8 @@ pub use parse::{BadLine, Format};
 pub const BODY_BYTES_MAX_DEFAULT: usize = 10 << 20;
 /// Default most requests handled at once.
 pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 64;
+/// Default longest time a request may take, body upload included.
+pub const REQUEST_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default most events in one request.
 pub const EVENTS_PER_REQUEST_MAX_DEFAULT: usize = 100_000;
 /// Largest event accepted: the broker's default message maximum less room for the header and
@@ -64,6 +66,9 @@ pub struct HttpSourceConfig {
     pub requests_in_flight_max: usize,
     /// When set, requests need `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
+    /// Longest a request may take, from its headers to the response (408 after it). Bounds
+    /// slow uploads, and with them how long a graceful shutdown can wait.
+    pub request_timeout: std::time::Duration,
 }
 
 impl HttpSourceConfig {
@@ -76,6 +81,7 @@ impl HttpSourceConfig {
             events_per_request_max: EVENTS_PER_REQUEST_MAX_DEFAULT,
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
             auth_token: None,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -87,6 +93,7 @@ struct SourceState {
     events_per_request_max: usize,
     body_bytes_max: usize,
     auth_token: Option<String>,
+    request_timeout: std::time::Duration,
 }
 
 /// Binds the listener (so callers learn the address or the bind error at once).
@@ -107,6 +114,7 @@ pub async fn serve(
         in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max.max(1))),
         events_per_request_max: config.events_per_request_max,
         body_bytes_max: config.body_bytes_max,
+        request_timeout: config.request_timeout,
         auth_token: config.auth_token.clone(),
     });
     let mut router = Router::new();
@@ -148,7 +156,15 @@ async fn guard(
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return retry_later("too many requests in flight; retry later".into());
     };
-    next.run(request).await
+    // A request cut off by the timeout may still have stored its events (a retry repeats
+    // them: at-least-once), never half of one append.
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => reply(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {} ms", state.request_timeout.as_millis()),
+        ),
+    }
 }
 
 fn reply(status: StatusCode, text: String) -> Response {
