@@ -17,8 +17,7 @@ pub fn open_broker(store: &StoreArgs) -> Result<Broker> {
     let (data_dir, segment_size_bytes) = (store.data_dir.as_path(), store.segment_size_bytes);
     let mut config = BrokerConfig::new(data_dir);
     config.store.flush_mode = FlushMode::Sync;
-    config.store.segment_size_bytes = segment_size_bytes;
-    config.store.message_size_max_bytes = config.store.message_size_max_bytes.min(segment_size_bytes as usize / 2);
+    config.store.set_segment_size_bytes(segment_size_bytes);
     config.store.adopt_existing_layout()?;
     if !data_dir.join("store.json").exists() {
         eprintln!(

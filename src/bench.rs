@@ -88,8 +88,7 @@ async fn storage(args: StorageArgs, segment_size_bytes: u64) -> Result<()> {
     let mut config = BrokerConfig::new(&store_dir);
     config.store.flush_mode = flush_mode;
     config.store.flush_interval_ms = args.flush_interval_ms;
-    config.store.segment_size_bytes = segment_size_bytes;
-    config.store.message_size_max_bytes = config.store.message_size_max_bytes.min(segment_size_bytes as usize / 2);
+    config.store.set_segment_size_bytes(segment_size_bytes);
     let broker = Broker::open(config)?;
     broker.create_topic(TopicConfig::new("bench", args.queues))?;
     let body = vec![b'w'; args.size];

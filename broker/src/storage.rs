@@ -108,7 +108,8 @@ mod store;
 
 pub use checkpoint::Checkpoint;
 pub use record::{
-    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, properties_size, tag_hash,
+    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, is_name_chars, properties_size,
+    tag_hash,
 };
 pub use store::{
     AppendDone, AppendedMessage, DispatchListener, FlushMode, MessageFilter, MessageStore, QueueRange, QueueRead,

@@ -64,7 +64,7 @@ fn validate_name(name: &str) -> std::result::Result<(), &'static str> {
     if name.len() > NAME_LENGTH_MAX {
         return Err("longer than 127 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-') {
+    if !crate::storage::is_name_chars(name) {
         return Err("only letters, digits, `%`, `_` and `-` are allowed");
     }
     Ok(())

@@ -191,8 +191,7 @@ pub async fn run(args: IngestArgs, segment_size_bytes: u64) -> Result<()> {
     // Weir: the HTTP source into an embedded broker with async flush.
     let mut config = BrokerConfig::new(&store_dir);
     config.store.flush_mode = FlushMode::Async;
-    config.store.segment_size_bytes = segment_size_bytes;
-    config.store.message_size_max_bytes = config.store.message_size_max_bytes.min(segment_size_bytes as usize / 2);
+    config.store.set_segment_size_bytes(segment_size_bytes);
     let broker = Broker::open(config)?;
     broker.create_topic(TopicConfig::new("access-logs", 8))?;
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());

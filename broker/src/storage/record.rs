@@ -63,7 +63,7 @@ impl NewMessage {
             return Err(Error::TopicNameInvalid { name: self.topic.clone(), reason: "must be 1 to 127 bytes" });
         }
         // Topic names become directory names: the store enforces RocketMQ's character set too.
-        if !self.topic.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-') {
+        if !is_name_chars(&self.topic) {
             return Err(Error::TopicNameInvalid {
                 name: self.topic.clone(),
                 reason: "only letters, digits, `%`, `_` and `-` are allowed",
@@ -90,6 +90,12 @@ impl NewMessage {
         }
         Ok(())
     }
+}
+
+/// RocketMQ's character set for topic and group names (`[A-Za-z0-9%_-]`); topic names also
+/// become directory names, so the store enforces it too.
+pub fn is_name_chars(name: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-')
 }
 
 /// Encoded size of a properties block.

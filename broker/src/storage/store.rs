@@ -104,6 +104,13 @@ impl StoreConfig {
         }
     }
 
+    /// Sets the segment size, capping the message maximum at half a segment so the pair
+    /// always validates (tools and tests pick small segments).
+    pub fn set_segment_size_bytes(&mut self, segment_size_bytes: u64) {
+        self.segment_size_bytes = segment_size_bytes;
+        self.message_size_max_bytes = self.message_size_max_bytes.min(segment_size_bytes as usize / 2);
+    }
+
     /// Takes the file-layout settings (segment size, consume queue and index file sizes)
     /// from an existing data directory's `store.json`, so a tool opens any directory whatever
     /// layout it was created with. A new directory keeps this config's values.
@@ -274,9 +281,7 @@ fn now_ms() -> i64 {
 
 /// Whether a directory name can be a topic we wrote (guards recovery against strays).
 fn is_topic_dir_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= TOPIC_BYTES_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'%' || b == b'_' || b == b'-')
+    !name.is_empty() && name.len() <= TOPIC_BYTES_MAX && super::record::is_name_chars(name)
 }
 
 impl MessageStore {
