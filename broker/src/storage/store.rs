@@ -1168,7 +1168,8 @@ impl Writer {
         // One index lock per request (a roll inside waits at most for one prefault chunk).
         let mut index = shared.index.lock().expect("index lock");
         for message in messages {
-            let queue = writer_queue(&shared, &message.topic, message.queue_id, touched)?;
+            let slot = writer_queue(&shared, &message.topic, message.queue_id, touched)?;
+            let queue = touched[slot].0.clone();
             let cursor = cursor_mut(&mut self.cursors, &message.topic, message.queue_id, queue.max_offset());
             let queue_offset = *cursor;
             let (physical_offset, size_bytes) = self.log.append(message, queue_offset, store_timestamp_ms)?;
@@ -1186,10 +1187,7 @@ impl Writer {
             let entry = consume_queue::Entry { physical_offset, size_bytes, tag_hash: tag_hash(item.tag) };
             queue.put(queue_offset, entry, cursor)?;
             index_message(&mut index, &item)?;
-            match touched.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &queue)) {
-                Some(slot) => slot.1 = *cursor,
-                None => touched.push((queue, *cursor)),
-            }
+            touched[slot].1 = *cursor;
             appended.push(AppendedMessage {
                 queue_id: message.queue_id,
                 queue_offset,
@@ -1242,21 +1240,30 @@ impl Writer {
 }
 
 /// The consume queue the writer appends to, created on first use.
+/// Returns the queue's slot in `touched` (the queues this batch writes), adding it there
+/// (created on first use) when the batch has not written it yet.
 fn writer_queue(
     shared: &Shared,
     topic: &str,
     queue_id: u32,
-    touched: &[(Arc<ConsumeQueue>, u64)],
-) -> Result<Arc<ConsumeQueue>> {
-    if let Some((queue, _)) = touched.iter().find(|(q, _)| q.queue_id() == queue_id && q.topic() == topic) {
-        return Ok(queue.clone());
+    touched: &mut Vec<(Arc<ConsumeQueue>, u64)>,
+) -> Result<usize> {
+    if let Some(slot) = touched.iter().position(|(q, _)| q.queue_id() == queue_id && q.topic() == topic) {
+        return Ok(slot);
     }
-    if let Some(queue) = shared.queues.read().expect("queues lock").get(topic).and_then(|m| m.get(&queue_id)) {
-        return Ok(queue.clone());
-    }
-    let queue = Arc::new(open_new_queue(&shared.config, topic, queue_id)?);
-    shared.queues.write().expect("queues lock").entry(topic.to_string()).or_default().insert(queue_id, queue.clone());
-    Ok(queue)
+    let known = shared.queues.read().expect("queues lock").get(topic).and_then(|m| m.get(&queue_id)).cloned();
+    let queue = match known {
+        Some(queue) => queue,
+        None => {
+            let queue = Arc::new(open_new_queue(&shared.config, topic, queue_id)?);
+            let mut queues = shared.queues.write().expect("queues lock");
+            queues.entry(topic.to_string()).or_default().insert(queue_id, queue.clone());
+            queue
+        }
+    };
+    let max_offset = queue.max_offset();
+    touched.push((queue, max_offset));
+    Ok(touched.len() - 1)
 }
 
 fn command_messages(command: &Command) -> usize {
