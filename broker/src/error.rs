@@ -82,6 +82,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same request may succeed later (the store is busy); a client retries it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Busy { .. })
+    }
+
+    /// The message itself is refused: sending it again unchanged can never succeed.
+    pub fn is_message_rejected(&self) -> bool {
+        matches!(self, Error::MessageTooLarge { .. } | Error::PropertiesTooLarge { .. } | Error::PropertyInvalid { .. })
+    }
+
     pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { context, path: path.into(), source }
     }

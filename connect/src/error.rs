@@ -55,4 +55,15 @@ pub enum ConnectError {
         #[source]
         source: SinkError,
     },
+    /// The source failed and retrying is not allowed or did not help.
+    #[error("connector {connector:?}: source failed after {attempts} attempts: {source}")]
+    Source {
+        connector: String,
+        attempts: u32,
+        #[source]
+        source: crate::source_task::SourceError,
+    },
+    /// The source position file cannot be read or written.
+    #[error("source positions {path}: {reason}")]
+    PositionStore { path: std::path::PathBuf, reason: String },
 }

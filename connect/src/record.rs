@@ -23,11 +23,13 @@ impl Record {
         serde_json::from_slice(&self.value)
     }
 
-    /// The message a source sends for this record.
+    /// The message a source sends for this record. The key is also the sharding key: records
+    /// of one key land in one queue, in order (as a Kafka key picks the partition).
     pub fn to_message(&self) -> Message {
         let mut message = Message::new(&self.topic, self.value.clone());
         message.tag = self.tag.clone();
         message.keys = self.key.iter().cloned().collect();
+        message.sharding_key = self.key.clone();
         message.properties = self.properties.clone();
         message
     }

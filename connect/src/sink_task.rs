@@ -152,6 +152,11 @@ pub async fn run_sink_task(
         let (batch, next_positions) = gather(broker.as_ref(), config, &positions, first_queue, shutdown).await?;
         first_queue = (first_queue + 1) % positions.len().max(1);
         if !batch.is_empty() {
+            let bytes: u64 = batch.iter().map(|r| r.record.value.len() as u64).sum();
+            metrics::counter!("weir_connect_sink_records_in_total", "connector" => config.connector.clone())
+                .increment(batch.len() as u64);
+            metrics::counter!("weir_connect_sink_bytes_in_total", "connector" => config.connector.clone())
+                .increment(bytes);
             let started = Instant::now();
             let Some(dead) = deliver(broker.as_ref(), sink, config, &batch, shutdown).await? else {
                 break; // stopped mid-retry: nothing of this batch is committed
@@ -163,12 +168,21 @@ pub async fn run_sink_task(
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("weir_connect_sink_records_total", "connector" => config.connector.clone())
                 .increment((batch.len() - dead) as u64);
+            metrics::counter!("weir_connect_sink_bytes_total", "connector" => config.connector.clone())
+                .increment(bytes);
         }
         // Everything below `next_positions` is written and flushed (or dead-lettered).
         for (queue_id, (old, new)) in positions.iter().zip(&next_positions).enumerate() {
             if new != old {
                 broker.commit_offset(&group, &config.topic, queue_id as u32, *new).await?;
             }
+        }
+        if next_positions != positions || stats.batches == 0 {
+            let mut lag = 0;
+            for (queue_id, position) in next_positions.iter().enumerate() {
+                lag += broker.queue_range(&config.topic, queue_id as u32).await?.max_offset.saturating_sub(*position);
+            }
+            metrics::gauge!("weir_connect_sink_lag_records", "connector" => config.connector.clone()).set(lag as f64);
         }
         positions = next_positions;
     }
@@ -311,7 +325,7 @@ fn failed_indexes(error: &SinkError, len: usize) -> Vec<usize> {
 }
 
 /// `duration` ± 25 %.
-fn jitter(duration: Duration) -> Duration {
+pub(crate) fn jitter(duration: Duration) -> Duration {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     let unit = (hasher.finish() % 10_001) as f64 / 10_000.0; // 0.0..=1.0

@@ -1,5 +1,7 @@
-//! Sink task tests against the embedded broker: at-least-once under injected failures,
-//! offsets only after flush, dead letters, restarts.
+//! Connect tests against the embedded broker. Here: the sink task — at-least-once under
+//! injected failures, offsets only after flush, dead letters, restarts, the conformance kit.
+
+mod source_task;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -219,4 +221,45 @@ async fn bad_config_is_refused_by_field() {
     config.batch_records_max = 0;
     let error = run_until(&broker, MemorySink::default(), config, |_| false).await.unwrap_err();
     assert!(error.to_string().contains("`batch_records_max`"), "{error}");
+}
+
+#[test]
+fn an_in_memory_sink_passes_the_conformance_kit() {
+    let sink = MemorySink::default();
+    let values: Vec<Vec<u8>> = (0..400).map(|i| format!("value-{i}").into_bytes()).collect();
+    let target = sink.0.clone();
+    weir_connect::conformance::check_sink(
+        || Box::new(sink.clone()),
+        || target.lock().unwrap().durable.iter().map(|v| v.clone().into_bytes()).collect(),
+        &values,
+        &weir_connect::conformance::Faults::default(),
+    );
+}
+
+/// Says a flush succeeded while it dropped what was written.
+struct LyingSink;
+
+#[async_trait]
+impl Sink for LyingSink {
+    async fn write(&mut self, _batch: &[SinkRecord]) -> Result<(), SinkError> {
+        Ok(())
+    }
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_kit_catches_a_sink_that_loses_records() {
+    let values: Vec<Vec<u8>> = (0..50).map(|i| format!("value-{i}").into_bytes()).collect();
+    let outcome = std::panic::catch_unwind(|| {
+        weir_connect::conformance::check_sink(
+            || Box::new(LyingSink),
+            Vec::new,
+            &values,
+            &weir_connect::conformance::Faults::default(),
+        )
+    });
+    let message = *outcome.expect_err("a lossy sink must fail").downcast::<String>().unwrap();
+    assert!(message.contains("never reached the sink's target"), "{message}");
 }
