@@ -31,6 +31,9 @@ use crate::sink_task::{Sink, SinkTaskConfig, run_sink_task};
 use crate::source_task::{Source, SourceError, SourceRecord, SourceTaskConfig, run_source_task};
 use crate::{SinkError, SinkRecord};
 
+/// What a source emitted in the current run: each record's position and value, in order.
+type Emitted = Arc<Mutex<Vec<(Position, Vec<u8>)>>>;
+
 /// How hard the kit pushes.
 #[derive(Clone, Debug)]
 pub struct Faults {
@@ -76,7 +79,7 @@ pub fn check_source(mut make_source: impl FnMut() -> Box<dyn Source>, expected: 
     let violations = runtime.block_on(async {
         let broker = open_broker(dir.path());
         let faulty = Arc::new(FaultyMessaging::new(broker.clone(), faults.clone()));
-        let emitted: Arc<Mutex<Vec<(Position, Vec<u8>)>>> = Arc::default();
+        let emitted: Emitted = Arc::default();
         let positions = CheckedPositions {
             inner: FilePositionStore::open(dir.path().join("positions.json")).expect("position file"),
             emitted: emitted.clone(),
@@ -349,7 +352,7 @@ impl Messaging for FaultyMessaging {
 /// schedule.
 struct RecordingSource {
     inner: Box<dyn Source>,
-    emitted: Arc<Mutex<Vec<(Position, Vec<u8>)>>>,
+    emitted: Emitted,
     faults: Faults,
     polls: u64,
 }
@@ -379,7 +382,7 @@ impl Source for RecordingSource {
 /// A position store that checks each commit against what the broker acknowledged.
 struct CheckedPositions {
     inner: FilePositionStore,
-    emitted: Arc<Mutex<Vec<(Position, Vec<u8>)>>>,
+    emitted: Emitted,
     broker: Arc<FaultyMessaging>,
     violations: Arc<Mutex<Vec<String>>>,
 }
