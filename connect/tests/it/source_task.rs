@@ -190,11 +190,11 @@ async fn bad_source_config_is_refused_by_field() {
     let dir = tempfile::tempdir().unwrap();
     let broker: Arc<dyn Messaging> = Arc::new(open_broker(dir.path()));
     let positions = FilePositionStore::open(dir.path().join("p.json")).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut SourceTaskConfig)>)> = vec![
-        ("batch_records_max", Box::new(|c| c.batch_records_max = 0)),
-        ("in_flight_batches_max", Box::new(|c| c.in_flight_batches_max = 1000)),
-        ("connector", Box::new(|c| c.connector = "no spaces".into())),
-        ("backoff_max", Box::new(|c| c.backoff_initial = Duration::ZERO)),
+    let cases: [(&str, fn(&mut SourceTaskConfig)); 4] = [
+        ("batch_records_max", |c| c.batch_records_max = 0),
+        ("in_flight_batches_max", |c| c.in_flight_batches_max = 1000),
+        ("connector", |c| c.connector = "no spaces".into()),
+        ("backoff_max", |c| c.backoff_initial = Duration::ZERO),
     ];
     for (field, change) in cases {
         let mut config = SourceTaskConfig::new("bad");
