@@ -190,7 +190,8 @@ async fn bad_source_config_is_refused_by_field() {
     let dir = tempfile::tempdir().unwrap();
     let broker: Arc<dyn Messaging> = Arc::new(open_broker(dir.path()));
     let positions = FilePositionStore::open(dir.path().join("p.json")).unwrap();
-    let cases: [(&str, fn(&mut SourceTaskConfig)); 4] = [
+    type Change = fn(&mut SourceTaskConfig);
+    let cases: [(&str, Change); 4] = [
         ("batch_records_max", |c| c.batch_records_max = 0),
         ("in_flight_batches_max", |c| c.in_flight_batches_max = 1000),
         ("connector", |c| c.connector = "no spaces".into()),
