@@ -4,6 +4,12 @@ use std::collections::BTreeMap;
 
 use weir_broker::{Message, StoredMessage};
 
+/// Milliseconds since the Unix epoch, now (a record's receive time).
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    since_epoch.as_millis() as i64
+}
+
 /// A record outside the broker; a source record becomes a message, a message becomes a sink
 /// record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,4 +1,5 @@
 //! Sources: where records enter Weir.
 
+pub mod file;
 #[cfg(feature = "http")]
 pub mod http;
