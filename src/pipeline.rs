@@ -80,6 +80,34 @@ fn default_queues() -> u32 {
 pub enum SourceSection {
     /// Logs and metrics posted over HTTP.
     Http(HttpSource),
+    /// Lines of a growing text file (an application log), resumed from a saved position.
+    File(FileSource),
+}
+
+/// `type: file`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    /// The file followed; it may not exist yet.
+    pub path: PathBuf,
+    /// Topic the lines go to.
+    pub topic: String,
+    /// Tag of every record.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Where to start without a saved position (default `beginning`).
+    #[serde(default)]
+    pub start_at: Option<StartAt>,
+    /// Longest line (default 102400); longer lines are skipped and counted.
+    #[serde(default)]
+    pub line_bytes_max: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    Beginning,
+    End,
 }
 
 /// `type: http`.
@@ -406,7 +434,15 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         }
     };
     for (source_name, source) in &pipeline.sources {
-        let SourceSection::Http(http) = source;
+        let http = match source {
+            SourceSection::Http(http) => http,
+            SourceSection::File(file) => {
+                validate_file_source(text, source_name, file)
+                    .map_err(|(at, field, message)| fail(at, field, message))?;
+                declared(format!("sources.{source_name}.topic"), &file.topic)?;
+                continue;
+            }
+        };
         if http.listen.parse::<SocketAddr>().is_err() {
             return Err(fail(
                 position_of_entry(text, "listen", &http.listen),
@@ -510,6 +546,31 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                 error.to_string(),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A file source's own fields: `(position, field, message)` of the first problem.
+fn validate_file_source(text: &str, name: &str, file: &FileSource) -> Result<(), ((u64, u64), String, String)> {
+    if file.path.as_os_str().is_empty() {
+        return Err((position_of_key(text, name), format!("sources.{name}.path"), "the path is empty".into()));
+    }
+    let line_max = weir_connectors::sources::file::LINE_BYTES_MAX as u64;
+    if file.line_bytes_max.is_some_and(|max| max == 0 || max > line_max) {
+        return Err((
+            position_of_key(text, "line_bytes_max"),
+            format!("sources.{name}.line_bytes_max"),
+            format!("must be in 1..={line_max}"),
+        ));
+    }
+    if let Some(tag) = &file.tag
+        && (tag.is_empty() || tag.contains(char::is_whitespace) || tag.contains("||"))
+    {
+        return Err((
+            position_of_entry(text, "tag", tag),
+            format!("sources.{name}.tag"),
+            "a tag is a non-empty word without spaces or `||`".into(),
+        ));
     }
     Ok(())
 }

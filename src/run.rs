@@ -12,13 +12,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use weir_broker::{Messaging, TopicConfig};
-use weir_connect::{Sink, SinkTaskConfig, run_sink_task};
+use weir_connect::{FilePositionStore, Sink, SinkTaskConfig, SourceTaskConfig, run_sink_task, run_source_task};
 use weir_connectors::sinks::{BlackholeSink, FileSink, FileSinkConfig, StdoutSink};
+use weir_connectors::sources::file::{FileSource, FileSourceConfig, StartAt};
 use weir_connectors::sources::http::{self, HttpRoute, HttpSourceConfig};
 
 use crate::admin::{StoreArgs, open_broker};
 use crate::pipeline::{self, RouteFormat, SinkSection, SourceSection};
-use crate::rest::{self, ConnectorState, ConnectorStatus, Control, Controls, Statuses};
+use crate::rest::{self, ConnectorKind, ConnectorState, ConnectorStatus, Control, Controls, Statuses};
 
 /// Longest wait before a failed sink task is restarted.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -38,6 +39,7 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
         .map_or_else(|| std::path::PathBuf::from("./data"), |embedded| embedded.data_dir.clone());
     let broker = open_broker(&StoreArgs { data_dir: data_dir.clone(), segment_size_bytes })?;
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
+    let positions = FilePositionStore::open(data_dir.join("connect/source-positions.json"))?;
     println!("pipeline {}: broker on {}", pipeline.pipeline, data_dir.display());
     for (name, topic) in &pipeline.topics {
         let config = messaging.ensure_topic(TopicConfig::new(name, topic.queues)).await?;
@@ -54,15 +56,46 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
         let _ = admin_stopped.wait_for(|stop| *stop).await;
     };
     tasks.push(tokio::spawn({
-        let (statuses, controls) = (statuses.clone(), controls.clone());
+        let context = rest::AdminContext {
+            metrics,
+            statuses: statuses.clone(),
+            controls: controls.clone(),
+            broker: messaging.clone(),
+            positions: positions.clone(),
+            offsets_lock: Arc::default(),
+        };
         async move {
-            if let Err(error) = rest::serve(admin, metrics, statuses, controls, admin_shutdown).await {
+            if let Err(error) = rest::serve(admin, context, admin_shutdown).await {
                 tracing::error!(%error, "admin API stopped");
             }
         }
     }));
     for (name, source) in &pipeline.sources {
-        let SourceSection::Http(section) = source;
+        let section = match source {
+            SourceSection::Http(section) => section,
+            SourceSection::File(section) => {
+                let config = file_source_config(name, section);
+                println!("  source {name}: file {} -> topic {}", section.path.display(), section.topic);
+                let status = ConnectorStatus::new(ConnectorKind::Source, &section.topic);
+                let control = register(&statuses, &controls, name, status);
+                let task_config = SourceTaskConfig::new(name);
+                let run_once = {
+                    let (messaging, positions) = (messaging.clone(), positions.clone());
+                    move |mut stop: watch::Receiver<bool>| -> RunFuture {
+                        let (messaging, positions, config) = (messaging.clone(), positions.clone(), config.clone());
+                        let task_config = task_config.clone();
+                        Box::pin(async move {
+                            let mut source = FileSource::new(config);
+                            run_source_task(messaging, &mut source, &positions, &task_config, &mut stop).await?;
+                            Ok(())
+                        })
+                    }
+                };
+                let supervisor = supervise(name.clone(), stopped.clone(), statuses.clone(), control, run_once);
+                tasks.push(tokio::spawn(supervisor));
+                continue;
+            }
+        };
         let config = http_config(name, section)?;
         let listener =
             http::bind(&config).await.with_context(|| format!("source {name}: cannot listen on {}", config.listen))?;
@@ -70,8 +103,16 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
             println!("  source {name}: POST http://{}{} -> topic {}", listener.local_addr()?, route.path, route.topic);
         }
         let topics: Vec<&str> = config.routes.iter().map(|route| route.topic.as_str()).collect();
-        let status = ConnectorStatus { kind: "source", topic: topics.join(","), state: ConnectorState::Running };
-        statuses.lock().expect("statuses lock").insert(name.clone(), status);
+        let mut status = ConnectorStatus::new(ConnectorKind::HttpSource, &topics.join(","));
+        status.restartable = false;
+        let control = register(&statuses, &controls, name, status);
+        tasks.push(tokio::spawn(follow_pause(
+            name.clone(),
+            config.paused.clone(),
+            control,
+            stopped.clone(),
+            statuses.clone(),
+        )));
         let mut source_stopped = stopped.clone();
         let shutdown = async move {
             let _ = source_stopped.wait_for(|stop| *stop).await;
@@ -97,13 +138,20 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
         let (config, describe) = sink_config(name, sink);
         make_sink(sink)?; // refuse a sink that cannot be built before anything runs
         println!("  sink {name}: topic {} -> {describe}", config.topic);
-        let status = ConnectorStatus { kind: "sink", topic: config.topic.clone(), state: ConnectorState::Running };
-        statuses.lock().expect("statuses lock").insert(name.clone(), status);
-        let (control, control_rx) = watch::channel(Control::default());
-        controls.lock().expect("controls lock").insert(name.clone(), control);
-        let supervisor =
-            supervise(messaging.clone(), config, sink.clone(), stopped.clone(), statuses.clone(), control_rx);
-        tasks.push(tokio::spawn(supervisor));
+        let status = ConnectorStatus::new(ConnectorKind::Sink { group: config.group() }, &config.topic);
+        let control = register(&statuses, &controls, name, status);
+        let run_once = {
+            let (messaging, section) = (messaging.clone(), sink.clone());
+            move |mut stop: watch::Receiver<bool>| -> RunFuture {
+                let (messaging, config, section) = (messaging.clone(), config.clone(), section.clone());
+                Box::pin(async move {
+                    let mut sink = make_sink(&section)?;
+                    run_sink_task(messaging, sink.as_mut(), &config, &mut stop).await?;
+                    Ok(())
+                })
+            }
+        };
+        tasks.push(tokio::spawn(supervise(name.clone(), stopped.clone(), statuses.clone(), control, run_once)));
     }
     println!("running; Ctrl-C (or SIGTERM) stops, a second one exits at once");
     let mut terminate =
@@ -159,6 +207,18 @@ fn http_config(name: &str, section: &pipeline::HttpSource) -> Result<HttpSourceC
     Ok(config)
 }
 
+fn file_source_config(name: &str, section: &pipeline::FileSource) -> FileSourceConfig {
+    let mut config = FileSourceConfig::new(name, &section.path, &section.topic);
+    config.tag = section.tag.clone();
+    if section.start_at == Some(pipeline::StartAt::End) {
+        config.start_at = StartAt::End;
+    }
+    if let Some(max) = section.line_bytes_max {
+        config.line_bytes_max = max as usize;
+    }
+    config
+}
+
 fn sink_config(name: &str, sink: &SinkSection) -> (SinkTaskConfig, String) {
     let (topic, tags, describe) = match sink {
         SinkSection::File(file) => (&file.topic, &file.tags, format!("file {}", file.path.display())),
@@ -186,17 +246,48 @@ fn make_sink(sink: &SinkSection) -> Result<Box<dyn Sink>> {
     })
 }
 
-/// Runs a sink task until the pipeline stops: restarts it with backoff when it fails, and
-/// follows `control` (pause, resume, restart from the admin API).
+/// One run of a connector task; it returns when its stop receiver turns true.
+type RunFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// Adds a connector to the admin API's tables; returns its control channel.
+fn register(statuses: &Statuses, controls: &Controls, name: &str, status: ConnectorStatus) -> watch::Receiver<Control> {
+    statuses.lock().expect("statuses lock").insert(name.to_string(), status);
+    let (control, control_rx) = watch::channel(Control::default());
+    controls.lock().expect("controls lock").insert(name.to_string(), control);
+    control_rx
+}
+
+/// Mirrors an HTTP source's pause control into its `paused` flag (and status).
+/// Returns when the pipeline stops.
+async fn follow_pause(
+    name: String,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    mut control: watch::Receiver<Control>,
+    mut stopped: watch::Receiver<bool>,
+    statuses: Statuses,
+) {
+    loop {
+        tokio::select! {
+            changed = control.changed() => if changed.is_err() { return },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let pause = control.borrow().paused;
+        paused.store(pause, std::sync::atomic::Ordering::Relaxed);
+        let state = if pause { ConnectorState::Paused } else { ConnectorState::Running };
+        rest::set_state(&statuses, &name, state);
+    }
+}
+
+/// Runs a connector task until the pipeline stops: restarts it with backoff when it fails,
+/// and follows `control` (pause, resume, restart from the admin API). Each run gets its own
+/// stop signal, raised by the pipeline's stop or any control change.
 async fn supervise(
-    messaging: Arc<dyn Messaging>,
-    config: SinkTaskConfig,
-    section: SinkSection,
+    name: String,
     mut stopped: watch::Receiver<bool>,
     statuses: Statuses,
     mut control: watch::Receiver<Control>,
+    mut run_once: impl FnMut(watch::Receiver<bool>) -> RunFuture,
 ) {
-    let name = config.connector.clone();
     let mut backoff = Duration::from_secs(1);
     loop {
         // Paused: wait for resume (or the end).
@@ -211,17 +302,9 @@ async fn supervise(
             rest::set_state(&statuses, &name, ConnectorState::Stopped);
             return;
         }
-        let mut sink = match make_sink(&section) {
-            Ok(sink) => sink,
-            Err(error) => {
-                tracing::error!(connector = %name, %error, "cannot build the sink");
-                rest::set_state(&statuses, &name, ConnectorState::Failed(error.to_string()));
-                return;
-            }
-        };
         // This run stops when the pipeline stops or the admin API changes the control.
         let seen = *control.borrow();
-        let (run_stop, mut run_stopped) = watch::channel(false);
+        let (run_stop, run_stopped) = watch::channel(false);
         let watcher = tokio::spawn({
             let (mut stopped, mut control) = (stopped.clone(), control.clone());
             async move {
@@ -236,17 +319,17 @@ async fn supervise(
             }
         });
         rest::set_state(&statuses, &name, ConnectorState::Running);
-        let outcome = run_sink_task(messaging.clone(), sink.as_mut(), &config, &mut run_stopped).await;
+        let outcome = run_once(run_stopped).await;
         watcher.abort();
         match outcome {
-            Ok(_) => {
+            Ok(()) => {
                 backoff = Duration::from_secs(1);
                 continue; // stopped, paused or restarted: the loop head decides
             }
             Err(error) => {
-                rest::set_state(&statuses, &name, ConnectorState::Failed(error.to_string()));
-                tracing::error!(connector = %name, %error, restart_in_s = backoff.as_secs(), "sink task failed");
-                eprintln!("sink {name}: {error}; restarting in {} s", backoff.as_secs());
+                rest::set_state(&statuses, &name, ConnectorState::Failed(format!("{error:#}")));
+                tracing::error!(connector = %name, error = format!("{error:#}"), restart_in_s = backoff.as_secs(), "connector task failed");
+                eprintln!("connector {name}: {error:#}; restarting in {} s", backoff.as_secs());
             }
         }
         let before = *control.borrow();

@@ -269,7 +269,20 @@ async fn send_loop(
     // Every record up to this position is acknowledged by the broker.
     let mut acknowledged: Option<Position> = None;
     let mut last_flush = Instant::now();
-    while let Some(batch) = batches.recv().await {
+    loop {
+        // An acknowledged position waits at most one flush interval, even when the source
+        // goes quiet after it (`recv` is cancel safe).
+        let pending = acknowledged.is_some() && acknowledged != stats.committed;
+        let flush_at = tokio::time::Instant::from_std(last_flush + config.position_flush_interval);
+        let batch = tokio::select! {
+            batch = batches.recv() => batch,
+            _ = tokio::time::sleep_until(flush_at), if pending => {
+                commit(positions, config, &mut stats, &acknowledged).await?;
+                last_flush = Instant::now();
+                continue;
+            }
+        };
+        let Some(batch) = batch else { break };
         let started = Instant::now();
         let bytes: usize = batch.iter().map(|r| r.record.value.len()).sum();
         let dead = match send_batch(broker, config, &batch, &mut shutdown).await {

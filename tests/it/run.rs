@@ -66,25 +66,7 @@ sinks:
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["--segment-size-bytes", "1048576", "run"])
-        .arg(&file)
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .env("E2E_TOKEN", "secret")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.starts_with("running") {
-            break;
-        }
-    }
+    let (running, banner) = start(&file, admin_port, &[("E2E_TOKEN", "secret")]);
     assert!(banner.contains(&format!("POST http://127.0.0.1:{port}/v1/logs -> topic logs")), "{banner}");
     let auth = [("Authorization", "Bearer secret")];
     let gzip = |text: &[u8]| {
@@ -133,16 +115,8 @@ sinks:
     let response = String::from_utf8_lossy(&response[..read]);
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     // The file sink receives exactly the accepted events (the 400 request wrote nothing).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let written = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if text.lines().count() >= 5 {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "the file sink did not write the events");
-        std::thread::sleep(Duration::from_millis(20)); // poll interval for the file
-    };
-    let mut records: Vec<serde_json::Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let written = wait_for_lines(&out, 5);
+    let mut records: Vec<serde_json::Value> = written.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     records.sort_by_key(|r| r["value"]["id"].as_str().unwrap().to_string());
     let summary: Vec<(String, String, String)> =
         records.iter().map(|r| (r["value"]["id"].to_string(), r["key"].to_string(), r["tag"].to_string())).collect();
@@ -178,15 +152,10 @@ sinks:
     }
     // Pause, resume and restart through the admin API.
     let wait_for_state = |wanted: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_until(&format!("to_file is {wanted}"), || {
             let (_, text) = http(admin_port, "GET", "/connectors/to_file/status", &[], b"");
-            if text.contains(&format!("\"state\":\"{wanted}\"")) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "to_file never became {wanted}: {text}");
-            std::thread::sleep(Duration::from_millis(20)); // poll interval for the status
-        }
+            text.contains(&format!("\"state\":\"{wanted}\""))
+        })
     };
     assert_eq!(http(admin_port, "PUT", "/connectors/to_file/pause", &[], b"").0, 202);
     wait_for_state("PAUSED");
@@ -194,21 +163,186 @@ sinks:
     assert_eq!(status, 200, "the source keeps taking events while the sink is paused");
     assert_eq!(http(admin_port, "PUT", "/connectors/to_file/resume", &[], b"").0, 202);
     wait_for_state("RUNNING");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains("\"a6\"") {
-        assert!(Instant::now() < deadline, "the resumed sink did not deliver the event sent while paused");
-        std::thread::sleep(Duration::from_millis(20)); // poll interval for the file
-    }
+    wait_until("the resumed sink delivers the event sent while paused", || {
+        std::fs::read_to_string(&out).unwrap_or_default().contains("\"a6\"")
+    });
     assert_eq!(http(admin_port, "POST", "/connectors/to_file/restart", &[], b"").0, 202);
     wait_for_state("RUNNING");
-    assert_eq!(http(admin_port, "PUT", "/connectors/web/pause", &[], b"").0, 409);
     assert_eq!(http(admin_port, "PUT", "/connectors/nope/pause", &[], b"").0, 404);
-    // SIGINT stops it cleanly.
+    // Offsets: read; changing them needs a paused sink; rewinding replays into the file.
+    let (status, text) = http(admin_port, "GET", "/connectors/to_file/offsets", &[], b"");
+    let offsets: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let committed: u64 =
+        offsets["offsets"].as_array().unwrap().iter().map(|o| o["offset"]["queue_offset"].as_u64().unwrap()).sum();
+    assert_eq!((status, committed), (200, 6), "{text}");
+    assert_eq!(http(admin_port, "DELETE", "/connectors/to_file/offsets", &[], b"").0, 409, "running");
+    assert_eq!(http(admin_port, "PUT", "/connectors/to_file/pause", &[], b"").0, 202);
+    wait_for_state("PAUSED");
+    let rewind = br#"{"offsets":[{"partition":{"topic":"logs","queue_id":0},"offset":{"queue_offset":0}}]}"#;
+    let bad_queue = br#"{"offsets":[{"partition":{"topic":"logs","queue_id":9},"offset":{"queue_offset":0}}]}"#;
+    let (status, text) = http(admin_port, "PATCH", "/connectors/to_file/offsets", &[], bad_queue);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("offsets[0].partition.queue_id"), "{text}");
+    assert_eq!(http(admin_port, "PATCH", "/connectors/to_file/offsets", &[], rewind).0, 200);
+    let queue_0 = offsets["offsets"][0]["offset"]["queue_offset"].as_u64().unwrap() as usize;
+    assert_eq!(http(admin_port, "PUT", "/connectors/to_file/resume", &[], b"").0, 202);
+    wait_for_lines(&out, 6 + queue_0);
+    // A paused HTTP source answers 503 (its health check too) and takes events after resume.
+    assert_eq!(http(admin_port, "POST", "/connectors/web/restart", &[], b"").0, 409);
+    assert_eq!(http(admin_port, "PUT", "/connectors/web/pause", &[], b"").0, 202);
+    wait_until("the HTTP source's health check says paused", || http(port, "GET", "/health", &[], b"").0 == 503);
+    let (status, text) = http(port, "POST", "/v1/logs", &auth, b"{\"id\":\"a7\"}\n");
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(http(admin_port, "PUT", "/connectors/web/resume", &[], b"").0, 202);
+    wait_until("the HTTP source takes events again", || {
+        http(port, "POST", "/v1/logs", &auth, b"{\"id\":\"a7\"}\n").0 == 200
+    });
+    stop(running);
+    assert!(!dir.path().join("data/abort").exists(), "the store closed cleanly");
+}
+
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// A running `weir run`; dropped without `stop` (a failed assertion), it is killed, so a
+/// failing test never leaves a pipeline behind.
+struct Running {
+    child: std::process::Child,
+    lines: Lines,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `weir run FILE`; returns once it prints its `running` line, with the banner.
+fn start(file: &std::path::Path, admin_port: u16, env: &[(&str, &str)]) -> (Running, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["--segment-size-bytes", "1048576", "run"])
+        .arg(file)
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut running = Running { child, lines };
+    let mut banner = String::new();
+    for line in running.lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("running") {
+            return (running, banner);
+        }
+    }
+    panic!("weir run stopped before running: {banner}");
+}
+
+/// Stops it with SIGINT and checks it stopped cleanly (within a deadline: a hung stop fails).
+fn stop(mut running: Running) {
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(running.child.id() as libc::pid_t, libc::SIGINT) };
+    let pid = running.child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            // SAFETY: killing our own child process, which did not stop in time.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    });
+    let rest: Vec<String> = running.lines.by_ref().map(|l| l.unwrap()).collect();
+    let status = running.child.wait().unwrap();
+    let _ = done_tx.send(());
     assert!(status.success(), "exit {status:?}; output {rest:?}");
     assert!(rest.iter().any(|l| l == "stopped"), "{rest:?}");
-    assert!(!dir.path().join("data/abort").exists(), "the store closed cleanly");
+}
+
+/// Polls `condition` every 20 ms until it holds; fails after 30 s naming `what`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+}
+
+/// Waits until `path` holds at least `count` lines; returns them.
+fn wait_for_lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    wait_until(&format!("{} has {count} lines", path.display()), || read().lines().count() >= count);
+    read().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn a_file_source_resumes_after_a_restart_without_repeating_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let log = dir.path().join("app.log");
+    let out = dir.path().join("out.jsonl");
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "pipeline: tail
+broker: {{ embedded: {{ data_dir: {data} }} }}
+topics:
+  app-logs: {{ queues: 1 }}
+sources:
+  app:
+    type: file
+    path: {log}
+    topic: app-logs
+    tag: app
+sinks:
+  out:
+    type: file
+    topic: app-logs
+    path: {out}
+",
+            data = dir.path().join("data").display(),
+            log = log.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(&log, "line 1\nline 2\n").unwrap();
+    let (running, banner) = start(&file, admin_port, &[]);
+    assert!(banner.contains("source app: file"), "{banner}");
+    wait_for_lines(&out, 2);
+    // The position is committed within its flush interval (1 s) although the file went quiet.
+    wait_until("the position after line 2 is committed", || {
+        let (status, text) = http(admin_port, "GET", "/connectors/app/offsets", &[], b"");
+        status == 200 && text.contains("\"offset\":14")
+    });
+    stop(running);
+    // Lines written while it was down are read after the restart; nothing is read twice.
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"line 3\n").unwrap();
+    let (running, _) = start(&file, admin_port, &[]);
+    // Once the source committed the position after line 3 (so the broker holds all it sent)
+    // and the sink has no lag, the file holds everything the source sent.
+    wait_until("the position after line 3 is committed", || {
+        http(admin_port, "GET", "/connectors/app/offsets", &[], b"").1.contains("\"offset\":21")
+    });
+    wait_until("the sink has no lag", || {
+        http(admin_port, "GET", "/connectors/out/status", &[], b"").1.contains("\"lag\":0")
+    });
+    let written = wait_for_lines(&out, 3);
+    assert_eq!(written.len(), 3, "{written:?}");
+    let values: Vec<String> = written
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(values, ["line 1", "line 2", "line 3"]);
+    // Resetting the position while paused makes the source read the file again.
+    assert_eq!(http(admin_port, "PUT", "/connectors/app/pause", &[], b"").0, 202);
+    wait_until("the paused source lets its position be reset", || {
+        http(admin_port, "DELETE", "/connectors/app/offsets", &[], b"").0 == 200
+    });
+    assert_eq!(http(admin_port, "PUT", "/connectors/app/resume", &[], b"").0, 202);
+    wait_for_lines(&out, 6);
+    stop(running);
 }

@@ -69,6 +69,9 @@ pub struct HttpSourceConfig {
     /// Longest a request may take, from its headers to the response (408 after it). Bounds
     /// slow uploads, and with them how long a graceful shutdown can wait.
     pub request_timeout: std::time::Duration,
+    /// A handle, not a setting: while true every request gets 503 with `Retry-After` and
+    /// `/health` reports 503, so load balancers send traffic elsewhere (the admin API's pause).
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl HttpSourceConfig {
@@ -82,6 +85,7 @@ impl HttpSourceConfig {
             requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX_DEFAULT,
             auth_token: None,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            paused: Arc::default(),
         }
     }
 }
@@ -94,6 +98,13 @@ struct SourceState {
     body_bytes_max: usize,
     auth_token: Option<String>,
     request_timeout: std::time::Duration,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SourceState {
+    fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Binds the listener (so callers learn the address or the bind error at once).
@@ -116,6 +127,7 @@ pub async fn serve(
         body_bytes_max: config.body_bytes_max,
         request_timeout: config.request_timeout,
         auth_token: config.auth_token.clone(),
+        paused: config.paused.clone(),
     });
     let mut router = Router::new();
     for route in config.routes {
@@ -135,7 +147,15 @@ pub async fn serve(
     let router = router
         .layer(DefaultBodyLimit::max(config.body_bytes_max))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .route("/health", get(|| async { "ok\n" }));
+        .route(
+            "/health",
+            get(move || async move {
+                if state.is_paused() {
+                    return retry_later("paused".into());
+                }
+                reply(StatusCode::OK, "ok".into())
+            }),
+        );
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
@@ -152,6 +172,9 @@ async fn guard(
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
+    }
+    if state.is_paused() {
+        return retry_later(format!("source {} is paused; retry later", state.name));
     }
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return retry_later("too many requests in flight; retry later".into());
