@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -139,6 +140,10 @@ struct Inner {
     waiters: Arc<Waiters>,
     /// Topics being deleted: sends to them are refused until the deletion ends.
     deleting: Mutex<std::collections::HashSet<String>>,
+    /// Sends hold it shared from their topic check until their append is queued; a deletion
+    /// takes it exclusively to mark the topic deleting, so no send that passed the check can
+    /// be queued behind the store's delete command.
+    topic_gate: tokio::sync::RwLock<()>,
     append_permits: Arc<Semaphore>,
     born_host: SocketAddr,
     persister: Mutex<Option<(std::sync::mpsc::SyncSender<()>, JoinHandle<()>)>>,
@@ -186,9 +191,15 @@ impl Broker {
         let persister = std::thread::Builder::new()
             .name("weir-offset-persist".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
+                // Every interval, and once more when the broker closes or is dropped without
+                // `close` (the sender goes away), so committed offsets are not lost.
+                loop {
+                    let stopping = !matches!(stop_rx.recv_timeout(interval), Err(RecvTimeoutError::Timeout));
                     if let Err(error) = persist_offsets.persist() {
                         tracing::error!(%error, "cannot persist consumer offsets");
+                    }
+                    if stopping {
+                        return;
                     }
                 }
             })
@@ -202,6 +213,7 @@ impl Broker {
                 offsets,
                 waiters,
                 deleting: Mutex::new(std::collections::HashSet::new()),
+                topic_gate: tokio::sync::RwLock::new(()),
                 append_permits: Arc::new(Semaphore::new(permits)),
                 born_host: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
                 persister: Mutex::new(Some((stop_tx, persister))),
@@ -256,8 +268,12 @@ impl Broker {
     /// Deletes a topic, its consume queues and its consumer offsets.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let config = self.inner.topics.get(name).ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })?;
-        // Refuse sends (and auto-creation) while the deletion runs.
-        self.inner.deleting.lock().expect("deleting lock").insert(name.to_string());
+        // Refuse sends (and auto-creation) while the deletion runs; sends already past their
+        // check finish queueing first.
+        {
+            let _gate = self.inner.topic_gate.write().await;
+            self.inner.deleting.lock().expect("deleting lock").insert(name.to_string());
+        }
         let result = self.delete_topic_steps(name).await;
         self.inner.deleting.lock().expect("deleting lock").remove(name);
         result?;
@@ -355,6 +371,8 @@ impl Broker {
             });
         }
         let born_timestamp_ms = now_ms();
+        // Held until the append is queued (see `topic_gate`).
+        let _gate = self.inner.topic_gate.read().await;
         let mut stored = Vec::with_capacity(messages.len());
         let mut message_ids = Vec::with_capacity(messages.len());
         let mut last_topic: Option<Arc<TopicEntry>> = None;
@@ -384,7 +402,7 @@ impl Broker {
                 topic: message.topic,
                 queue_id,
                 flags: 0,
-                born_timestamp_ms,
+                born_timestamp_ms: message.born_timestamp_ms.unwrap_or(born_timestamp_ms),
                 born_host: self.inner.born_host,
                 reconsume_count: 0,
                 prepared_transaction_offset: 0,
