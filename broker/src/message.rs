@@ -24,6 +24,10 @@ pub struct Message {
     pub sharding_key: Option<String>,
     /// A caller-chosen unique id; generated when `None`.
     pub unique_id: Option<String>,
+    /// When the message was made, in ms since the Unix epoch (RocketMQ's born timestamp, set
+    /// by the producer; a source sets its record's event time). The broker's clock at send
+    /// when `None`.
+    pub born_timestamp_ms: Option<i64>,
     pub properties: BTreeMap<String, String>,
     pub body: Vec<u8>,
 }

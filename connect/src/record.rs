@@ -37,6 +37,7 @@ impl Record {
         message.keys = self.key.iter().cloned().collect();
         message.sharding_key = self.key.clone();
         message.properties = self.properties.clone();
+        message.born_timestamp_ms = Some(self.timestamp_ms);
         message
     }
 }

@@ -13,7 +13,6 @@
 mod influx;
 mod parse;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -39,6 +38,9 @@ pub const EVENTS_PER_REQUEST_MAX_DEFAULT: usize = 100_000;
 /// Largest event accepted: the broker's default message maximum less room for the header and
 /// properties, so an event the store would refuse is refused with 400 before anything is sent.
 pub const EVENT_BYTES_MAX: usize = (4 << 20) - (64 << 10);
+/// Longest tag or key a template may render (both fit the broker's property maximum, so an
+/// event checked here is never refused by the broker halfway through a request).
+pub const RENDERED_BYTES_MAX: usize = 8 << 10;
 
 /// One path → topic route.
 #[derive(Clone, Debug)]
@@ -50,7 +52,8 @@ pub struct HttpRoute {
     pub tag: Option<String>,
     /// Key template (`"{{request_id}}"`); events missing a field get no key.
     pub key: Option<String>,
-    /// Field with the event time in ms since the Unix epoch, stored as `EVENT_TIME_MS`.
+    /// Field with the event time in ms since the Unix epoch, stored as the message's born
+    /// timestamp (receive time without it).
     pub timestamp_field: Option<String>,
 }
 
@@ -274,8 +277,9 @@ async fn handle_inner(state: &SourceState, prepared: &PreparedRoute, headers: &H
                 | weir_broker::Error::PropertiesTooLarge { .. }
                 | weir_broker::Error::PropertyInvalid { .. }),
             ) => {
-                // Only possible past the first chunk of a very large request; the earlier
-                // chunks stay stored (at-least-once).
+                // Not expected: every event was checked against the broker's limits above.
+                // Past the first chunk of a request over the broker's batch maximum the
+                // earlier chunks stay stored (at-least-once).
                 return reply(StatusCode::BAD_REQUEST, format!("the broker refused an event: {error}"));
             }
             Err(error) => {
@@ -319,14 +323,23 @@ fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine
     let mut message = Message::new(&route.topic, event.body);
     if let Some(json) = &event.json {
         message.tag = route.tag.as_deref().and_then(|template| parse::render(template, json));
-        message.keys = route.key.as_deref().and_then(|template| parse::render(template, json)).into_iter().collect();
+        // The key also picks the queue, so one key's events stay in order.
+        let key = route.key.as_deref().and_then(|template| parse::render(template, json));
+        for (what, value) in [("tag", &message.tag), ("key", &key)] {
+            if let Some(value) = value.as_ref().filter(|value| value.len() > RENDERED_BYTES_MAX) {
+                return Err(bad(format!(
+                    "the {what} renders to {} bytes; the maximum is {RENDERED_BYTES_MAX}",
+                    value.len()
+                )));
+            }
+        }
+        message.sharding_key = key.clone();
+        message.keys = key.into_iter().collect();
         if let Some(field) = &route.timestamp_field {
             let Some(time) = json.get(field).and_then(serde_json::Value::as_i64) else {
                 return Err(bad(format!("field {field:?} is missing or not a number of ms")));
             };
-            let mut properties = BTreeMap::new();
-            properties.insert("EVENT_TIME_MS".to_string(), time.to_string());
-            message.properties = properties;
+            message.born_timestamp_ms = Some(time);
         }
     }
     message.validate().map_err(|error| bad(error.to_string()))?;
