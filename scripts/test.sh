@@ -20,3 +20,7 @@ fi
 
 export WEIR_REQUIRE_SERVICES=1
 cargo test --workspace --locked "$@"
+# The examples must run, not only build.
+for example in examples/*.rs; do
+  cargo run --quiet --locked --example "$(basename "$example" .rs)" >/dev/null
+done
