@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use weir_broker::filter::TagExpression;
 use weir_broker::topic::{QUEUE_COUNT_MAX, validate_topic_name};
+use weir_connect::{ConnectError, ErrorTolerance, SinkTaskConfig, SourceTaskConfig};
 
 /// A pipeline file: topics are the edges between sources, stream jobs and sinks.
 #[derive(Debug, Deserialize)]
@@ -101,6 +103,12 @@ pub struct FileSource {
     /// Longest line (default 102400); longer lines are skipped and counted.
     #[serde(default)]
     pub line_bytes_max: Option<u64>,
+    #[serde(default)]
+    pub errors: ErrorsSection,
+    #[serde(default)]
+    pub batch: SourceBatchSection,
+    #[serde(default)]
+    pub retry: RetrySection,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -195,6 +203,12 @@ pub struct FileSink {
     /// Rotate after this many bytes (default 100 MiB).
     #[serde(default)]
     pub rotate_bytes: Option<u64>,
+    #[serde(default)]
+    pub errors: ErrorsSection,
+    #[serde(default)]
+    pub batch: SinkBatchSection,
+    #[serde(default)]
+    pub retry: RetrySection,
 }
 
 /// `type: stdout` and `type: blackhole`.
@@ -206,6 +220,132 @@ pub struct TopicSink {
     /// Tag expression (`*`, `TagA || TagB`).
     #[serde(default)]
     pub tags: Option<String>,
+    #[serde(default)]
+    pub errors: ErrorsSection,
+    #[serde(default)]
+    pub batch: SinkBatchSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+/// `errors:` — what a record the target refuses for good (bad data, not an outage) does,
+/// as Kafka Connect's `errors.tolerance`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsSection {
+    /// `none` (default): the task stops and is reported failed; `all`: the record goes to
+    /// the dead-letter topic `%DLQ%<connector>` with the error in its properties.
+    #[serde(default)]
+    pub tolerance: Tolerance,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Tolerance {
+    #[default]
+    None,
+    All,
+}
+
+/// `batch:` of a sink: a batch is written and flushed when any limit is reached.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkBatchSection {
+    /// Most records per batch (default 500).
+    pub records_max: Option<usize>,
+    /// About this many value bytes per batch at most (default 4 MiB).
+    pub bytes_max: Option<usize>,
+    /// How long a partial batch waits for more records (default 100 ms).
+    pub linger_ms: Option<u64>,
+}
+
+/// `batch:` of a source.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceBatchSection {
+    /// Most records read per poll and sent to the broker together (default 1000).
+    pub records_max: Option<usize>,
+}
+
+/// `retry:` — retries of a failed write, flush, poll or send before the task fails (the
+/// supervisor then restarts it with its own backoff).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Retries of one operation (default 10).
+    pub retries_max: Option<u32>,
+    /// First wait; it doubles per retry, with ±25 % jitter (default 100 ms).
+    pub backoff_initial_ms: Option<u64>,
+    /// Longest wait (default 30000 ms).
+    pub backoff_max_ms: Option<u64>,
+}
+
+impl SinkSection {
+    /// The consumed topic and tag expression, and the worker settings every sink has.
+    pub fn common(&self) -> (&str, Option<&str>, &ErrorsSection, &SinkBatchSection, &RetrySection) {
+        match self {
+            SinkSection::File(file) => (&file.topic, file.tags.as_deref(), &file.errors, &file.batch, &file.retry),
+            SinkSection::Stdout(sink) | SinkSection::Blackhole(sink) => {
+                (&sink.topic, sink.tags.as_deref(), &sink.errors, &sink.batch, &sink.retry)
+            }
+        }
+    }
+
+    /// The sink task's settings: the defaults, with what the file sets.
+    pub fn task_config(&self, name: &str) -> SinkTaskConfig {
+        let (topic, tags, errors, batch, retry) = self.common();
+        let mut config = SinkTaskConfig::new(name, topic);
+        if let Some(tags) = tags {
+            config.tag_expression = tags.to_string();
+        }
+        config.errors_tolerance = errors.tolerance.into();
+        config.batch_records_max = batch.records_max.unwrap_or(config.batch_records_max);
+        config.batch_bytes_max = batch.bytes_max.unwrap_or(config.batch_bytes_max);
+        config.linger = batch.linger_ms.map_or(config.linger, Duration::from_millis);
+        retry.apply(&mut config.retries_max, &mut config.backoff_initial, &mut config.backoff_max);
+        config
+    }
+}
+
+impl FileSource {
+    /// The source task's settings: the defaults, with what the file sets.
+    pub fn task_config(&self, name: &str) -> SourceTaskConfig {
+        let mut config = SourceTaskConfig::new(name);
+        config.errors_tolerance = self.errors.tolerance.into();
+        config.batch_records_max = self.batch.records_max.unwrap_or(config.batch_records_max);
+        self.retry.apply(&mut config.retries_max, &mut config.backoff_initial, &mut config.backoff_max);
+        config
+    }
+}
+
+impl RetrySection {
+    fn apply(&self, retries_max: &mut u32, backoff_initial: &mut Duration, backoff_max: &mut Duration) {
+        *retries_max = self.retries_max.unwrap_or(*retries_max);
+        *backoff_initial = self.backoff_initial_ms.map_or(*backoff_initial, Duration::from_millis);
+        *backoff_max = self.backoff_max_ms.map_or(*backoff_max, Duration::from_millis);
+    }
+}
+
+impl From<Tolerance> for ErrorTolerance {
+    fn from(tolerance: Tolerance) -> Self {
+        match tolerance {
+            Tolerance::None => ErrorTolerance::None,
+            Tolerance::All => ErrorTolerance::All,
+        }
+    }
+}
+
+/// The YAML path of a task setting the connect crate names in a `Config` error.
+fn setting_path(field: &str) -> &'static str {
+    match field {
+        "batch_records_max" => "batch.records_max",
+        "batch_bytes_max" => "batch.bytes_max",
+        "linger" => "batch.linger_ms",
+        "retries_max" => "retry.retries_max",
+        "backoff_initial" => "retry.backoff_initial_ms",
+        "backoff_max" => "retry.backoff_max_ms",
+        _ => "name",
+    }
 }
 
 /// A problem in a pipeline file, with where it is.
@@ -263,6 +403,10 @@ pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
                 (line, column) = (found_line, found_column);
             }
             field = Some(name.to_string());
+        } else if let Some(value) = message.strip_prefix("unknown variant `").and_then(|rest| rest.split('`').next())
+            && let Some((found_line, found_column, key)) = position_of_value_after(&text, value, line)
+        {
+            (line, column, field) = (found_line, found_column, Some(key));
         }
         PipelineError { file: path.to_path_buf(), line, column, field, message }
     })?;
@@ -323,6 +467,38 @@ fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
 /// Where `key:` first appears as a mapping key in `text` (1-based line and column).
 fn position_of_key(text: &str, key: &str) -> (u64, u64) {
     position_of_key_after(text, key, 1).unwrap_or((0, 0))
+}
+
+/// Where `key:` first appears after the mapping key `block:` (a connector's own settings),
+/// or the block itself.
+fn position_in(text: &str, block: &str, key: &str) -> (u64, u64) {
+    let block_at = position_of_key(text, block);
+    let needle = format!("{key}:");
+    for (index, line) in text.lines().enumerate().skip(block_at.0.saturating_sub(1) as usize) {
+        // Block (`key:` leading the line) or flow (`{ a: 1, key: 2 }`) style.
+        let found = line
+            .match_indices(&needle)
+            .find(|(at, _)| line[..*at].chars().next_back().is_none_or(|c| c.is_whitespace() || c == '{' || c == ','));
+        if let Some((at, _)) = found {
+            return (index as u64 + 1, at as u64 + 1);
+        }
+    }
+    block_at
+}
+
+/// Where `key: value` first appears at or after line `from_line` (block or flow style), with
+/// the key: `(line, column of the key, key)`.
+fn position_of_value_after(text: &str, value: &str, from_line: u64) -> Option<(u64, u64, String)> {
+    for (index, line) in text.lines().enumerate().skip(from_line.saturating_sub(1) as usize) {
+        let Some(at) = line.find(&format!(": {value}")) else { continue };
+        let end = at + 2 + value.len();
+        if line[end..].chars().next().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+            continue; // a longer value that starts the same
+        }
+        let key_start = line[..at].rfind(|c: char| c.is_whitespace() || c == '{' || c == ',').map_or(0, |i| i + 1);
+        return Some((index as u64 + 1, key_start as u64 + 1, line[key_start..at].to_string()));
+    }
+    None
 }
 
 /// Where `key:` first appears as a mapping key at or after line `from_line`.
@@ -439,6 +615,15 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
             SourceSection::File(file) => {
                 validate_file_source(text, source_name, file)
                     .map_err(|(at, field, message)| fail(at, field, message))?;
+                if let Err(ConnectError::Config { field, reason, .. }) = file.task_config(source_name).validate() {
+                    let path = setting_path(field);
+                    let key = path.rsplit('.').next().unwrap_or(path);
+                    return Err(fail(
+                        position_in(text, source_name, key),
+                        format!("sources.{source_name}.{path}"),
+                        reason,
+                    ));
+                }
                 declared(format!("sources.{source_name}.topic"), &file.topic)?;
                 continue;
             }
@@ -520,7 +705,7 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
             SinkSection::File(file) => {
                 if file.rotate_bytes == Some(0) {
                     return Err(fail(
-                        position_of_key(text, "rotate_bytes"),
+                        position_in(text, sink_name, "rotate_bytes"),
                         format!("sinks.{sink_name}.rotate_bytes"),
                         "must be positive".into(),
                     ));
@@ -537,6 +722,11 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
             SinkSection::Stdout(sink) | SinkSection::Blackhole(sink) => (&sink.topic, &sink.tags),
         };
         declared(format!("sinks.{sink_name}.topic"), topic)?;
+        if let Err(ConnectError::Config { field, reason, .. }) = sink.task_config(sink_name).validate() {
+            let path = setting_path(field);
+            let key = path.rsplit('.').next().unwrap_or(path);
+            return Err(fail(position_in(text, sink_name, key), format!("sinks.{sink_name}.{path}"), reason));
+        }
         if let Some(tags) = tags
             && let Err(error) = TagExpression::parse(tags)
         {
@@ -558,7 +748,7 @@ fn validate_file_source(text: &str, name: &str, file: &FileSource) -> Result<(),
     let line_max = weir_connectors::sources::file::LINE_BYTES_MAX as u64;
     if file.line_bytes_max.is_some_and(|max| max == 0 || max > line_max) {
         return Err((
-            position_of_key(text, "line_bytes_max"),
+            position_in(text, name, "line_bytes_max"),
             format!("sources.{name}.line_bytes_max"),
             format!("must be in 1..={line_max}"),
         ));

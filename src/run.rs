@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use weir_broker::{Messaging, TopicConfig};
-use weir_connect::{FilePositionStore, Sink, SinkTaskConfig, SourceTaskConfig, run_sink_task, run_source_task};
+use weir_connect::{FilePositionStore, Sink, run_sink_task, run_source_task};
 use weir_connectors::sinks::{BlackholeSink, FileSink, FileSinkConfig, StdoutSink};
 use weir_connectors::sources::file::{FileSource, FileSourceConfig, StartAt};
 use weir_connectors::sources::http::{self, HttpRoute, HttpSourceConfig};
@@ -47,6 +47,43 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
     }
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    let started = Started { messaging, positions, metrics, statuses, controls, stopped };
+    // Whatever happens once tasks run (a listener that cannot bind, a signal), they are
+    // stopped and the store is closed before returning.
+    let outcome = start_and_wait(&pipeline, admin_listen, started, &mut tasks).await;
+    match &outcome {
+        Ok(()) => println!("stopping: sources stop, sinks flush and commit"),
+        Err(error) => eprintln!("cannot run the pipeline: {error:#}; stopping what started"),
+    }
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    tokio::task::spawn_blocking(move || broker.close()).await??;
+    outcome?;
+    println!("stopped");
+    Ok(())
+}
+
+/// What the pipeline's tasks share.
+struct Started {
+    messaging: Arc<dyn Messaging>,
+    positions: FilePositionStore,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    statuses: Statuses,
+    controls: Controls,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Starts the admin API, sources and sinks (pushing their tasks), then waits for SIGINT or
+/// SIGTERM. An error leaves the tasks started so far for the caller to stop.
+async fn start_and_wait(
+    pipeline: &pipeline::Pipeline,
+    admin_listen: std::net::SocketAddr,
+    started: Started,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<()> {
+    let Started { messaging, positions, metrics, statuses, controls, stopped } = started;
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("admin API: cannot listen on {admin_listen}"))?;
@@ -78,7 +115,7 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
                 println!("  source {name}: file {} -> topic {}", section.path.display(), section.topic);
                 let status = ConnectorStatus::new(ConnectorKind::Source, &section.topic);
                 let control = register(&statuses, &controls, name, status);
-                let task_config = SourceTaskConfig::new(name);
+                let task_config = section.task_config(name);
                 let run_once = {
                     let (messaging, positions) = (messaging.clone(), positions.clone());
                     move |mut stop: watch::Receiver<bool>| -> RunFuture {
@@ -135,7 +172,7 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
         println!("  stream job {name}: validated, not executed (the streams engine is not in this build)");
     }
     for (name, sink) in &pipeline.sinks {
-        let (config, describe) = sink_config(name, sink);
+        let (config, describe) = (sink.task_config(name), describe_sink(sink));
         make_sink(sink)?; // refuse a sink that cannot be built before anything runs
         println!("  sink {name}: topic {} -> {describe}", config.topic);
         let status = ConnectorStatus::new(ConnectorKind::Sink { group: config.group() }, &config.topic);
@@ -166,13 +203,6 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
             std::process::exit(130);
         }
     });
-    println!("stopping: sources stop, sinks flush and commit");
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = task.await;
-    }
-    tokio::task::spawn_blocking(move || broker.close()).await??;
-    println!("stopped");
     Ok(())
 }
 
@@ -219,17 +249,12 @@ fn file_source_config(name: &str, section: &pipeline::FileSource) -> FileSourceC
     config
 }
 
-fn sink_config(name: &str, sink: &SinkSection) -> (SinkTaskConfig, String) {
-    let (topic, tags, describe) = match sink {
-        SinkSection::File(file) => (&file.topic, &file.tags, format!("file {}", file.path.display())),
-        SinkSection::Stdout(sink) => (&sink.topic, &sink.tags, "stdout".to_string()),
-        SinkSection::Blackhole(sink) => (&sink.topic, &sink.tags, "blackhole".to_string()),
-    };
-    let mut config = SinkTaskConfig::new(name, topic);
-    if let Some(tags) = tags {
-        config.tag_expression = tags.clone();
+fn describe_sink(sink: &SinkSection) -> String {
+    match sink {
+        SinkSection::File(file) => format!("file {}", file.path.display()),
+        SinkSection::Stdout(_) => "stdout".to_string(),
+        SinkSection::Blackhole(_) => "blackhole".to_string(),
     }
-    (config, describe)
 }
 
 fn make_sink(sink: &SinkSection) -> Result<Box<dyn Sink>> {

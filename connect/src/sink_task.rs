@@ -17,8 +17,37 @@ use crate::record::SinkRecord;
 
 /// Most records one batch may hold.
 pub const BATCH_RECORDS_MAX: usize = 10_000;
+/// Largest `batch_bytes_max` (a batch is held in memory whole).
+pub const BATCH_BYTES_MAX: usize = 64 << 20;
+/// Longest `linger`.
+pub const LINGER_MAX: Duration = Duration::from_secs(60);
 /// Longest backoff between retries.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Most retries of one operation.
+pub const RETRIES_MAX: u32 = 1_000;
+
+/// Checks the retry settings every task has; errors name the field.
+pub(crate) fn validate_retry(
+    connector: &str,
+    retries_max: u32,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+) -> Result<()> {
+    let invalid = |field, reason: String| Err(ConnectError::Config { connector: connector.to_string(), field, reason });
+    if retries_max > RETRIES_MAX {
+        return invalid("retries_max", format!("is {retries_max}; must be at most {RETRIES_MAX}"));
+    }
+    if backoff_initial.is_zero() || backoff_initial > BACKOFF_MAX {
+        return invalid("backoff_initial", format!("is {backoff_initial:?}; must be in 1 ms..={BACKOFF_MAX:?}"));
+    }
+    if backoff_max < backoff_initial || backoff_max > BACKOFF_MAX {
+        return invalid(
+            "backoff_max",
+            format!("is {backoff_max:?}; must be in backoff_initial ({backoff_initial:?})..={BACKOFF_MAX:?}"),
+        );
+    }
+    Ok(())
+}
 
 /// Where records go. Implementations may buffer in `write`; `flush` makes them durable.
 #[async_trait]
@@ -91,7 +120,8 @@ impl SinkTaskConfig {
         format!("%DLQ%{}", self.connector)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting against its limit; the error names the field.
+    pub fn validate(&self) -> Result<()> {
         let invalid =
             |field, reason: String| Err(ConnectError::Config { connector: self.connector.clone(), field, reason });
         if weir_broker::topic::validate_group_name(&self.group()).is_err() {
@@ -100,13 +130,13 @@ impl SinkTaskConfig {
         if self.batch_records_max == 0 || self.batch_records_max > BATCH_RECORDS_MAX {
             return invalid("batch_records_max", format!("must be in 1..={BATCH_RECORDS_MAX}"));
         }
-        if self.batch_bytes_max == 0 {
-            return invalid("batch_bytes_max", "must be positive".into());
+        if self.batch_bytes_max == 0 || self.batch_bytes_max > BATCH_BYTES_MAX {
+            return invalid("batch_bytes_max", format!("must be in 1..={BATCH_BYTES_MAX}"));
         }
-        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial || self.backoff_max > BACKOFF_MAX {
-            return invalid("backoff_max", format!("needs 0 < backoff_initial <= backoff_max <= {BACKOFF_MAX:?}"));
+        if self.linger > LINGER_MAX {
+            return invalid("linger", format!("must be at most {LINGER_MAX:?}"));
         }
-        Ok(())
+        validate_retry(&self.connector, self.retries_max, self.backoff_initial, self.backoff_max)
     }
 }
 
@@ -271,7 +301,11 @@ async fn deliver(
             Ok(()) => sink.flush().await.map_err(|error| (error, true)),
             Err(error) if error.retry == RetryHint::Permanent => {
                 let failed = failed_indexes(&error, pending.len());
-                dead += dead_letter(broker, config, &pending, &failed, attempts, &error).await?;
+                let Some(sent) = dead_letter(broker, config, &pending, &failed, attempts, &error, shutdown).await?
+                else {
+                    return Ok(None);
+                };
+                dead += sent;
                 let mut index = 0;
                 pending.retain(|_| {
                     index += 1;
@@ -294,7 +328,8 @@ async fn deliver(
             RetryHint::Permanent => {
                 // A flush that cannot succeed: nothing of the batch is known to be written.
                 let all: Vec<usize> = (0..pending.len()).collect();
-                return Ok(Some(dead + dead_letter(broker, config, &pending, &all, attempts, &error).await?));
+                let sent = dead_letter(broker, config, &pending, &all, attempts, &error, shutdown).await?;
+                return Ok(sent.map(|sent| dead + sent));
             }
             RetryHint::Retry { .. } if attempts > config.retries_max => {
                 // Out of retries: a transient outage, not bad records; stop rather than
@@ -343,7 +378,8 @@ async fn dead_letter(
     failed: &[usize],
     attempts: u32,
     error: &SinkError,
-) -> Result<usize> {
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<usize>> {
     if config.errors_tolerance == ErrorTolerance::None {
         let source = SinkError { message: error.message.clone(), retry: error.retry, failed_records: failed.to_vec() };
         return Err(ConnectError::Sink { connector: config.connector.clone(), attempts, source });
@@ -374,10 +410,27 @@ async fn dead_letter(
         .collect();
     let count = messages.len();
     for chunk in messages.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
-        broker.send_batch(chunk.to_vec()).await?;
+        // A busy broker is waited out like any retry (bounded); other errors stop the task.
+        let mut backoff = config.backoff_initial;
+        let mut retries = 0;
+        loop {
+            match broker.send_batch(chunk.to_vec()).await {
+                Ok(_) => break,
+                Err(error) if error.is_transient() && retries < config.retries_max => {
+                    retries += 1;
+                    tracing::warn!(connector = %config.connector, %error, "dead-letter send failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(backoff)) => {} // backoff between retries
+                        _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+                    }
+                    backoff = (backoff * 2).min(config.backoff_max);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
     tracing::warn!(connector = %config.connector, records = count, error = %reason, "records sent to the dead-letter topic");
     metrics::counter!("weir_connect_sink_dead_lettered_total", "connector" => config.connector.clone())
         .increment(count as u64);
-    Ok(count)
+    Ok(Some(count))
 }

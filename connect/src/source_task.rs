@@ -17,7 +17,7 @@ use weir_broker::{Message, Messaging, TopicConfig};
 use crate::error::{ConnectError, Result, RetryHint};
 use crate::positions::{Position, PositionStore};
 use crate::record::Record;
-use crate::sink_task::{BACKOFF_MAX, ErrorTolerance, jitter};
+use crate::sink_task::{ErrorTolerance, jitter, validate_retry};
 
 /// Most records one source batch may hold (the broker's batch maximum).
 pub const SOURCE_BATCH_RECORDS_MAX: usize = weir_broker::SEND_BATCH_MESSAGES_MAX;
@@ -109,7 +109,8 @@ impl SourceTaskConfig {
         format!("%DLQ%{}", self.connector)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every setting against its limit; the error names the field.
+    pub fn validate(&self) -> Result<()> {
         let invalid =
             |field, reason: String| Err(ConnectError::Config { connector: self.connector.clone(), field, reason });
         if weir_broker::topic::validate_topic_name(&self.dead_letter_topic()).is_err() {
@@ -121,10 +122,7 @@ impl SourceTaskConfig {
         if self.in_flight_batches_max == 0 || self.in_flight_batches_max > IN_FLIGHT_BATCHES_MAX {
             return invalid("in_flight_batches_max", format!("must be in 1..={IN_FLIGHT_BATCHES_MAX}"));
         }
-        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial || self.backoff_max > BACKOFF_MAX {
-            return invalid("backoff_max", format!("needs 0 < backoff_initial <= backoff_max <= {BACKOFF_MAX:?}"));
-        }
-        Ok(())
+        validate_retry(&self.connector, self.retries_max, self.backoff_initial, self.backoff_max)
     }
 }
 
@@ -355,7 +353,9 @@ async fn send_batch(
                 if config.errors_tolerance == ErrorTolerance::None {
                     return Err(ConnectError::Broker(error));
                 }
-                dead_letter(broker, config, record, &error).await?;
+                if !dead_letter(broker, config, record, &error, shutdown).await? {
+                    return Ok(None);
+                }
                 dead += 1;
             }
         }
@@ -398,7 +398,8 @@ async fn dead_letter(
     config: &SourceTaskConfig,
     record: &SourceRecord,
     error: &weir_broker::Error,
-) -> Result<()> {
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool> {
     let mut body = record.record.value.clone();
     let mut context = BTreeMap::new();
     if matches!(error, weir_broker::Error::MessageTooLarge { .. }) && body.len() > DEAD_LETTER_BODY_BYTES_MAX {
@@ -412,8 +413,12 @@ async fn dead_letter(
     context.insert("DLQ_ORIGIN_TOPIC".to_string(), record.record.topic.clone());
     context.insert("DLQ_SOURCE_POSITION".to_string(), record.position.to_string());
     message.properties = context;
-    broker.send(message).await?;
+    match send_with_retry(broker, config, vec![message], shutdown).await? {
+        Sent::Acknowledged => {}
+        Sent::Interrupted => return Ok(false),
+        Sent::Rejected(error) => return Err(ConnectError::Broker(error)),
+    }
     tracing::warn!(connector = %config.connector, error = %error, "record sent to the dead-letter topic");
     metrics::counter!("weir_connect_source_dead_lettered_total", "connector" => config.connector.clone()).increment(1);
-    Ok(())
+    Ok(true)
 }

@@ -62,7 +62,7 @@ fn bad_pipelines_name_file_line_and_field() {
         ("pipeline: p", "pipeline: p", &[], None),
         ("pipeline: p", "pipeline: p\nbogus: 1", &[], Some(":2:1: bogus: unknown field `bogus`")),
         ("    path: ./out.jsonl", "    path: ./out.jsonl\n    colour: red", &[], Some(":19:5: colour: unknown field")),
-        ("    type: http", "    type: kafka", &[], Some(":6:5: unknown variant `kafka`")),
+        ("    type: http", "    type: kafka", &[], Some(":6:5: type: unknown variant `kafka`")),
         (
             "    topic: orders\n    tags",
             "    topic: missing\n    tags",
@@ -108,6 +108,31 @@ fn bad_pipelines_name_file_line_and_field() {
             Some(":7:13: environment variable UNSET_WEIR_TEST_VAR is not set"),
         ),
         ("127.0.0.1:8080", "${BAD-NAME}", &[], Some(":7:13: `${BAD-NAME}` is not a valid environment variable name")),
+        ("    path: ./out.jsonl", "    path: ./out.jsonl\n    errors: { tolerance: all }", &[], None),
+        (
+            "    path: ./out.jsonl",
+            "    path: ./out.jsonl\n    errors: { tolerance: some }",
+            &[],
+            Some(":19:15: tolerance: unknown variant `some`"),
+        ),
+        (
+            "    path: ./out.jsonl",
+            "    path: ./out.jsonl\n    batch:\n      records_max: 0",
+            &[],
+            Some(":20:7: sinks.out.batch.records_max: must be in 1..=10000"),
+        ),
+        (
+            "    path: ./out.jsonl",
+            "    path: ./out.jsonl\n    batch: { records_max: 100, linger_ms: 250 }\n    retry: { backoff_initial_ms: 500, backoff_max_ms: 100 }",
+            &[],
+            Some(":20:39: sinks.out.retry.backoff_max_ms: is 100ms; must be in backoff_initial (500ms)"),
+        ),
+        (
+            "    path: ./out.jsonl",
+            "    path: ./out.jsonl\n    batch: { records: 5 }",
+            &[],
+            Some("unknown field `records`"),
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (index, (from, to, env, expected)) in cases.iter().enumerate() {

@@ -346,3 +346,50 @@ sinks:
     wait_for_lines(&out, 6);
     stop(running);
 }
+
+#[test]
+fn a_failing_sink_is_reported_and_restarted_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let log = dir.path().join("app.log");
+    let file = dir.path().join("pipeline.yaml");
+    // Every write to /dev/full fails with ENOSPC: an outage, retried, then the task fails.
+    std::fs::write(
+        &file,
+        format!(
+            "pipeline: full
+broker: {{ embedded: {{ data_dir: {data} }} }}
+topics:
+  app-logs: {{ queues: 1 }}
+sources:
+  app: {{ type: file, path: {log}, topic: app-logs }}
+sinks:
+  out:
+    type: file
+    topic: app-logs
+    path: /dev/full
+    retry: {{ retries_max: 1, backoff_initial_ms: 10, backoff_max_ms: 10 }}
+",
+            data = dir.path().join("data").display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(&log, "line 1\n").unwrap();
+    let (running, _) = start(&file, admin_port, &[]);
+    wait_until("the sink is reported failed with its error", || {
+        let (_, text) = http(admin_port, "GET", "/connectors/out/status", &[], b"");
+        text.contains("\"state\":\"FAILED\"") && text.contains("No space left")
+    });
+    // Two attempts per run (retries_max: 1); a third error means the supervisor restarted it.
+    wait_until("the failed sink is restarted", || {
+        let (_, metrics) = http(admin_port, "GET", "/metrics", &[], b"");
+        metrics.lines().any(|line| {
+            line.starts_with("weir_connect_sink_errors_total{connector=\"out\"}")
+                && line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 3.0)
+        })
+    });
+    let (_, offsets) = http(admin_port, "GET", "/connectors/out/offsets", &[], b"");
+    assert!(offsets.contains("\"queue_offset\":0"), "nothing was committed: {offsets}");
+    stop(running);
+}

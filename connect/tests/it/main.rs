@@ -221,6 +221,22 @@ async fn bad_config_is_refused_by_field() {
     config.batch_records_max = 0;
     let error = run_until(&broker, MemorySink::default(), config, |_| false).await.unwrap_err();
     assert!(error.to_string().contains("`batch_records_max`"), "{error}");
+    // Every limit, through `validate` (what `weir validate` calls on pipeline files).
+    type Change = fn(&mut SinkTaskConfig);
+    let cases: [(&str, Change); 5] = [
+        ("batch_bytes_max", |c| c.batch_bytes_max = usize::MAX),
+        ("linger", |c| c.linger = Duration::from_secs(3600)),
+        ("retries_max", |c| c.retries_max = u32::MAX),
+        ("backoff_initial", |c| c.backoff_initial = Duration::ZERO),
+        ("backoff_max", |c| c.backoff_max = Duration::from_secs(3600)),
+    ];
+    for (field, change) in cases {
+        let mut config = SinkTaskConfig::new("ok", "events");
+        change(&mut config);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains(&format!("`{field}`")), "{field}: {error}");
+    }
+    assert!(SinkTaskConfig::new("ok", "events").validate().is_ok());
 }
 
 #[test]

@@ -191,11 +191,13 @@ async fn bad_source_config_is_refused_by_field() {
     let broker: Arc<dyn Messaging> = Arc::new(open_broker(dir.path()));
     let positions = FilePositionStore::open(dir.path().join("p.json")).unwrap();
     type Change = fn(&mut SourceTaskConfig);
-    let cases: [(&str, Change); 4] = [
+    let cases: [(&str, Change); 6] = [
         ("batch_records_max", |c| c.batch_records_max = 0),
         ("in_flight_batches_max", |c| c.in_flight_batches_max = 1000),
         ("connector", |c| c.connector = "no spaces".into()),
-        ("backoff_max", |c| c.backoff_initial = Duration::ZERO),
+        ("backoff_initial", |c| c.backoff_initial = Duration::ZERO),
+        ("backoff_max", |c| c.backoff_max = Duration::from_millis(1)),
+        ("retries_max", |c| c.retries_max = 1_000_000),
     ];
     for (field, change) in cases {
         let mut config = SourceTaskConfig::new("bad");
