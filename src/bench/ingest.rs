@@ -54,7 +54,7 @@ fn body(lines: usize, seed: usize) -> Vec<u8> {
     for i in 0..lines {
         let n = seed * lines + i;
         let line = format!(
-            r#"{{"ts":{},"domain":"site{}.example.com","method":"GET","path":"/articles/{}/comments?page={}","status":{},"bytes":{},"request_id":"req-{:016x}","user_agent":"Mozilla/5.0 (X11; Linux x86_64) weir-bench/1.0","upstream_ms":{}}}"#,
+            r#"{{"ts":{},"domain":"site{}.example.com","method":"GET","path":"/articles/{}/comments?page={}","status":{},"bytes":{},"request_id":"req-{:016x}","user_agent":"Mozilla/5.0 (X11; Linux x86_64) weir-bench/1.0","remote_addr":"10.{}.{}.{}","protocol":"HTTP/1.1","upstream_ms":{}}}"#,
             1_700_000_000_000u64 + n as u64,
             n % 50,
             n % 10_000,
@@ -62,6 +62,9 @@ fn body(lines: usize, seed: usize) -> Vec<u8> {
             if n.is_multiple_of(17) { 503 } else { 200 },
             500 + n % 9000,
             n,
+            n % 256,
+            (n / 256) % 256,
+            (n / 65536) % 256,
             n % 250
         );
         out.extend_from_slice(line.as_bytes());

@@ -256,7 +256,13 @@ async fn handle_inner(state: &SourceState, prepared: &PreparedRoute, headers: &H
     };
     let events = match parse::parse(route.format, &body, state.events_per_request_max, &prepared.fields) {
         Ok(events) => events,
-        Err(bad) => return reply(StatusCode::BAD_REQUEST, format!("line {}: {}", bad.line, bad.reason)),
+        Err(bad) => {
+            // An earlier line may be bad in another way (a missing timestamp field): the
+            // first bad line is the one to name.
+            let earlier = first_bad_line_before(route, &body, bad.line, &prepared.fields);
+            let bad = earlier.unwrap_or(bad);
+            return reply(StatusCode::BAD_REQUEST, format!("line {}: {}", bad.line, bad.reason));
+        }
     };
     let mut messages = Vec::with_capacity(events.len());
     for event in events {
@@ -315,6 +321,16 @@ fn decompress(coding: &str, body: &[u8], limit: usize) -> Result<Bytes, (StatusC
     }
 }
 
+/// For line formats: the first line before `line` whose event `to_message` refuses.
+fn first_bad_line_before(route: &HttpRoute, body: &[u8], line: usize, fields: &[String]) -> Option<BadLine> {
+    if !matches!(route.format, Format::Ndjson | Format::Text | Format::Influx) || line <= 1 {
+        return None;
+    }
+    let prefix_end = body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(line - 2).map(|(at, _)| at + 1)?;
+    let events = parse::parse(route.format, &body[..prefix_end], usize::MAX, fields).ok()?;
+    events.into_iter().find_map(|event| to_message(route, event).err())
+}
+
 fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine> {
     let bad = |reason: String| BadLine { line: event.line, reason };
     if event.body.len() > EVENT_BYTES_MAX {
@@ -344,4 +360,34 @@ fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine
     }
     message.validate().map_err(|error| bad(error.to_string()))?;
     Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bad_line_is_named_whatever_makes_it_bad() {
+        let route = HttpRoute {
+            path: "/v1/logs".into(),
+            topic: "logs".into(),
+            format: Format::Ndjson,
+            tag: None,
+            key: Some("{{id}}".into()),
+            timestamp_field: Some("ts".into()),
+        };
+        let fields = vec!["id".to_string(), "ts".to_string()];
+        // (body, the line a parse error names, the earlier bad line expected)
+        let cases: &[(&[u8], usize, Option<usize>)] = &[
+            (b"{\"ts\":1}\n{\"id\":\"a\"}\n{bad", 3, Some(2)),
+            (b"{\"ts\":1}\n{\"ts\":2}\n{bad", 3, None),
+            (b"{bad", 1, None),
+        ];
+        for (body, parse_line, expected) in cases {
+            let parsed = parse::parse(route.format, body, 100, &fields).unwrap_err();
+            assert_eq!(parsed.line, *parse_line, "{body:?}");
+            let earlier = first_bad_line_before(&route, body, parsed.line, &fields);
+            assert_eq!(earlier.map(|bad| bad.line), *expected, "{body:?}");
+        }
+    }
 }
