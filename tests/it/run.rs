@@ -143,6 +143,8 @@ sinks:
     for name in [
         "weir_http_source_requests_total",
         "weir_http_source_events_total",
+        "weir_http_source_errors_total",
+        "weir_http_source_request_seconds",
         "weir_broker_sent_messages_total",
         "weir_store_appended_messages_total",
         "weir_connect_sink_records_total",

@@ -257,6 +257,9 @@ struct Shared {
     tombstones: Mutex<Tombstones>,
     retention: Mutex<()>,
     failed: AtomicBool,
+    /// Sync-mode flushes done and the appends they acknowledged (group commit's ratio).
+    group_commits: AtomicU64,
+    group_committed_appends: AtomicU64,
 }
 
 /// The storage engine. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -362,6 +365,8 @@ impl MessageStore {
             queues: RwLock::new(queues),
             index: Mutex::new(index),
             dispatched_offset: AtomicU64::new(outcome.end_offset),
+            group_commits: AtomicU64::new(0),
+            group_committed_appends: AtomicU64::new(0),
             last_checkpoint: Mutex::new(checkpoint.unwrap_or_default()),
             tombstones: Mutex::new(tombstones),
             retention: Mutex::new(()),
@@ -665,6 +670,13 @@ impl MessageStore {
     pub fn commit_log_offsets(&self) -> (u64, u64, u64) {
         let log = &self.shared.commit_log;
         (log.min_offset(), log.max_offset(), log.flushed_offset())
+    }
+
+    /// Sync-mode group commits so far and the appends they acknowledged: with many writers
+    /// waiting, one fdatasync serves several appends.
+    pub fn group_commit_counts(&self) -> (u64, u64) {
+        let shared = &self.shared;
+        (shared.group_commits.load(Ordering::Relaxed), shared.group_committed_appends.load(Ordering::Relaxed))
     }
 
     /// Runs retention now (it also runs every `retention_check_interval_ms`); segments last
@@ -1454,6 +1466,9 @@ impl Flusher {
                 }
             }
             Ok(_) => {
+                let appends: usize = pending.iter().map(|request| request.completions.len()).sum();
+                self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.group_committed_appends.fetch_add(appends as u64, Ordering::Relaxed);
                 for request in pending {
                     for (done, result) in request.completions {
                         done(result);

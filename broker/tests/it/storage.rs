@@ -273,6 +273,59 @@ fn truncated_segment_is_detected() {
 }
 
 #[test]
+fn one_sync_flush_serves_many_waiting_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap());
+    let writers = 16;
+    let appends_per_writer = 20;
+    let threads: Vec<_> = (0..writers)
+        .map(|writer| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..appends_per_writer {
+                    let body = format!("w{writer}-{i}");
+                    store.append_blocking(vec![new_message("t", 0, body.as_bytes(), None, None)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let (commits, appends) = store.group_commit_counts();
+    assert_eq!(appends, (writers * appends_per_writer) as u64, "every append was acknowledged by a group commit");
+    // Sixteen writers, each waiting for its flush: the flusher must batch them.
+    assert!(commits < appends, "{commits} flushes for {appends} appends: no group commit");
+    let (_, end, flushed) = store.commit_log_offsets();
+    assert_eq!(flushed, end, "acknowledged means flushed");
+}
+
+#[test]
+fn disk_pressure_removes_the_oldest_segment_one_per_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path(), FlushMode::Sync);
+    // Any real disk is fuller than this: every pass is under pressure.
+    config.disk_usage_ratio_max = 1e-12;
+    let store = MessageStore::open(config, None).unwrap();
+    fill(&store, "m", 120);
+    let segments = || std::fs::read_dir(dir.path().join("commitlog")).unwrap().count();
+    let before = segments();
+    assert!(before >= 4, "{before} segments");
+    let mut minimums = vec![store.queue_range("t", 0).min_offset];
+    for pass in 1..=2 {
+        assert_eq!(store.remove_expired(SystemTime::now()).unwrap(), 1, "pass {pass}: one segment per pass");
+        assert_eq!(segments(), before - pass);
+        minimums.push(store.queue_range("t", 0).min_offset);
+    }
+    assert!(minimums.windows(2).all(|pair| pair[0] < pair[1]), "queue minimums move with the log: {minimums:?}");
+    // The segment holding the log end is never removed, however full the disk.
+    while store.remove_expired(SystemTime::now()).unwrap() > 0 {}
+    let (log_min, end, _) = store.commit_log_offsets();
+    assert!(log_min < end, "the last segment stays: {log_min}..{end}");
+    assert_eq!(read_all(&store, "t", 1).unwrap().last().unwrap().queue_offset, 59);
+}
+
+#[test]
 fn retention_removes_old_segments_and_moves_queue_minimums() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();

@@ -228,9 +228,15 @@ fn template_fields(route: &HttpRoute) -> Vec<String> {
 }
 
 async fn handle(state: &SourceState, route: &PreparedRoute, headers: &HeaderMap, body: Bytes) -> Response {
+    let started = std::time::Instant::now();
     let response = handle_inner(state, route, headers, body).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("weir_http_source_requests_total", "source" => state.name.clone(), "status" => status)
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        metrics::counter!("weir_http_source_errors_total", "source" => state.name.clone()).increment(1);
+    }
+    metrics::histogram!("weir_http_source_request_seconds", "source" => state.name.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("weir_http_source_requests_total", "source" => state.name.clone(), "status" => status.as_u16().to_string())
         .increment(1);
     response
 }
