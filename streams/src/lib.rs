@@ -1,3 +1,22 @@
-//! Weir streams: windowed ETL SQL over topics, planned and executed with DataFusion.
+//! Weir streams: windowed ETL SQL over topics, planned and executed with DataFusion
+//! (DESIGN.md §6).
 //!
-//! Empty until the streams issue lands (DESIGN.md §6). It depends on `weir-broker` only.
+//! A job is SQL text: `CREATE TABLE` statements declare topics as tables (schema, JSON
+//! format, event-time column and watermark), `INSERT INTO <topic> SELECT …` statements are
+//! the queries whose rows become messages. `sql` parses what DataFusion does not know
+//! (watermarks, topic options, window table functions), `decode` turns messages into Arrow
+//! rows, `job` plans the queries once and runs micro-batches through them, and `window` is
+//! the event-time window operator stock DataFusion lacks (incremental aggregation over
+//! panes, emitted once when the watermark passes a window's end).
+//!
+//! It depends on `weir-broker` only (messages and, for the runner, the `Messaging` trait).
+
+pub mod decode;
+pub mod error;
+pub mod job;
+pub mod sql;
+pub mod window;
+
+pub use error::{Result, StreamsError};
+pub use job::{Job, JobOutput};
+pub use sql::{JobSql, parse_job};

@@ -1,0 +1,596 @@
+//! A streams job: its source tables, its `INSERT` queries planned once by DataFusion, and
+//! the processing of micro-batches of messages into result messages.
+//!
+//! Each table and window relation is a `MemTable` whose one partition is refilled before
+//! every execution ("slot"). A query without an aggregate is stateless: it runs over each
+//! micro-batch. A query whose `GROUP BY` aggregates a window relation is split at its
+//! `Aggregate`: the part below runs over each micro-batch (filters, projections), the
+//! aggregate itself is the pane operator of `window` (DataFusion's accumulators, state and
+//! merge), and the part above (projection, `HAVING`, ordering) runs over each closed
+//! window's aggregate rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::row::SortField;
+use datafusion::common::Column;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::prelude::SessionConfig;
+use weir_broker::Message;
+
+use crate::decode::decode_json;
+use crate::error::{Result, StreamsError};
+use crate::sql::{InsertStatement, JobSql, SourceTable, WindowKind, WindowSpec};
+use crate::window::{AggregateSpec, WindowAggregator};
+
+type Slot = datafusion::datasource::memory::PartitionData;
+
+/// Property naming why a row went to the dead-letter or late topic.
+pub const PROPERTY_REASON: &str = "STREAMS_REASON";
+/// Property holding the job name on dead-lettered and late rows.
+pub const PROPERTY_JOB: &str = "STREAMS_JOB";
+
+/// Messages one micro-batch produced.
+#[derive(Debug, Default)]
+pub struct JobOutput {
+    /// Query results, for the `INSERT INTO` topics.
+    pub results: Vec<Message>,
+    /// Rows that did not decode, for `%DLQ%<job>`, with the reason.
+    pub dead_letters: Vec<Message>,
+    /// Rows whose windows had closed, for `%LATE%<job>`.
+    pub late: Vec<Message>,
+}
+
+struct TableRuntime {
+    spec: SourceTable,
+    slot: Slot,
+    /// Largest event time seen per queue.
+    max_event_ms: BTreeMap<u32, i64>,
+}
+
+impl TableRuntime {
+    /// The table's watermark: the smallest per-queue largest event time, minus the delay.
+    fn watermark_ms(&self) -> Option<i64> {
+        self.max_event_ms.values().min().map(|max| max - self.spec.watermark_delay_ms)
+    }
+}
+
+struct Windowed {
+    spec: WindowSpec,
+    slot: Slot,
+    schema: SchemaRef,
+}
+
+/// An aggregate's argument expressions and its optional `FILTER (WHERE …)`.
+type AggregateArguments = (Vec<Arc<dyn PhysicalExpr>>, Option<Arc<dyn PhysicalExpr>>);
+
+struct WindowedAggregate {
+    /// The plan below the aggregate (over the window relation).
+    below: LogicalPlan,
+    /// The plan above it, reading the aggregate's rows from `aggregate_slot`.
+    above: LogicalPlan,
+    aggregate_slot: Slot,
+    aggregate_schema: SchemaRef,
+    /// Position in the GROUP BY of `window_start` and `window_end`; the others are keys.
+    window_start_position: usize,
+    window_end_position: usize,
+    key_positions: Vec<usize>,
+    pane_expr: Arc<dyn PhysicalExpr>,
+    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    argument_exprs: Vec<AggregateArguments>,
+    aggregator: WindowAggregator,
+    key_names: Vec<String>,
+}
+
+struct Query {
+    index: usize,
+    topic: String,
+    table: usize,
+    window: Option<Windowed>,
+    /// `None`: stateless; the whole plan runs per micro-batch.
+    aggregate: Option<WindowedAggregate>,
+    plan: LogicalPlan,
+}
+
+/// A planned job.
+pub struct Job {
+    name: String,
+    state: SessionState,
+    tables: Vec<TableRuntime>,
+    queries: Vec<Query>,
+}
+
+impl Job {
+    /// Plans every statement; errors say which and why.
+    pub async fn plan(name: &str, sql: &JobSql) -> Result<Job> {
+        // Analysis only (type coercion), no rewrites: the window split needs the query's own
+        // Aggregate, not one an optimizer rule restructured.
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(SessionConfig::new().with_target_partitions(1))
+            .with_optimizer_rules(vec![])
+            .build();
+        let context = datafusion::prelude::SessionContext::new_with_state(state);
+        let mut tables = Vec::new();
+        for table in &sql.tables {
+            let slot = register_slot(&context, &table.name, table.schema.clone())?;
+            tables.push(TableRuntime { spec: table.clone(), slot, max_event_ms: BTreeMap::new() });
+        }
+        if sql.inserts.is_empty() {
+            return Err(StreamsError::Plan("the job has no INSERT INTO statement".into()));
+        }
+        let mut queries = Vec::new();
+        for (index, insert) in sql.inserts.iter().enumerate() {
+            let query = plan_insert(&context, &tables, index, insert)
+                .await
+                .map_err(|error| StreamsError::Plan(format!("INSERT INTO {}: {error}", insert.topic)))?;
+            queries.push(query);
+        }
+        Ok(Job { name: name.to_string(), state: context.state(), tables, queries })
+    }
+
+    /// Topics the job reads, with their tag expressions.
+    pub fn source_topics(&self) -> Vec<(String, String)> {
+        self.tables.iter().map(|t| (t.spec.topic.clone(), t.spec.tag_expression.clone())).collect()
+    }
+
+    /// Topics the job writes.
+    pub fn sink_topics(&self) -> Vec<String> {
+        self.queries.iter().map(|q| q.topic.clone()).collect()
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        format!("%DLQ%{}", self.name)
+    }
+
+    pub fn late_topic(&self) -> String {
+        format!("%LATE%{}", self.name)
+    }
+
+    /// The watermark of the table over `topic`, if any row came.
+    pub fn watermark_ms(&self, topic: &str) -> Option<i64> {
+        self.tables.iter().find(|t| t.spec.topic == topic).and_then(TableRuntime::watermark_ms)
+    }
+
+    /// Runs one micro-batch of message bodies read from `queue_id` of `topic`: stateless
+    /// queries give their rows now, windowed ones update their panes and give the windows
+    /// the watermark closed.
+    pub async fn process(&mut self, topic: &str, queue_id: u32, bodies: &[&[u8]]) -> Result<JobOutput> {
+        let mut output = JobOutput::default();
+        let Some(table_index) = self.tables.iter().position(|t| t.spec.topic == topic) else {
+            return Err(StreamsError::Plan(format!("the job reads no table over topic {topic}")));
+        };
+        let decoded = decode_json(&self.tables[table_index].spec.schema, bodies)?;
+        for bad in &decoded.bad {
+            output.dead_letters.push(self.side_message(self.dead_letter_topic(), bodies[bad.index], &bad.reason));
+        }
+        let mut batch = decoded.batch;
+        let mut kept = decoded.kept;
+        // Rows need an event time to be windowed.
+        let event_times = match &self.tables[table_index].spec.event_time {
+            Some(column) => {
+                let times = event_time_column(&batch, column)?;
+                if times.null_count() > 0 {
+                    let valid = BooleanArray::from((0..times.len()).map(|i| times.is_valid(i)).collect::<Vec<_>>());
+                    for (row, index) in kept.iter().enumerate() {
+                        if !valid.value(row) {
+                            let reason = format!("the event time column {column} is null");
+                            output.dead_letters.push(self.side_message(
+                                self.dead_letter_topic(),
+                                bodies[*index],
+                                &reason,
+                            ));
+                        }
+                    }
+                    batch = filter_record_batch(&batch, &valid)?;
+                    kept =
+                        kept.into_iter().zip(valid.iter()).filter(|(_, v)| v == &Some(true)).map(|(k, _)| k).collect();
+                }
+                Some(event_time_column(&batch, column)?)
+            }
+            None => None,
+        };
+        for query_index in 0..self.queries.len() {
+            if self.queries[query_index].table != table_index {
+                continue;
+            }
+            self.run_query(query_index, &batch, event_times.as_ref(), &kept, bodies, &mut output).await?;
+        }
+        // The watermark moves only after the rows that moved it were taken.
+        if let Some(times) = &event_times
+            && let Some(max) = datafusion::arrow::compute::max(times)
+        {
+            let entry = self.tables[table_index].max_event_ms.entry(queue_id).or_insert(max);
+            *entry = (*entry).max(max);
+        }
+        self.fire(table_index, &mut output).await?;
+        Ok(output)
+    }
+
+    async fn run_query(
+        &mut self,
+        query_index: usize,
+        batch: &RecordBatch,
+        event_times: Option<&TimestampMillisecondArray>,
+        kept: &[usize],
+        bodies: &[&[u8]],
+        output: &mut JobOutput,
+    ) -> Result<()> {
+        let table_slot = self.tables[self.queries[query_index].table].slot.clone();
+        *table_slot.write().await = vec![batch.clone()];
+        let late_topic = self.late_topic();
+        let query = &mut self.queries[query_index];
+        if let Some(window) = &query.window {
+            let times = event_times.expect("a window's table has an event time");
+            let slide = window.spec.slide_ms;
+            let (pane_starts, late): (Vec<i64>, Vec<bool>) = times
+                .values()
+                .iter()
+                .map(|time| {
+                    let pane = time.div_euclid(slide) * slide;
+                    let late = query.aggregate.as_ref().is_some_and(|a| a.aggregator.is_frozen(pane));
+                    (pane, late)
+                })
+                .unzip();
+            let keep = BooleanArray::from(late.iter().map(|late| !late).collect::<Vec<_>>());
+            for (row, is_late) in late.iter().enumerate() {
+                if *is_late {
+                    let body = bodies[kept[row]];
+                    let reason = format!("late: its window closed (event time {} ms)", times.value(row));
+                    let mut message = Message::new(late_topic.clone(), body.to_vec());
+                    message.properties.insert(PROPERTY_REASON.into(), reason);
+                    message.properties.insert(PROPERTY_JOB.into(), self.name.clone());
+                    output.late.push(message);
+                }
+            }
+            let starts = TimestampMillisecondArray::from(pane_starts);
+            let ends = TimestampMillisecondArray::from(starts.values().iter().map(|s| s + slide).collect::<Vec<_>>());
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(starts));
+            columns.push(Arc::new(ends));
+            let windowed = RecordBatch::try_new(window.schema.clone(), columns)?;
+            *window.slot.write().await = vec![filter_record_batch(&windowed, &keep)?];
+        }
+        let Some(aggregate) = &mut query.aggregate else {
+            let batches = execute(&self.state, &query.plan).await?;
+            let (job, index) = (self.name.clone(), query.index);
+            output.results.extend(to_messages(&job, index, &query.topic, &batches, &[], None)?);
+            return Ok(());
+        };
+        for below in execute(&self.state, &aggregate.below).await? {
+            if below.num_rows() == 0 {
+                continue;
+            }
+            let panes = cast(&aggregate.pane_expr.evaluate(&below)?.into_array(below.num_rows())?, &timestamp_ms())?;
+            let panes = panes.as_any().downcast_ref::<TimestampMillisecondArray>().expect("cast to timestamp ms");
+            let keys = evaluate_all(&aggregate.key_exprs, &below)?;
+            let mut arguments = Vec::with_capacity(aggregate.argument_exprs.len());
+            for (exprs, filter) in &aggregate.argument_exprs {
+                let values = evaluate_all(exprs, &below)?;
+                let filter = match filter {
+                    Some(filter) => {
+                        let array = filter.evaluate(&below)?.into_array(below.num_rows())?;
+                        Some(datafusion::arrow::array::as_boolean_array(&array).clone())
+                    }
+                    None => None,
+                };
+                arguments.push((values, filter));
+            }
+            aggregate.aggregator.update(panes, &keys, &arguments)?;
+        }
+        Ok(())
+    }
+
+    /// Emits every window of `table`'s queries that its watermark closed.
+    async fn fire(&mut self, table_index: usize, output: &mut JobOutput) -> Result<()> {
+        let Some(watermark) = self.tables[table_index].watermark_ms() else { return Ok(()) };
+        for query in self.queries.iter_mut().filter(|q| q.table == table_index) {
+            let Some(aggregate) = &mut query.aggregate else { continue };
+            for result in aggregate.aggregator.advance(watermark)? {
+                let rows = result.key_columns.first().map_or(0, |c| c.len());
+                let rows = if result.key_columns.is_empty() {
+                    result.aggregate_columns.first().map_or(0, |c| c.len())
+                } else {
+                    rows
+                };
+                let mut columns: Vec<Option<ArrayRef>> = vec![None; aggregate.aggregate_schema.fields().len()];
+                let constant =
+                    |value: i64| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(vec![value; rows])) };
+                columns[aggregate.window_start_position] = Some(constant(result.window_start_ms));
+                columns[aggregate.window_end_position] = Some(constant(result.window_end_ms));
+                for (position, column) in aggregate.key_positions.iter().zip(result.key_columns) {
+                    columns[*position] = Some(column);
+                }
+                let groups = aggregate.key_positions.len() + 2;
+                for (offset, column) in result.aggregate_columns.into_iter().enumerate() {
+                    columns[groups + offset] = Some(column);
+                }
+                let columns = columns
+                    .into_iter()
+                    .zip(aggregate.aggregate_schema.fields())
+                    .map(|(column, field)| Ok(cast(&column.expect("every column placed"), field.data_type())?))
+                    .collect::<Result<Vec<_>>>()?;
+                let batch = RecordBatch::try_new(aggregate.aggregate_schema.clone(), columns)?;
+                *aggregate.aggregate_slot.write().await = vec![batch];
+                let batches = execute(&self.state, &aggregate.above).await?;
+                let window = Some((result.window_start_ms, result.window_end_ms));
+                output.results.extend(to_messages(
+                    &self.name,
+                    query.index,
+                    &query.topic,
+                    &batches,
+                    &aggregate.key_names,
+                    window,
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    fn side_message(&self, topic: String, body: &[u8], reason: &str) -> Message {
+        let mut message = Message::new(topic, body.to_vec());
+        message.properties.insert(PROPERTY_REASON.into(), reason.chars().take(1024).collect());
+        message.properties.insert(PROPERTY_JOB.into(), self.name.clone());
+        message
+    }
+}
+
+fn timestamp_ms() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+fn event_time_column(batch: &RecordBatch, column: &str) -> Result<TimestampMillisecondArray> {
+    let index = batch.schema().index_of(column)?;
+    let times = cast(batch.column(index), &timestamp_ms())?;
+    Ok(times.as_any().downcast_ref::<TimestampMillisecondArray>().expect("cast to timestamp ms").clone())
+}
+
+fn evaluate_all(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)).collect()
+}
+
+/// A `MemTable` with one partition, registered as `name`; returns the partition to refill.
+fn register_slot(context: &datafusion::prelude::SessionContext, name: &str, schema: SchemaRef) -> Result<Slot> {
+    let table = MemTable::try_new(schema, vec![vec![]])?;
+    let slot = table.batches[0].clone();
+    context.register_table(name, Arc::new(table))?;
+    Ok(slot)
+}
+
+async fn execute(state: &SessionState, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
+    let physical = state.create_physical_plan(plan).await?;
+    Ok(datafusion::physical_plan::collect(physical, state.task_ctx()).await?)
+}
+
+async fn plan_insert(
+    context: &datafusion::prelude::SessionContext,
+    tables: &[TableRuntime],
+    index: usize,
+    insert: &InsertStatement,
+) -> Result<Query> {
+    let ([] | [_]) = insert.windows.as_slice() else {
+        return Err(StreamsError::Plan("one window per query for now".into()));
+    };
+    let mut window = None;
+    let mut table = None;
+    for spec in &insert.windows {
+        let table_index =
+            tables.iter().position(|t| t.spec.name.eq_ignore_ascii_case(&spec.table)).expect("checked by parse_job");
+        let mut fields: Vec<Field> =
+            tables[table_index].spec.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("window_start", timestamp_ms(), false));
+        fields.push(Field::new("window_end", timestamp_ms(), false));
+        let schema = Arc::new(Schema::new(fields));
+        let slot = register_slot(context, &spec.relation, schema.clone())?;
+        window = Some(Windowed { spec: spec.clone(), slot, schema });
+        table = Some(table_index);
+    }
+    let state = context.state();
+    let plan = state.optimize(&state.create_logical_plan(&insert.query).await?)?;
+    // Which tables the query reads.
+    let mut scanned = Vec::new();
+    plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            scanned.push(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if table.is_none() {
+        let mut reads =
+            tables.iter().enumerate().filter(|(_, t)| scanned.iter().any(|s| s.eq_ignore_ascii_case(&t.spec.name)));
+        table = reads.next().map(|(i, _)| i);
+        if reads.next().is_some() {
+            return Err(StreamsError::Plan("a query reads one table for now (joins come later)".into()));
+        }
+    }
+    let Some(table) = table else {
+        return Err(StreamsError::Plan("the query reads no table declared with CREATE TABLE".into()));
+    };
+    let mut aggregates = Vec::new();
+    plan.apply(|node| {
+        if let LogicalPlan::Aggregate(aggregate) = node {
+            aggregates.push(aggregate.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let aggregate = match (aggregates.as_slice(), &window) {
+        ([], None) => None,
+        ([], Some(window)) if window.spec.kind == WindowKind::Tumble => None,
+        ([], Some(_)) => return Err(StreamsError::Plan("a HOP window needs a GROUP BY".into())),
+        ([_], None) => {
+            return Err(StreamsError::Plan(
+                "GROUP BY over an unbounded table needs a window: FROM TUMBLE(…) or HOP(…)".into(),
+            ));
+        }
+        ([aggregate], Some(window)) => Some(plan_window_aggregate(context, &plan, aggregate, window)?),
+        _ => return Err(StreamsError::Plan("one GROUP BY per query for now".into())),
+    };
+    Ok(Query { index, topic: insert.topic.clone(), table, window, aggregate, plan })
+}
+
+fn plan_window_aggregate(
+    context: &datafusion::prelude::SessionContext,
+    plan: &LogicalPlan,
+    aggregate: &datafusion::logical_expr::Aggregate,
+    window: &Windowed,
+) -> Result<WindowedAggregate> {
+    let state = context.state();
+    let input_schema = aggregate.input.schema();
+    let position_of =
+        |name: &str| aggregate.group_expr.iter().position(|e| matches!(e, Expr::Column(c) if c.name == name));
+    let (Some(window_start_position), Some(window_end_position)) =
+        (position_of("window_start"), position_of("window_end"))
+    else {
+        return Err(StreamsError::Plan("GROUP BY must include window_start and window_end".into()));
+    };
+    let mut key_positions = Vec::new();
+    let mut key_exprs = Vec::new();
+    let mut key_fields = Vec::new();
+    let mut key_names = Vec::new();
+    for (position, expr) in aggregate.group_expr.iter().enumerate() {
+        if position == window_start_position || position == window_end_position {
+            continue;
+        }
+        if matches!(expr, Expr::GroupingSet(_)) {
+            return Err(StreamsError::Plan("GROUPING SETS, CUBE and ROLLUP are not supported".into()));
+        }
+        let physical = state.create_physical_expr(expr.clone(), input_schema)?;
+        key_fields.push(SortField::new(physical.data_type(input_schema.as_arrow())?));
+        key_exprs.push(physical);
+        key_positions.push(position);
+        key_names.push(aggregate.schema.field(position).name().clone());
+    }
+    let pane_expr = state.create_physical_expr(aggregate.group_expr[window_start_position].clone(), input_schema)?;
+    let planning = PhysicalPlanningContext::default();
+    let mut specs = Vec::new();
+    let mut argument_exprs = Vec::new();
+    for expr in &aggregate.aggr_expr {
+        let lowered = LoweredAggregateBuilder::new(
+            expr,
+            input_schema,
+            input_schema.as_arrow(),
+            state.execution_props(),
+            &planning,
+        )
+        .build()?;
+        if !lowered.order_bys.is_empty() {
+            return Err(StreamsError::Plan(format!("{expr}: ORDER BY inside an aggregate is not supported")));
+        }
+        argument_exprs.push((lowered.aggregate.expressions(), lowered.filter.clone()));
+        specs.push(AggregateSpec { function: lowered.aggregate });
+    }
+    let aggregator = WindowAggregator::new(window.spec.size_ms, window.spec.slide_ms, key_fields, specs)?;
+    // The aggregate's rows come from a slot; a projection gives them the names the plan above
+    // refers to.
+    let output = aggregate.schema.as_ref();
+    let slot_fields: Vec<Field> = output
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), true))
+        .collect();
+    let aggregate_schema = Arc::new(Schema::new(slot_fields));
+    let slot_name = format!("{}_aggregate", window.spec.relation);
+    let aggregate_table = MemTable::try_new(aggregate_schema.clone(), vec![vec![]])?;
+    let aggregate_slot = aggregate_table.batches[0].clone();
+    let scan = LogicalPlanBuilder::scan(slot_name.as_str(), provider_as_source(Arc::new(aggregate_table)), None)?;
+    let renames: Vec<Expr> = output
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            Expr::Column(Column::new(Some(slot_name.as_str()), format!("c{i}")))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    let replacement = scan.project(renames)?.build()?;
+    let above = plan
+        .clone()
+        .transform_up(|node| {
+            Ok(match node {
+                LogicalPlan::Aggregate(_) => Transformed::yes(replacement.clone()),
+                other => Transformed::no(other),
+            })
+        })?
+        .data;
+    Ok(WindowedAggregate {
+        below: aggregate.input.as_ref().clone(),
+        above,
+        aggregate_slot,
+        aggregate_schema,
+        window_start_position,
+        window_end_position,
+        key_positions,
+        pane_expr,
+        key_exprs,
+        argument_exprs,
+        aggregator,
+        key_names,
+    })
+}
+
+/// Result rows → JSON messages for `topic`. The key is a `key` column when the query has
+/// one, else the GROUP BY key columns joined by `|`. A window's results get a deterministic
+/// unique id (job, query, window, key), so a replay after a restart can be recognised.
+fn to_messages(
+    job: &str,
+    query: usize,
+    topic: &str,
+    batches: &[RecordBatch],
+    key_names: &[String],
+    window: Option<(i64, i64)>,
+) -> Result<Vec<Message>> {
+    let mut messages = Vec::new();
+    for batch in batches {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(batch)?;
+        writer.finish()?;
+        let text = writer.into_inner();
+        let schema = batch.schema();
+        let key_column = schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case("key"));
+        let key_columns: Vec<usize> = match key_column {
+            Some(index) => vec![index],
+            None => key_names.iter().filter_map(|name| schema.index_of(name).ok()).collect(),
+        };
+        let key_strings: Vec<ArrayRef> =
+            key_columns.iter().map(|i| cast(batch.column(*i), &DataType::Utf8)).collect::<Result<_, _>>()?;
+        for (row, line) in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let mut message = Message::new(topic, line.to_vec());
+            let parts: Vec<&str> = key_strings
+                .iter()
+                .map(|c| datafusion::arrow::array::as_string_array(c))
+                .map(|c| if c.is_valid(row) { c.value(row) } else { "" })
+                .collect();
+            let key: String = parts.join("|").chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
+            if !key.is_empty() {
+                message.sharding_key = Some(key.clone());
+                message.keys = vec![key.chars().take(128).collect()];
+            }
+            if let Some((start, end)) = window {
+                message.unique_id = Some(result_id(job, query, start, end, &key));
+                message.born_timestamp_ms = Some(end);
+            }
+            messages.push(message);
+        }
+    }
+    Ok(messages)
+}
+
+/// 32 hex digits from FNV-1a 64 over the parts, twice with different seeds.
+fn result_id(job: &str, query: usize, start: i64, end: i64, key: &str) -> String {
+    let text = format!("{job}\u{1}{query}\u{1}{start}\u{1}{end}\u{1}{key}");
+    let hash =
+        |seed: u64| text.bytes().fold(seed, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    format!("{:016X}{:016X}", hash(0xcbf2_9ce4_8422_2325), hash(0x8422_2325_cbf2_9ce4))
+}

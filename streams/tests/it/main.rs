@@ -1,0 +1,109 @@
+//! Golden tests of streams jobs: each `tests/golden/*.test` file holds a job's SQL, its
+//! input micro-batches and the messages it must produce. `UPDATE_EXPECT=1` rewrites the
+//! expected sections from what the job produced (review the diff).
+//!
+//! File format: sections start with `== sql`, `== input` (one micro-batch: lines of
+//! `<queue id> <json body>`; several sections are several batches, in order) and
+//! `== expected` (one line per produced message: `<kind> <topic> key=<key> <body>`, with
+//! the reason for dead-lettered and late rows).
+
+use std::path::Path;
+
+use weir_streams::{Job, parse_job};
+
+#[tokio::test]
+async fn golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "test"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "golden files missing in {}", dir.display());
+    let mut failures = Vec::new();
+    for file in files {
+        if let Err(failure) = check(&file).await {
+            failures.push(format!("{}: {failure}", file.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs one golden file; `Err` describes the difference.
+async fn check(file: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let (mut sql, mut batches, mut expected) = (String::new(), Vec::<Vec<(u32, String)>>::new(), None::<String>);
+    let mut section = "";
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            section = name.trim();
+            match section {
+                "input" => batches.push(Vec::new()),
+                "expected" => expected = Some(String::new()),
+                "sql" => {}
+                other => panic!("{}: unknown section {other}", file.display()),
+            }
+            continue;
+        }
+        match section {
+            "sql" => {
+                sql.push_str(line);
+                sql.push('\n');
+            }
+            "input" if !line.trim().is_empty() => {
+                let (queue, body) = line.split_once(' ').expect("input lines are `<queue> <json>`");
+                batches.last_mut().unwrap().push((queue.parse().expect("queue id"), body.to_string()));
+            }
+            "expected" => {
+                let expected = expected.as_mut().unwrap();
+                expected.push_str(line);
+                expected.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let actual = match run(&sql, &batches).await {
+        Ok(actual) => actual,
+        Err(error) => format!("error {error}\n"),
+    };
+    let expected = expected.unwrap_or_default();
+    if actual.trim_end() == expected.trim_end() {
+        return Ok(());
+    }
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        let head = text.split("\n== expected").next().unwrap().trim_end();
+        std::fs::write(file, format!("{head}\n== expected\n{actual}")).unwrap();
+        return Ok(());
+    }
+    Err(format!("expected:\n{expected}\nactual:\n{actual}"))
+}
+
+/// Plans the job and feeds it the batches; every produced message as one line.
+async fn run(sql: &str, batches: &[Vec<(u32, String)>]) -> Result<String, String> {
+    let parsed = parse_job(sql).map_err(|e| e.to_string())?;
+    let mut job = Job::plan("golden", &parsed).await.map_err(|e| e.to_string())?;
+    let topic = job.source_topics()[0].0.clone();
+    let mut out = String::new();
+    for batch in batches {
+        // One micro-batch per queue, in queue order.
+        let mut queues: Vec<u32> = batch.iter().map(|(q, _)| *q).collect();
+        queues.sort();
+        queues.dedup();
+        for queue in queues {
+            let bodies: Vec<&[u8]> = batch.iter().filter(|(q, _)| *q == queue).map(|(_, b)| b.as_bytes()).collect();
+            let output = job.process(&topic, queue, &bodies).await.map_err(|e| e.to_string())?;
+            for (kind, messages) in [("result", &output.results), ("dlq", &output.dead_letters), ("late", &output.late)]
+            {
+                for message in messages {
+                    let key = message.keys.first().map(String::as_str).unwrap_or("-");
+                    let reason =
+                        message.properties.get("STREAMS_REASON").map(|r| format!(" ({r})")).unwrap_or_default();
+                    let body = String::from_utf8_lossy(&message.body);
+                    out.push_str(&format!("{kind} {} key={key} {body}{reason}\n", message.topic));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
