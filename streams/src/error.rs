@@ -17,6 +17,9 @@ pub enum StreamsError {
     /// Arrow failed while decoding or building batches.
     #[error("arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// A checkpoint cannot be written or read (resources, or a damaged file).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// The broker refused or failed (external system).
     #[error("broker: {0}")]
     Broker(#[from] weir_broker::Error),

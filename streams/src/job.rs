@@ -39,6 +39,24 @@ pub const PROPERTY_REASON: &str = "STREAMS_REASON";
 /// Property holding the job name on dead-lettered and late rows.
 pub const PROPERTY_JOB: &str = "STREAMS_JOB";
 
+/// How a window aggregate's pane batches are laid out in a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateLayout {
+    /// Key columns first.
+    pub keys: usize,
+    /// Then this many state columns per aggregate.
+    pub states: Vec<usize>,
+}
+
+/// A job's state at a checkpoint (see `Job::snapshot`).
+#[derive(Clone, Debug, Default)]
+pub struct JobSnapshot {
+    /// Per table (in declaration order): the largest event time seen per queue.
+    pub max_event_ms: Vec<BTreeMap<u32, i64>>,
+    /// Per query: its window operator's state (`None` for a stateless query).
+    pub aggregators: Vec<Option<crate::window::AggregatorSnapshot>>,
+}
+
 /// Messages one micro-batch produced.
 #[derive(Debug, Default)]
 pub struct JobOutput {
@@ -334,6 +352,57 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// The job's state for a checkpoint: watermarks and every window operator's panes.
+    /// Input offsets are the runner's and are saved beside it.
+    pub fn snapshot(&mut self) -> Result<JobSnapshot> {
+        let max_event_ms = self.tables.iter().map(|t| t.max_event_ms.clone()).collect();
+        let mut aggregators = Vec::with_capacity(self.queries.len());
+        for query in &mut self.queries {
+            aggregators.push(match &mut query.aggregate {
+                Some(aggregate) => Some(aggregate.aggregator.snapshot()?),
+                None => None,
+            });
+        }
+        Ok(JobSnapshot { max_event_ms, aggregators })
+    }
+
+    /// Puts back a snapshot taken by a job planned from the same SQL.
+    pub fn restore(&mut self, snapshot: JobSnapshot) -> Result<()> {
+        if snapshot.max_event_ms.len() != self.tables.len() || snapshot.aggregators.len() != self.queries.len() {
+            return Err(StreamsError::Checkpoint(
+                "the checkpoint is of a different job (tables or queries differ)".into(),
+            ));
+        }
+        for (table, max) in self.tables.iter_mut().zip(snapshot.max_event_ms) {
+            table.max_event_ms = max;
+        }
+        for (query, state) in self.queries.iter_mut().zip(snapshot.aggregators) {
+            match (&mut query.aggregate, state) {
+                (Some(aggregate), Some(state)) => aggregate.aggregator.restore(state)?,
+                (None, None) => {}
+                _ => {
+                    return Err(StreamsError::Checkpoint(
+                        "the checkpoint is of a different job (a query changed)".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per query with a window aggregate: the number of key columns and of state columns of
+    /// each aggregate (how a checkpoint's pane batches are laid out).
+    pub fn state_layout(&self) -> Result<Vec<Option<StateLayout>>> {
+        self.queries
+            .iter()
+            .map(|query| {
+                let Some(aggregate) = &query.aggregate else { return Ok(None) };
+                let states = aggregate.aggregator.state_fields()?.iter().map(Vec::len).collect();
+                Ok(Some(StateLayout { keys: aggregate.key_exprs.len(), states }))
+            })
+            .collect()
     }
 
     fn side_message(&self, topic: String, body: &[u8], reason: &str) -> Message {

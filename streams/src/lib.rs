@@ -7,16 +7,21 @@
 //! (watermarks, topic options, window table functions), `decode` turns messages into Arrow
 //! rows, `job` plans the queries once and runs micro-batches through them, and `window` is
 //! the event-time window operator stock DataFusion lacks (incremental aggregation over
-//! panes, emitted once when the watermark passes a window's end).
+//! panes, emitted once when the watermark passes a window's end). `checkpoint` saves input
+//! offsets, watermarks and window state together; `runner` drives a job against the broker
+//! with exactly-once window results in its output topics.
 //!
 //! It depends on `weir-broker` only (messages and, for the runner, the `Messaging` trait).
 
+pub mod checkpoint;
 pub mod decode;
 pub mod error;
 pub mod job;
+pub mod runner;
 pub mod sql;
 pub mod window;
 
 pub use error::{Result, StreamsError};
-pub use job::{Job, JobOutput};
+pub use job::{Job, JobOutput, JobSnapshot};
+pub use runner::{JobRunConfig, JobStats, run_job};
 pub use sql::{JobSql, parse_job};

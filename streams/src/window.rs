@@ -103,6 +103,24 @@ struct FrozenPane {
     states: Vec<Vec<ArrayRef>>,
 }
 
+/// One pane in a checkpoint: its group keys (as columns) and each aggregate's state.
+#[derive(Clone, Debug)]
+pub struct PaneSnapshot {
+    pub start_ms: i64,
+    /// Still taking rows (else frozen).
+    pub live: bool,
+    pub keys: Vec<ArrayRef>,
+    pub states: Vec<Vec<ArrayRef>>,
+}
+
+/// A window operator's whole state.
+#[derive(Clone, Debug, Default)]
+pub struct AggregatorSnapshot {
+    pub next_window_start_ms: Option<i64>,
+    pub emitting: bool,
+    pub panes: Vec<PaneSnapshot>,
+}
+
 /// A window's result: its bounds, the group key columns and one column per aggregate.
 pub struct WindowResult {
     pub window_start_ms: i64,
@@ -275,6 +293,62 @@ impl WindowAggregator {
             accumulators.iter_mut().map(|a| a.evaluate(EmitTo::All)).collect::<Result<Vec<_>, _>>()?;
         let key_columns = self.converter.convert_rows(groups.keys.iter().map(|k| k.row()))?;
         Ok(WindowResult { window_start_ms: window_start, window_end_ms: window_end, key_columns, aggregate_columns })
+    }
+
+    /// The state of every pane, for a checkpoint. Live panes keep running: their state is
+    /// taken and merged back into fresh accumulators.
+    pub fn snapshot(&mut self) -> Result<AggregatorSnapshot> {
+        let mut panes = Vec::with_capacity(self.live.len() + self.frozen.len());
+        for (start, pane) in self.frozen.iter() {
+            let keys = self.converter.convert_rows(pane.keys.iter().map(|k| k.row()))?;
+            panes.push(PaneSnapshot { start_ms: *start, live: false, keys, states: pane.states.clone() });
+        }
+        let starts: Vec<i64> = self.live.keys().copied().collect();
+        for start in starts {
+            let pane = self.live.get_mut(&start).expect("listed above");
+            let states = pane.accumulators.iter_mut().map(|a| a.state(EmitTo::All)).collect::<Result<Vec<_>, _>>()?;
+            let mut fresh: Vec<Box<dyn GroupsAccumulator>> =
+                self.aggregates.iter().map(AggregateSpec::accumulator).collect::<Result<_>>()?;
+            let indices: Vec<usize> = (0..pane.groups.keys.len()).collect();
+            for (accumulator, state) in fresh.iter_mut().zip(&states) {
+                accumulator.merge_batch(state, &indices, indices.len())?;
+            }
+            pane.accumulators = fresh;
+            let keys = self.converter.convert_rows(pane.groups.keys.iter().map(|k| k.row()))?;
+            panes.push(PaneSnapshot { start_ms: start, live: true, keys, states });
+        }
+        Ok(AggregatorSnapshot { next_window_start_ms: self.next_window_start_ms, emitting: self.emitting, panes })
+    }
+
+    /// Replaces every pane with a snapshot's (a restart from a checkpoint).
+    pub fn restore(&mut self, snapshot: AggregatorSnapshot) -> Result<()> {
+        self.live.clear();
+        self.frozen.clear();
+        self.next_window_start_ms = snapshot.next_window_start_ms;
+        self.emitting = snapshot.emitting;
+        for pane in snapshot.panes {
+            let rows = self.converter.convert_columns(&pane.keys)?;
+            let keys: Vec<OwnedRow> = rows.iter().map(|row| row.owned()).collect();
+            if !pane.live {
+                self.frozen.insert(pane.start_ms, FrozenPane { keys, states: pane.states });
+                continue;
+            }
+            let mut accumulators: Vec<Box<dyn GroupsAccumulator>> =
+                self.aggregates.iter().map(AggregateSpec::accumulator).collect::<Result<_>>()?;
+            let indices: Vec<usize> = (0..keys.len()).collect();
+            for (accumulator, state) in accumulators.iter_mut().zip(&pane.states) {
+                accumulator.merge_batch(state, &indices, indices.len())?;
+            }
+            let mut groups = Groups::new();
+            groups.indices_of(&keys);
+            self.live.insert(pane.start_ms, LivePane { groups, accumulators });
+        }
+        Ok(())
+    }
+
+    /// The data types of the state columns, per aggregate (for checkpoint files).
+    pub fn state_fields(&self) -> Result<Vec<Vec<datafusion::arrow::datatypes::FieldRef>>> {
+        self.aggregates.iter().map(|a| Ok(a.function.state_fields()?)).collect()
     }
 
     /// Live and frozen panes (for tests and metrics).

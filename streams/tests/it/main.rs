@@ -4,11 +4,13 @@
 //!
 //! File format: sections start with `== sql`, `== input` (one micro-batch: lines of
 //! `<queue id> <json body>`; several sections are several batches, in order) and
-//! `== expected` (one line per produced message: `<kind> <topic> key=<key> <body>`, with
-//! the reason for dead-lettered and late rows).
+//! `== restart` (checkpoint the job to a file, plan it anew and restore it: state must
+//! survive) and `== expected` (one line per produced message: `<kind> <topic> key=<key>
+//! <body>`, with the reason for dead-lettered and late rows).
 
 use std::path::Path;
 
+use weir_streams::checkpoint::{self, Offsets};
 use weir_streams::{Job, parse_job};
 
 #[tokio::test]
@@ -33,13 +35,14 @@ async fn golden_files() {
 /// Runs one golden file; `Err` describes the difference.
 async fn check(file: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(file).unwrap();
-    let (mut sql, mut batches, mut expected) = (String::new(), Vec::<Vec<(u32, String)>>::new(), None::<String>);
+    let (mut sql, mut batches, mut expected) = (String::new(), Vec::<Step>::new(), None::<String>);
     let mut section = "";
     for line in text.lines() {
         if let Some(name) = line.strip_prefix("== ") {
             section = name.trim();
             match section {
-                "input" => batches.push(Vec::new()),
+                "input" => batches.push(Step::Input(Vec::new())),
+                "restart" => batches.push(Step::Restart),
                 "expected" => expected = Some(String::new()),
                 "sql" => {}
                 other => panic!("{}: unknown section {other}", file.display()),
@@ -53,7 +56,8 @@ async fn check(file: &Path) -> Result<(), String> {
             }
             "input" if !line.trim().is_empty() => {
                 let (queue, body) = line.split_once(' ').expect("input lines are `<queue> <json>`");
-                batches.last_mut().unwrap().push((queue.parse().expect("queue id"), body.to_string()));
+                let Some(Step::Input(batch)) = batches.last_mut() else { panic!("input line outside == input") };
+                batch.push((queue.parse().expect("queue id"), body.to_string()));
             }
             "expected" => {
                 let expected = expected.as_mut().unwrap();
@@ -79,13 +83,36 @@ async fn check(file: &Path) -> Result<(), String> {
     Err(format!("expected:\n{expected}\nactual:\n{actual}"))
 }
 
+/// One step of a golden file.
+enum Step {
+    /// A micro-batch: (queue id, body) lines.
+    Input(Vec<(u32, String)>),
+    /// Checkpoint to a file, plan the job anew and restore it from the file.
+    Restart,
+}
+
 /// Plans the job and feeds it the batches; every produced message as one line.
-async fn run(sql: &str, batches: &[Vec<(u32, String)>]) -> Result<String, String> {
+async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
     let parsed = parse_job(sql).map_err(|e| e.to_string())?;
     let mut job = Job::plan("golden", &parsed).await.map_err(|e| e.to_string())?;
     let topic = job.source_topics()[0].0.clone();
     let mut out = String::new();
-    for batch in batches {
+    let dir = tempfile::tempdir().unwrap();
+    for step in steps {
+        let batch = match step {
+            Step::Input(batch) => batch,
+            Step::Restart => {
+                let file = checkpoint::path(dir.path(), "golden");
+                let snapshot = job.snapshot().map_err(|e| e.to_string())?;
+                checkpoint::save(&file, "golden", &Offsets::default(), &snapshot).map_err(|e| e.to_string())?;
+                job = Job::plan("golden", &parsed).await.map_err(|e| e.to_string())?;
+                let layout = job.state_layout().map_err(|e| e.to_string())?;
+                let (_, snapshot) = checkpoint::load(&file, "golden", &layout).map_err(|e| e.to_string())?.unwrap();
+                job.restore(snapshot).map_err(|e| e.to_string())?;
+                out.push_str("restarted\n");
+                continue;
+            }
+        };
         // One micro-batch per queue, in queue order.
         let mut queues: Vec<u32> = batch.iter().map(|(q, _)| *q).collect();
         queues.sort();
@@ -107,3 +134,5 @@ async fn run(sql: &str, batches: &[Vec<(u32, String)>]) -> Result<String, String
     }
     Ok(out)
 }
+
+mod runner;

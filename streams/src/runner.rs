@@ -1,0 +1,276 @@
+//! Runs a job against the broker through `Messaging`: reads every queue of its source topics
+//! in micro-batches, sends results, dead letters and late rows, and checkpoints every
+//! `checkpoint_interval`.
+//!
+//! Exactly-once results in the output topics: a checkpoint holds the input offsets, the
+//! window state and each output queue's end offset, saved together. After a crash the job
+//! restarts from the checkpoint and replays the input after it; window results carry a
+//! deterministic unique id (job, query, window, key), and before sending anything the
+//! runner reads what the output topics received after the checkpoint, so a result already
+//! there is not sent again. Stateless results are at-least-once (rows after the checkpoint
+//! may be sent twice).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use weir_broker::{Message, Messaging, PullRequest, PullStatus, TopicConfig};
+
+use crate::checkpoint::{self, Offsets};
+use crate::error::{Result, StreamsError};
+use crate::job::Job;
+use crate::sql::parse_job;
+
+/// Most result ids remembered from the output topics after a checkpoint.
+pub const REPLAYED_RESULT_IDS_MAX: usize = 1_000_000;
+/// Most messages read from one queue per micro-batch.
+pub const PULL_MESSAGES_MAX: usize = weir_broker::PULL_MESSAGES_MAX;
+
+/// A job's run settings.
+#[derive(Clone, Debug)]
+pub struct JobRunConfig {
+    /// Job name: checkpoint file, `%DLQ%<name>` and `%LATE%<name>` topics, metrics label.
+    pub name: String,
+    pub sql: String,
+    /// Directory of the checkpoint file.
+    pub checkpoint_dir: PathBuf,
+    pub checkpoint_interval: Duration,
+    /// Messages read from one queue per micro-batch.
+    pub batch_messages_max: usize,
+    /// How long an idle job waits before reading again.
+    pub idle_wait: Duration,
+    /// Queues of the topics the job creates (results, dead letters, late rows) when missing.
+    pub output_queues: u32,
+}
+
+impl JobRunConfig {
+    pub fn new(name: impl Into<String>, sql: impl Into<String>, checkpoint_dir: impl Into<PathBuf>) -> Self {
+        JobRunConfig {
+            name: name.into(),
+            sql: sql.into(),
+            checkpoint_dir: checkpoint_dir.into(),
+            checkpoint_interval: Duration::from_secs(1),
+            batch_messages_max: 1024,
+            idle_wait: Duration::from_millis(100),
+            output_queues: 4,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobStats {
+    pub messages_read: u64,
+    pub results_sent: u64,
+    pub results_skipped_as_replayed: u64,
+    pub dead_lettered: u64,
+    pub late: u64,
+    pub checkpoints: u64,
+}
+
+/// Runs until `stop` turns true (then checkpoints and returns) or an error.
+///
+/// Cancel safety: not cancel safe; stop it through `stop` so it checkpoints.
+pub async fn run_job(
+    broker: Arc<dyn Messaging>,
+    config: &JobRunConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<JobStats> {
+    let sql = parse_job(&config.sql)?;
+    let mut job = Job::plan(&config.name, &sql).await?;
+    let mut outputs = job.sink_topics();
+    outputs.push(job.dead_letter_topic());
+    outputs.push(job.late_topic());
+    for topic in &outputs {
+        broker.ensure_topic(TopicConfig::new(topic, config.output_queues)).await?;
+    }
+    let file = checkpoint::path(&config.checkpoint_dir, &config.name);
+    let layout = job.state_layout()?;
+    let loaded = {
+        let (file, name) = (file.clone(), config.name.clone());
+        tokio::task::spawn_blocking(move || checkpoint::load(&file, &name, &layout))
+            .await
+            .map_err(|e| StreamsError::Checkpoint(format!("checkpoint reader failed: {e}")))??
+    };
+    let mut offsets = Offsets::default();
+    let mut replayed = HashSet::new();
+    if let Some((saved, snapshot)) = loaded {
+        job.restore(snapshot)?;
+        replayed = results_after(broker.as_ref(), &saved.sink_end).await?;
+        tracing::info!(job = %config.name, replayed = replayed.len(), "resuming from checkpoint");
+        offsets = saved;
+    }
+    let sources = job.source_topics();
+    let group = format!("streams-{}", config.name);
+    for (topic, _) in &sources {
+        let queues = broker
+            .topic(topic)
+            .await?
+            .ok_or_else(|| StreamsError::Plan(format!("source topic {topic} does not exist")))?
+            .queue_count;
+        let positions = offsets.source.entry(topic.clone()).or_default();
+        for queue_id in 0..queues {
+            if let std::collections::btree_map::Entry::Vacant(entry) = positions.entry(queue_id) {
+                entry.insert(broker.queue_range(topic, queue_id).await?.min_offset);
+            }
+        }
+    }
+    let mut stats = JobStats::default();
+    // A first checkpoint before anything is sent: a crash before the next one replays from
+    // here and still recognises the results it already sent.
+    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &group).await?;
+    let mut last_checkpoint = Instant::now();
+    while !*stop.borrow() {
+        let mut progressed = false;
+        for (topic, tag_expression) in &sources {
+            let queues: Vec<(u32, u64)> = offsets.source[topic].iter().map(|(q, o)| (*q, *o)).collect();
+            for (queue_id, offset) in queues {
+                let mut request = PullRequest::new(&group, topic, queue_id, offset);
+                request.messages_max = config.batch_messages_max;
+                request.tag_expression = tag_expression.clone();
+                let pulled = broker.pull(request).await?;
+                let next = match pulled.status {
+                    PullStatus::OffsetTooSmall => {
+                        tracing::warn!(job = %config.name, topic, queue_id, offset, min = pulled.min_offset, "input removed by retention; skipping ahead");
+                        pulled.min_offset
+                    }
+                    _ => pulled.next_offset,
+                };
+                if !pulled.messages.is_empty() {
+                    let bodies: Vec<&[u8]> = pulled.messages.iter().map(|m| m.body.as_slice()).collect();
+                    let output = job.process(topic, queue_id, &bodies).await?;
+                    stats.messages_read += bodies.len() as u64;
+                    metrics::counter!("weir_streams_messages_read_total", "job" => config.name.clone())
+                        .increment(bodies.len() as u64);
+                    let mut results = Vec::with_capacity(output.results.len());
+                    for message in output.results {
+                        if message.unique_id.as_ref().is_some_and(|id| replayed.contains(id)) {
+                            stats.results_skipped_as_replayed += 1;
+                        } else {
+                            results.push(message);
+                        }
+                    }
+                    stats.results_sent += results.len() as u64;
+                    stats.dead_lettered += output.dead_letters.len() as u64;
+                    stats.late += output.late.len() as u64;
+                    metrics::counter!("weir_streams_results_total", "job" => config.name.clone())
+                        .increment(results.len() as u64);
+                    metrics::counter!("weir_streams_dead_lettered_total", "job" => config.name.clone())
+                        .increment(output.dead_letters.len() as u64);
+                    metrics::counter!("weir_streams_late_rows_total", "job" => config.name.clone())
+                        .increment(output.late.len() as u64);
+                    for messages in [results, output.dead_letters, output.late] {
+                        send_all(broker.as_ref(), messages, stop).await?;
+                    }
+                    progressed = true;
+                }
+                if next != offset {
+                    offsets.source.get_mut(topic).expect("listed").insert(queue_id, next);
+                }
+            }
+            if let Some(watermark) = job.watermark_ms(topic) {
+                metrics::gauge!("weir_streams_watermark_ms", "job" => config.name.clone(), "topic" => topic.clone())
+                    .set(watermark as f64);
+            }
+        }
+        if last_checkpoint.elapsed() >= config.checkpoint_interval {
+            save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &group).await?;
+            stats.checkpoints += 1;
+            last_checkpoint = Instant::now();
+        }
+        if !progressed {
+            tokio::select! {
+                _ = tokio::time::sleep(config.idle_wait) => {} // poll interval of an idle job
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+        }
+    }
+    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &group).await?;
+    stats.checkpoints += 1;
+    tracing::info!(job = %config.name, ?stats, "stream job stopped");
+    Ok(stats)
+}
+
+/// Writes the checkpoint (state, input offsets, output ends) and mirrors the input offsets
+/// into the job's consumer group, so lag shows in the usual place.
+async fn save_checkpoint(
+    broker: &dyn Messaging,
+    job: &mut Job,
+    config: &JobRunConfig,
+    offsets: &mut Offsets,
+    group: &str,
+) -> Result<()> {
+    offsets.sink_end.clear();
+    for topic in job.sink_topics() {
+        let queues = broker.topic(&topic).await?.map_or(0, |t| t.queue_count);
+        let mut ends = BTreeMap::new();
+        for queue_id in 0..queues {
+            ends.insert(queue_id, broker.queue_range(&topic, queue_id).await?.max_offset);
+        }
+        offsets.sink_end.insert(topic, ends);
+    }
+    let snapshot = job.snapshot()?;
+    let (file, name, saved) =
+        (checkpoint::path(&config.checkpoint_dir, &config.name), config.name.clone(), offsets.clone());
+    tokio::task::spawn_blocking(move || checkpoint::save(&file, &name, &saved, &snapshot))
+        .await
+        .map_err(|e| StreamsError::Checkpoint(format!("checkpoint writer failed: {e}")))??;
+    for (topic, queues) in &offsets.source {
+        for (queue_id, offset) in queues {
+            broker.commit_offset(group, topic, *queue_id, *offset).await?;
+        }
+    }
+    metrics::counter!("weir_streams_checkpoints_total", "job" => config.name.clone()).increment(1);
+    Ok(())
+}
+
+/// Unique ids of the messages the output topics received after `ends`.
+async fn results_after(broker: &dyn Messaging, ends: &BTreeMap<String, BTreeMap<u32, u64>>) -> Result<HashSet<String>> {
+    let mut ids = HashSet::new();
+    for (topic, queues) in ends {
+        for (queue_id, end) in queues {
+            let mut offset = *end;
+            loop {
+                let mut request = PullRequest::new("streams-replay-check", topic, *queue_id, offset);
+                request.messages_max = PULL_MESSAGES_MAX;
+                let pulled = broker.pull(request).await?;
+                if pulled.messages.is_empty() {
+                    break;
+                }
+                for message in pulled.messages {
+                    if ids.len() >= REPLAYED_RESULT_IDS_MAX {
+                        return Err(StreamsError::Checkpoint(format!(
+                            "more than {REPLAYED_RESULT_IDS_MAX} results after the checkpoint"
+                        )));
+                    }
+                    ids.insert(message.message_id);
+                }
+                offset = pulled.next_offset;
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Sends in broker-sized batches, waiting out a busy broker (bounded by `stop`).
+async fn send_all(broker: &dyn Messaging, messages: Vec<Message>, stop: &mut watch::Receiver<bool>) -> Result<()> {
+    for chunk in messages.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match broker.send_batch(chunk.to_vec()).await {
+                Ok(_) => break,
+                Err(error) if error.is_transient() => {
+                    if *stop.borrow() {
+                        return Err(error.into());
+                    }
+                    tokio::time::sleep(backoff).await; // backoff while the broker is busy
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(())
+}
