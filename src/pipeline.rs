@@ -173,8 +173,12 @@ pub enum RouteFormat {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSection {
-    /// The job's SQL statements.
+    /// The job's SQL statements: `CREATE TABLE` over topics, `INSERT INTO <topic> SELECT …`.
     pub sql: String,
+    /// How often the job saves its input offsets, watermarks and window state together
+    /// (default 1000 ms).
+    #[serde(default)]
+    pub checkpoint_interval_ms: Option<u64>,
 }
 
 /// A sink, by `type`.
@@ -696,8 +700,29 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         }
     }
     for (job, stream) in &pipeline.streams {
+        let at = position_in(text, job, "sql");
         if stream.sql.trim().is_empty() {
-            return Err(fail(position_of_key(text, job), format!("streams.{job}.sql"), "the SQL is empty".into()));
+            return Err(fail(at, format!("streams.{job}.sql"), "the SQL is empty".into()));
+        }
+        if stream.checkpoint_interval_ms.is_some_and(|ms| !(10..=3_600_000).contains(&ms)) {
+            return Err(fail(
+                position_in(text, job, "checkpoint_interval_ms"),
+                format!("streams.{job}.checkpoint_interval_ms"),
+                "must be in 10..=3600000".into(),
+            ));
+        }
+        let sql = weir_streams::parse_job(&stream.sql)
+            .map_err(|error| fail(at, format!("streams.{job}.sql"), error.to_string()))?;
+        let read = sql.tables.iter().map(|t| &t.topic);
+        let written = sql.inserts.iter().map(|i| &i.topic);
+        for topic in read.chain(written) {
+            if !pipeline.topics.contains_key(topic) {
+                return Err(fail(
+                    at,
+                    format!("streams.{job}.sql"),
+                    format!("topic {topic:?} is not declared under `topics`"),
+                ));
+            }
         }
     }
     for (sink_name, sink) in &pipeline.sinks {

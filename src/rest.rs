@@ -44,6 +44,8 @@ pub enum ConnectorKind {
     HttpSource,
     /// Progress = the committed offsets of this consumer group on the sink's topic.
     Sink { group: String },
+    /// A stream job: its offsets live in its checkpoint, with its window state.
+    Stream,
 }
 
 /// What the API knows of one connector.
@@ -65,6 +67,7 @@ impl ConnectorStatus {
     fn type_name(&self) -> &'static str {
         match self.kind {
             ConnectorKind::Source | ConnectorKind::HttpSource => "source",
+            ConnectorKind::Stream => "stream",
             ConnectorKind::Sink { .. } => "sink",
         }
     }
@@ -218,7 +221,7 @@ async fn sink_offsets(broker: &dyn Messaging, group: &str, topic: &str) -> weir_
 async fn read_offsets(State(context): State<AdminContext>, Path(name): Path<String>) -> Response {
     let Some(status) = status_of(&context, &name) else { return not_found(&name) };
     let offsets: Vec<Value> = match &status.kind {
-        ConnectorKind::HttpSource => Vec::new(),
+        ConnectorKind::HttpSource | ConnectorKind::Stream => Vec::new(),
         ConnectorKind::Source => match context.positions.load(&name).await {
             Ok(position) => {
                 position.map(|p| json!({ "partition": { "connector": name }, "offset": p })).into_iter().collect()
@@ -248,6 +251,10 @@ fn alterable(context: &AdminContext, name: &str) -> Result<ConnectorStatus, Box<
     let status = status_of(context, name).ok_or_else(|| Box::new(not_found(name)))?;
     if status.kind == ConnectorKind::HttpSource {
         return Err(Box::new(error(StatusCode::CONFLICT, format!("{name} is an HTTP source: it has no offsets"))));
+    }
+    if status.kind == ConnectorKind::Stream {
+        let message = format!("{name} is a stream job: its offsets are part of its checkpoint, with its window state");
+        return Err(Box::new(error(StatusCode::CONFLICT, message)));
     }
     if !matches!(status.state, ConnectorState::Paused | ConnectorState::Stopped) {
         return Err(Box::new(error(
@@ -323,7 +330,7 @@ async fn alter_offsets(
                 }
             }
         }
-        ConnectorKind::HttpSource => unreachable!("refused by alterable"),
+        ConnectorKind::HttpSource | ConnectorKind::Stream => unreachable!("refused by alterable"),
     }
     tracing::info!(connector = %name, "offsets altered through the admin API");
     axum::Json(json!({ "message": ALTERED })).into_response()
@@ -338,7 +345,7 @@ async fn reset_offsets(State(context): State<AdminContext>, Path(name): Path<Str
     let outcome = match &status.kind {
         ConnectorKind::Source => context.positions.save(&name, None).await.map_err(|e| e.to_string()),
         ConnectorKind::Sink { group } => reset_sink(context.broker.as_ref(), group, &status.topic).await,
-        ConnectorKind::HttpSource => unreachable!("refused by alterable"),
+        ConnectorKind::HttpSource | ConnectorKind::Stream => unreachable!("refused by alterable"),
     };
     if let Err(message) = outcome {
         return error(StatusCode::INTERNAL_SERVER_ERROR, message);

@@ -47,7 +47,7 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
     }
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
-    let started = Started { messaging, positions, metrics, statuses, controls, stopped };
+    let started = Started { messaging, positions, metrics, statuses, controls, stopped, data_dir: data_dir.clone() };
     // Whatever happens once tasks run (a listener that cannot bind, a signal), they are
     // stopped and the store is closed before returning.
     let outcome = start_and_wait(&pipeline, admin_listen, started, &mut tasks).await;
@@ -73,6 +73,8 @@ struct Started {
     statuses: Statuses,
     controls: Controls,
     stopped: watch::Receiver<bool>,
+    /// Stream job checkpoints go under `<data_dir>/streams`.
+    data_dir: std::path::PathBuf,
 }
 
 /// Starts the admin API, sources and sinks (pushing their tasks), then waits for SIGINT or
@@ -83,7 +85,7 @@ async fn start_and_wait(
     started: Started,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
-    let Started { messaging, positions, metrics, statuses, controls, stopped } = started;
+    let Started { messaging, positions, metrics, statuses, controls, stopped, data_dir } = started;
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("admin API: cannot listen on {admin_listen}"))?;
@@ -168,8 +170,29 @@ async fn start_and_wait(
             rest::set_state(&statuses, &name, state);
         }));
     }
-    for name in pipeline.streams.keys() {
-        println!("  stream job {name}: validated, not executed (the streams engine is not in this build)");
+    for (name, stream) in &pipeline.streams {
+        // Plan now so a query DataFusion refuses stops the start, not a task later.
+        let sql = weir_streams::parse_job(&stream.sql).with_context(|| format!("stream job {name}"))?;
+        let job = weir_streams::Job::plan(name, &sql).await.with_context(|| format!("stream job {name}"))?;
+        let mut config = weir_streams::JobRunConfig::new(name, &stream.sql, data_dir.join("streams"));
+        if let Some(ms) = stream.checkpoint_interval_ms {
+            config.checkpoint_interval = Duration::from_millis(ms);
+        }
+        let reads: Vec<String> = job.source_topics().into_iter().map(|(topic, _)| topic).collect();
+        println!("  stream job {name}: {} -> {}", reads.join(","), job.sink_topics().join(","));
+        let control =
+            register(&statuses, &controls, name, ConnectorStatus::new(ConnectorKind::Stream, &reads.join(",")));
+        let run_once = {
+            let messaging = messaging.clone();
+            move |mut stop: watch::Receiver<bool>| -> RunFuture {
+                let (messaging, config) = (messaging.clone(), config.clone());
+                Box::pin(async move {
+                    weir_streams::run_job(messaging, &config, &mut stop).await?;
+                    Ok(())
+                })
+            }
+        };
+        tasks.push(tokio::spawn(supervise(name.clone(), stopped.clone(), statuses.clone(), control, run_once)));
     }
     for (name, sink) in &pipeline.sinks {
         let (config, describe) = (sink.task_config(name), describe_sink(sink));

@@ -73,12 +73,25 @@ struct TableRuntime {
     slot: Slot,
     /// Largest event time seen per queue.
     max_event_ms: BTreeMap<u32, i64>,
+    /// Queues the runner declared: until one is idle or has delivered a row, it holds the
+    /// watermark back (its first rows may be old).
+    declared_queues: u32,
+    /// Queues the runner reported idle (caught up and quiet for its idle timeout).
+    idle: std::collections::BTreeSet<u32>,
 }
 
 impl TableRuntime {
-    /// The table's watermark: the smallest per-queue largest event time, minus the delay.
+    /// The table's watermark: the smallest largest-event-time over its active queues, minus
+    /// the delay. A declared queue that is neither idle nor seen holds it back; when every
+    /// queue is idle it is the largest event time seen (nothing is pending anywhere).
     fn watermark_ms(&self) -> Option<i64> {
-        self.max_event_ms.values().min().map(|max| max - self.spec.watermark_delay_ms)
+        let active = |queue: &u32| !self.idle.contains(queue);
+        if (0..self.declared_queues).filter(active).any(|queue| !self.max_event_ms.contains_key(&queue)) {
+            return None;
+        }
+        let active_min = self.max_event_ms.iter().filter(|(queue, _)| active(queue)).map(|(_, max)| *max).min();
+        let max = active_min.or_else(|| self.max_event_ms.values().max().copied())?;
+        Some(max - self.spec.watermark_delay_ms)
     }
 }
 
@@ -141,7 +154,13 @@ impl Job {
         let mut tables = Vec::new();
         for table in &sql.tables {
             let slot = register_slot(&context, &table.name, table.schema.clone())?;
-            tables.push(TableRuntime { spec: table.clone(), slot, max_event_ms: BTreeMap::new() });
+            tables.push(TableRuntime {
+                spec: table.clone(),
+                slot,
+                max_event_ms: BTreeMap::new(),
+                declared_queues: 0,
+                idle: Default::default(),
+            });
         }
         if sql.inserts.is_empty() {
             return Err(StreamsError::Plan("the job has no INSERT INTO statement".into()));
@@ -177,6 +196,36 @@ impl Job {
     /// The watermark of the table over `topic`, if any row came.
     pub fn watermark_ms(&self, topic: &str) -> Option<i64> {
         self.tables.iter().find(|t| t.spec.topic == topic).and_then(TableRuntime::watermark_ms)
+    }
+
+    /// Says how many queues `topic` has: each holds the watermark back until it delivers a
+    /// row or is reported idle. (Without it, only queues seen so far count.)
+    pub fn declare_queues(&mut self, topic: &str, queues: u32) {
+        for table in self.tables.iter_mut().filter(|t| t.spec.topic == topic) {
+            table.declared_queues = queues;
+        }
+    }
+
+    /// Marks a queue idle (caught up and quiet) or active again; an idle queue does not hold
+    /// the watermark back.
+    pub fn set_queue_idle(&mut self, topic: &str, queue_id: u32, idle: bool) {
+        for table in self.tables.iter_mut().filter(|t| t.spec.topic == topic) {
+            if idle {
+                table.idle.insert(queue_id);
+            } else {
+                table.idle.remove(&queue_id);
+            }
+        }
+    }
+
+    /// Emits the windows the current watermark of `topic`'s table closed (after queues went
+    /// idle, with no new rows).
+    pub async fn advance(&mut self, topic: &str) -> Result<JobOutput> {
+        let mut output = JobOutput::default();
+        if let Some(table_index) = self.tables.iter().position(|t| t.spec.topic == topic) {
+            self.fire(table_index, &mut output).await?;
+        }
+        Ok(output)
     }
 
     /// Runs one micro-batch of message bodies read from `queue_id` of `topic`: stateless

@@ -43,6 +43,8 @@ pub struct JobRunConfig {
     pub idle_wait: Duration,
     /// Queues of the topics the job creates (results, dead letters, late rows) when missing.
     pub output_queues: u32,
+    /// A queue caught up and quiet this long stops holding the watermark back.
+    pub idle_timeout: Duration,
 }
 
 impl JobRunConfig {
@@ -55,6 +57,7 @@ impl JobRunConfig {
             batch_messages_max: 1024,
             idle_wait: Duration::from_millis(100),
             output_queues: 4,
+            idle_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -110,6 +113,7 @@ pub async fn run_job(
             .await?
             .ok_or_else(|| StreamsError::Plan(format!("source topic {topic} does not exist")))?
             .queue_count;
+        job.declare_queues(topic, queues);
         let positions = offsets.source.entry(topic.clone()).or_default();
         for queue_id in 0..queues {
             if let std::collections::btree_map::Entry::Vacant(entry) = positions.entry(queue_id) {
@@ -122,6 +126,8 @@ pub async fn run_job(
     // here and still recognises the results it already sent.
     save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &group).await?;
     let mut last_checkpoint = Instant::now();
+    // When each queue last delivered (or was found behind), for idleness.
+    let mut last_active: BTreeMap<(String, u32), Instant> = BTreeMap::new();
     while !*stop.borrow() {
         let mut progressed = false;
         for (topic, tag_expression) in &sources {
@@ -138,33 +144,40 @@ pub async fn run_job(
                     }
                     _ => pulled.next_offset,
                 };
-                if !pulled.messages.is_empty() {
+                let active = last_active.entry((topic.clone(), queue_id)).or_insert_with(Instant::now);
+                if !pulled.messages.is_empty() || next < pulled.max_offset {
+                    *active = Instant::now();
+                }
+                job.set_queue_idle(topic, queue_id, active.elapsed() >= config.idle_timeout);
+                let output = if pulled.messages.is_empty() {
+                    job.advance(topic).await?
+                } else {
                     let bodies: Vec<&[u8]> = pulled.messages.iter().map(|m| m.body.as_slice()).collect();
-                    let output = job.process(topic, queue_id, &bodies).await?;
                     stats.messages_read += bodies.len() as u64;
                     metrics::counter!("weir_streams_messages_read_total", "job" => config.name.clone())
                         .increment(bodies.len() as u64);
-                    let mut results = Vec::with_capacity(output.results.len());
-                    for message in output.results {
-                        if message.unique_id.as_ref().is_some_and(|id| replayed.contains(id)) {
-                            stats.results_skipped_as_replayed += 1;
-                        } else {
-                            results.push(message);
-                        }
+                    job.process(topic, queue_id, &bodies).await?
+                };
+                let mut results = Vec::with_capacity(output.results.len());
+                for message in output.results {
+                    if message.unique_id.as_ref().is_some_and(|id| replayed.contains(id)) {
+                        stats.results_skipped_as_replayed += 1;
+                    } else {
+                        results.push(message);
                     }
-                    stats.results_sent += results.len() as u64;
-                    stats.dead_lettered += output.dead_letters.len() as u64;
-                    stats.late += output.late.len() as u64;
-                    metrics::counter!("weir_streams_results_total", "job" => config.name.clone())
-                        .increment(results.len() as u64);
-                    metrics::counter!("weir_streams_dead_lettered_total", "job" => config.name.clone())
-                        .increment(output.dead_letters.len() as u64);
-                    metrics::counter!("weir_streams_late_rows_total", "job" => config.name.clone())
-                        .increment(output.late.len() as u64);
-                    for messages in [results, output.dead_letters, output.late] {
-                        send_all(broker.as_ref(), messages, stop).await?;
-                    }
-                    progressed = true;
+                }
+                stats.results_sent += results.len() as u64;
+                stats.dead_lettered += output.dead_letters.len() as u64;
+                stats.late += output.late.len() as u64;
+                metrics::counter!("weir_streams_results_total", "job" => config.name.clone())
+                    .increment(results.len() as u64);
+                metrics::counter!("weir_streams_dead_lettered_total", "job" => config.name.clone())
+                    .increment(output.dead_letters.len() as u64);
+                metrics::counter!("weir_streams_late_rows_total", "job" => config.name.clone())
+                    .increment(output.late.len() as u64);
+                progressed |= !pulled.messages.is_empty();
+                for messages in [results, output.dead_letters, output.late] {
+                    send_all(broker.as_ref(), messages, stop).await?;
                 }
                 if next != offset {
                     offsets.source.get_mut(topic).expect("listed").insert(queue_id, next);

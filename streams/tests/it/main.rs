@@ -4,6 +4,8 @@
 //!
 //! File format: sections start with `== sql`, `== input` (one micro-batch: lines of
 //! `<queue id> <json body>`; several sections are several batches, in order) and
+//! `== queues N` (the topic has N queues: one that has delivered nothing holds the watermark
+//! back), `== idle Q` (queue Q is idle: it stops holding the watermark back),
 //! `== restart` (checkpoint the job to a file, plan it anew and restore it: state must
 //! survive) and `== expected` (one line per produced message: `<kind> <topic> key=<key>
 //! <body>`, with the reason for dead-lettered and late rows).
@@ -43,6 +45,12 @@ async fn check(file: &Path) -> Result<(), String> {
             match section {
                 "input" => batches.push(Step::Input(Vec::new())),
                 "restart" => batches.push(Step::Restart),
+                other if other.starts_with("queues ") => {
+                    batches.push(Step::Queues(other[7..].trim().parse().expect("== queues <count>")))
+                }
+                other if other.starts_with("idle ") => {
+                    batches.push(Step::Idle(other[5..].trim().parse().expect("== idle <queue id>")))
+                }
                 "expected" => expected = Some(String::new()),
                 "sql" => {}
                 other => panic!("{}: unknown section {other}", file.display()),
@@ -89,6 +97,10 @@ enum Step {
     Input(Vec<(u32, String)>),
     /// Checkpoint to a file, plan the job anew and restore it from the file.
     Restart,
+    /// Declare the topic's queue count: unseen queues hold the watermark back.
+    Queues(u32),
+    /// Report a queue idle, then let the job emit what the watermark closed.
+    Idle(u32),
 }
 
 /// Plans the job and feeds it the batches; every produced message as one line.
@@ -101,6 +113,16 @@ async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
     for step in steps {
         let batch = match step {
             Step::Input(batch) => batch,
+            Step::Queues(count) => {
+                job.declare_queues(&topic, *count);
+                continue;
+            }
+            Step::Idle(queue) => {
+                job.set_queue_idle(&topic, *queue, true);
+                let output = job.advance(&topic).await.map_err(|e| e.to_string())?;
+                print_output(&mut out, &output);
+                continue;
+            }
             Step::Restart => {
                 let file = checkpoint::path(dir.path(), "golden");
                 let snapshot = job.snapshot().map_err(|e| e.to_string())?;
@@ -120,19 +142,22 @@ async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
         for queue in queues {
             let bodies: Vec<&[u8]> = batch.iter().filter(|(q, _)| *q == queue).map(|(_, b)| b.as_bytes()).collect();
             let output = job.process(&topic, queue, &bodies).await.map_err(|e| e.to_string())?;
-            for (kind, messages) in [("result", &output.results), ("dlq", &output.dead_letters), ("late", &output.late)]
-            {
-                for message in messages {
-                    let key = message.keys.first().map(String::as_str).unwrap_or("-");
-                    let reason =
-                        message.properties.get("STREAMS_REASON").map(|r| format!(" ({r})")).unwrap_or_default();
-                    let body = String::from_utf8_lossy(&message.body);
-                    out.push_str(&format!("{kind} {} key={key} {body}{reason}\n", message.topic));
-                }
-            }
+            print_output(&mut out, &output);
         }
     }
     Ok(out)
+}
+
+/// One line per produced message.
+fn print_output(out: &mut String, output: &weir_streams::JobOutput) {
+    for (kind, messages) in [("result", &output.results), ("dlq", &output.dead_letters), ("late", &output.late)] {
+        for message in messages {
+            let key = message.keys.first().map(String::as_str).unwrap_or("-");
+            let reason = message.properties.get("STREAMS_REASON").map(|r| format!(" ({r})")).unwrap_or_default();
+            let body = String::from_utf8_lossy(&message.body);
+            out.push_str(&format!("{kind} {} key={key} {body}{reason}\n", message.topic));
+        }
+    }
 }
 
 mod runner;
