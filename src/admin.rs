@@ -282,3 +282,29 @@ pub async fn group(store: &StoreArgs, command: GroupCommand) -> Result<()> {
     broker.close()?;
     Ok(())
 }
+
+/// `weir sql`: a bounded query over topics, printed as a table.
+pub async fn sql(store: &StoreArgs, query: &str, from: &str, limit: usize, explain: bool) -> Result<()> {
+    use weir_streams::inspect::{StartFrom, query_topics};
+    let from = match from {
+        "earliest" => StartFrom::Earliest,
+        "latest" => StartFrom::Latest,
+        time => StartFrom::Timestamp(
+            time.parse().map_err(|_| anyhow::anyhow!("--from {time:?}: use earliest, latest or a time in ms"))?,
+        ),
+    };
+    let broker = open_broker(store)?;
+    let outcome = query_topics(&broker, query, from, limit, explain).await;
+    broker.close()?;
+    let inspection = outcome?;
+    let table = weir_streams::datafusion::arrow::util::pretty::pretty_format_batches(&inspection.batches)?;
+    println!("{table}");
+    let rows: usize = inspection.batches.iter().map(|b| b.num_rows()).sum();
+    let read: Vec<String> = inspection.messages_read.iter().map(|(topic, n)| format!("{n} from {topic}")).collect();
+    let skipped = match inspection.messages_skipped {
+        0 => String::new(),
+        n => format!("; {n} messages were not JSON objects and were left out"),
+    };
+    eprintln!("{rows} rows; read {}{skipped}", read.join(", "));
+    Ok(())
+}

@@ -60,6 +60,21 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8083")]
         admin_listen: std::net::SocketAddr,
     },
+    /// Run a bounded SQL query over topics and print the rows (for inspection). Topics are
+    /// tables of their JSON messages (quote names with `-`: `FROM "access-logs"`).
+    Sql {
+        /// The query, e.g. `SELECT level, count(*) FROM "app-logs" GROUP BY level`.
+        query: String,
+        /// Where to start reading: earliest, latest, or a time in ms since the epoch.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// Most messages read per topic.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// Print DataFusion's plan instead of running the query.
+        #[arg(long)]
+        explain: bool,
+    },
     /// Check a pipeline file (YAML) without running it.
     Validate {
         /// The pipeline file.
@@ -114,6 +129,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => admin::consume(&store, args).await,
             Command::Message(command) => admin::message(&store, command).await,
             Command::Group(command) => admin::group(&store, command).await,
+            Command::Sql { query, from, limit, explain } => admin::sql(&store, &query, &from, limit, explain).await,
             Command::Validate { file } => validate(&file),
             Command::Run { file, admin_listen } => run::run(&file, store.segment_size_bytes, admin_listen).await,
             Command::Bench(command) => bench::run(command, store.segment_size_bytes).await,

@@ -22,6 +22,9 @@ pub trait Messaging: Send + Sync {
     async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()>;
     async fn committed_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>>;
     async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<QueueRange>;
+    /// The first offset of a queue stored at or after `timestamp_ms` (RocketMQ's
+    /// `searchOffset`).
+    async fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64>;
 }
 
 #[async_trait]
@@ -62,5 +65,8 @@ impl Messaging for Broker {
     }
     async fn queue_range(&self, topic: &str, queue_id: u32) -> Result<QueueRange> {
         Ok(Broker::queue_range(self, topic, queue_id))
+    }
+    async fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64> {
+        Broker::offset_for_timestamp(self, topic, queue_id, timestamp_ms).await
     }
 }

@@ -346,6 +346,9 @@ impl Messaging for FaultyMessaging {
     async fn queue_range(&self, topic: &str, queue_id: u32) -> weir_broker::Result<QueueRange> {
         Ok(self.broker.queue_range(topic, queue_id))
     }
+    async fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> weir_broker::Result<u64> {
+        self.broker.offset_for_timestamp(topic, queue_id, timestamp_ms).await
+    }
 }
 
 /// Passes a source through, remembering what it emitted in this run and failing polls on
@@ -501,6 +504,9 @@ impl Messaging for CheckedCommits {
     }
     async fn queue_range(&self, topic: &str, queue_id: u32) -> weir_broker::Result<QueueRange> {
         Ok(self.broker.queue_range(topic, queue_id))
+    }
+    async fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> weir_broker::Result<u64> {
+        self.broker.offset_for_timestamp(topic, queue_id, timestamp_ms).await
     }
 }
 

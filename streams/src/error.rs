@@ -9,7 +9,7 @@ pub enum StreamsError {
     #[error("statement {statement}: {reason}")]
     Sql { statement: usize, reason: String },
     /// The job's queries cannot run as streams (user config).
-    #[error("cannot plan the job: {0}")]
+    #[error("cannot plan: {0}")]
     Plan(String),
     /// DataFusion failed (planning or execution).
     #[error("datafusion: {0}")]

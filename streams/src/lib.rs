@@ -16,11 +16,14 @@
 pub mod checkpoint;
 pub mod decode;
 pub mod error;
+pub mod inspect;
 pub mod job;
 pub mod runner;
 pub mod sql;
 pub mod window;
 
+/// The DataFusion (and Arrow) this crate plans with, for callers that print its batches.
+pub use datafusion;
 pub use error::{Result, StreamsError};
 pub use job::{Job, JobOutput, JobSnapshot};
 pub use runner::{JobRunConfig, JobStats, run_job};

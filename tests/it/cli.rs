@@ -126,3 +126,28 @@ fn ingest_benchmark_prints_one_json_line_with_its_baseline() {
     }
     assert!(line["events"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn sql_queries_topics_of_json_messages() {
+    check(&[
+        (&["topic", "create", "app-logs", "--queues", "2"], true, &[]),
+        (&["send", "--topic", "app-logs", r#"{"level":"info","ms":5}"#], true, &[]),
+        (&["send", "--topic", "app-logs", r#"{"level":"error","ms":7}"#], true, &[]),
+        (&["send", "--topic", "app-logs", r#"{"level":"error","ms":9}"#], true, &[]),
+        (&["send", "--topic", "app-logs", "not json"], true, &[]),
+        (
+            &["sql", r#"SELECT level, count(*) AS n, sum(ms) AS total FROM "app-logs" GROUP BY level ORDER BY level"#],
+            true,
+            &["| error | 2 | 16    |", "| info  | 1 | 5     |"],
+        ),
+        (&["sql", "--explain", r#"SELECT level FROM "app-logs""#], true, &["logical_plan", "TableScan: app-logs"]),
+        (&["topic", "create", "one", "--queues", "1"], true, &[]),
+        (&["send", "--topic", "one", r#"{"n":1}"#], true, &[]),
+        (&["send", "--topic", "one", r#"{"n":2}"#], true, &[]),
+        (&["send", "--topic", "one", r#"{"n":3}"#], true, &[]),
+        (&["sql", "--from", "latest", "--limit", "2", "SELECT sum(n) AS total FROM one"], true, &["| 5     |"]),
+        (&["sql", "SELECT * FROM missing"], false, &["no topic named \"missing\""]),
+        (&["sql", "SELEKT 1"], false, &["error:"]),
+        (&["sql", "--from", "soon", "SELECT 1"], false, &["use earliest, latest or a time in ms"]),
+    ]);
+}
