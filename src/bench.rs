@@ -11,6 +11,7 @@ use weir_broker::storage::FlushMode;
 use weir_broker::{Broker, BrokerConfig, Message, PullRequest, TopicConfig};
 
 mod ingest;
+mod nexmark;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -18,6 +19,8 @@ pub enum BenchCommand {
     Storage(StorageArgs),
     /// NDJSON over HTTP into the broker through the HTTP source, against a discard baseline.
     Ingest(ingest::IngestArgs),
+    /// A Nexmark query as a streams job over an embedded topic, against DataFusion in batch.
+    Nexmark(nexmark::NexmarkArgs),
 }
 
 #[derive(Args)]
@@ -53,6 +56,7 @@ pub async fn run(command: BenchCommand, segment_size_bytes: u64) -> Result<()> {
     match command {
         BenchCommand::Storage(args) => storage(args, segment_size_bytes).await,
         BenchCommand::Ingest(args) => ingest::run(args, segment_size_bytes).await,
+        BenchCommand::Nexmark(args) => nexmark::run(args, segment_size_bytes).await,
     }
 }
 

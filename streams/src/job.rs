@@ -167,9 +167,13 @@ impl Job {
         }
         let mut queries = Vec::new();
         for (index, insert) in sql.inserts.iter().enumerate() {
-            let query = plan_insert(&context, &tables, index, insert)
-                .await
-                .map_err(|error| StreamsError::Plan(format!("INSERT INTO {}: {error}", insert.topic)))?;
+            let query = plan_insert(&context, &tables, index, insert).await.map_err(|error| {
+                let reason = match error {
+                    StreamsError::Plan(reason) => reason,
+                    other => other.to_string(),
+                };
+                StreamsError::Plan(format!("INSERT INTO {}: {reason}", insert.topic))
+            })?;
             queries.push(query);
         }
         Ok(Job { name: name.to_string(), state: context.state(), tables, queries })
@@ -600,7 +604,10 @@ fn plan_window_aggregate(
             &planning,
         )
         .build()?;
-        if !lowered.order_bys.is_empty() {
+        // `WITHIN GROUP (ORDER BY x)` names the input of an ordered-set aggregate (x is among
+        // its arguments); any other ORDER BY needs sorted input, which merged panes lack.
+        let within_group = lowered.aggregate.fun().supports_within_group_clause();
+        if !within_group && !lowered.aggregate.order_bys().is_empty() {
             return Err(StreamsError::Plan(format!("{expr}: ORDER BY inside an aggregate is not supported")));
         }
         argument_exprs.push((lowered.aggregate.expressions(), lowered.filter.clone()));

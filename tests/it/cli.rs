@@ -151,3 +151,19 @@ fn sql_queries_topics_of_json_messages() {
         (&["sql", "--from", "soon", "SELECT 1"], false, &["use earliest, latest or a time in ms"]),
     ]);
 }
+
+#[test]
+fn nexmark_benchmark_prints_one_json_line_with_its_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = weir(dir.path(), &["bench", "nexmark", "--query", "q1", "--events", "20000"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for key in ["events_per_sec", "events_per_sec_per_core", "baseline_events_per_sec", "ratio", "cpu_cores_used"] {
+        assert!(line[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {line}");
+    }
+    // q1 converts every bid: one result per bid.
+    assert_eq!(line["results"], line["bids"], "{line}");
+    assert!(line["bids"].as_u64().unwrap() > 15_000, "{line}");
+    check(&[(&["bench", "nexmark", "--query", "q7"], false, &["needs stream joins"])]);
+}
