@@ -54,8 +54,8 @@ struct CheckpointMeta {
 struct QueryMeta {
     next_window_start_ms: Option<i64>,
     emitting: bool,
-    /// (pane start, live) in the order of the IPC batches.
-    panes: Vec<(i64, bool)>,
+    /// (pane start, pane end, live) in the order of the IPC batches.
+    panes: Vec<(i64, i64, bool)>,
 }
 
 /// The checkpoint file of `job` under `dir`.
@@ -77,7 +77,7 @@ pub fn save(file: &Path, job: &str, offsets: &Offsets, snapshot: &JobSnapshot) -
                 state.as_ref().map(|state| QueryMeta {
                     next_window_start_ms: state.next_window_start_ms,
                     emitting: state.emitting,
-                    panes: state.panes.iter().map(|p| (p.start_ms, p.live)).collect(),
+                    panes: state.panes.iter().map(|p| (p.start_ms, p.end_ms, p.live)).collect(),
                 })
             })
             .collect(),
@@ -155,7 +155,7 @@ pub fn load(file: &Path, job: &str, layout: &[Option<StateLayout>]) -> Result<Op
             return Err(damaged(format!("{} pane batches for {} panes", batches.len(), query.panes.len())));
         }
         let mut panes = Vec::with_capacity(batches.len());
-        for ((start_ms, live), batch) in query.panes.into_iter().zip(batches) {
+        for ((start_ms, end_ms, live), batch) in query.panes.into_iter().zip(batches) {
             let columns = batch.columns();
             if columns.len() != keys + states.iter().sum::<usize>() {
                 return Err(StreamsError::Checkpoint(format!(
@@ -169,7 +169,7 @@ pub fn load(file: &Path, job: &str, layout: &[Option<StateLayout>]) -> Result<Op
                 pane_states.push(rest[..*count].to_vec());
                 rest = &rest[*count..];
             }
-            panes.push(PaneSnapshot { start_ms, live, keys: columns[..*keys].to_vec(), states: pane_states });
+            panes.push(PaneSnapshot { start_ms, end_ms, live, keys: columns[..*keys].to_vec(), states: pane_states });
         }
         aggregators.push(Some(AggregatorSnapshot {
             next_window_start_ms: query.next_window_start_ms,

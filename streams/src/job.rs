@@ -29,8 +29,9 @@ use weir_broker::Message;
 
 use crate::decode::decode_json;
 use crate::error::{Result, StreamsError};
+use crate::session::SessionAggregator;
 use crate::sql::{InsertStatement, JobSql, SourceTable, WindowKind, WindowSpec};
-use crate::window::{AggregateSpec, WindowAggregator};
+use crate::window::{AggregateSpec, AggregatorSnapshot, WindowAggregator, WindowResult};
 
 type Slot = datafusion::datasource::memory::PartitionData;
 
@@ -101,6 +102,55 @@ struct Windowed {
     schema: SchemaRef,
 }
 
+/// The window operator of a query: panes (tumbling, hopping) or sessions.
+enum Operator {
+    Panes(WindowAggregator),
+    Sessions(SessionAggregator),
+}
+
+impl Operator {
+    /// Whether a row at `time_ms` is late (its window already emitted).
+    fn is_late(&self, time_ms: i64, pane_start_ms: i64, watermark_ms: Option<i64>) -> bool {
+        match self {
+            Operator::Panes(panes) => panes.is_frozen(pane_start_ms),
+            Operator::Sessions(sessions) => sessions.is_late(time_ms, watermark_ms),
+        }
+    }
+
+    fn update(
+        &mut self,
+        starts: &TimestampMillisecondArray,
+        keys: &[ArrayRef],
+        arguments: &[(Vec<ArrayRef>, Option<BooleanArray>)],
+    ) -> Result<()> {
+        match self {
+            Operator::Panes(panes) => panes.update(starts, keys, arguments),
+            Operator::Sessions(sessions) => sessions.update(starts, keys, arguments),
+        }
+    }
+
+    fn advance(&mut self, watermark_ms: i64) -> Result<Vec<WindowResult>> {
+        match self {
+            Operator::Panes(panes) => panes.advance(watermark_ms),
+            Operator::Sessions(sessions) => sessions.advance(watermark_ms),
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<AggregatorSnapshot> {
+        match self {
+            Operator::Panes(panes) => panes.snapshot(),
+            Operator::Sessions(sessions) => sessions.snapshot(),
+        }
+    }
+
+    fn restore(&mut self, snapshot: AggregatorSnapshot) -> Result<()> {
+        match self {
+            Operator::Panes(panes) => panes.restore(snapshot),
+            Operator::Sessions(sessions) => sessions.restore(snapshot),
+        }
+    }
+}
+
 /// An aggregate's argument expressions and its optional `FILTER (WHERE …)`.
 type AggregateArguments = (Vec<Arc<dyn PhysicalExpr>>, Option<Arc<dyn PhysicalExpr>>);
 
@@ -118,7 +168,9 @@ struct WindowedAggregate {
     pane_expr: Arc<dyn PhysicalExpr>,
     key_exprs: Vec<Arc<dyn PhysicalExpr>>,
     argument_exprs: Vec<AggregateArguments>,
-    aggregator: WindowAggregator,
+    aggregator: Operator,
+    /// State columns per aggregate (checkpoint layout).
+    specs_state_widths: Vec<usize>,
     key_names: Vec<String>,
 }
 
@@ -302,13 +354,17 @@ impl Job {
         let query = &mut self.queries[query_index];
         if let Some(window) = &query.window {
             let times = event_times.expect("a window's table has an event time");
+            // The window relation's window_start / window_end of a row: its pane, or for a
+            // session window the row's own session [ts, ts + gap) (the operator merges them).
             let slide = window.spec.slide_ms;
+            let session = window.spec.kind == WindowKind::Session;
+            let watermark = self.tables[query.table].watermark_ms();
             let (pane_starts, late): (Vec<i64>, Vec<bool>) = times
                 .values()
                 .iter()
                 .map(|time| {
-                    let pane = time.div_euclid(slide) * slide;
-                    let late = query.aggregate.as_ref().is_some_and(|a| a.aggregator.is_frozen(pane));
+                    let pane = if session { *time } else { time.div_euclid(slide) * slide };
+                    let late = query.aggregate.as_ref().is_some_and(|a| a.aggregator.is_late(*time, pane, watermark));
                     (pane, late)
                 })
                 .unzip();
@@ -452,7 +508,7 @@ impl Job {
             .iter()
             .map(|query| {
                 let Some(aggregate) = &query.aggregate else { return Ok(None) };
-                let states = aggregate.aggregator.state_fields()?.iter().map(Vec::len).collect();
+                let states = aggregate.specs_state_widths.clone();
                 Ok(Some(StateLayout { keys: aggregate.key_exprs.len(), states }))
             })
             .collect()
@@ -547,7 +603,7 @@ async fn plan_insert(
     let aggregate = match (aggregates.as_slice(), &window) {
         ([], None) => None,
         ([], Some(window)) if window.spec.kind == WindowKind::Tumble => None,
-        ([], Some(_)) => return Err(StreamsError::Plan("a HOP window needs a GROUP BY".into())),
+        ([], Some(_)) => return Err(StreamsError::Plan("HOP and SESSION windows need a GROUP BY".into())),
         ([_], None) => {
             return Err(StreamsError::Plan(
                 "GROUP BY over an unbounded table needs a window: FROM TUMBLE(…) or HOP(…)".into(),
@@ -595,6 +651,7 @@ fn plan_window_aggregate(
     let planning = PhysicalPlanningContext::default();
     let mut specs = Vec::new();
     let mut argument_exprs = Vec::new();
+    let mut state_widths = Vec::new();
     for expr in &aggregate.aggr_expr {
         let lowered = LoweredAggregateBuilder::new(
             expr,
@@ -610,10 +667,16 @@ fn plan_window_aggregate(
         if !within_group && !lowered.aggregate.order_bys().is_empty() {
             return Err(StreamsError::Plan(format!("{expr}: ORDER BY inside an aggregate is not supported")));
         }
+        state_widths.push(lowered.aggregate.state_fields()?.len());
         argument_exprs.push((lowered.aggregate.expressions(), lowered.filter.clone()));
         specs.push(AggregateSpec { function: lowered.aggregate });
     }
-    let aggregator = WindowAggregator::new(window.spec.size_ms, window.spec.slide_ms, key_fields, specs)?;
+    let aggregator = match window.spec.kind {
+        WindowKind::Session => Operator::Sessions(SessionAggregator::new(window.spec.size_ms, key_fields, specs)?),
+        WindowKind::Tumble | WindowKind::Hop => {
+            Operator::Panes(WindowAggregator::new(window.spec.size_ms, window.spec.slide_ms, key_fields, specs)?)
+        }
+    };
     // The aggregate's rows come from a slot; a projection gives them the names the plan above
     // refers to.
     let output = aggregate.schema.as_ref();
@@ -658,6 +721,7 @@ fn plan_window_aggregate(
         key_exprs,
         argument_exprs,
         aggregator,
+        specs_state_widths: state_widths,
         key_names,
     })
 }

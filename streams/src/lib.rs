@@ -19,6 +19,7 @@ pub mod error;
 pub mod inspect;
 pub mod job;
 pub mod runner;
+pub mod session;
 pub mod sql;
 pub mod window;
 

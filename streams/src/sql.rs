@@ -1,5 +1,6 @@
 //! Job text → statements: `CREATE TABLE` over a topic (columns, watermark, `WITH` options)
-//! and `INSERT INTO <topic> <query>`, with window table functions (`TUMBLE`, `HOP`) in the
+//! and `INSERT INTO <topic> <query>`, with window table functions (`TUMBLE`, `HOP`,
+//! `SESSION`) in the
 //! query's `FROM` replaced by generated relation names and described by a `WindowSpec`.
 //!
 //! DataFusion parses and plans the queries; this module only handles what DataFusion does not
@@ -29,6 +30,8 @@ pub struct SourceTable {
 pub enum WindowKind {
     Tumble,
     Hop,
+    /// `SESSION(t, ts, gap)`: `size_ms` and `slide_ms` hold the gap.
+    Session,
 }
 
 /// A window table function found in a query, e.g. `TUMBLE(access_logs, ts, INTERVAL '1' MINUTE)`.
@@ -351,7 +354,12 @@ fn parse_insert(statement: &str, windows_so_far: &mut usize) -> std::result::Res
             (WindowKind::Hop, [table, column, slide, size]) => {
                 (table, column, parse_interval_ms(size)?, parse_interval_ms(slide)?)
             }
+            (WindowKind::Session, [table, column, gap]) => {
+                let gap = parse_interval_ms(gap)?;
+                (table, column, gap, gap)
+            }
             (WindowKind::Tumble, _) => return Err("TUMBLE takes (table, time column, size)".into()),
+            (WindowKind::Session, _) => return Err("SESSION takes (table, time column, gap)".into()),
             (WindowKind::Hop, _) => return Err("HOP takes (table, time column, slide, size)".into()),
         };
         if !(WINDOW_MS_MIN..=WINDOW_MS_MAX).contains(&size_ms) || !(WINDOW_MS_MIN..=size_ms).contains(&slide_ms) {
@@ -381,7 +389,7 @@ fn parse_insert(statement: &str, windows_so_far: &mut usize) -> std::result::Res
     Ok(InsertStatement { topic, query, windows })
 }
 
-/// The first `TUMBLE(` or `HOP(` outside quotes, as a whole word.
+/// The first `TUMBLE(`, `HOP(` or `SESSION(` outside quotes, as a whole word.
 fn find_window_call(query: &str) -> Option<(usize, WindowKind)> {
     let upper = query.to_ascii_uppercase();
     let mut quote = None;
@@ -392,7 +400,9 @@ fn find_window_call(query: &str) -> Option<(usize, WindowKind)> {
             (None, '\'' | '"') => quote = Some(c),
             _ => {
                 let boundary = at == 0 || !upper[..at].ends_with(|p: char| p.is_ascii_alphanumeric() || p == '_');
-                for (word, kind) in [("TUMBLE", WindowKind::Tumble), ("HOP", WindowKind::Hop)] {
+                for (word, kind) in
+                    [("TUMBLE", WindowKind::Tumble), ("HOP", WindowKind::Hop), ("SESSION", WindowKind::Session)]
+                {
                     if boundary
                         && upper[at..].starts_with(word)
                         && upper[at + word.len()..].trim_start().starts_with('(')

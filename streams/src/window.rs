@@ -35,7 +35,7 @@ pub struct AggregateSpec {
 }
 
 impl AggregateSpec {
-    fn accumulator(&self) -> Result<Box<dyn GroupsAccumulator>> {
+    pub(crate) fn accumulator(&self) -> Result<Box<dyn GroupsAccumulator>> {
         if self.function.groups_accumulator_supported() {
             return Ok(self.function.create_groups_accumulator()?);
         }
@@ -107,6 +107,8 @@ struct FrozenPane {
 #[derive(Clone, Debug)]
 pub struct PaneSnapshot {
     pub start_ms: i64,
+    /// The pane's end (a session's end for session windows).
+    pub end_ms: i64,
     /// Still taking rows (else frozen).
     pub live: bool,
     pub keys: Vec<ArrayRef>,
@@ -301,7 +303,8 @@ impl WindowAggregator {
         let mut panes = Vec::with_capacity(self.live.len() + self.frozen.len());
         for (start, pane) in self.frozen.iter() {
             let keys = self.converter.convert_rows(pane.keys.iter().map(|k| k.row()))?;
-            panes.push(PaneSnapshot { start_ms: *start, live: false, keys, states: pane.states.clone() });
+            let end_ms = start + self.slide_ms;
+            panes.push(PaneSnapshot { start_ms: *start, end_ms, live: false, keys, states: pane.states.clone() });
         }
         let starts: Vec<i64> = self.live.keys().copied().collect();
         for start in starts {
@@ -315,7 +318,7 @@ impl WindowAggregator {
             }
             pane.accumulators = fresh;
             let keys = self.converter.convert_rows(pane.groups.keys.iter().map(|k| k.row()))?;
-            panes.push(PaneSnapshot { start_ms: start, live: true, keys, states });
+            panes.push(PaneSnapshot { start_ms: start, end_ms: start + self.slide_ms, live: true, keys, states });
         }
         Ok(AggregatorSnapshot { next_window_start_ms: self.next_window_start_ms, emitting: self.emitting, panes })
     }
@@ -344,11 +347,6 @@ impl WindowAggregator {
             self.live.insert(pane.start_ms, LivePane { groups, accumulators });
         }
         Ok(())
-    }
-
-    /// The data types of the state columns, per aggregate (for checkpoint files).
-    pub fn state_fields(&self) -> Result<Vec<Vec<datafusion::arrow::datatypes::FieldRef>>> {
-        self.aggregates.iter().map(|a| Ok(a.function.state_fields()?)).collect()
     }
 
     /// Live and frozen panes (for tests and metrics).
