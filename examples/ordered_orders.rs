@@ -76,12 +76,13 @@ async fn consume_queue(messaging: &dyn Messaging, queue_id: u32, total: usize) -
         }
         offset = result.next_offset;
         messaging.commit_offset(GROUP, TOPIC, queue_id, offset).await?;
-        // Stop once every queue together holds all events and this one is read to its end.
+        // Stop once every queue together holds all events and this one is read to its end
+        // (its end read after the total: a send may have landed since the pull).
         let mut stored = 0;
         for queue in 0..QUEUES {
             stored += messaging.queue_range(TOPIC, queue).await?.max_offset;
         }
-        if stored as usize >= total && offset >= result.max_offset {
+        if stored as usize >= total && offset >= messaging.queue_range(TOPIC, queue_id).await?.max_offset {
             return Ok(seen);
         }
     }

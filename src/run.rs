@@ -1,10 +1,10 @@
-//! `weir run FILE`: starts a pipeline on the embedded broker — topics, HTTP sources, sinks —
-//! and stops it cleanly on Ctrl-C (sources stop taking requests, sinks flush and commit, the
-//! store closes).
+//! `weir run FILE`: starts a pipeline on the embedded broker — topics, sources, stream jobs,
+//! sinks — and stops it cleanly on Ctrl-C (sources stop taking requests, stream jobs
+//! checkpoint, sinks flush and commit, the store closes).
 //!
-//! Sink tasks run under a supervisor: a failed task is logged and restarted after a backoff
-//! (1 s doubling to 60 s) without stopping the rest. Stream jobs are validated but not executed
-//! until the streams engine lands; a source or sink type the runtime lacks is refused by name.
+//! File sources, stream jobs and sinks run under a supervisor: a failed task is logged and
+//! restarted after a backoff (1 s doubling to 60 s) without stopping the rest. A source or
+//! sink type the runtime lacks is refused by name.
 
 use std::sync::Arc;
 use std::time::Duration;

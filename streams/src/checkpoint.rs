@@ -40,6 +40,10 @@ pub const CHECKPOINT_BYTES_MAX: u64 = 4 << 30;
 pub struct Offsets {
     pub source: BTreeMap<String, BTreeMap<u32, u64>>,
     pub sink_end: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Result ids already in the output topics (before `sink_end`) that the replay has not
+    /// produced again yet: still to be skipped after another restart.
+    #[serde(default)]
+    pub replayed_pending: std::collections::BTreeSet<String>,
 }
 
 #[derive(Serialize, Deserialize)]

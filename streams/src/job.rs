@@ -35,6 +35,11 @@ use crate::window::{AggregateSpec, AggregatorSnapshot, WindowAggregator, WindowR
 
 type Slot = datafusion::datasource::memory::PartitionData;
 
+/// Earliest and latest event time a row may carry (years 0001 and 9999): window arithmetic on
+/// them never overflows.
+pub const EVENT_TIME_MS_MIN: i64 = -62_135_596_800_000;
+pub const EVENT_TIME_MS_MAX: i64 = 253_402_300_799_999;
+
 /// Property naming why a row went to the dead-letter or late topic.
 pub const PROPERTY_REASON: &str = "STREAMS_REASON";
 /// Property holding the job name on dead-lettered and late rows.
@@ -204,7 +209,13 @@ impl Job {
             .build();
         let context = datafusion::prelude::SessionContext::new_with_state(state);
         let mut tables = Vec::new();
-        for table in &sql.tables {
+        for (index, table) in sql.tables.iter().enumerate() {
+            if sql.tables[..index].iter().any(|earlier| earlier.topic == table.topic) {
+                return Err(StreamsError::Plan(format!(
+                    "tables {} and another both read topic {}; one table per topic (filter in the query)",
+                    table.name, table.topic
+                )));
+            }
             let slot = register_slot(&context, &table.name, table.schema.clone())?;
             tables.push(TableRuntime {
                 spec: table.clone(),
@@ -298,15 +309,17 @@ impl Job {
         }
         let mut batch = decoded.batch;
         let mut kept = decoded.kept;
-        // Rows need an event time to be windowed.
+        // Rows need an event time, within years 0001..=9999, to be windowed.
         let event_times = match &self.tables[table_index].spec.event_time {
             Some(column) => {
                 let times = event_time_column(&batch, column)?;
-                if times.null_count() > 0 {
-                    let valid = BooleanArray::from((0..times.len()).map(|i| times.is_valid(i)).collect::<Vec<_>>());
+                let usable =
+                    |i: usize| times.is_valid(i) && (EVENT_TIME_MS_MIN..=EVENT_TIME_MS_MAX).contains(&times.value(i));
+                if (0..times.len()).any(|i| !usable(i)) {
+                    let valid = BooleanArray::from((0..times.len()).map(usable).collect::<Vec<_>>());
                     for (row, index) in kept.iter().enumerate() {
                         if !valid.value(row) {
-                            let reason = format!("the event time column {column} is null");
+                            let reason = format!("the event time column {column} is null or outside years 1..=9999");
                             output.dead_letters.push(self.side_message(
                                 self.dead_letter_topic(),
                                 bodies[*index],
@@ -728,7 +741,8 @@ fn plan_window_aggregate(
 
 /// Result rows → JSON messages for `topic`. The key is a `key` column when the query has
 /// one, else the GROUP BY key columns joined by `|`. A window's results get a deterministic
-/// unique id (job, query, window, key), so a replay after a restart can be recognised.
+/// unique id (job, query, window, the row's JSON and its occurrence among identical rows of
+/// the window), so a replay after a restart can be recognised.
 fn to_messages(
     job: &str,
     query: usize,
@@ -738,6 +752,7 @@ fn to_messages(
     window: Option<(i64, i64)>,
 ) -> Result<Vec<Message>> {
     let mut messages = Vec::new();
+    let mut occurrences: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
     for batch in batches {
         if batch.num_rows() == 0 {
             continue;
@@ -767,7 +782,11 @@ fn to_messages(
                 message.keys = vec![key.chars().take(128).collect()];
             }
             if let Some((start, end)) = window {
-                message.unique_id = Some(result_id(job, query, start, end, &key));
+                // Identical rows of one window (e.g. a SELECT without the key) are told apart
+                // by their order, so every result has its own id.
+                let seen = occurrences.entry(line.to_vec()).or_insert(0usize);
+                *seen += 1;
+                message.unique_id = Some(result_id(job, query, start, end, line, *seen));
                 message.born_timestamp_ms = Some(end);
             }
             messages.push(message);
@@ -777,9 +796,10 @@ fn to_messages(
 }
 
 /// 32 hex digits from FNV-1a 64 over the parts, twice with different seeds.
-fn result_id(job: &str, query: usize, start: i64, end: i64, key: &str) -> String {
-    let text = format!("{job}\u{1}{query}\u{1}{start}\u{1}{end}\u{1}{key}");
+fn result_id(job: &str, query: usize, start: i64, end: i64, row: &[u8], occurrence: usize) -> String {
+    let mut text = format!("{job}\u{1}{query}\u{1}{start}\u{1}{end}\u{1}{occurrence}\u{1}").into_bytes();
+    text.extend_from_slice(row);
     let hash =
-        |seed: u64| text.bytes().fold(seed, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+        |seed: u64| text.iter().fold(seed, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3));
     format!("{:016X}{:016X}", hash(0xcbf2_9ce4_8422_2325), hash(0x8422_2325_cbf2_9ce4))
 }

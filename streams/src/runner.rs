@@ -5,10 +5,11 @@
 //! Exactly-once results in the output topics: a checkpoint holds the input offsets, the
 //! window state and each output queue's end offset, saved together. After a crash the job
 //! restarts from the checkpoint and replays the input after it; window results carry a
-//! deterministic unique id (job, query, window, key), and before sending anything the
+//! deterministic unique id (job, query, window, row content), and before sending anything the
 //! runner reads what the output topics received after the checkpoint, so a result already
-//! there is not sent again. Stateless results are at-least-once (rows after the checkpoint
-//! may be sent twice).
+//! there is not sent again. Ids read that way and not yet produced again are saved with the
+//! next checkpoints, so a second crash during the replay still skips them. Stateless results
+//! are at-least-once (rows after the checkpoint may be sent twice).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -102,6 +103,7 @@ pub async fn run_job(
     if let Some((saved, snapshot)) = loaded {
         job.restore(snapshot)?;
         replayed = results_after(broker.as_ref(), &saved.sink_end).await?;
+        replayed.extend(saved.replayed_pending.iter().cloned());
         tracing::info!(job = %config.name, replayed = replayed.len(), "resuming from checkpoint");
         offsets = saved;
     }
@@ -124,7 +126,7 @@ pub async fn run_job(
     let mut stats = JobStats::default();
     // A first checkpoint before anything is sent: a crash before the next one replays from
     // here and still recognises the results it already sent.
-    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &group).await?;
+    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &replayed, &group).await?;
     let mut last_checkpoint = Instant::now();
     // When each queue last delivered (or was found behind), for idleness.
     let mut last_active: BTreeMap<(String, u32), Instant> = BTreeMap::new();
@@ -160,7 +162,8 @@ pub async fn run_job(
                 };
                 let mut results = Vec::with_capacity(output.results.len());
                 for message in output.results {
-                    if message.unique_id.as_ref().is_some_and(|id| replayed.contains(id)) {
+                    // Produced again by the replay: skipped, and no longer pending.
+                    if message.unique_id.as_ref().is_some_and(|id| replayed.remove(id)) {
                         stats.results_skipped_as_replayed += 1;
                     } else {
                         results.push(message);
@@ -189,7 +192,7 @@ pub async fn run_job(
             }
         }
         if last_checkpoint.elapsed() >= config.checkpoint_interval {
-            save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &group).await?;
+            save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &replayed, &group).await?;
             stats.checkpoints += 1;
             last_checkpoint = Instant::now();
         }
@@ -200,7 +203,7 @@ pub async fn run_job(
             }
         }
     }
-    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &group).await?;
+    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &replayed, &group).await?;
     stats.checkpoints += 1;
     tracing::info!(job = %config.name, ?stats, "stream job stopped");
     Ok(stats)
@@ -213,8 +216,10 @@ async fn save_checkpoint(
     job: &mut Job,
     config: &JobRunConfig,
     offsets: &mut Offsets,
+    replayed: &HashSet<String>,
     group: &str,
 ) -> Result<()> {
+    offsets.replayed_pending = replayed.iter().cloned().collect();
     offsets.sink_end.clear();
     for topic in job.sink_topics() {
         let queues = broker.topic(&topic).await?.map_or(0, |t| t.queue_count);

@@ -37,6 +37,8 @@ pub struct SessionAggregator {
     gap_ms: i64,
     aggregates: Vec<AggregateSpec>,
     converter: RowConverter,
+    /// GROUP BY only the window columns: every row has the same (constant) key.
+    keyless: bool,
     /// Open sessions per key, by start.
     sessions: HashMap<OwnedRow, BTreeMap<i64, Session>>,
     open: usize,
@@ -48,7 +50,8 @@ impl SessionAggregator {
         Ok(SessionAggregator {
             gap_ms,
             aggregates,
-            converter: RowConverter::new(key_fields)?,
+            keyless: key_fields.is_empty(),
+            converter: RowConverter::new(crate::window::key_fields_or_constant(key_fields))?,
             sessions: HashMap::new(),
             open: 0,
         })
@@ -70,7 +73,8 @@ impl SessionAggregator {
         key_columns: &[ArrayRef],
         arguments: &[(Vec<ArrayRef>, Option<BooleanArray>)],
     ) -> Result<()> {
-        let keys = self.converter.convert_columns(key_columns)?;
+        let key_columns = crate::window::key_columns_or_constant(self.keyless, key_columns, times.len());
+        let keys = self.converter.convert_columns(&key_columns)?;
         // Place every row in a session (merging as needed); remember (key, session start).
         let mut order: Vec<usize> = (0..times.len()).filter(|row| times.is_valid(*row)).collect();
         order.sort_by_key(|row| times.value(*row));

@@ -134,8 +134,32 @@ fn split_statements(text: &str) -> Vec<&str> {
     statements.into_iter().map(str::trim).filter(|s| !strip_comments(s).trim().is_empty()).collect()
 }
 
+/// Drops `-- …` comments (not inside quotes).
 fn strip_comments(text: &str) -> String {
-    text.lines().map(|line| line.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
+    let mut out = String::with_capacity(text.len());
+    let (mut quote, mut comment) = (None::<char>, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+                out.push(c);
+            }
+            continue;
+        }
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '-' && chars.peek() == Some(&'-') => {
+                comment = true;
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The text inside the parentheses that open at byte `open` (which must be `(`), and the

@@ -44,6 +44,23 @@ impl AggregateSpec {
     }
 }
 
+/// Key fields, or one constant field for a GROUP BY of the window columns alone (a row
+/// converter with no columns converts no rows).
+pub(crate) fn key_fields_or_constant(mut key_fields: Vec<SortField>) -> Vec<SortField> {
+    if key_fields.is_empty() {
+        key_fields.push(SortField::new(datafusion::arrow::datatypes::DataType::Boolean));
+    }
+    key_fields
+}
+
+/// The key columns of `rows` rows: `key_columns`, or the constant column of a keyless query.
+pub(crate) fn key_columns_or_constant(keyless: bool, key_columns: &[ArrayRef], rows: usize) -> Vec<ArrayRef> {
+    if keyless {
+        return vec![Arc::new(datafusion::arrow::array::BooleanArray::from(vec![true; rows]))];
+    }
+    key_columns.to_vec()
+}
+
 /// Group keys of one pane or window, in first-seen order.
 struct Groups {
     index: HashMap<OwnedRow, usize>,
@@ -137,6 +154,8 @@ pub struct WindowAggregator {
     slide_ms: i64,
     aggregates: Vec<AggregateSpec>,
     converter: RowConverter,
+    /// GROUP BY only the window columns: every row has the same (constant) key.
+    keyless: bool,
     live: BTreeMap<i64, LivePane>,
     frozen: BTreeMap<i64, FrozenPane>,
     /// Start of the earliest window not yet emitted (None before the first row).
@@ -157,7 +176,8 @@ impl WindowAggregator {
             size_ms,
             slide_ms,
             aggregates,
-            converter: RowConverter::new(key_fields)?,
+            keyless: key_fields.is_empty(),
+            converter: RowConverter::new(crate::window::key_fields_or_constant(key_fields))?,
             live: BTreeMap::new(),
             frozen: BTreeMap::new(),
             next_window_start_ms: None,
@@ -170,10 +190,12 @@ impl WindowAggregator {
         event_time_ms.div_euclid(self.slide_ms) * self.slide_ms
     }
 
-    /// Whether a pane no longer takes rows (the watermark passed its end).
+    /// Whether a pane no longer takes rows: it is frozen, or every window holding it has been
+    /// emitted (emission has begun and the last such window, starting at the pane, is
+    /// before the next window to emit, which never passes a window still open).
     pub fn is_frozen(&self, pane_start_ms: i64) -> bool {
         self.frozen.contains_key(&pane_start_ms)
-            || self.next_window_start_ms.is_some_and(|next| pane_start_ms + self.slide_ms <= next)
+            || (self.emitting && self.next_window_start_ms.is_some_and(|next| pane_start_ms < next))
     }
 
     /// Adds rows: `pane_starts[i]` is row i's pane, `key_columns` its group keys and
@@ -184,6 +206,7 @@ impl WindowAggregator {
         key_columns: &[ArrayRef],
         arguments: &[(Vec<ArrayRef>, Option<datafusion::arrow::array::BooleanArray>)],
     ) -> Result<()> {
+        let key_columns = &key_columns_or_constant(self.keyless, key_columns, pane_starts.len());
         // Rows of each pane, in order.
         let mut rows_by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for row in 0..pane_starts.len() {
@@ -255,9 +278,12 @@ impl WindowAggregator {
                 None => {
                     let next_pane = self.frozen.range(window_end..).next().map(|(start, _)| *start);
                     let next_live = self.live.keys().next().copied();
+                    // The first window still open: a jump never passes it, so a row for an
+                    // open window is never taken for late.
+                    let open = (watermark_ms - self.size_ms).div_euclid(self.slide_ms) * self.slide_ms + self.slide_ms;
                     if let Some(pane) = next_pane.into_iter().chain(next_live).min() {
                         // The first window that holds that pane.
-                        let jump = pane - self.size_ms + self.slide_ms;
+                        let jump = (pane - self.size_ms + self.slide_ms).min(open);
                         if jump > window_start {
                             self.next_window_start_ms = Some(jump);
                             continue;
@@ -265,8 +291,6 @@ impl WindowAggregator {
                     } else {
                         // Nothing left: emission resumes at the first window still open, so
                         // rows for windows already past stay late.
-                        let open =
-                            (watermark_ms - self.size_ms).div_euclid(self.slide_ms) * self.slide_ms + self.slide_ms;
                         self.next_window_start_ms = Some(open.max(window_start));
                         break;
                     }

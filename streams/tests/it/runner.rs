@@ -92,13 +92,56 @@ async fn each_window_result_is_written_once_across_a_crash_and_a_restart() {
     // Run 3 restores the open minute (190 s) from run 2's last checkpoint.
     let (stop, task) = start(&broker, &config);
     send(&broker, &[250]).await;
-    let all = wait_for_rows(&broker, 4).await;
+    wait_for_rows(&broker, 4).await;
     stop.send(true).unwrap();
     task.await.unwrap();
+    let all = output(&broker).await; // after the stop: a late duplicate would show
     assert_eq!(rows.len(), 3, "{rows:?}");
     let expected: Vec<(String, i64)> = [("00:00:00", 2), ("00:01:00", 1), ("00:02:00", 2), ("00:03:00", 1)]
         .iter()
         .map(|(time, clicks)| (format!("1970-01-01T{time}"), *clicks))
         .collect();
     assert_eq!(all, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_crash_during_the_replay_still_writes_each_result_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(&dir.path().join("data"));
+    broker.create_topic(TopicConfig::new("clicks", 1)).unwrap();
+    broker.create_topic(TopicConfig::new("clicks_per_minute", 4)).unwrap();
+    let mut config = JobRunConfig::new("per_minute", SQL, dir.path().join("checkpoints"));
+    config.idle_wait = Duration::from_millis(10);
+    config.checkpoint_interval = Duration::from_secs(3600); // only the checkpoint at start
+    let checkpoint = weir_streams::checkpoint::path(&config.checkpoint_dir, &config.name);
+    send(&broker, &[1, 2, 61, 125]).await;
+    // Run 1 sends two results after its only checkpoint, then crashes.
+    let (_stop, task) = start(&broker, &config);
+    assert_eq!(wait_for_rows(&broker, 2).await.len(), 2);
+    task.abort();
+    let _ = task.await;
+    // Run 2 writes its start checkpoint (past those results in the output topic), then
+    // crashes too.
+    let written = std::fs::metadata(&checkpoint).unwrap().modified().unwrap();
+    let (_stop, task) = start(&broker, &config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&checkpoint).unwrap().modified().unwrap() == written {
+        assert!(Instant::now() < deadline, "run 2 wrote no checkpoint");
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval of the checkpoint file
+    }
+    task.abort();
+    let _ = task.await;
+    // Run 3 replays from run 2's checkpoint: the first two results are still recognised.
+    config.checkpoint_interval = Duration::from_millis(20);
+    let (stop, task) = start(&broker, &config);
+    send(&broker, &[190]).await;
+    wait_for_rows(&broker, 3).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let rows = output(&broker).await;
+    let expected: Vec<(String, i64)> = [("00:00:00", 2), ("00:01:00", 1), ("00:02:00", 1)]
+        .iter()
+        .map(|(time, clicks)| (format!("1970-01-01T{time}"), *clicks))
+        .collect();
+    assert_eq!(rows, expected);
 }
