@@ -49,6 +49,9 @@ pub struct Offsets {
 #[derive(Serialize, Deserialize)]
 struct CheckpointMeta {
     job: String,
+    /// A hash of the job's parsed SQL: a checkpoint of other queries is refused.
+    #[serde(default)]
+    sql_fingerprint: String,
     offsets: Offsets,
     max_event_ms: Vec<BTreeMap<u32, i64>>,
     queries: Vec<Option<QueryMeta>>,
@@ -68,10 +71,11 @@ pub fn path(dir: &Path, job: &str) -> PathBuf {
 }
 
 /// Writes the checkpoint atomically.
-pub fn save(file: &Path, job: &str, offsets: &Offsets, snapshot: &JobSnapshot) -> Result<()> {
+pub fn save(file: &Path, job: &str, sql_fingerprint: &str, offsets: &Offsets, snapshot: &JobSnapshot) -> Result<()> {
     let failed = |reason: String| StreamsError::Checkpoint(format!("{}: {reason}", file.display()));
     let meta = CheckpointMeta {
         job: job.to_string(),
+        sql_fingerprint: sql_fingerprint.to_string(),
         offsets: offsets.clone(),
         max_event_ms: snapshot.max_event_ms.clone(),
         queries: snapshot
@@ -105,7 +109,12 @@ pub fn save(file: &Path, job: &str, offsets: &Offsets, snapshot: &JobSnapshot) -
 
 /// Reads a checkpoint; `None` when there is none. `layout` is `Job::state_layout`.
 #[allow(clippy::type_complexity)]
-pub fn load(file: &Path, job: &str, layout: &[Option<StateLayout>]) -> Result<Option<(Offsets, JobSnapshot)>> {
+pub fn load(
+    file: &Path,
+    job: &str,
+    sql_fingerprint: &str,
+    layout: &[Option<StateLayout>],
+) -> Result<Option<(Offsets, JobSnapshot)>> {
     let damaged = |reason: String| StreamsError::Checkpoint(format!("{} is damaged: {reason}", file.display()));
     let bytes = match std::fs::read(file) {
         Ok(bytes) => bytes,
@@ -132,6 +141,12 @@ pub fn load(file: &Path, job: &str, layout: &[Option<StateLayout>]) -> Result<Op
     let meta: CheckpointMeta = serde_json::from_slice(take(&mut at)?).map_err(|e| damaged(e.to_string()))?;
     if meta.job != job {
         return Err(damaged(format!("it belongs to job {:?}", meta.job)));
+    }
+    if meta.sql_fingerprint != sql_fingerprint {
+        return Err(StreamsError::Checkpoint(format!(
+            "{}: the job's SQL changed since the checkpoint (its window state would not fit); delete it to start over",
+            file.display()
+        )));
     }
     if meta.queries.len() != layout.len() {
         return Err(StreamsError::Checkpoint(format!(
@@ -211,4 +226,15 @@ fn ipc_to_batches(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     }
     let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A fingerprint of a job's parsed SQL (tables, queries, windows; comments and spacing do
+/// not count).
+pub fn sql_fingerprint(sql: &crate::sql::JobSql) -> String {
+    let mut text = format!("{:?}", sql.tables);
+    for insert in &sql.inserts {
+        let query: Vec<&str> = insert.query.split_whitespace().collect();
+        text.push_str(&format!("|{}|{}|{:?}", insert.topic, query.join(" "), insert.windows));
+    }
+    format!("{:08x}", crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, text.as_bytes()) as u32)
 }

@@ -107,6 +107,59 @@ struct Windowed {
     schema: SchemaRef,
 }
 
+struct QueryView<'a> {
+    plan: &'a LogicalPlan,
+    windowed: Option<WindowedView<'a>>,
+}
+
+struct WindowedView<'a> {
+    below: &'a LogicalPlan,
+    pane_expr: &'a Arc<dyn PhysicalExpr>,
+    key_exprs: &'a [Arc<dyn PhysicalExpr>],
+    argument_exprs: &'a [AggregateArguments],
+}
+
+/// Runs a query over what its slots hold: a stateless query's rows, or a windowed one's
+/// aggregate inputs (nothing is changed, so a failure can be retried row by row).
+async fn evaluate(state: &SessionState, query: QueryView<'_>) -> Result<Evaluated> {
+    let Some(aggregate) = query.windowed else {
+        return Ok(Evaluated::Rows(execute(state, query.plan).await?));
+    };
+    let mut updates = Vec::new();
+    for below in execute(state, aggregate.below).await? {
+        if below.num_rows() == 0 {
+            continue;
+        }
+        let panes = cast(&aggregate.pane_expr.evaluate(&below)?.into_array(below.num_rows())?, &timestamp_ms())?;
+        let panes = panes.as_any().downcast_ref::<TimestampMillisecondArray>().expect("cast to timestamp ms").clone();
+        let keys = evaluate_all(aggregate.key_exprs, &below)?;
+        let mut arguments = Vec::with_capacity(aggregate.argument_exprs.len());
+        for (exprs, filter) in aggregate.argument_exprs {
+            let values = evaluate_all(exprs, &below)?;
+            let filter = match filter {
+                Some(filter) => {
+                    let array = filter.evaluate(&below)?.into_array(below.num_rows())?;
+                    Some(datafusion::arrow::array::as_boolean_array(&array).clone())
+                }
+                None => None,
+            };
+            arguments.push((values, filter));
+        }
+        updates.push((panes, keys, arguments));
+    }
+    Ok(Evaluated::Updates(updates))
+}
+
+/// What a query made of one input: result rows, or (pane starts, keys, aggregate arguments)
+/// for its window operator.
+enum Evaluated {
+    Rows(Vec<RecordBatch>),
+    Updates(Vec<OperatorInput>),
+}
+
+/// Pane starts (or row times), group keys, and each aggregate's arguments and filter.
+type OperatorInput = (TimestampMillisecondArray, Vec<ArrayRef>, Vec<(Vec<ArrayRef>, Option<BooleanArray>)>);
+
 /// The window operator of a query: panes (tumbling, hopping) or sessions.
 enum Operator {
     Panes(WindowAggregator),
@@ -364,70 +417,115 @@ impl Job {
         let table_slot = self.tables[self.queries[query_index].table].slot.clone();
         *table_slot.write().await = vec![batch.clone()];
         let late_topic = self.late_topic();
-        let query = &mut self.queries[query_index];
-        if let Some(window) = &query.window {
-            let times = event_times.expect("a window's table has an event time");
-            // The window relation's window_start / window_end of a row: its pane, or for a
-            // session window the row's own session [ts, ts + gap) (the operator merges them).
-            let slide = window.spec.slide_ms;
-            let session = window.spec.kind == WindowKind::Session;
-            let watermark = self.tables[query.table].watermark_ms();
-            let (pane_starts, late): (Vec<i64>, Vec<bool>) = times
-                .values()
-                .iter()
-                .map(|time| {
-                    let pane = if session { *time } else { time.div_euclid(slide) * slide };
-                    let late = query.aggregate.as_ref().is_some_and(|a| a.aggregator.is_late(*time, pane, watermark));
-                    (pane, late)
-                })
-                .unzip();
-            let keep = BooleanArray::from(late.iter().map(|late| !late).collect::<Vec<_>>());
-            for (row, is_late) in late.iter().enumerate() {
-                if *is_late {
-                    let body = bodies[kept[row]];
+        let query = &self.queries[query_index];
+        // The query's input: the table's rows, or the window relation's (late rows left out),
+        // and the body each row came from.
+        let (slot, input, input_bodies) = match &query.window {
+            None => (table_slot, batch.clone(), kept.to_vec()),
+            Some(window) => {
+                let times = event_times.expect("a window's table has an event time");
+                // The window relation's window_start / window_end of a row: its pane, or for a
+                // session window the row's own session [ts, ts + gap) (the operator merges them).
+                let slide = window.spec.slide_ms;
+                let session = window.spec.kind == WindowKind::Session;
+                let watermark = self.tables[query.table].watermark_ms();
+                let (pane_starts, late): (Vec<i64>, Vec<bool>) = times
+                    .values()
+                    .iter()
+                    .map(|time| {
+                        let pane = if session { *time } else { time.div_euclid(slide) * slide };
+                        let late =
+                            query.aggregate.as_ref().is_some_and(|a| a.aggregator.is_late(*time, pane, watermark));
+                        (pane, late)
+                    })
+                    .unzip();
+                let keep = BooleanArray::from(late.iter().map(|late| !late).collect::<Vec<_>>());
+                let mut input_bodies = Vec::with_capacity(kept.len());
+                for (row, is_late) in late.iter().enumerate() {
+                    if !*is_late {
+                        input_bodies.push(kept[row]);
+                        continue;
+                    }
                     let reason = format!("late: its window closed (event time {} ms)", times.value(row));
-                    let mut message = Message::new(late_topic.clone(), body.to_vec());
+                    let mut message = Message::new(late_topic.clone(), bodies[kept[row]].to_vec());
                     message.properties.insert(PROPERTY_REASON.into(), reason);
                     message.properties.insert(PROPERTY_JOB.into(), self.name.clone());
                     output.late.push(message);
                 }
+                let starts = TimestampMillisecondArray::from(pane_starts);
+                let ends =
+                    TimestampMillisecondArray::from(starts.values().iter().map(|s| s + slide).collect::<Vec<_>>());
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(starts));
+                columns.push(Arc::new(ends));
+                let windowed = RecordBatch::try_new(window.schema.clone(), columns)?;
+                (window.slot.clone(), filter_record_batch(&windowed, &keep)?, input_bodies)
             }
-            let starts = TimestampMillisecondArray::from(pane_starts);
-            let ends = TimestampMillisecondArray::from(starts.values().iter().map(|s| s + slide).collect::<Vec<_>>());
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(starts));
-            columns.push(Arc::new(ends));
-            let windowed = RecordBatch::try_new(window.schema.clone(), columns)?;
-            *window.slot.write().await = vec![filter_record_batch(&windowed, &keep)?];
-        }
-        let Some(aggregate) = &mut query.aggregate else {
-            let batches = execute(&self.state, &query.plan).await?;
-            let (job, index) = (self.name.clone(), query.index);
-            output.results.extend(to_messages(&job, index, &query.topic, &batches, &[], None)?);
-            return Ok(());
         };
-        for below in execute(&self.state, &aggregate.below).await? {
-            if below.num_rows() == 0 {
-                continue;
-            }
-            let panes = cast(&aggregate.pane_expr.evaluate(&below)?.into_array(below.num_rows())?, &timestamp_ms())?;
-            let panes = panes.as_any().downcast_ref::<TimestampMillisecondArray>().expect("cast to timestamp ms");
-            let keys = evaluate_all(&aggregate.key_exprs, &below)?;
-            let mut arguments = Vec::with_capacity(aggregate.argument_exprs.len());
-            for (exprs, filter) in &aggregate.argument_exprs {
-                let values = evaluate_all(exprs, &below)?;
-                let filter = match filter {
-                    Some(filter) => {
-                        let array = filter.evaluate(&below)?.into_array(below.num_rows())?;
-                        Some(datafusion::arrow::array::as_boolean_array(&array).clone())
+        *slot.write().await = vec![input.clone()];
+        let evaluated = match evaluate(&self.state, self.view(query_index)).await {
+            Ok(evaluated) => vec![evaluated],
+            Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) if input.num_rows() > 0 => {
+                // A row the query cannot evaluate (a division by zero, a failed cast): find it
+                // one row at a time, dead-letter it with the error, keep the others.
+                let mut evaluated = Vec::with_capacity(input.num_rows());
+                for row in 0..input.num_rows() {
+                    let outcome = if input.num_rows() == 1 {
+                        Err(error.to_string())
+                    } else {
+                        *slot.write().await = vec![input.slice(row, 1)];
+                        match evaluate(&self.state, self.view(query_index)).await {
+                            Ok(one) => Ok(one),
+                            Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) => {
+                                Err(error.to_string())
+                            }
+                            Err(error) => return Err(error),
+                        }
+                    };
+                    match outcome {
+                        Ok(one) => evaluated.push(one),
+                        Err(error) => {
+                            let reason = format!("the query failed on this row: {error}");
+                            let message =
+                                self.side_message(self.dead_letter_topic(), bodies[input_bodies[row]], &reason);
+                            output.dead_letters.push(message);
+                        }
                     }
-                    None => None,
-                };
-                arguments.push((values, filter));
+                }
+                evaluated
             }
-            aggregate.aggregator.update(panes, &keys, &arguments)?;
+            Err(error) => return Err(error),
+        };
+        let (job, query) = (self.name.clone(), &mut self.queries[query_index]);
+        for evaluated in evaluated {
+            match (evaluated, &mut query.aggregate) {
+                (Evaluated::Rows(batches), _) => {
+                    output.results.extend(to_messages(&job, query.index, &query.topic, &batches, &[], None)?)
+                }
+                (Evaluated::Updates(updates), Some(aggregate)) => {
+                    for (panes, keys, arguments) in updates {
+                        aggregate.aggregator.update(&panes, &keys, &arguments)?;
+                    }
+                }
+                (Evaluated::Updates(_), None) => unreachable!("updates come from an aggregate"),
+            }
         }
         Ok(())
+    }
+
+    /// What `evaluate` needs of a query: its plans and expressions, not its (unshareable)
+    /// window state, so the evaluation future stays `Send`.
+    fn view(&self, query_index: usize) -> QueryView<'_> {
+        let query = &self.queries[query_index];
+        QueryView {
+            plan: &query.plan,
+            windowed: query.aggregate.as_ref().map(|aggregate| WindowedView {
+                below: &aggregate.below,
+                pane_expr: &aggregate.pane_expr,
+                key_exprs: &aggregate.key_exprs,
+                argument_exprs: &aggregate.argument_exprs,
+            }),
+        }
     }
 
     /// Emits every window of `table`'s queries that its watermark closed.

@@ -92,9 +92,10 @@ pub async fn run_job(
     }
     let file = checkpoint::path(&config.checkpoint_dir, &config.name);
     let layout = job.state_layout()?;
+    let fingerprint = checkpoint::sql_fingerprint(&sql);
     let loaded = {
-        let (file, name) = (file.clone(), config.name.clone());
-        tokio::task::spawn_blocking(move || checkpoint::load(&file, &name, &layout))
+        let (file, name, fingerprint) = (file.clone(), config.name.clone(), fingerprint.clone());
+        tokio::task::spawn_blocking(move || checkpoint::load(&file, &name, &fingerprint, &layout))
             .await
             .map_err(|e| StreamsError::Checkpoint(format!("checkpoint reader failed: {e}")))??
     };
@@ -126,7 +127,7 @@ pub async fn run_job(
     let mut stats = JobStats::default();
     // A first checkpoint before anything is sent: a crash before the next one replays from
     // here and still recognises the results it already sent.
-    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &replayed, &group).await?;
+    save_checkpoint(broker.as_ref(), &mut job, config, &fingerprint, &mut offsets, &replayed, &group).await?;
     let mut last_checkpoint = Instant::now();
     // When each queue last delivered (or was found behind), for idleness.
     let mut last_active: BTreeMap<(String, u32), Instant> = BTreeMap::new();
@@ -192,7 +193,7 @@ pub async fn run_job(
             }
         }
         if last_checkpoint.elapsed() >= config.checkpoint_interval {
-            save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &replayed, &group).await?;
+            save_checkpoint(broker.as_ref(), &mut job, config, &fingerprint, &mut offsets, &replayed, &group).await?;
             stats.checkpoints += 1;
             last_checkpoint = Instant::now();
         }
@@ -203,7 +204,7 @@ pub async fn run_job(
             }
         }
     }
-    save_checkpoint(broker.as_ref(), &mut job, config, &mut offsets, &replayed, &group).await?;
+    save_checkpoint(broker.as_ref(), &mut job, config, &fingerprint, &mut offsets, &replayed, &group).await?;
     stats.checkpoints += 1;
     tracing::info!(job = %config.name, ?stats, "stream job stopped");
     Ok(stats)
@@ -215,6 +216,7 @@ async fn save_checkpoint(
     broker: &dyn Messaging,
     job: &mut Job,
     config: &JobRunConfig,
+    fingerprint: &str,
     offsets: &mut Offsets,
     replayed: &HashSet<String>,
     group: &str,
@@ -232,7 +234,8 @@ async fn save_checkpoint(
     let snapshot = job.snapshot()?;
     let (file, name, saved) =
         (checkpoint::path(&config.checkpoint_dir, &config.name), config.name.clone(), offsets.clone());
-    tokio::task::spawn_blocking(move || checkpoint::save(&file, &name, &saved, &snapshot))
+    let fingerprint = fingerprint.to_string();
+    tokio::task::spawn_blocking(move || checkpoint::save(&file, &name, &fingerprint, &saved, &snapshot))
         .await
         .map_err(|e| StreamsError::Checkpoint(format!("checkpoint writer failed: {e}")))??;
     for (topic, queues) in &offsets.source {

@@ -126,10 +126,13 @@ async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
             Step::Restart => {
                 let file = checkpoint::path(dir.path(), "golden");
                 let snapshot = job.snapshot().map_err(|e| e.to_string())?;
-                checkpoint::save(&file, "golden", &Offsets::default(), &snapshot).map_err(|e| e.to_string())?;
+                let fingerprint = checkpoint::sql_fingerprint(&parsed);
+                checkpoint::save(&file, "golden", &fingerprint, &Offsets::default(), &snapshot)
+                    .map_err(|e| e.to_string())?;
                 job = Job::plan("golden", &parsed).await.map_err(|e| e.to_string())?;
                 let layout = job.state_layout().map_err(|e| e.to_string())?;
-                let (_, snapshot) = checkpoint::load(&file, "golden", &layout).map_err(|e| e.to_string())?.unwrap();
+                let (_, snapshot) =
+                    checkpoint::load(&file, "golden", &fingerprint, &layout).map_err(|e| e.to_string())?.unwrap();
                 job.restore(snapshot).map_err(|e| e.to_string())?;
                 out.push_str("restarted\n");
                 continue;
