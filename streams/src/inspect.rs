@@ -48,6 +48,9 @@ pub async fn query_topics(
 ) -> Result<Inspection> {
     let messages_max = messages_max.clamp(1, INSPECT_MESSAGES_MAX);
     let context = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    for udf in crate::functions::builtin() {
+        context.register_udf(udf);
+    }
     let state = context.state();
     let statement = state.sql_to_statement(sql, &state.config().options().sql_parser.dialect)?;
     let references = state.resolve_table_references(&statement)?;

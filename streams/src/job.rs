@@ -253,6 +253,12 @@ pub struct Job {
 impl Job {
     /// Plans every statement; errors say which and why.
     pub async fn plan(name: &str, sql: &JobSql) -> Result<Job> {
+        Job::plan_with(name, sql, &[]).await
+    }
+
+    /// `plan`, with the caller's scalar UDFs available to the queries (besides DataFusion's
+    /// functions and `functions::builtin`).
+    pub async fn plan_with(name: &str, sql: &JobSql, udfs: &[datafusion::logical_expr::ScalarUDF]) -> Result<Job> {
         // Analysis only (type coercion), no rewrites: the window split needs the query's own
         // Aggregate, not one an optimizer rule restructured.
         let state = SessionStateBuilder::new()
@@ -261,6 +267,9 @@ impl Job {
             .with_optimizer_rules(vec![])
             .build();
         let context = datafusion::prelude::SessionContext::new_with_state(state);
+        for udf in crate::functions::builtin().into_iter().chain(udfs.iter().cloned()) {
+            context.register_udf(udf);
+        }
         let mut tables = Vec::new();
         for (index, table) in sql.tables.iter().enumerate() {
             if sql.tables[..index].iter().any(|earlier| earlier.topic == table.topic) {

@@ -16,6 +16,7 @@
 pub mod checkpoint;
 pub mod decode;
 pub mod error;
+pub mod functions;
 pub mod inspect;
 pub mod job;
 pub mod runner;

@@ -46,6 +46,8 @@ pub struct JobRunConfig {
     pub output_queues: u32,
     /// A queue caught up and quiet this long stops holding the watermark back.
     pub idle_timeout: Duration,
+    /// Scalar UDFs the queries may call, besides DataFusion's and `functions::builtin`.
+    pub udfs: Vec<datafusion::logical_expr::ScalarUDF>,
 }
 
 impl JobRunConfig {
@@ -59,6 +61,7 @@ impl JobRunConfig {
             idle_wait: Duration::from_millis(100),
             output_queues: 4,
             idle_timeout: Duration::from_secs(5),
+            udfs: Vec::new(),
         }
     }
 }
@@ -83,7 +86,7 @@ pub async fn run_job(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<JobStats> {
     let sql = parse_job(&config.sql)?;
-    let mut job = Job::plan(&config.name, &sql).await?;
+    let mut job = Job::plan_with(&config.name, &sql, &config.udfs).await?;
     let mut outputs = job.sink_topics();
     outputs.push(job.dead_letter_topic());
     outputs.push(job.late_topic());

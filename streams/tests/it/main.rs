@@ -106,7 +106,7 @@ enum Step {
 /// Plans the job and feeds it the batches; every produced message as one line.
 async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
     let parsed = parse_job(sql).map_err(|e| e.to_string())?;
-    let mut job = Job::plan("golden", &parsed).await.map_err(|e| e.to_string())?;
+    let mut job = Job::plan_with("golden", &parsed, &[shout()]).await.map_err(|e| e.to_string())?;
     let topic = job.source_topics()[0].0.clone();
     let mut out = String::new();
     let dir = tempfile::tempdir().unwrap();
@@ -129,7 +129,7 @@ async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
                 let fingerprint = checkpoint::sql_fingerprint(&parsed);
                 checkpoint::save(&file, "golden", &fingerprint, &Offsets::default(), &snapshot)
                     .map_err(|e| e.to_string())?;
-                job = Job::plan("golden", &parsed).await.map_err(|e| e.to_string())?;
+                job = Job::plan_with("golden", &parsed, &[shout()]).await.map_err(|e| e.to_string())?;
                 let layout = job.state_layout().map_err(|e| e.to_string())?;
                 let (_, snapshot) =
                     checkpoint::load(&file, "golden", &fingerprint, &layout).map_err(|e| e.to_string())?.unwrap();
@@ -164,3 +164,26 @@ fn print_output(out: &mut String, output: &weir_streams::JobOutput) {
 }
 
 mod runner;
+
+/// A caller's UDF for the golden files: `shout('a')` is `A!`.
+fn shout() -> weir_streams::datafusion::logical_expr::ScalarUDF {
+    use std::sync::Arc;
+
+    use weir_streams::datafusion::arrow::array::{Array, StringArray};
+    use weir_streams::datafusion::arrow::datatypes::DataType;
+    use weir_streams::datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    create_udf(
+        "shout",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let array = args[0].to_array(1)?;
+            let texts = weir_streams::datafusion::arrow::array::as_string_array(&array);
+            let shouted: StringArray = (0..texts.len())
+                .map(|row| texts.is_valid(row).then(|| format!("{}!", texts.value(row).to_uppercase())))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(shouted)))
+        }),
+    )
+}
