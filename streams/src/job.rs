@@ -74,9 +74,23 @@ pub struct JobOutput {
     pub late: Vec<Message>,
 }
 
+/// The rows of a lookup table: the latest per key, by the key's text (ordered, so joins
+/// over it give their rows in a stable order).
+#[derive(Default)]
+struct Lookup {
+    rows: BTreeMap<String, RecordBatch>,
+    /// Rows changed since the slot was last filled.
+    dirty: bool,
+}
+
+/// Most keys a lookup table holds (memory bound).
+pub const LOOKUP_ROWS_MAX: usize = 1_000_000;
+
 struct TableRuntime {
     spec: SourceTable,
     slot: Slot,
+    /// For a lookup table (`lookup_key`), its latest row per key.
+    lookup: Option<Lookup>,
     /// Largest event time seen per queue.
     max_event_ms: BTreeMap<u32, i64>,
     /// Queues the runner declared: until one is idle or has delivered a row, it holds the
@@ -282,6 +296,7 @@ impl Job {
             tables.push(TableRuntime {
                 spec: table.clone(),
                 slot,
+                lookup: table.lookup_key.as_ref().map(|_| Lookup::default()),
                 max_event_ms: BTreeMap::new(),
                 declared_queues: 0,
                 idle: Default::default(),
@@ -301,12 +316,28 @@ impl Job {
             })?;
             queries.push(query);
         }
-        Ok(Job { name: name.to_string(), state: context.state(), tables, queries })
+        // Execution plans the pieces with every optimizer rule (simplification included:
+        // `coalesce` and friends rely on it); the split above needed the query unrewritten.
+        let execution = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(SessionConfig::new().with_target_partitions(1))
+            .build();
+        Ok(Job { name: name.to_string(), state: execution, tables, queries })
     }
 
     /// Topics the job reads, with their tag expressions.
+    /// Lookup tables' topics come first, so a round of reads updates them before the rows
+    /// they enrich.
     pub fn source_topics(&self) -> Vec<(String, String)> {
-        self.tables.iter().map(|t| (t.spec.topic.clone(), t.spec.tag_expression.clone())).collect()
+        let mut tables: Vec<&TableRuntime> = self.tables.iter().collect();
+        tables.sort_by_key(|t| t.lookup.is_none());
+        tables.iter().map(|t| (t.spec.topic.clone(), t.spec.tag_expression.clone())).collect()
+    }
+
+    /// Whether `topic` feeds a lookup table: it is read from its start after every restart
+    /// (its latest rows are not in checkpoints).
+    pub fn is_lookup_topic(&self, topic: &str) -> bool {
+        self.tables.iter().any(|t| t.spec.topic == topic && t.lookup.is_some())
     }
 
     /// Topics the job writes.
@@ -369,6 +400,10 @@ impl Job {
         for bad in &decoded.bad {
             output.dead_letters.push(self.side_message(self.dead_letter_topic(), bodies[bad.index], &bad.reason));
         }
+        if self.tables[table_index].lookup.is_some() {
+            self.update_lookup(table_index, &decoded.batch, &decoded.kept, bodies, &mut output)?;
+            return Ok(output);
+        }
         let mut batch = decoded.batch;
         let mut kept = decoded.kept;
         // Rows need an event time, within years 0001..=9999, to be windowed.
@@ -423,6 +458,7 @@ impl Job {
         bodies: &[&[u8]],
         output: &mut JobOutput,
     ) -> Result<()> {
+        self.refresh_lookups().await?;
         let table_slot = self.tables[self.queries[query_index].table].slot.clone();
         *table_slot.write().await = vec![batch.clone()];
         let late_topic = self.late_topic();
@@ -583,6 +619,47 @@ impl Job {
         Ok(())
     }
 
+    /// Keeps each key's latest row; a row without a key is dead-lettered.
+    fn update_lookup(
+        &mut self,
+        table_index: usize,
+        batch: &RecordBatch,
+        kept: &[usize],
+        bodies: &[&[u8]],
+        output: &mut JobOutput,
+    ) -> Result<()> {
+        let key_column = self.tables[table_index].spec.lookup_key.clone().expect("a lookup table");
+        let keys = cast(batch.column(batch.schema().index_of(&key_column)?), &DataType::Utf8)?;
+        let keys = datafusion::arrow::array::as_string_array(&keys);
+        for row in 0..batch.num_rows() {
+            if keys.is_null(row) {
+                let reason = format!("the lookup key {key_column} is null");
+                output.dead_letters.push(self.side_message(self.dead_letter_topic(), bodies[kept[row]], &reason));
+                continue;
+            }
+            let lookup = self.tables[table_index].lookup.as_mut().expect("a lookup table");
+            let key = keys.value(row);
+            if !lookup.rows.contains_key(key) && lookup.rows.len() >= LOOKUP_ROWS_MAX {
+                return Err(StreamsError::Plan(format!("lookup table over more than {LOOKUP_ROWS_MAX} keys")));
+            }
+            lookup.rows.insert(key.to_string(), batch.slice(row, 1));
+            lookup.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Refills the slots of lookup tables whose rows changed.
+    async fn refresh_lookups(&mut self) -> Result<()> {
+        for table in &mut self.tables {
+            let Some(lookup) = table.lookup.as_mut().filter(|l| l.dirty) else { continue };
+            let rows: Vec<&RecordBatch> = lookup.rows.values().collect();
+            let all = datafusion::arrow::compute::concat_batches(&table.spec.schema, rows)?;
+            *table.slot.write().await = vec![all];
+            lookup.dirty = false;
+        }
+        Ok(())
+    }
+
     /// The job's state for a checkpoint: watermarks and every window operator's panes.
     /// Input offsets are the runner's and are saved beside it.
     pub fn snapshot(&mut self) -> Result<JobSnapshot> {
@@ -640,6 +717,19 @@ impl Job {
         message.properties.insert(PROPERTY_JOB.into(), self.name.clone());
         message
     }
+}
+
+/// `expr` simplified as the optimizer would (functions such as `coalesce` only run
+/// rewritten), ready to become a physical expression over `schema`.
+fn simplified(state: &SessionState, expr: &Expr, schema: &datafusion::common::DFSchemaRef) -> Result<Expr> {
+    use datafusion::optimizer::simplify_expressions::{ExprSimplifier, SimplifyContext};
+    let context = SimplifyContext::builder()
+        .with_schema(schema.clone())
+        .with_config_options(Arc::clone(state.config_options()))
+        .build();
+    let simplifier = ExprSimplifier::new(context);
+    let expr = simplifier.coerce(expr.clone(), schema)?;
+    Ok(simplifier.simplify(expr)?)
 }
 
 fn timestamp_ms() -> DataType {
@@ -703,15 +793,19 @@ async fn plan_insert(
         Ok(TreeNodeRecursion::Continue)
     })?;
     if table.is_none() {
-        let mut reads =
-            tables.iter().enumerate().filter(|(_, t)| scanned.iter().any(|s| s.eq_ignore_ascii_case(&t.spec.name)));
+        // The table whose rows drive the query; lookup tables only enrich them.
+        let mut reads = tables.iter().enumerate().filter(|(_, t)| {
+            t.spec.lookup_key.is_none() && scanned.iter().any(|s| s.eq_ignore_ascii_case(&t.spec.name))
+        });
         table = reads.next().map(|(i, _)| i);
         if reads.next().is_some() {
-            return Err(StreamsError::Plan("a query reads one table for now (joins come later)".into()));
+            return Err(StreamsError::Plan(
+                "a query reads one stream table (join others as lookup tables: WITH (lookup_key = '…'))".into(),
+            ));
         }
     }
     let Some(table) = table else {
-        return Err(StreamsError::Plan("the query reads no table declared with CREATE TABLE".into()));
+        return Err(StreamsError::Plan("the query reads no stream table declared with CREATE TABLE".into()));
     };
     let mut aggregates = Vec::new();
     plan.apply(|node| {
@@ -761,18 +855,22 @@ fn plan_window_aggregate(
         if matches!(expr, Expr::GroupingSet(_)) {
             return Err(StreamsError::Plan("GROUPING SETS, CUBE and ROLLUP are not supported".into()));
         }
-        let physical = state.create_physical_expr(expr.clone(), input_schema)?;
+        let physical = state.create_physical_expr(simplified(&state, expr, input_schema)?, input_schema)?;
         key_fields.push(SortField::new(physical.data_type(input_schema.as_arrow())?));
         key_exprs.push(physical);
         key_positions.push(position);
         key_names.push(aggregate.schema.field(position).name().clone());
     }
-    let pane_expr = state.create_physical_expr(aggregate.group_expr[window_start_position].clone(), input_schema)?;
+    let pane_expr = state.create_physical_expr(
+        simplified(&state, &aggregate.group_expr[window_start_position], input_schema)?,
+        input_schema,
+    )?;
     let planning = PhysicalPlanningContext::default();
     let mut specs = Vec::new();
     let mut argument_exprs = Vec::new();
     let mut state_widths = Vec::new();
     for expr in &aggregate.aggr_expr {
+        let expr = &simplified(&state, expr, input_schema)?;
         let lowered = LoweredAggregateBuilder::new(
             expr,
             input_schema,

@@ -121,6 +121,9 @@ pub async fn run_job(
             .queue_count;
         job.declare_queues(topic, queues);
         let positions = offsets.source.entry(topic.clone()).or_default();
+        if job.is_lookup_topic(topic) {
+            positions.clear(); // rebuilt from the start: lookup rows are not checkpointed
+        }
         for queue_id in 0..queues {
             if let std::collections::btree_map::Entry::Vacant(entry) = positions.entry(queue_id) {
                 entry.insert(broker.queue_range(topic, queue_id).await?.min_offset);

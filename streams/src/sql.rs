@@ -23,6 +23,9 @@ pub struct SourceTable {
     pub event_time: Option<String>,
     /// How far the watermark trails the largest event time seen.
     pub watermark_delay_ms: i64,
+    /// `WITH (lookup_key = 'col')`: a lookup table holding the latest row per key, for
+    /// enriching other tables' rows with a JOIN (its own rows drive no query).
+    pub lookup_key: Option<String>,
 }
 
 /// Which window table function.
@@ -269,8 +272,8 @@ fn parse_create_table(statement: &str) -> std::result::Result<SourceTable, Strin
         }
     }
     for key in options.keys() {
-        if !["topic", "format", "tag"].contains(&key.as_str()) {
-            return Err(format!("unknown option {key:?} (topic, format, tag)"));
+        if !["topic", "format", "tag", "lookup_key"].contains(&key.as_str()) {
+            return Err(format!("unknown option {key:?} (topic, format, tag, lookup_key)"));
         }
     }
     let topic = options.remove("topic").ok_or("WITH (topic = '…') is required")?;
@@ -281,6 +284,12 @@ fn parse_create_table(statement: &str) -> std::result::Result<SourceTable, Strin
     }
     let tag_expression = options.remove("tag").unwrap_or_else(|| "*".into());
     weir_broker::filter::TagExpression::parse(&tag_expression).map_err(|e| e.to_string())?;
+    let lookup_key = options.remove("lookup_key");
+    if let Some(key) = &lookup_key
+        && !fields.iter().any(|f| f.name() == key)
+    {
+        return Err(format!("lookup_key {key:?} is not a column"));
+    }
     Ok(SourceTable {
         name,
         schema: std::sync::Arc::new(Schema::new(fields)),
@@ -288,6 +297,7 @@ fn parse_create_table(statement: &str) -> std::result::Result<SourceTable, Strin
         tag_expression,
         event_time,
         watermark_delay_ms,
+        lookup_key,
     })
 }
 

@@ -63,9 +63,10 @@ async fn check(file: &Path) -> Result<(), String> {
                 sql.push('\n');
             }
             "input" if !line.trim().is_empty() => {
-                let (queue, body) = line.split_once(' ').expect("input lines are `<queue> <json>`");
+                let (place, body) = line.split_once(' ').expect("input lines are `[<topic>/]<queue> <json>`");
+                let (topic, queue) = place.rsplit_once('/').map_or((None, place), |(t, q)| (Some(t.to_string()), q));
                 let Some(Step::Input(batch)) = batches.last_mut() else { panic!("input line outside == input") };
-                batch.push((queue.parse().expect("queue id"), body.to_string()));
+                batch.push((topic, queue.parse().expect("queue id"), body.to_string()));
             }
             "expected" => {
                 let expected = expected.as_mut().unwrap();
@@ -93,8 +94,8 @@ async fn check(file: &Path) -> Result<(), String> {
 
 /// One step of a golden file.
 enum Step {
-    /// A micro-batch: (queue id, body) lines.
-    Input(Vec<(u32, String)>),
+    /// A micro-batch: (topic, queue id, body) lines; the topic defaults to the first table's.
+    Input(Vec<(Option<String>, u32, String)>),
     /// Checkpoint to a file, plan the job anew and restore it from the file.
     Restart,
     /// Declare the topic's queue count: unseen queues hold the watermark back.
@@ -107,7 +108,8 @@ enum Step {
 async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
     let parsed = parse_job(sql).map_err(|e| e.to_string())?;
     let mut job = Job::plan_with("golden", &parsed, &[shout()]).await.map_err(|e| e.to_string())?;
-    let topic = job.source_topics()[0].0.clone();
+    // Input lines without a topic go to the first stream (not lookup) table's.
+    let topic = job.source_topics().into_iter().map(|(t, _)| t).find(|t| !job.is_lookup_topic(t)).unwrap_or_default();
     let mut out = String::new();
     let dir = tempfile::tempdir().unwrap();
     for step in steps {
@@ -138,13 +140,21 @@ async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
                 continue;
             }
         };
-        // One micro-batch per queue, in queue order.
-        let mut queues: Vec<u32> = batch.iter().map(|(q, _)| *q).collect();
-        queues.sort();
-        queues.dedup();
-        for queue in queues {
-            let bodies: Vec<&[u8]> = batch.iter().filter(|(q, _)| *q == queue).map(|(_, b)| b.as_bytes()).collect();
-            let output = job.process(&topic, queue, &bodies).await.map_err(|e| e.to_string())?;
+        // One micro-batch per (topic, queue), in the order each first appears.
+        let mut places: Vec<(String, u32)> = Vec::new();
+        for (line_topic, queue, _) in batch {
+            let place = (line_topic.clone().unwrap_or_else(|| topic.clone()), *queue);
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        }
+        for (place_topic, queue) in places {
+            let bodies: Vec<&[u8]> = batch
+                .iter()
+                .filter(|(t, q, _)| t.as_deref().unwrap_or(&topic) == place_topic && *q == queue)
+                .map(|(_, _, b)| b.as_bytes())
+                .collect();
+            let output = job.process(&place_topic, queue, &bodies).await.map_err(|e| e.to_string())?;
             print_output(&mut out, &output);
         }
     }
