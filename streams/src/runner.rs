@@ -137,6 +137,8 @@ pub async fn run_job(
     let mut last_checkpoint = Instant::now();
     // When each queue last delivered (or was found behind), for idleness.
     let mut last_active: BTreeMap<(String, u32), Instant> = BTreeMap::new();
+    // Messages not yet read, per queue, for the lag gauge.
+    let mut lag_by_queue: BTreeMap<(String, u32), u64> = BTreeMap::new();
     while !*stop.borrow() {
         let mut progressed = false;
         for (topic, tag_expression) in &sources {
@@ -192,7 +194,11 @@ pub async fn run_job(
                 if next != offset {
                     offsets.source.get_mut(topic).expect("listed").insert(queue_id, next);
                 }
+                lag_by_queue.insert((topic.clone(), queue_id), pulled.max_offset.saturating_sub(next));
             }
+            let lag: u64 = lag_by_queue.iter().filter(|((t, _), _)| t == topic).map(|(_, lag)| *lag).sum();
+            metrics::gauge!("weir_streams_lag_messages", "job" => config.name.clone(), "topic" => topic.clone())
+                .set(lag as f64);
             if let Some(watermark) = job.watermark_ms(topic) {
                 metrics::gauge!("weir_streams_watermark_ms", "job" => config.name.clone(), "topic" => topic.clone())
                     .set(watermark as f64);

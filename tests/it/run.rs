@@ -416,6 +416,16 @@ fn a_stream_job_turns_posted_logs_into_window_results_once_across_a_restart() {
     let first = wait_for_lines(&out, 2);
     let (_, status) = http(admin_port, "GET", "/connectors/per_domain/status", &[], b"");
     assert!(status.contains("\"type\":\"stream\""), "{status}");
+    let (_, metrics) = http(admin_port, "GET", "/metrics", &[], b"");
+    for name in [
+        "weir_streams_messages_read_total",
+        "weir_streams_results_total",
+        "weir_streams_checkpoints_total",
+        "weir_streams_watermark_ms",
+        "weir_streams_lag_messages",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     stop(running);
     // After a restart the open minute (61 s, 62 s) continues from the checkpoint.
     let (running, _) = start(&file, admin_port, &[]);
