@@ -54,6 +54,8 @@ struct CheckpointMeta {
     sql_fingerprint: String,
     offsets: Offsets,
     max_event_ms: Vec<BTreeMap<u32, i64>>,
+    #[serde(default)]
+    watermark_floor_ms: Vec<Option<i64>>,
     queries: Vec<Option<QueryMeta>>,
 }
 
@@ -78,6 +80,7 @@ pub fn save(file: &Path, job: &str, sql_fingerprint: &str, offsets: &Offsets, sn
         sql_fingerprint: sql_fingerprint.to_string(),
         offsets: offsets.clone(),
         max_event_ms: snapshot.max_event_ms.clone(),
+        watermark_floor_ms: snapshot.watermark_floor_ms.clone(),
         queries: snapshot
             .aggregators
             .iter()
@@ -196,7 +199,9 @@ pub fn load(
             panes,
         }));
     }
-    Ok(Some((meta.offsets, JobSnapshot { max_event_ms: meta.max_event_ms, aggregators })))
+    let snapshot =
+        JobSnapshot { max_event_ms: meta.max_event_ms, aggregators, watermark_floor_ms: meta.watermark_floor_ms };
+    Ok(Some((meta.offsets, snapshot)))
 }
 
 fn panes_to_ipc(panes: &[PaneSnapshot]) -> Result<Vec<u8>> {

@@ -61,6 +61,8 @@ pub struct JobSnapshot {
     pub max_event_ms: Vec<BTreeMap<u32, i64>>,
     /// Per query: its window operator's state (`None` for a stateless query).
     pub aggregators: Vec<Option<crate::window::AggregatorSnapshot>>,
+    /// Per table: the highest watermark reached (watermarks never go back after a restart).
+    pub watermark_floor_ms: Vec<Option<i64>>,
 }
 
 /// Messages one micro-batch produced.
@@ -98,6 +100,8 @@ struct TableRuntime {
     declared_queues: u32,
     /// Queues the runner reported idle (caught up and quiet for its idle timeout).
     idle: std::collections::BTreeSet<u32>,
+    /// The highest watermark reached so far.
+    watermark_floor_ms: Option<i64>,
 }
 
 impl TableRuntime {
@@ -105,6 +109,15 @@ impl TableRuntime {
     /// the delay. A declared queue that is neither idle nor seen holds it back; when every
     /// queue is idle it is the largest event time seen (nothing is pending anywhere).
     fn watermark_ms(&self) -> Option<i64> {
+        // Watermarks never go back: not when a queue turns active again, not after a restart
+        // (the floor is checkpointed).
+        match (self.computed_watermark_ms(), self.watermark_floor_ms) {
+            (Some(computed), Some(floor)) => Some(computed.max(floor)),
+            (computed, floor) => computed.or(floor),
+        }
+    }
+
+    fn computed_watermark_ms(&self) -> Option<i64> {
         let active = |queue: &u32| !self.idle.contains(queue);
         if (0..self.declared_queues).filter(active).any(|queue| !self.max_event_ms.contains_key(&queue)) {
             return None;
@@ -300,6 +313,7 @@ impl Job {
                 max_event_ms: BTreeMap::new(),
                 declared_queues: 0,
                 idle: Default::default(),
+                watermark_floor_ms: None,
             });
         }
         if sql.inserts.is_empty() {
@@ -576,6 +590,7 @@ impl Job {
     /// Emits every window of `table`'s queries that its watermark closed.
     async fn fire(&mut self, table_index: usize, output: &mut JobOutput) -> Result<()> {
         let Some(watermark) = self.tables[table_index].watermark_ms() else { return Ok(()) };
+        self.tables[table_index].watermark_floor_ms = Some(watermark);
         for query in self.queries.iter_mut().filter(|q| q.table == table_index) {
             let Some(aggregate) = &mut query.aggregate else { continue };
             for result in aggregate.aggregator.advance(watermark)? {
@@ -671,7 +686,8 @@ impl Job {
                 None => None,
             });
         }
-        Ok(JobSnapshot { max_event_ms, aggregators })
+        let watermark_floor_ms = self.tables.iter().map(|t| t.watermark_floor_ms).collect();
+        Ok(JobSnapshot { max_event_ms, aggregators, watermark_floor_ms })
     }
 
     /// Puts back a snapshot taken by a job planned from the same SQL.
@@ -683,6 +699,9 @@ impl Job {
         }
         for (table, max) in self.tables.iter_mut().zip(snapshot.max_event_ms) {
             table.max_event_ms = max;
+        }
+        for (table, floor) in self.tables.iter_mut().zip(snapshot.watermark_floor_ms) {
+            table.watermark_floor_ms = floor;
         }
         for (query, state) in self.queries.iter_mut().zip(snapshot.aggregators) {
             match (&mut query.aggregate, state) {
