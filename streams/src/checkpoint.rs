@@ -9,6 +9,8 @@
 //! per query with window state, in meta order:
 //!   ipc_len  u64       then ipc_len bytes: an Arrow IPC stream, one batch per pane
 //!                      (key columns, then each aggregate's state columns)
+//! per window join, per side, in meta order:
+//!   ipc_len  u64       then an Arrow IPC stream, one batch of rows per open window
 //! crc32c     u32       over everything after the magic
 //! ```
 //!
@@ -57,6 +59,16 @@ struct CheckpointMeta {
     #[serde(default)]
     watermark_floor_ms: Vec<Option<i64>>,
     queries: Vec<Option<QueryMeta>>,
+    /// Per query: a window join's emitted-through watermark and, per side, the window starts
+    /// of its IPC batches (which follow the window operators' blocks, one block per side).
+    #[serde(default)]
+    joins: Vec<Option<JoinMeta>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JoinMeta {
+    closed_through_ms: Option<i64>,
+    windows: Vec<Vec<i64>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,6 +104,16 @@ pub fn save(file: &Path, job: &str, sql_fingerprint: &str, offsets: &Offsets, sn
                 })
             })
             .collect(),
+        joins: snapshot
+            .joins
+            .iter()
+            .map(|join| {
+                join.as_ref().map(|join| JoinMeta {
+                    closed_through_ms: join.closed_through_ms,
+                    windows: join.sides.iter().map(|side| side.keys().copied().collect()).collect(),
+                })
+            })
+            .collect(),
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| failed(e.to_string()))?;
     let mut bytes = MAGIC.to_vec();
@@ -101,6 +123,13 @@ pub fn save(file: &Path, job: &str, sql_fingerprint: &str, offsets: &Offsets, sn
         let ipc = panes_to_ipc(&state.panes)?;
         bytes.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&ipc);
+    }
+    for join in snapshot.joins.iter().flatten() {
+        for side in &join.sides {
+            let ipc = batches_to_ipc(side.values())?;
+            bytes.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&ipc);
+        }
     }
     let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &bytes[MAGIC.len()..]) as u32;
     bytes.extend_from_slice(&crc.to_le_bytes());
@@ -199,8 +228,28 @@ pub fn load(
             panes,
         }));
     }
-    let snapshot =
-        JobSnapshot { max_event_ms: meta.max_event_ms, aggregators, watermark_floor_ms: meta.watermark_floor_ms };
+    let mut joins = Vec::with_capacity(meta.joins.len());
+    for join in meta.joins {
+        let Some(join) = join else {
+            joins.push(None);
+            continue;
+        };
+        let mut sides = Vec::with_capacity(join.windows.len());
+        for starts in join.windows {
+            let batches = ipc_to_batches(take(&mut at)?).map_err(|e| damaged(e.to_string()))?;
+            if batches.len() != starts.len() {
+                return Err(damaged(format!("{} join batches for {} windows", batches.len(), starts.len())));
+            }
+            sides.push(starts.into_iter().zip(batches).collect());
+        }
+        joins.push(Some(crate::join::JoinSnapshot { closed_through_ms: join.closed_through_ms, sides }));
+    }
+    let snapshot = JobSnapshot {
+        max_event_ms: meta.max_event_ms,
+        aggregators,
+        watermark_floor_ms: meta.watermark_floor_ms,
+        joins,
+    };
     Ok(Some((meta.offsets, snapshot)))
 }
 
@@ -219,6 +268,21 @@ fn panes_to_ipc(panes: &[PaneSnapshot]) -> Result<Vec<u8>> {
     let mut writer = StreamWriter::try_new(&mut out, &schema)?;
     for pane in panes {
         writer.write(&RecordBatch::try_new(schema.clone(), columns(pane))?)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Batches of one schema (theirs) as an IPC stream; nothing for none.
+fn batches_to_ipc<'a>(batches: impl Iterator<Item = &'a RecordBatch>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut batches = batches.peekable();
+    let Some(first) = batches.peek() else { return Ok(out) };
+    let schema = first.schema();
+    let mut writer = StreamWriter::try_new(&mut out, &schema)?;
+    for batch in batches {
+        writer.write(batch)?;
     }
     writer.finish()?;
     drop(writer);

@@ -29,6 +29,7 @@ use weir_broker::Message;
 
 use crate::decode::decode_json;
 use crate::error::{Result, StreamsError};
+use crate::join::{JoinSide, JoinSnapshot, WindowJoin};
 use crate::session::SessionAggregator;
 use crate::sql::{InsertStatement, JobSql, SourceTable, WindowKind, WindowSpec};
 use crate::window::{AggregateSpec, AggregatorSnapshot, WindowAggregator, WindowResult};
@@ -63,6 +64,8 @@ pub struct JobSnapshot {
     pub aggregators: Vec<Option<crate::window::AggregatorSnapshot>>,
     /// Per table: the highest watermark reached (watermarks never go back after a restart).
     pub watermark_floor_ms: Vec<Option<i64>>,
+    /// Per query: its window join's rows (`None` for other queries).
+    pub joins: Vec<Option<JoinSnapshot>>,
 }
 
 /// Messages one micro-batch produced.
@@ -266,7 +269,16 @@ struct Query {
     window: Option<Windowed>,
     /// `None`: stateless; the whole plan runs per micro-batch.
     aggregate: Option<WindowedAggregate>,
+    /// A window join: the whole plan runs once per closed window.
+    join: Option<WindowJoin>,
     plan: LogicalPlan,
+}
+
+impl Query {
+    /// Whether rows of table `table` feed this query.
+    fn reads(&self, table: usize) -> bool {
+        self.table == table || self.join.as_ref().is_some_and(|join| join.sides.iter().any(|s| s.table == table))
+    }
 }
 
 /// A planned job.
@@ -447,7 +459,11 @@ impl Job {
             None => None,
         };
         for query_index in 0..self.queries.len() {
-            if self.queries[query_index].table != table_index {
+            if !self.queries[query_index].reads(table_index) {
+                continue;
+            }
+            if self.queries[query_index].join.is_some() {
+                self.buffer_join(query_index, table_index, &batch, event_times.as_ref(), &kept, bodies, &mut output)?;
                 continue;
             }
             self.run_query(query_index, &batch, event_times.as_ref(), &kept, bodies, &mut output).await?;
@@ -589,6 +605,7 @@ impl Job {
 
     /// Emits every window of `table`'s queries that its watermark closed.
     async fn fire(&mut self, table_index: usize, output: &mut JobOutput) -> Result<()> {
+        self.fire_joins(table_index, output).await?;
         let Some(watermark) = self.tables[table_index].watermark_ms() else { return Ok(()) };
         self.tables[table_index].watermark_floor_ms = Some(watermark);
         for query in self.queries.iter_mut().filter(|q| q.table == table_index) {
@@ -629,6 +646,85 @@ impl Job {
                     &aggregate.key_names,
                     window,
                 )?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a micro-batch's rows in the join side(s) their table feeds; rows of an emitted
+    /// window are late.
+    #[allow(clippy::too_many_arguments)]
+    fn buffer_join(
+        &mut self,
+        query_index: usize,
+        table_index: usize,
+        batch: &RecordBatch,
+        event_times: Option<&TimestampMillisecondArray>,
+        kept: &[usize],
+        bodies: &[&[u8]],
+        output: &mut JobOutput,
+    ) -> Result<()> {
+        let times = event_times.expect("a window join's tables have event times");
+        let (name, late_topic) = (self.name.clone(), self.late_topic());
+        let join = self.queries[query_index].join.as_mut().expect("a join query");
+        let starts: Vec<i64> = times.values().iter().map(|t| join.window_start(*t)).collect();
+        let keep: Vec<bool> = starts.iter().map(|start| !join.is_late(*start)).collect();
+        for (row, keep) in keep.iter().enumerate() {
+            if !keep {
+                let reason = format!("late: its window closed (event time {} ms)", times.value(row));
+                let mut message = Message::new(late_topic.clone(), bodies[kept[row]].to_vec());
+                message.properties.insert(PROPERTY_REASON.into(), reason);
+                message.properties.insert(PROPERTY_JOB.into(), name.clone());
+                output.late.push(message);
+            }
+        }
+        let keep_mask = BooleanArray::from(keep.clone());
+        let kept_starts: Vec<i64> = starts.iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| *s).collect();
+        for side in 0..join.sides.len() {
+            if join.sides[side].table != table_index {
+                continue;
+            }
+            let size = join.size_ms;
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(TimestampMillisecondArray::from(starts.clone())));
+            columns
+                .push(Arc::new(TimestampMillisecondArray::from(starts.iter().map(|s| s + size).collect::<Vec<_>>())));
+            let windowed = RecordBatch::try_new(join.sides[side].schema.clone(), columns)?;
+            join.buffer(side, &filter_record_batch(&windowed, &keep_mask)?, &kept_starts)?;
+        }
+        Ok(())
+    }
+
+    /// Runs every window join that reads `table_index` over the windows its watermark (the
+    /// smaller of its tables') closed.
+    async fn fire_joins(&mut self, table_index: usize, output: &mut JobOutput) -> Result<()> {
+        for query_index in 0..self.queries.len() {
+            let Some(join) = &self.queries[query_index].join else { continue };
+            if !self.queries[query_index].reads(table_index) {
+                continue;
+            }
+            let watermarks: Vec<Option<i64>> = join.sides.iter().map(|s| self.tables[s.table].watermark_ms()).collect();
+            let Some(watermark) =
+                watermarks.iter().copied().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min())
+            else {
+                continue;
+            };
+            let join = self.queries[query_index].join.as_mut().expect("checked above");
+            let size = join.size_ms;
+            for start in join.close(watermark) {
+                let join = self.queries[query_index].join.as_mut().expect("checked above");
+                let rows = join.take_window(start)?;
+                for (side, batch) in join.sides.iter().zip(rows) {
+                    *side.slot.write().await = vec![batch];
+                }
+                // Owned copies across the await: a query's window state is not `Sync`.
+                let (plan, index, topic) = {
+                    let query = &self.queries[query_index];
+                    (query.plan.clone(), query.index, query.topic.clone())
+                };
+                let batches = execute(&self.state, &plan).await?;
+                let window = Some((start, start + size));
+                output.results.extend(to_messages(&self.name, index, &topic, &batches, &[], window)?);
             }
         }
         Ok(())
@@ -687,7 +783,12 @@ impl Job {
             });
         }
         let watermark_floor_ms = self.tables.iter().map(|t| t.watermark_floor_ms).collect();
-        Ok(JobSnapshot { max_event_ms, aggregators, watermark_floor_ms })
+        let joins = self
+            .queries
+            .iter()
+            .map(|q| q.join.as_ref().map(WindowJoin::snapshot).transpose())
+            .collect::<Result<_>>()?;
+        Ok(JobSnapshot { max_event_ms, aggregators, watermark_floor_ms, joins })
     }
 
     /// Puts back a snapshot taken by a job planned from the same SQL.
@@ -702,6 +803,21 @@ impl Job {
         }
         for (table, floor) in self.tables.iter_mut().zip(snapshot.watermark_floor_ms) {
             table.watermark_floor_ms = floor;
+        }
+        let joins = if snapshot.joins.is_empty() { vec![None; self.queries.len()] } else { snapshot.joins };
+        if joins.len() != self.queries.len() {
+            return Err(StreamsError::Checkpoint("the checkpoint is of a different job (queries differ)".into()));
+        }
+        for (query, state) in self.queries.iter_mut().zip(joins) {
+            match (&mut query.join, state) {
+                (Some(join), Some(state)) => join.restore(state)?,
+                (None, None) => {}
+                _ => {
+                    return Err(StreamsError::Checkpoint(
+                        "the checkpoint is of a different job (a join changed)".into(),
+                    ));
+                }
+            }
         }
         for (query, state) in self.queries.iter_mut().zip(snapshot.aggregators) {
             match (&mut query.aggregate, state) {
@@ -784,11 +900,12 @@ async fn plan_insert(
     index: usize,
     insert: &InsertStatement,
 ) -> Result<Query> {
-    let ([] | [_]) = insert.windows.as_slice() else {
-        return Err(StreamsError::Plan("one window per query for now".into()));
-    };
+    if insert.windows.len() > 2 {
+        return Err(StreamsError::Plan("at most two windows (a window join) per query".into()));
+    }
     let mut window = None;
     let mut table = None;
+    let mut join_sides = Vec::new();
     for spec in &insert.windows {
         let table_index =
             tables.iter().position(|t| t.spec.name.eq_ignore_ascii_case(&spec.table)).expect("checked by parse_job");
@@ -798,8 +915,31 @@ async fn plan_insert(
         fields.push(Field::new("window_end", timestamp_ms(), false));
         let schema = Arc::new(Schema::new(fields));
         let slot = register_slot(context, &spec.relation, schema.clone())?;
+        join_sides.push(JoinSide::new(table_index, slot.clone(), schema.clone()));
         window = Some(Windowed { spec: spec.clone(), slot, schema });
         table = Some(table_index);
+    }
+    if let [left, right] = insert.windows.as_slice() {
+        let sizes_match =
+            left.kind == WindowKind::Tumble && right.kind == WindowKind::Tumble && left.size_ms == right.size_ms;
+        if !sizes_match || join_sides[0].table == join_sides[1].table {
+            return Err(StreamsError::Plan(
+                "a window join joins two different tables through TUMBLE windows of the same size".into(),
+            ));
+        }
+        let state = context.state();
+        let plan = state.optimize(&state.create_logical_plan(&insert.query).await?)?;
+        let table = join_sides[0].table;
+        let join = WindowJoin::new(left.size_ms, join_sides);
+        return Ok(Query {
+            index,
+            topic: insert.topic.clone(),
+            table,
+            window: None,
+            aggregate: None,
+            join: Some(join),
+            plan,
+        });
     }
     let state = context.state();
     let plan = state.optimize(&state.create_logical_plan(&insert.query).await?)?;
@@ -845,7 +985,7 @@ async fn plan_insert(
         ([aggregate], Some(window)) => Some(plan_window_aggregate(context, &plan, aggregate, window)?),
         _ => return Err(StreamsError::Plan("one GROUP BY per query for now".into())),
     };
-    Ok(Query { index, topic: insert.topic.clone(), table, window, aggregate, plan })
+    Ok(Query { index, topic: insert.topic.clone(), table, window, aggregate, join: None, plan })
 }
 
 fn plan_window_aggregate(

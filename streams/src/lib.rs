@@ -19,6 +19,7 @@ pub mod error;
 pub mod functions;
 pub mod inspect;
 pub mod job;
+pub mod join;
 pub mod runner;
 pub mod session;
 pub mod sql;
