@@ -651,8 +651,8 @@ impl Job {
         Ok(())
     }
 
-    /// Keeps a micro-batch's rows in the join side(s) their table feeds; rows of an emitted
-    /// window are late.
+    /// Keeps a micro-batch's rows in the buffered relation(s) their table feeds; rows whose
+    /// windows all ran are late.
     #[allow(clippy::too_many_arguments)]
     fn buffer_join(
         &mut self,
@@ -667,8 +667,8 @@ impl Job {
         let times = event_times.expect("a window join's tables have event times");
         let (name, late_topic) = (self.name.clone(), self.late_topic());
         let join = self.queries[query_index].join.as_mut().expect("a join query");
-        let starts: Vec<i64> = times.values().iter().map(|t| join.window_start(*t)).collect();
-        let keep: Vec<bool> = starts.iter().map(|start| !join.is_late(*start)).collect();
+        let starts: Vec<i64> = times.values().iter().map(|t| join.pane_start(*t)).collect();
+        let keep: Vec<bool> = starts.iter().map(|pane| !join.is_late(*pane)).collect();
         for (row, keep) in keep.iter().enumerate() {
             if !keep {
                 let reason = format!("late: its window closed (event time {} ms)", times.value(row));
@@ -684,7 +684,8 @@ impl Job {
             if join.sides[side].table != table_index {
                 continue;
             }
-            let size = join.size_ms;
+            // Pane bounds for now; a window's run sets the window's own.
+            let size = join.slide_ms;
             let mut columns = batch.columns().to_vec();
             columns.push(Arc::new(TimestampMillisecondArray::from(starts.clone())));
             columns
@@ -695,8 +696,8 @@ impl Job {
         Ok(())
     }
 
-    /// Runs every window join that reads `table_index` over the windows its watermark (the
-    /// smaller of its tables') closed.
+    /// Runs every buffered query (window joins, nested aggregates) that reads `table_index`
+    /// over the windows its watermark (the smallest of its tables') closed.
     async fn fire_joins(&mut self, table_index: usize, output: &mut JobOutput) -> Result<()> {
         for query_index in 0..self.queries.len() {
             let Some(join) = &self.queries[query_index].join else { continue };
@@ -713,7 +714,7 @@ impl Job {
             let size = join.size_ms;
             for start in join.close(watermark) {
                 let join = self.queries[query_index].join.as_mut().expect("checked above");
-                let rows = join.take_window(start)?;
+                let rows = join.window_rows(start)?;
                 for (side, batch) in join.sides.iter().zip(rows) {
                     *side.slot.write().await = vec![batch];
                 }
@@ -726,6 +727,7 @@ impl Job {
                 let window = Some((start, start + size));
                 output.results.extend(to_messages(&self.name, index, &topic, &batches, &[], window)?);
             }
+            self.queries[query_index].join.as_mut().expect("checked above").drop_done();
         }
         Ok(())
     }
@@ -919,28 +921,6 @@ async fn plan_insert(
         window = Some(Windowed { spec: spec.clone(), slot, schema });
         table = Some(table_index);
     }
-    if let [left, right] = insert.windows.as_slice() {
-        let sizes_match =
-            left.kind == WindowKind::Tumble && right.kind == WindowKind::Tumble && left.size_ms == right.size_ms;
-        if !sizes_match || join_sides[0].table == join_sides[1].table {
-            return Err(StreamsError::Plan(
-                "a window join joins two different tables through TUMBLE windows of the same size".into(),
-            ));
-        }
-        let state = context.state();
-        let plan = state.optimize(&state.create_logical_plan(&insert.query).await?)?;
-        let table = join_sides[0].table;
-        let join = WindowJoin::new(left.size_ms, join_sides);
-        return Ok(Query {
-            index,
-            topic: insert.topic.clone(),
-            table,
-            window: None,
-            aggregate: None,
-            join: Some(join),
-            plan,
-        });
-    }
     let state = context.state();
     let plan = state.optimize(&state.create_logical_plan(&insert.query).await?)?;
     // Which tables the query reads.
@@ -973,6 +953,30 @@ async fn plan_insert(
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
+    // Queries the pane operator cannot split run whole per window over buffered rows: a
+    // join of two window relations, or nested aggregates over one.
+    if insert.windows.len() == 2 || (window.is_some() && aggregates.len() > 1) {
+        let specs = &insert.windows;
+        let same = specs
+            .iter()
+            .all(|w| w.kind == specs[0].kind && w.size_ms == specs[0].size_ms && w.slide_ms == specs[0].slide_ms);
+        if !same || specs[0].kind == WindowKind::Session {
+            return Err(StreamsError::Plan(
+                "window relations joined or nested in one query must be TUMBLE or HOP windows of the same size and slide"
+                    .into(),
+            ));
+        }
+        let join = WindowJoin::new(specs[0].size_ms, specs[0].slide_ms, join_sides);
+        return Ok(Query {
+            index,
+            topic: insert.topic.clone(),
+            table,
+            window: None,
+            aggregate: None,
+            join: Some(join),
+            plan,
+        });
+    }
     let aggregate = match (aggregates.as_slice(), &window) {
         ([], None) => None,
         ([], Some(window)) if window.spec.kind == WindowKind::Tumble => None,
