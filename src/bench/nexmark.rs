@@ -17,8 +17,8 @@ use super::ingest::cpu_seconds;
 
 #[derive(Args)]
 pub struct NexmarkArgs {
-    /// q0 (pass-through), q1 (currency conversion) or q2 (selection). q5, q7 and q8 need
-    /// stream joins and nested window aggregates, which the streams engine does not run yet.
+    /// q0 (pass-through), q1 (currency conversion), q2 (selection) or q5 (hot items). q7 and
+    /// q8 need interval joins, which the streams engine does not run yet.
     #[arg(long, default_value = "q0")]
     query: String,
     /// Events generated (all types; bids are about 92 %).
@@ -33,21 +33,43 @@ const TABLE: &str = "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGI
   date_time TIMESTAMP, extra TEXT, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
   WITH (topic = 'nexmark', tag = 'bid');";
 
-/// The query's SELECT (over table `bid`), as the streams job and the baseline run it.
-fn select(query: &str) -> Result<&'static str> {
+/// Nexmark q5 (hot items): per 10 s window sliding by 2 s, the auctions with the most bids.
+/// `{windows}` is the windowed bids relation: `HOP(…)` for the streams job, the bids
+/// expanded into their five windows for the batch baseline.
+const Q5: &str = "SELECT AuctionBids.auction, AuctionBids.num FROM (
+    SELECT auction, count(*) AS num, window_start AS starttime FROM {windows} GROUP BY auction, window_start
+  ) AS AuctionBids
+  JOIN (
+    SELECT max(CountBids.num) AS maxn, CountBids.starttime FROM (
+      SELECT count(*) AS num, window_start AS starttime FROM {windows} GROUP BY auction, window_start
+    ) AS CountBids GROUP BY CountBids.starttime
+  ) AS MaxBids
+  ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.num >= MaxBids.maxn";
+
+/// The query as the streams job runs it (over table `bid`) and as the baseline does.
+fn queries(query: &str) -> Result<(String, String)> {
+    let same = |sql: &str| (sql.to_string(), sql.to_string());
     Ok(match query {
-        "q0" => "SELECT auction, bidder, price, date_time, extra FROM bid",
-        "q1" => "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
-        "q2" => "SELECT auction, price FROM bid WHERE auction % 123 = 0",
-        "q5" | "q7" | "q8" => {
-            bail!("{query} needs stream joins and nested window aggregates, not supported by the streams engine yet")
+        "q0" => same("SELECT auction, bidder, price, date_time, extra FROM bid"),
+        "q1" => same("SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid"),
+        "q2" => same("SELECT auction, price FROM bid WHERE auction % 123 = 0"),
+        "q5" => {
+            let hop = "HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
+            // Each bid in the five 10 s windows holding its 2 s pane, as window_start (ms).
+            let expanded = "(SELECT auction, CAST(date_time AS BIGINT) / 2000 * 2000 - k.i * 2000 AS window_start
+               FROM bid CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS k(i))";
+            (Q5.replace("{windows}", hop), Q5.replace("{windows}", expanded))
         }
-        other => bail!("unknown query {other:?} (q0, q1, q2)"),
+        "q7" | "q8" => {
+            bail!("{query} needs an interval join of a stream with a windowed aggregate, not supported yet")
+        }
+        other => bail!("unknown query {other:?} (q0, q1, q2, q5)"),
     })
 }
 
 pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
-    let select = select(&args.query)?;
+    let (streaming, batch_query) = queries(&args.query)?;
+    let windowed = args.query == "q5";
     let root = std::env::temp_dir().join(format!("weir-bench-nexmark-{}", std::process::id()));
     let mut config = BrokerConfig::new(root.join("data"));
     config.store.set_segment_size_bytes(segment_size_bytes);
@@ -72,23 +94,39 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
             broker.send_batch(std::mem::take(&mut batch)).await?;
         }
     }
+    if windowed {
+        // A bid an hour after the last one, in every queue (sends go round robin), moves the
+        // watermark past every window of the run (they are not in the baseline, and their
+        // own windows stay open).
+        let last = bids.last().and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
+        let last_ms = last.and_then(|b| b["date_time"].as_u64()).unwrap_or(0);
+        let body = serde_json::json!({"auction": 0, "bidder": 0, "price": 0, "channel": "", "url": "",
+            "date_time": last_ms + 3_600_000, "extra": ""});
+        if !batch.is_empty() {
+            broker.send_batch(std::mem::take(&mut batch)).await?;
+        }
+        for _ in 0..args.queues {
+            broker.send(Message::new("nexmark", body.to_string()).with_tag("bid")).await?;
+        }
+    }
     if !batch.is_empty() {
         broker.send_batch(batch).await?;
     }
 
     // Baseline: the same query over the same bids, decoded and run as one batch query.
     let baseline_started = Instant::now();
-    let schema = weir_streams::parse_job(&format!("{TABLE}\nINSERT INTO out {select};"))?.tables[0].schema.clone();
+    let schema =
+        weir_streams::parse_job(&format!("{TABLE}\nINSERT INTO out SELECT 1 FROM bid;"))?.tables[0].schema.clone();
     let bodies: Vec<&[u8]> = bids.iter().map(Vec::as_slice).collect();
     let decoded = weir_streams::decode::decode_json(&schema, &bodies)?;
     let context = SessionContext::new();
     context.register_table("bid", Arc::new(MemTable::try_new(schema, vec![vec![decoded.batch]])?))?;
-    let baseline: Vec<RecordBatch> = context.sql(select).await?.collect().await?;
+    let baseline: Vec<RecordBatch> = context.sql(&batch_query).await?.collect().await?;
     let baseline_elapsed = baseline_started.elapsed();
     let expected: usize = baseline.iter().map(RecordBatch::num_rows).sum();
 
     // The streams job, from its first read to its last result in the output topic.
-    let sql = format!("{TABLE}\nINSERT INTO nexmark_out {select};");
+    let sql = format!("{TABLE}\nINSERT INTO nexmark_out {streaming};");
     let mut job_config = weir_streams::JobRunConfig::new("nexmark", sql, root.join("checkpoints"));
     job_config.checkpoint_interval = Duration::from_secs(1);
     job_config.idle_wait = Duration::from_millis(1);
