@@ -1,7 +1,8 @@
-//! `weir bench nexmark`: Nexmark events (the `nexmark` crate) as JSON messages in an
-//! embedded broker topic (tagged person / auction / bid), one Nexmark query run as a streams
-//! job from its first read to its last result, against DataFusion running the same query
-//! as a bounded batch query over the same events in memory (JSON decoding included).
+//! `weir bench nexmark`: Nexmark events (the `nexmark` crate) as JSON messages in embedded
+//! broker topics (`nexmark-person`, `nexmark-auction`, `nexmark-bid`), one Nexmark query run
+//! as a streams job from its first read to its last result, against DataFusion running the
+//! same query as a bounded batch query over the same events in memory (JSON decoding
+//! included).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +18,8 @@ use super::ingest::cpu_seconds;
 
 #[derive(Args)]
 pub struct NexmarkArgs {
-    /// q0 (pass-through), q1 (currency conversion), q2 (selection) or q5 (hot items). q7 and
-    /// q8 need interval joins, which the streams engine does not run yet.
+    /// q0 (pass-through), q1 (currency conversion), q2 (selection), q5 (hot items), q7
+    /// (highest bid) or q8 (new users).
     #[arg(long, default_value = "q0")]
     query: String,
     /// Events generated (all types; bids are about 92 %).
@@ -29,9 +30,27 @@ pub struct NexmarkArgs {
     queues: u32,
 }
 
-const TABLE: &str = "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+/// The three event tables, each over its own topic.
+const TABLES: [(&str, &str); 3] = [
+    (
+        "person",
+        "CREATE TABLE person (id BIGINT, name TEXT, email_address TEXT, credit_card TEXT, city TEXT, state TEXT,
   date_time TIMESTAMP, extra TEXT, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
-  WITH (topic = 'nexmark', tag = 'bid');";
+  WITH (topic = 'nexmark-person');",
+    ),
+    (
+        "auction",
+        "CREATE TABLE auction (id BIGINT, item_name TEXT, description TEXT, initial_bid BIGINT, reserve BIGINT,
+  date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra TEXT,
+  WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH (topic = 'nexmark-auction');",
+    ),
+    (
+        "bid",
+        "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel TEXT, url TEXT,
+  date_time TIMESTAMP, extra TEXT, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+  WITH (topic = 'nexmark-bid');",
+    ),
+];
 
 /// Nexmark q5 (hot items): per 10 s window sliding by 2 s, the auctions with the most bids.
 /// `{windows}` is the windowed bids relation: `HOP(…)` for the streams job, the bids
@@ -46,87 +65,139 @@ const Q5: &str = "SELECT AuctionBids.auction, AuctionBids.num FROM (
   ) AS MaxBids
   ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.num >= MaxBids.maxn";
 
-/// The query as the streams job runs it (over table `bid`) and as the baseline does.
-fn queries(query: &str) -> Result<(String, String)> {
-    let same = |sql: &str| (sql.to_string(), sql.to_string());
-    Ok(match query {
-        "q0" => same("SELECT auction, bidder, price, date_time, extra FROM bid"),
-        "q1" => same("SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid"),
-        "q2" => same("SELECT auction, price FROM bid WHERE auction % 123 = 0"),
+/// Nexmark q7 (highest bid): the bids with the highest price of their 10 s window. Written
+/// as a join of two window relations over `bid`, so "its window" is window membership (the
+/// reference query's `BETWEEN window_end - 10 s AND window_end` also takes a bid at exactly
+/// the end).
+const Q7: &str = "SELECT B.auction, B.price, B.bidder, B.date_time FROM {bids} B
+  JOIN (SELECT max(price) AS maxprice, window_start FROM {bids} GROUP BY window_start) B1
+  ON B.price = B1.maxprice AND B.window_start = B1.window_start";
+
+/// Nexmark q8 (new users): people who opened an auction in the 10 s window they joined in.
+const Q8: &str = "SELECT P.id, P.name, P.starttime FROM
+    (SELECT id, name, window_start AS starttime FROM {persons} GROUP BY id, name, window_start) P
+  JOIN (SELECT seller, window_start AS starttime FROM {auctions} GROUP BY seller, window_start) A
+  ON P.id = A.seller AND P.starttime = A.starttime";
+
+/// A query: the tables it reads, its SQL for the streams job and for the batch baseline,
+/// and whether it emits per window.
+struct NexmarkQuery {
+    tables: Vec<&'static str>,
+    streaming: String,
+    baseline: String,
+    windowed: bool,
+}
+
+fn query(name: &str) -> Result<NexmarkQuery> {
+    let stateless = |sql: &str| NexmarkQuery {
+        tables: vec!["bid"],
+        streaming: sql.to_string(),
+        baseline: sql.to_string(),
+        windowed: false,
+    };
+    // A table's rows with window_start (ms) of their 10 s tumbling window, for baselines.
+    let tumbled = |table: &str, columns: &str| {
+        format!("(SELECT {columns}, CAST(date_time AS BIGINT) / 10000 * 10000 AS window_start FROM {table})")
+    };
+    let tumble = |table: &str| format!("TUMBLE({table}, date_time, INTERVAL '10' SECOND)");
+    Ok(match name {
+        "q0" => stateless("SELECT auction, bidder, price, date_time, extra FROM bid"),
+        "q1" => stateless("SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid"),
+        "q2" => stateless("SELECT auction, price FROM bid WHERE auction % 123 = 0"),
         "q5" => {
             let hop = "HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
             // Each bid in the five 10 s windows holding its 2 s pane, as window_start (ms).
             let expanded = "(SELECT auction, CAST(date_time AS BIGINT) / 2000 * 2000 - k.i * 2000 AS window_start
                FROM bid CROSS JOIN (VALUES (0), (1), (2), (3), (4)) AS k(i))";
-            (Q5.replace("{windows}", hop), Q5.replace("{windows}", expanded))
+            NexmarkQuery {
+                tables: vec!["bid"],
+                streaming: Q5.replace("{windows}", hop),
+                baseline: Q5.replace("{windows}", expanded),
+                windowed: true,
+            }
         }
-        "q7" | "q8" => {
-            bail!("{query} needs an interval join of a stream with a windowed aggregate, not supported yet")
-        }
-        other => bail!("unknown query {other:?} (q0, q1, q2, q5)"),
+        "q7" => NexmarkQuery {
+            tables: vec!["bid"],
+            streaming: Q7.replace("{bids}", &tumble("bid")),
+            baseline: Q7.replace("{bids}", &tumbled("bid", "auction, price, bidder, date_time")),
+            windowed: true,
+        },
+        "q8" => NexmarkQuery {
+            tables: vec!["person", "auction"],
+            streaming: Q8.replace("{persons}", &tumble("person")).replace("{auctions}", &tumble("auction")),
+            baseline: Q8
+                .replace("{persons}", &tumbled("person", "id, name"))
+                .replace("{auctions}", &tumbled("auction", "seller")),
+            windowed: true,
+        },
+        other => bail!("unknown query {other:?} (q0, q1, q2, q5, q7, q8)"),
     })
 }
 
 pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
-    let (streaming, batch_query) = queries(&args.query)?;
-    let windowed = args.query == "q5";
+    let query = query(&args.query)?;
     let root = std::env::temp_dir().join(format!("weir-bench-nexmark-{}", std::process::id()));
     let mut config = BrokerConfig::new(root.join("data"));
     config.store.set_segment_size_bytes(segment_size_bytes);
     let broker = Broker::open(config)?;
-    broker.create_topic(TopicConfig::new("nexmark", args.queues))?;
+    for (table, _) in TABLES {
+        broker.create_topic(TopicConfig::new(format!("nexmark-{table}"), args.queues))?;
+    }
 
-    // The events, as JSON messages tagged with their type.
-    let mut bids = Vec::new();
-    let mut batch = Vec::with_capacity(weir_broker::SEND_BATCH_MESSAGES_MAX);
+    // The events, as JSON messages in their type's topic; bodies kept for the baseline.
+    let mut bodies: std::collections::BTreeMap<&str, Vec<Vec<u8>>> = Default::default();
+    let mut last_ms = 0;
     // `new`, not `default()`: the derived default steps by 0 and repeats the first event.
     for event in nexmark::EventGenerator::new(nexmark::config::NexmarkConfig::default()).take(args.events) {
-        let (tag, body) = match &event {
-            nexmark::event::Event::Person(person) => ("person", serde_json::to_vec(person)?),
-            nexmark::event::Event::Auction(auction) => ("auction", serde_json::to_vec(auction)?),
-            nexmark::event::Event::Bid(bid) => ("bid", serde_json::to_vec(bid)?),
+        let (table, body, time) = match &event {
+            nexmark::event::Event::Person(person) => ("person", serde_json::to_vec(person)?, person.date_time),
+            nexmark::event::Event::Auction(auction) => ("auction", serde_json::to_vec(auction)?, auction.date_time),
+            nexmark::event::Event::Bid(bid) => ("bid", serde_json::to_vec(bid)?, bid.date_time),
         };
-        if tag == "bid" {
-            bids.push(body.clone());
-        }
-        batch.push(Message::new("nexmark", body).with_tag(tag));
-        if batch.len() == weir_broker::SEND_BATCH_MESSAGES_MAX {
-            broker.send_batch(std::mem::take(&mut batch)).await?;
+        last_ms = last_ms.max(time);
+        bodies.entry(table).or_default().push(body);
+    }
+    for (table, table_bodies) in &bodies {
+        let topic = format!("nexmark-{table}");
+        for chunk in table_bodies.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
+            broker.send_batch(chunk.iter().map(|b| Message::new(&topic, b.clone())).collect()).await?;
         }
     }
-    if windowed {
-        // A bid an hour after the last one, in every queue (sends go round robin), moves the
-        // watermark past every window of the run (they are not in the baseline, and their
-        // own windows stay open).
-        let last = bids.last().and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
-        let last_ms = last.and_then(|b| b["date_time"].as_u64()).unwrap_or(0);
-        let body = serde_json::json!({"auction": 0, "bidder": 0, "price": 0, "channel": "", "url": "",
-            "date_time": last_ms + 3_600_000, "extra": ""});
-        if !batch.is_empty() {
-            broker.send_batch(std::mem::take(&mut batch)).await?;
-        }
-        for _ in 0..args.queues {
-            broker.send(Message::new("nexmark", body.to_string()).with_tag("bid")).await?;
+    if query.windowed {
+        // An event an hour after the last one, in every queue of every table the query reads
+        // (sends go round robin), moves the watermark past every window of the run (these
+        // events are not in the baseline, and their own windows stay open).
+        let later = last_ms + 3_600_000;
+        for table in &query.tables {
+            let body = serde_json::json!({"id": -1, "seller": -2, "auction": -3, "date_time": later, "expires": later});
+            for _ in 0..args.queues {
+                broker.send(Message::new(format!("nexmark-{table}"), body.to_string())).await?;
+            }
         }
     }
-    if !batch.is_empty() {
-        broker.send_batch(batch).await?;
-    }
+    let events_read: usize = query.tables.iter().map(|t| bodies.get(t).map_or(0, Vec::len)).sum();
 
-    // Baseline: the same query over the same bids, decoded and run as one batch query.
+    // Baseline: the same query over the same events, decoded and run as one batch query.
     let baseline_started = Instant::now();
-    let schema =
-        weir_streams::parse_job(&format!("{TABLE}\nINSERT INTO out SELECT 1 FROM bid;"))?.tables[0].schema.clone();
-    let bodies: Vec<&[u8]> = bids.iter().map(Vec::as_slice).collect();
-    let decoded = weir_streams::decode::decode_json(&schema, &bodies)?;
     let context = SessionContext::new();
-    context.register_table("bid", Arc::new(MemTable::try_new(schema, vec![vec![decoded.batch]])?))?;
-    let baseline: Vec<RecordBatch> = context.sql(&batch_query).await?.collect().await?;
+    for table in &query.tables {
+        let ddl = TABLES.iter().find(|(name, _)| name == table).map(|(_, ddl)| *ddl).unwrap_or_default();
+        let schema = weir_streams::parse_job(&format!("{ddl}\nINSERT INTO out SELECT 1 FROM {table};"))?.tables[0]
+            .schema
+            .clone();
+        let table_bodies: Vec<&[u8]> =
+            bodies.get(table).map(|b| b.iter().map(Vec::as_slice).collect()).unwrap_or_default();
+        let decoded = weir_streams::decode::decode_json(&schema, &table_bodies)?;
+        context.register_table(*table, Arc::new(MemTable::try_new(schema, vec![vec![decoded.batch]])?))?;
+    }
+    let baseline: Vec<RecordBatch> = context.sql(&query.baseline).await?.collect().await?;
     let baseline_elapsed = baseline_started.elapsed();
     let expected: usize = baseline.iter().map(RecordBatch::num_rows).sum();
 
     // The streams job, from its first read to its last result in the output topic.
-    let sql = format!("{TABLE}\nINSERT INTO nexmark_out {streaming};");
+    let tables: Vec<&str> =
+        TABLES.iter().filter(|(name, _)| query.tables.contains(name)).map(|(_, ddl)| *ddl).collect();
+    let sql = format!("{}\nINSERT INTO nexmark_out {};", tables.join("\n"), query.streaming);
     let mut job_config = weir_streams::JobRunConfig::new("nexmark", sql, root.join("checkpoints"));
     job_config.checkpoint_interval = Duration::from_secs(1);
     job_config.idle_wait = Duration::from_millis(1);
@@ -165,13 +236,13 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
         "bench": "nexmark",
         "query": args.query,
         "events": args.events,
-        "bids": bids.len(),
+        "events_read": events_read,
         "results": expected,
         "elapsed_s": round(elapsed.as_secs_f64()),
         "events_per_sec": round(events_per_sec),
         "cpu_cores_used": round(cores),
         "events_per_sec_per_core": round(events_per_sec / cores.max(0.01)),
-        "baseline": "DataFusion, the same query as one batch over the same bids in memory (JSON decoding included)",
+        "baseline": "DataFusion, the same query as one batch over the same events in memory (JSON decoding included)",
         "baseline_events_per_sec": round(baseline_events_per_sec),
         "ratio": round(events_per_sec / baseline_events_per_sec),
     });
