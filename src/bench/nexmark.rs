@@ -187,6 +187,10 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
             .clone();
         let table_bodies: Vec<&[u8]> =
             bodies.get(table).map(|b| b.iter().map(Vec::as_slice).collect()).unwrap_or_default();
+        // Like the job, decode only the columns the query names.
+        let fields: Vec<_> =
+            schema.fields().iter().filter(|f| query.baseline.contains(f.name().as_str())).cloned().collect();
+        let schema = Arc::new(weir_streams::datafusion::arrow::datatypes::Schema::new(fields));
         let decoded = weir_streams::decode::decode_json(&schema, &table_bodies)?;
         context.register_table(*table, Arc::new(MemTable::try_new(schema, vec![vec![decoded.batch]])?))?;
     }

@@ -94,6 +94,9 @@ pub const LOOKUP_ROWS_MAX: usize = 1_000_000;
 struct TableRuntime {
     spec: SourceTable,
     slot: Slot,
+    /// The columns some query (or the watermark, or the lookup key) uses: only these are
+    /// decoded; the others are nulls in the slot.
+    used_columns: Option<Vec<bool>>,
     /// For a lookup table (`lookup_key`), its latest row per key.
     lookup: Option<Lookup>,
     /// Largest event time seen per queue.
@@ -321,6 +324,7 @@ impl Job {
             tables.push(TableRuntime {
                 spec: table.clone(),
                 slot,
+                used_columns: None,
                 lookup: table.lookup_key.as_ref().map(|_| Lookup::default()),
                 max_event_ms: BTreeMap::new(),
                 declared_queues: 0,
@@ -341,6 +345,32 @@ impl Job {
                 StreamsError::Plan(format!("INSERT INTO {}: {reason}", insert.topic))
             })?;
             queries.push(query);
+        }
+        // Decode only the columns something refers to (by name: over-inclusion is harmless).
+        let mut names = std::collections::HashSet::new();
+        for query in &queries {
+            query.plan.apply(|node| {
+                node.apply_expressions(|expr| {
+                    expr.apply(|e| {
+                        if let Expr::Column(column) = e {
+                            names.insert(column.name.clone());
+                        }
+                        Ok(TreeNodeRecursion::Continue)
+                    })
+                })?;
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        for table in &mut tables {
+            let keep = [table.spec.event_time.as_ref(), table.spec.lookup_key.as_ref()];
+            let used: Vec<bool> = table
+                .spec
+                .schema
+                .fields()
+                .iter()
+                .map(|f| names.contains(f.name()) || keep.iter().flatten().any(|k| *k == f.name()))
+                .collect();
+            table.used_columns = used.iter().any(|u| !u).then_some(used);
         }
         // Execution plans the pieces with every optimizer rule (simplification included:
         // `coalesce` and friends rely on it); the split above needed the query unrewritten.
@@ -422,7 +452,13 @@ impl Job {
         let Some(table_index) = self.tables.iter().position(|t| t.spec.topic == topic) else {
             return Err(StreamsError::Plan(format!("the job reads no table over topic {topic}")));
         };
-        let decoded = decode_json(&self.tables[table_index].spec.schema, bodies)?;
+        let decoded = match &self.tables[table_index].used_columns {
+            None => decode_json(&self.tables[table_index].spec.schema, bodies)?,
+            Some(used) => {
+                let schema = &self.tables[table_index].spec.schema;
+                decode_columns(schema, used, bodies)?
+            }
+        };
         for bad in &decoded.bad {
             output.dead_letters.push(self.side_message(self.dead_letter_topic(), bodies[bad.index], &bad.reason));
         }
@@ -867,6 +903,28 @@ fn simplified(state: &SessionState, expr: &Expr, schema: &datafusion::common::DF
     let simplifier = ExprSimplifier::new(context);
     let expr = simplifier.coerce(expr.clone(), schema)?;
     Ok(simplifier.simplify(expr)?)
+}
+
+/// Decodes only the `used` columns of `schema`; the others come back as nulls, so plans see
+/// the table's full schema.
+fn decode_columns(schema: &SchemaRef, used: &[bool], bodies: &[&[u8]]) -> Result<crate::decode::Decoded> {
+    let fields: Vec<Field> =
+        schema.fields().iter().zip(used).filter(|(_, used)| **used).map(|(f, _)| f.as_ref().clone()).collect();
+    let projected = Arc::new(Schema::new(fields));
+    let mut decoded = decode_json(&projected, bodies)?;
+    let rows = decoded.batch.num_rows();
+    let mut columns = decoded.batch.columns().iter();
+    let full: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .zip(used)
+        .map(|(field, used)| match used {
+            true => columns.next().expect("one decoded column per used field").clone(),
+            false => datafusion::arrow::array::new_null_array(field.data_type(), rows),
+        })
+        .collect();
+    decoded.batch = RecordBatch::try_new(schema.clone(), full)?;
+    Ok(decoded)
 }
 
 fn timestamp_ms() -> DataType {
