@@ -1,4 +1,4 @@
-//! Golden tests of streams jobs: each `tests/golden/*.test` file holds a job's SQL, its
+//! Golden tests of streams jobs: each `tests/golden/*.sql` file holds a job's SQL, its
 //! input micro-batches and the messages it must produce. `UPDATE_EXPECT=1` rewrites the
 //! expected sections from what the job produced (review the diff).
 //!
@@ -21,7 +21,7 @@ async fn golden_files() {
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "test"))
+        .filter(|path| path.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
     assert!(files.len() >= 4, "golden files missing in {}", dir.display());
