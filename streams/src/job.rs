@@ -349,11 +349,18 @@ impl Job {
         // Decode only the columns something refers to (by name: over-inclusion is harmless).
         let mut names = std::collections::HashSet::new();
         for query in &queries {
-            query.plan.apply(|node| {
+            // Subquery plans too (nothing rewrote them into joins), and outer references.
+            query.plan.apply_with_subqueries(|node| {
                 node.apply_expressions(|expr| {
                     expr.apply(|e| {
-                        if let Expr::Column(column) = e {
-                            names.insert(column.name.clone());
+                        match e {
+                            Expr::Column(column) => {
+                                names.insert(column.name.clone());
+                            }
+                            Expr::OuterReferenceColumn(_, column) => {
+                                names.insert(column.name.clone());
+                            }
+                            _ => {}
                         }
                         Ok(TreeNodeRecursion::Continue)
                     })
@@ -735,6 +742,7 @@ impl Job {
     /// Runs every buffered query (window joins, nested aggregates) that reads `table_index`
     /// over the windows its watermark (the smallest of its tables') closed.
     async fn fire_joins(&mut self, table_index: usize, output: &mut JobOutput) -> Result<()> {
+        self.refresh_lookups().await?;
         for query_index in 0..self.queries.len() {
             let Some(join) = &self.queries[query_index].join else { continue };
             if !self.queries[query_index].reads(table_index) {
@@ -759,7 +767,20 @@ impl Job {
                     let query = &self.queries[query_index];
                     (query.plan.clone(), query.index, query.topic.clone())
                 };
-                let batches = execute(&self.state, &plan).await?;
+                let batches = match execute(&self.state, &plan).await {
+                    Ok(batches) => batches,
+                    Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) => {
+                        // The window's rows make the query fail (a division by zero): report
+                        // the window on the dead-letter topic and go on with the next one.
+                        let window = serde_json::json!({ "window_start_ms": start, "window_end_ms": start + size });
+                        let reason = format!("the query failed on this window: {error}");
+                        let message =
+                            self.side_message(self.dead_letter_topic(), window.to_string().as_bytes(), &reason);
+                        output.dead_letters.push(message);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 let window = Some((start, start + size));
                 output.results.extend(to_messages(&self.name, index, &topic, &batches, &[], window)?);
             }
@@ -791,7 +812,14 @@ impl Job {
             if !lookup.rows.contains_key(key) && lookup.rows.len() >= LOOKUP_ROWS_MAX {
                 return Err(StreamsError::Plan(format!("lookup table over more than {LOOKUP_ROWS_MAX} keys")));
             }
-            lookup.rows.insert(key.to_string(), batch.slice(row, 1));
+            // A copy of the row: a slice would keep the whole micro-batch alive.
+            let take = datafusion::arrow::array::UInt32Array::from(vec![row as u32]);
+            let columns = batch
+                .columns()
+                .iter()
+                .map(|c| datafusion::arrow::compute::take(c.as_ref(), &take, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            lookup.rows.insert(key.to_string(), RecordBatch::try_new(batch.schema(), columns)?);
             lookup.dirty = true;
         }
         Ok(())
