@@ -91,12 +91,18 @@ struct Lookup {
 /// Most keys a lookup table holds (memory bound).
 pub const LOOKUP_ROWS_MAX: usize = 1_000_000;
 
+/// Which of a table's columns are decoded, and their schema.
+struct UsedColumns {
+    used: Vec<bool>,
+    schema: SchemaRef,
+}
+
 struct TableRuntime {
     spec: SourceTable,
     slot: Slot,
     /// The columns some query (or the watermark, or the lookup key) uses: only these are
     /// decoded; the others are nulls in the slot.
-    used_columns: Option<Vec<bool>>,
+    used_columns: Option<UsedColumns>,
     /// For a lookup table (`lookup_key`), its latest row per key.
     lookup: Option<Lookup>,
     /// Largest event time seen per queue.
@@ -377,7 +383,11 @@ impl Job {
                 .iter()
                 .map(|f| names.contains(f.name()) || keep.iter().flatten().any(|k| *k == f.name()))
                 .collect();
-            table.used_columns = used.iter().any(|u| !u).then_some(used);
+            if used.iter().any(|u| !u) {
+                let fields = table.spec.schema.fields().iter().zip(&used).filter(|(_, used)| **used);
+                let schema = Arc::new(Schema::new(fields.map(|(f, _)| f.as_ref().clone()).collect::<Vec<_>>()));
+                table.used_columns = Some(UsedColumns { used, schema });
+            }
         }
         // Execution plans the pieces with every optimizer rule (simplification included:
         // `coalesce` and friends rely on it); the split above needed the query unrewritten.
@@ -461,10 +471,7 @@ impl Job {
         };
         let decoded = match &self.tables[table_index].used_columns {
             None => decode_json(&self.tables[table_index].spec.schema, bodies)?,
-            Some(used) => {
-                let schema = &self.tables[table_index].spec.schema;
-                decode_columns(schema, used, bodies)?
-            }
+            Some(used) => decode_columns(&self.tables[table_index].spec.schema, used, bodies)?,
         };
         for bad in &decoded.bad {
             output.dead_letters.push(self.side_message(self.dead_letter_topic(), bodies[bad.index], &bad.reason));
@@ -558,18 +565,8 @@ impl Job {
                     })
                     .unzip();
                 let keep = BooleanArray::from(late.iter().map(|late| !late).collect::<Vec<_>>());
-                let mut input_bodies = Vec::with_capacity(kept.len());
-                for (row, is_late) in late.iter().enumerate() {
-                    if !*is_late {
-                        input_bodies.push(kept[row]);
-                        continue;
-                    }
-                    let reason = format!("late: its window closed (event time {} ms)", times.value(row));
-                    let mut message = Message::new(late_topic.clone(), bodies[kept[row]].to_vec());
-                    message.properties.insert(PROPERTY_REASON.into(), reason);
-                    message.properties.insert(PROPERTY_JOB.into(), self.name.clone());
-                    output.late.push(message);
-                }
+                let input_bodies = kept.iter().zip(&late).filter(|(_, late)| !**late).map(|(k, _)| *k).collect();
+                output.late.extend(late_messages(&self.name, &late_topic, times, &late, kept, bodies));
                 let starts = TimestampMillisecondArray::from(pane_starts);
                 let ends =
                     TimestampMillisecondArray::from(starts.values().iter().map(|s| s + slide).collect::<Vec<_>>());
@@ -711,16 +708,9 @@ impl Job {
         let (name, late_topic) = (self.name.clone(), self.late_topic());
         let join = self.queries[query_index].join.as_mut().expect("a join query");
         let starts: Vec<i64> = times.values().iter().map(|t| join.pane_start(*t)).collect();
-        let keep: Vec<bool> = starts.iter().map(|pane| !join.is_late(*pane)).collect();
-        for (row, keep) in keep.iter().enumerate() {
-            if !keep {
-                let reason = format!("late: its window closed (event time {} ms)", times.value(row));
-                let mut message = Message::new(late_topic.clone(), bodies[kept[row]].to_vec());
-                message.properties.insert(PROPERTY_REASON.into(), reason);
-                message.properties.insert(PROPERTY_JOB.into(), name.clone());
-                output.late.push(message);
-            }
-        }
+        let late: Vec<bool> = starts.iter().map(|pane| join.is_late(*pane)).collect();
+        output.late.extend(late_messages(&name, &late_topic, times, &late, kept, bodies));
+        let keep: Vec<bool> = late.iter().map(|late| !late).collect();
         let keep_mask = BooleanArray::from(keep.clone());
         let kept_starts: Vec<i64> = starts.iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| *s).collect();
         for side in 0..join.sides.len() {
@@ -913,11 +903,35 @@ impl Job {
     }
 
     fn side_message(&self, topic: String, body: &[u8], reason: &str) -> Message {
-        let mut message = Message::new(topic, body.to_vec());
-        message.properties.insert(PROPERTY_REASON.into(), reason.chars().take(1024).collect());
-        message.properties.insert(PROPERTY_JOB.into(), self.name.clone());
-        message
+        side_message(&self.name, topic, body, reason)
     }
+}
+
+/// A row's body for the dead-letter or late topic, with the reason and the job.
+fn side_message(job: &str, topic: String, body: &[u8], reason: &str) -> Message {
+    let mut message = Message::new(topic, body.to_vec());
+    message.properties.insert(PROPERTY_REASON.into(), reason.chars().take(1024).collect());
+    message.properties.insert(PROPERTY_JOB.into(), job.to_string());
+    message
+}
+
+/// The late rows (`late[i]` for decoded row i, whose body is `bodies[kept[i]]`), for the
+/// late topic.
+fn late_messages(
+    job: &str,
+    late_topic: &str,
+    times: &TimestampMillisecondArray,
+    late: &[bool],
+    kept: &[usize],
+    bodies: &[&[u8]],
+) -> Vec<Message> {
+    (0..late.len())
+        .filter(|row| late[*row])
+        .map(|row| {
+            let reason = format!("late: its window closed (event time {} ms)", times.value(row));
+            side_message(job, late_topic.to_string(), bodies[kept[row]], &reason)
+        })
+        .collect()
 }
 
 /// `expr` simplified as the optimizer would (functions such as `coalesce` only run
@@ -935,17 +949,14 @@ fn simplified(state: &SessionState, expr: &Expr, schema: &datafusion::common::DF
 
 /// Decodes only the `used` columns of `schema`; the others come back as nulls, so plans see
 /// the table's full schema.
-fn decode_columns(schema: &SchemaRef, used: &[bool], bodies: &[&[u8]]) -> Result<crate::decode::Decoded> {
-    let fields: Vec<Field> =
-        schema.fields().iter().zip(used).filter(|(_, used)| **used).map(|(f, _)| f.as_ref().clone()).collect();
-    let projected = Arc::new(Schema::new(fields));
-    let mut decoded = decode_json(&projected, bodies)?;
+fn decode_columns(schema: &SchemaRef, used: &UsedColumns, bodies: &[&[u8]]) -> Result<crate::decode::Decoded> {
+    let mut decoded = decode_json(&used.schema, bodies)?;
     let rows = decoded.batch.num_rows();
     let mut columns = decoded.batch.columns().iter();
     let full: Vec<ArrayRef> = schema
         .fields()
         .iter()
-        .zip(used)
+        .zip(&used.used)
         .map(|(field, used)| match used {
             true => columns.next().expect("one decoded column per used field").clone(),
             false => datafusion::arrow::array::new_null_array(field.data_type(), rows),

@@ -57,6 +57,21 @@ async fn wait_for_rows(broker: &Broker, count: usize) -> Vec<(String, i64)> {
     }
 }
 
+/// A broker with the input and output topics, and the job's settings (checkpoints in `dir`).
+fn setup(dir: &std::path::Path) -> (Broker, JobRunConfig) {
+    let broker = open_broker(&dir.join("data"));
+    broker.create_topic(TopicConfig::new("clicks", 1)).unwrap();
+    broker.create_topic(TopicConfig::new("clicks_per_minute", 4)).unwrap();
+    let mut config = JobRunConfig::new("per_minute", SQL, dir.join("checkpoints"));
+    config.idle_wait = Duration::from_millis(10);
+    (broker, config)
+}
+
+/// Expected output rows: (minute as `HH:MM:SS`, clicks).
+fn minutes(rows: &[(&str, i64)]) -> Vec<(String, i64)> {
+    rows.iter().map(|(time, clicks)| (format!("1970-01-01T{time}"), *clicks)).collect()
+}
+
 fn start(broker: &Broker, config: &JobRunConfig) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (stop, mut stopped) = watch::channel(false);
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
@@ -70,11 +85,7 @@ fn start(broker: &Broker, config: &JobRunConfig) -> (watch::Sender<bool>, tokio:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_window_result_is_written_once_across_a_crash_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = open_broker(&dir.path().join("data"));
-    broker.create_topic(TopicConfig::new("clicks", 1)).unwrap();
-    broker.create_topic(TopicConfig::new("clicks_per_minute", 4)).unwrap();
-    let mut config = JobRunConfig::new("per_minute", SQL, dir.path().join("checkpoints"));
-    config.idle_wait = Duration::from_millis(10);
+    let (broker, mut config) = setup(dir.path());
     // Run 1 checkpoints only when it starts, then crashes after sending two results.
     config.checkpoint_interval = Duration::from_secs(3600);
     send(&broker, &[1, 2, 61, 125]).await;
@@ -97,21 +108,13 @@ async fn each_window_result_is_written_once_across_a_crash_and_a_restart() {
     task.await.unwrap();
     let all = output(&broker).await; // after the stop: a late duplicate would show
     assert_eq!(rows.len(), 3, "{rows:?}");
-    let expected: Vec<(String, i64)> = [("00:00:00", 2), ("00:01:00", 1), ("00:02:00", 2), ("00:03:00", 1)]
-        .iter()
-        .map(|(time, clicks)| (format!("1970-01-01T{time}"), *clicks))
-        .collect();
-    assert_eq!(all, expected);
+    assert_eq!(all, minutes(&[("00:00:00", 2), ("00:01:00", 1), ("00:02:00", 2), ("00:03:00", 1)]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_crash_during_the_replay_still_writes_each_result_once() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = open_broker(&dir.path().join("data"));
-    broker.create_topic(TopicConfig::new("clicks", 1)).unwrap();
-    broker.create_topic(TopicConfig::new("clicks_per_minute", 4)).unwrap();
-    let mut config = JobRunConfig::new("per_minute", SQL, dir.path().join("checkpoints"));
-    config.idle_wait = Duration::from_millis(10);
+    let (broker, mut config) = setup(dir.path());
     config.checkpoint_interval = Duration::from_secs(3600); // only the checkpoint at start
     let checkpoint = weir_streams::checkpoint::path(&config.checkpoint_dir, &config.name);
     send(&broker, &[1, 2, 61, 125]).await;
@@ -139,9 +142,5 @@ async fn a_second_crash_during_the_replay_still_writes_each_result_once() {
     stop.send(true).unwrap();
     task.await.unwrap();
     let rows = output(&broker).await;
-    let expected: Vec<(String, i64)> = [("00:00:00", 2), ("00:01:00", 1), ("00:02:00", 1)]
-        .iter()
-        .map(|(time, clicks)| (format!("1970-01-01T{time}"), *clicks))
-        .collect();
-    assert_eq!(rows, expected);
+    assert_eq!(rows, minutes(&[("00:00:00", 2), ("00:01:00", 1), ("00:02:00", 1)]));
 }
