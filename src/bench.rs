@@ -12,6 +12,7 @@ use weir_broker::{Broker, BrokerConfig, Message, PullRequest, TopicConfig};
 
 mod ingest;
 mod nexmark;
+mod sink;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     Ingest(ingest::IngestArgs),
     /// A Nexmark query as a streams job over an embedded topic, against DataFusion in batch.
     Nexmark(nexmark::NexmarkArgs),
+    /// N JSON rows drained through the MySQL or Redis sink, against a plain client loop.
+    Sink(sink::SinkArgs),
 }
 
 #[derive(Args)]
@@ -57,6 +60,7 @@ pub async fn run(command: BenchCommand, segment_size_bytes: u64) -> Result<()> {
         BenchCommand::Storage(args) => storage(args, segment_size_bytes).await,
         BenchCommand::Ingest(args) => ingest::run(args, segment_size_bytes).await,
         BenchCommand::Nexmark(args) => nexmark::run(args, segment_size_bytes).await,
+        BenchCommand::Sink(args) => sink::run(args, segment_size_bytes).await,
     }
 }
 

@@ -191,6 +191,57 @@ pub enum SinkSection {
     Stdout(TopicSink),
     /// Records consumed and dropped (benchmarks).
     Blackhole(TopicSink),
+    /// Rows in a MySQL or MariaDB table (`weir_connectors::sinks::mysql::MySqlSinkConfig`).
+    Mysql(ExternalSink),
+    /// Redis commands (`weir_connectors::sinks::redis::RedisSinkConfig`).
+    Redis(ExternalSink),
+    /// Elasticsearch documents (`weir_connectors::sinks::elasticsearch::ElasticsearchSinkConfig`).
+    Elasticsearch(ExternalSink),
+    /// Apache Doris Stream Loads (`weir_connectors::sinks::doris::DorisSinkConfig`).
+    Doris(ExternalSink),
+}
+
+/// `type: mysql|redis|elasticsearch|doris`: the settings every sink has, and the connector's
+/// own, which are documented on its config type in `weir-connectors` and checked (unknown
+/// fields included) by `validate`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ExternalSink {
+    /// Topic consumed.
+    pub topic: String,
+    /// Tag expression (`*`, `TagA || TagB`).
+    #[serde(default)]
+    pub tags: Option<String>,
+    #[serde(default)]
+    pub errors: ErrorsSection,
+    #[serde(default)]
+    pub batch: SinkBatchSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// The connector's own settings.
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ExternalSink {
+    /// The connector's settings as its config type; the error names the field at fault
+    /// (when serde says) and the reason.
+    pub fn settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, (Option<String>, String)> {
+        serde_json::from_value(serde_json::Value::Object(self.settings.clone())).map_err(|error| {
+            let text = error.to_string();
+            // serde names fields in backquotes ("unknown field `x`", "missing field `y`"), but
+            // a bad enum value by its variant: find the setting holding it.
+            let quoted = text.split('`').nth(1).map(str::to_string);
+            let field = match quoted {
+                Some(variant) if text.starts_with("unknown variant") => self
+                    .settings
+                    .iter()
+                    .find(|(_, value)| value.as_str() == Some(variant.as_str()))
+                    .map(|(name, _)| name.clone()),
+                quoted => quoted,
+            };
+            (field, text)
+        })
+    }
 }
 
 /// `type: file`.
@@ -292,6 +343,10 @@ impl SinkSection {
             SinkSection::Stdout(sink) | SinkSection::Blackhole(sink) => {
                 (&sink.topic, sink.tags.as_deref(), &sink.errors, &sink.batch, &sink.retry)
             }
+            SinkSection::Mysql(sink)
+            | SinkSection::Redis(sink)
+            | SinkSection::Elasticsearch(sink)
+            | SinkSection::Doris(sink) => (&sink.topic, sink.tags.as_deref(), &sink.errors, &sink.batch, &sink.retry),
         }
     }
 
@@ -745,6 +800,20 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                 (&file.topic, &file.tags)
             }
             SinkSection::Stdout(sink) | SinkSection::Blackhole(sink) => (&sink.topic, &sink.tags),
+            SinkSection::Mysql(external)
+            | SinkSection::Redis(external)
+            | SinkSection::Elasticsearch(external)
+            | SinkSection::Doris(external) => {
+                if let Err((field, reason)) = validate_external_sink(sink) {
+                    let at = match &field {
+                        Some(field) => position_in(text, sink_name, field),
+                        None => position_of_key(text, sink_name),
+                    };
+                    let path = format!("sinks.{sink_name}.{}", field.as_deref().unwrap_or("type"));
+                    return Err(fail(at, path, reason));
+                }
+                (&external.topic, &external.tags)
+            }
         };
         declared(format!("sinks.{sink_name}.topic"), topic)?;
         if let Err(ConnectError::Config { field, reason, .. }) = sink.task_config(sink_name).validate() {
@@ -763,6 +832,23 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         }
     }
     Ok(())
+}
+
+/// An external sink's own settings, parsed and checked: `(field, reason)` of the first problem.
+fn validate_external_sink(sink: &SinkSection) -> Result<(), (Option<String>, String)> {
+    use weir_connectors::sinks::{doris, elasticsearch, mysql, redis};
+    let checked = |result: Result<(), (&'static str, String)>| {
+        result.map_err(|(field, reason)| (Some(field.to_string()), reason))
+    };
+    match sink {
+        SinkSection::Mysql(external) => checked(external.settings::<mysql::MySqlSinkConfig>()?.validate()),
+        SinkSection::Redis(external) => checked(external.settings::<redis::RedisSinkConfig>()?.validate()),
+        SinkSection::Elasticsearch(external) => {
+            checked(external.settings::<elasticsearch::ElasticsearchSinkConfig>()?.validate())
+        }
+        SinkSection::Doris(external) => checked(external.settings::<doris::DorisSinkConfig>()?.validate()),
+        SinkSection::File(_) | SinkSection::Stdout(_) | SinkSection::Blackhole(_) => Ok(()),
+    }
 }
 
 /// A file source's own fields: `(position, field, message)` of the first problem.

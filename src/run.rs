@@ -196,16 +196,18 @@ async fn start_and_wait(
     }
     for (name, sink) in &pipeline.sinks {
         let (config, describe) = (sink.task_config(name), describe_sink(sink));
-        make_sink(sink)?; // refuse a sink that cannot be built before anything runs
+        // Refuse a sink that cannot be built or reach its target before anything runs.
+        drop(make_sink(name, sink).await?);
         println!("  sink {name}: topic {} -> {describe}", config.topic);
         let status = ConnectorStatus::new(ConnectorKind::Sink { group: config.group() }, &config.topic);
         let control = register(&statuses, &controls, name, status);
         let run_once = {
-            let (messaging, section) = (messaging.clone(), sink.clone());
+            let (messaging, section, name) = (messaging.clone(), sink.clone(), name.clone());
             move |mut stop: watch::Receiver<bool>| -> RunFuture {
-                let (messaging, config, section) = (messaging.clone(), config.clone(), section.clone());
+                let (messaging, config, section, name) =
+                    (messaging.clone(), config.clone(), section.clone(), name.clone());
                 Box::pin(async move {
-                    let mut sink = make_sink(&section)?;
+                    let mut sink = make_sink(&name, &section).await?;
                     run_sink_task(messaging, sink.as_mut(), &config, &mut stop).await?;
                     Ok(())
                 })
@@ -273,14 +275,28 @@ fn file_source_config(name: &str, section: &pipeline::FileSource) -> FileSourceC
 }
 
 fn describe_sink(sink: &SinkSection) -> String {
+    let setting = |external: &pipeline::ExternalSink, name: &str| {
+        external.settings.get(name).and_then(|value| value.as_str()).unwrap_or("?").to_string()
+    };
     match sink {
         SinkSection::File(file) => format!("file {}", file.path.display()),
         SinkSection::Stdout(_) => "stdout".to_string(),
         SinkSection::Blackhole(_) => "blackhole".to_string(),
+        SinkSection::Mysql(external) => format!("mysql table {}", setting(external, "table")),
+        SinkSection::Redis(external) => format!("redis {} {}", setting(external, "command"), setting(external, "key")),
+        SinkSection::Elasticsearch(external) => format!("elasticsearch index {}", setting(external, "index")),
+        SinkSection::Doris(external) => {
+            format!("doris table {}.{}", setting(external, "database"), setting(external, "table"))
+        }
     }
 }
 
-fn make_sink(sink: &SinkSection) -> Result<Box<dyn Sink>> {
+/// Builds a sink; external ones connect and check their target first.
+async fn make_sink(name: &str, sink: &SinkSection) -> Result<Box<dyn Sink>> {
+    use weir_connectors::sinks::{doris, elasticsearch, mysql, redis};
+    let bad = |(field, reason): (Option<String>, String)| {
+        anyhow::anyhow!("sink {name:?}: `{}` {reason}", field.unwrap_or_default())
+    };
     Ok(match sink {
         SinkSection::File(file) => {
             let mut config = FileSinkConfig::new(&file.path);
@@ -291,6 +307,22 @@ fn make_sink(sink: &SinkSection) -> Result<Box<dyn Sink>> {
         }
         SinkSection::Stdout(_) => Box::new(StdoutSink::default()),
         SinkSection::Blackhole(_) => Box::new(BlackholeSink::default()),
+        SinkSection::Mysql(external) => {
+            let config = external.settings().map_err(bad)?;
+            Box::new(mysql::MySqlSink::connect(name, config).await?)
+        }
+        SinkSection::Redis(external) => {
+            let config = external.settings().map_err(bad)?;
+            Box::new(redis::RedisSink::connect(name, config).await?)
+        }
+        SinkSection::Elasticsearch(external) => {
+            let config = external.settings().map_err(bad)?;
+            Box::new(elasticsearch::ElasticsearchSink::connect(name, config).await?)
+        }
+        SinkSection::Doris(external) => {
+            let config = external.settings().map_err(bad)?;
+            Box::new(doris::DorisSink::connect(name, config).await?)
+        }
     })
 }
 

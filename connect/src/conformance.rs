@@ -151,6 +151,44 @@ pub fn check_source(mut make_source: impl FnMut() -> Box<dyn Source>, expected: 
     assert!(violations.is_empty(), "source conformance violations:\n  {}", violations.join("\n  "));
 }
 
+/// A sink that connects on its first call, inside the kit's runtime: connectors whose
+/// constructor is async (it opens a pool or a connection tied to the runtime) pass
+/// `|| connect_lazily(|| async { Box::new(MySink::connect(..).await.unwrap()) as Box<dyn Sink> })`.
+pub fn connect_lazily<F, Fut>(connect: F) -> Box<dyn Sink>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Box<dyn Sink>> + Send + 'static,
+{
+    Box::new(LazySink { connect: Some(Box::new(move || Box::pin(connect()) as SinkFuture)), sink: None })
+}
+
+type SinkFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Box<dyn Sink>> + Send>>;
+
+struct LazySink {
+    connect: Option<Box<dyn FnOnce() -> SinkFuture + Send>>,
+    sink: Option<Box<dyn Sink>>,
+}
+
+impl LazySink {
+    async fn sink(&mut self) -> &mut Box<dyn Sink> {
+        if let Some(connect) = self.connect.take() {
+            self.sink = Some(connect().await);
+        }
+        self.sink.as_mut().expect("connected above")
+    }
+}
+
+#[async_trait]
+impl Sink for LazySink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> std::result::Result<(), SinkError> {
+        self.sink().await.write(batch).await
+    }
+
+    async fn flush(&mut self) -> std::result::Result<(), SinkError> {
+        self.sink().await.flush().await
+    }
+}
+
 /// Sends `values` to a topic, runs a sink made by `make_sink` (a fresh instance per run) until
 /// it has consumed them all, with `faults` injected, then calls `read_back` for everything the
 /// external system holds; panics with a list of violations when the contract is broken.

@@ -1,5 +1,6 @@
 //! Connect's errors; a sink's error carries the retry hint the runtime acts on.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Result alias for the connect crate.
@@ -24,17 +25,42 @@ pub struct SinkError {
     /// With `Permanent`: the indexes (in the batch) of the records at fault; empty means the
     /// whole batch. The others count as written.
     pub failed_records: Vec<usize>,
+    /// With `Permanent`: why each record failed, by batch index, when the target said (the
+    /// dead-letter message carries it instead of `message`).
+    pub record_errors: BTreeMap<usize, String>,
 }
 
 impl SinkError {
     /// A transient failure of the whole call.
     pub fn retryable(message: impl Into<String>) -> Self {
-        SinkError { message: message.into(), retry: RetryHint::Retry { after: None }, failed_records: Vec::new() }
+        SinkError {
+            message: message.into(),
+            retry: RetryHint::Retry { after: None },
+            failed_records: Vec::new(),
+            record_errors: BTreeMap::new(),
+        }
+    }
+
+    /// Records that can never be written, each with its own reason; the rest of the batch
+    /// was written. `message` summarises.
+    pub fn poison_each(message: impl Into<String>, record_errors: BTreeMap<usize, String>) -> Self {
+        let failed_records = record_errors.keys().copied().collect();
+        SinkError { message: message.into(), retry: RetryHint::Permanent, failed_records, record_errors }
+    }
+
+    /// A transient failure that should wait at least `after` before the retry.
+    pub fn retry_after(message: impl Into<String>, after: std::time::Duration) -> Self {
+        SinkError { retry: RetryHint::Retry { after: Some(after) }, ..SinkError::retryable(message) }
     }
 
     /// Records that can never be written (poison); the rest of the batch was written.
     pub fn poison(message: impl Into<String>, failed_records: Vec<usize>) -> Self {
-        SinkError { message: message.into(), retry: RetryHint::Permanent, failed_records }
+        SinkError {
+            message: message.into(),
+            retry: RetryHint::Permanent,
+            failed_records,
+            record_errors: BTreeMap::new(),
+        }
     }
 }
 

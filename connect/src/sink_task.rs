@@ -381,25 +381,31 @@ async fn dead_letter(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<usize>> {
     if config.errors_tolerance == ErrorTolerance::None {
-        let source = SinkError { message: error.message.clone(), retry: error.retry, failed_records: failed.to_vec() };
+        let source = SinkError {
+            message: error.message.clone(),
+            retry: error.retry,
+            failed_records: failed.to_vec(),
+            record_errors: error.record_errors.clone(),
+        };
         return Err(ConnectError::Sink { connector: config.connector.clone(), attempts, source });
     }
-    let mut reason = error.message.clone();
-    if reason.len() > DEAD_LETTER_ERROR_BYTES_MAX {
-        let mut cut = DEAD_LETTER_ERROR_BYTES_MAX;
-        while !reason.is_char_boundary(cut) {
+    let bounded = |text: &str| {
+        let mut cut = text.len().min(DEAD_LETTER_ERROR_BYTES_MAX);
+        while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        reason.truncate(cut);
-    }
+        text[..cut].to_string()
+    };
+    let reason = bounded(&error.message);
     let messages: Vec<Message> = failed
         .iter()
-        .filter_map(|index| batch.get(*index))
-        .map(|record| {
+        .filter_map(|index| Some((batch.get(*index)?, error.record_errors.get(index))))
+        .map(|(record, record_error)| {
             let mut message = record.record.to_message();
             message.topic = config.dead_letter_topic();
             let mut context = BTreeMap::new();
-            context.insert("DLQ_ERROR".to_string(), reason.clone());
+            let reason = record_error.map_or_else(|| reason.clone(), |text| bounded(text));
+            context.insert("DLQ_ERROR".to_string(), reason);
             context.insert("DLQ_CONNECTOR".to_string(), config.connector.clone());
             context.insert("DLQ_ORIGIN_TOPIC".to_string(), record.record.topic.clone());
             context.insert("DLQ_ORIGIN_QUEUE_ID".to_string(), record.queue_id.to_string());

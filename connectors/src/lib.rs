@@ -6,3 +6,4 @@
 
 pub mod sinks;
 pub mod sources;
+pub mod template;

@@ -1,7 +1,15 @@
 //! Sinks: where records leave Weir.
 
 mod blackhole;
+#[cfg(feature = "doris")]
+pub mod doris;
+#[cfg(feature = "elasticsearch")]
+pub mod elasticsearch;
 mod file;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod stdout;
 
 pub use blackhole::BlackholeSink;

@@ -133,6 +133,37 @@ fn bad_pipelines_name_file_line_and_field() {
             &[],
             Some("unknown field `records`"),
         ),
+        ("    type: file", "    type: mysql", &[], Some(":18:5: sinks.out.path: unknown field `path`")),
+        (
+            "type: file\n    topic: orders\n    tags: \"paid || refunded\"\n    path: ./out.jsonl",
+            "type: mysql\n    topic: orders\n    url: mysql://u:p@127.0.0.1/db\n    table: t\n    mode: merge",
+            &[],
+            Some(":19:5: sinks.out.mode: unknown variant `merge`"),
+        ),
+        (
+            "type: file\n    topic: orders\n    tags: \"paid || refunded\"\n    path: ./out.jsonl",
+            "type: mysql\n    topic: orders\n    url: mysql://u:p@127.0.0.1/db\n    table: t\n    mode: upsert",
+            &[],
+            Some(":14:3: sinks.out.key_columns: must name the row's key columns"),
+        ),
+        (
+            "type: file\n    topic: orders\n    tags: \"paid || refunded\"\n    path: ./out.jsonl",
+            "type: redis\n    topic: orders\n    url: redis://127.0.0.1/\n    command: hset\n    key: \"k:{{id\"",
+            &[],
+            Some(":19:5: sinks.out.key: template \"k:{{id\" has `{{` without `}}`"),
+        ),
+        (
+            "type: file\n    topic: orders\n    tags: \"paid || refunded\"\n    path: ./out.jsonl",
+            "type: doris\n    topic: orders\n    url: http://fe:8030\n    database: db\n    table: t",
+            &[],
+            Some("missing field `username`"),
+        ),
+        (
+            "type: file\n    topic: orders\n    tags: \"paid || refunded\"\n    path: ./out.jsonl",
+            "type: elasticsearch\n    topic: orders\n    url: http://es:9200\n    index: logs-%Q",
+            &[],
+            Some("sinks.out.index: template \"logs-%Q\" has an invalid % date pattern"),
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (index, (from, to, env, expected)) in cases.iter().enumerate() {

@@ -591,3 +591,78 @@ fn the_runnable_pipelines_run() {
     rows.sort();
     assert_eq!(rows, ["\"a.com\" 30 0", "\"b.com\" 10 10"]);
 }
+
+/// One-minute access-log lines for `weir-analytics`-shaped pipelines: 30 `a.com` hits with
+/// status 200 and 10 `b.com` hits with 503, in minute `minute`.
+fn access_logs(minute: u64) -> Vec<u8> {
+    (0..40)
+        .map(|i| {
+            let (domain, status) = if i % 4 == 0 { ("b.com", 503) } else { ("a.com", 200) };
+            let ts = minute * 60_000 + i * 100;
+            format!("{{\"domain\":\"{domain}\",\"status\":{status},\"request_id\":\"m{minute}-{i}\",\"ts\":{ts}}}\n")
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn the_sink_pipelines_run_against_mysql_and_redis() {
+    use mysql_async::prelude::Queryable;
+    let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // stats-to-mysql: HTTP access logs -> per-domain one-minute counts by SQL -> MySQL upsert.
+    if let Some(server) = weir_testsvc::mariadb() {
+        let database = server.fresh_database_name("stats");
+        runtime.block_on(async {
+            let mut conn = mysql_async::Conn::from_url(server.url("")).await.unwrap();
+            conn.query_drop(format!("CREATE DATABASE `{database}`")).await.unwrap();
+        });
+        let url = server.url(&database);
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let listen = format!("127.0.0.1:{port}");
+        let env = [("WEIR_HTTP_LISTEN", listen.as_str()), ("WEIR_MYSQL_URL", url.as_str())];
+        let (running, banner) = start_in(dir.path(), &pipelines.join("stats-to-mysql.yaml"), admin_port, &env);
+        assert!(banner.contains("mysql table domain_stats"), "{banner}");
+        assert_eq!(http(port, "POST", "/v1/logs", &[], &access_logs(0)).0, 200);
+        assert_eq!(http(port, "POST", "/v1/logs", &[], &access_logs(2)).0, 200);
+        let query = "SELECT domain, window_start, hits, errors FROM domain_stats ORDER BY domain";
+        let rows = || -> Vec<(String, String, i64, i64)> {
+            runtime.block_on(async {
+                let mut conn = mysql_async::Conn::from_url(url.as_str()).await.unwrap();
+                conn.query(query).await.unwrap_or_default()
+            })
+        };
+        wait_until("domain_stats holds both domains' first minute", || rows().len() >= 2);
+        stop(running);
+        let expected = [("a.com", "1970-01-01 00:00:00", 30, 0), ("b.com", "1970-01-01 00:00:00", 10, 10)]
+            .map(|(d, w, h, e)| (d.to_string(), w.to_string(), h, e));
+        assert_eq!(rows(), expected);
+    }
+    // metrics-to-redis: Influx line protocol over HTTP -> latest point per series in a hash.
+    if let Some(server) = weir_testsvc::redis() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let listen = format!("127.0.0.1:{port}");
+        let redis_url = server.url();
+        let env = [("WEIR_HTTP_LISTEN", listen.as_str()), ("WEIR_REDIS_URL", redis_url.as_str())];
+        let (running, _) = start_in(dir.path(), &pipelines.join("metrics-to-redis.yaml"), admin_port, &env);
+        let body = b"cpu,host=web1 usage=0.5,cores=8i 1700000000000000000\ncpu,host=web2 usage=0.7 1700000000000000000\ncpu,host=web1 usage=0.9 1700000001000000000\n";
+        assert_eq!(http(port, "POST", "/v1/metrics", &[], body).0, 200);
+        let hash = |key: &str| -> std::collections::BTreeMap<String, String> {
+            runtime.block_on(async {
+                let client = redis::Client::open(redis_url.as_str()).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                redis::cmd("HGETALL").arg(key).query_async(&mut conn).await.unwrap()
+            })
+        };
+        wait_until("both series are in Redis", || {
+            hash("metric:cpu:web2").contains_key("fields")
+                && hash("metric:cpu:web1").get("timestamp").is_some_and(|t| t.ends_with("1000000000"))
+        });
+        stop(running);
+        let web1 = hash("metric:cpu:web1");
+        assert_eq!(web1["measurement"], "cpu");
+        assert_eq!(web1["fields"], r#"{"usage":0.9}"#, "the latest point replaced the first");
+    }
+}

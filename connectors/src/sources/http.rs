@@ -344,9 +344,9 @@ fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine
     }
     let mut message = Message::new(&route.topic, event.body);
     if let Some(json) = &event.json {
-        message.tag = route.tag.as_deref().and_then(|template| parse::render(template, json));
+        message.tag = route.tag.as_deref().and_then(|template| crate::template::render(template, json));
         // The key also picks the queue, so one key's events stay in order.
-        let key = route.key.as_deref().and_then(|template| parse::render(template, json));
+        let key = route.key.as_deref().and_then(|template| crate::template::render(template, json));
         for (what, value) in [("tag", &message.tag), ("key", &key)] {
             if let Some(value) = value.as_ref().filter(|value| value.len() > RENDERED_BYTES_MAX) {
                 return Err(bad(format!(

@@ -1,5 +1,4 @@
-//! Request bodies → records: NDJSON, a JSON array, one JSON object, or text lines; and the
-//! `{{field}}` templates that make tags and keys.
+//! Request bodies → records: NDJSON, a JSON array, one JSON object, or text lines.
 
 use serde_json::Value;
 
@@ -141,29 +140,6 @@ fn object(text: &str, line: usize) -> Result<Value, BadLine> {
     if value.is_object() { Ok(value) } else { Err(BadLine { line, reason: "expected a JSON object".into() }) }
 }
 
-/// Renders `{{field}}` (dots for nested fields) from an event; `None` when a field is missing.
-pub fn render(template: &str, json: &Value) -> Option<String> {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 2..];
-        let close = after.find("}}")?;
-        let mut value = json;
-        for part in after[..close].trim().split('.') {
-            value = value.get(part)?;
-        }
-        match value {
-            Value::String(text) => out.push_str(text),
-            Value::Null => return None,
-            other => out.push_str(&other.to_string()),
-        }
-        rest = &after[close + 2..];
-    }
-    out.push_str(rest);
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,14 +167,5 @@ mod tests {
         }
         assert_eq!(parse(Format::Text, b"a\nb\nc", 2, &[]).unwrap_err().line, 3);
         assert_eq!(parse(Format::Text, b"ok\n\xff", 10, &[]).unwrap_err().line, 2);
-    }
-
-    #[test]
-    fn templates() {
-        let json = serde_json::json!({"domain": "a.com", "status": 500, "user": {"id": 7}, "gone": null});
-        assert_eq!(render("{{domain}}", &json).as_deref(), Some("a.com"));
-        assert_eq!(render("s{{status}}-{{user.id}}", &json).as_deref(), Some("s500-7"));
-        assert_eq!(render("{{missing}}", &json), None);
-        assert_eq!(render("{{gone}}", &json), None);
     }
 }

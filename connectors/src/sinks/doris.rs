@@ -1,0 +1,39 @@
+//! `type: doris`: records into an Apache Doris table by Stream Load (feature `doris`,
+//! reqwest).
+//!
+//! **Loads.** A batch (sized by the pipeline's `batch:` rows, bytes and linger) becomes one
+//! Stream Load per queue: `PUT /api/{db}/{table}/_stream_load` with `format: json`,
+//! `strip_outer_array: true` and a JSON array of the records' objects. The frontend answers
+//! `307` with a backend's address; the sink follows it itself (at most `redirects_max` hops)
+//! so the credentials go along, which an HTTP client's own redirect handling drops when the
+//! host changes. (`Expect: 100-continue` is not sent: the client cannot wait for it, so the
+//! body also travels to the frontend once.)
+//!
+//! **Exactly once per label.** Each load's label is `<label_prefix>_<queue>_<first>_<last>`
+//! (the queue offsets it carries) and is reused on every retry of that load, so Doris refuses
+//! a second copy: `Label Already Exists` with a `FINISHED` load counts as success, a
+//! `RUNNING` one is retried later, and `Publish Timeout` is success (the data is committed,
+//! only not yet visible). After a crash between a finished load and the offset commit the
+//! re-read batch may end at another offset, get another label and load rows again — use a
+//! unique-key table (the model CDC needs anyway) where a repeated row replaces itself.
+//!
+//! **Bad records.** A record that is not a JSON object (or, in CDC mode, not a change
+//! envelope) is poison before loading. A load that fails for data quality (`too many filtered
+//! rows`) is loaded again one record per load (label `…_<offset>_<offset>`), and the records
+//! Doris still refuses are poison, carrying Doris's message and error URL. Other failures
+//! are transient.
+//!
+//! **CDC.** With `cdc: true`, records are Debezium envelopes: creates, reads and updates load
+//! `after` with `__DORIS_DELETE_SIGN__ = 0`, deletes load `before` with `1` (header
+//! `hidden_columns`; the table must be a unique-key table). Tombstones are skipped.
+//!
+//! **Two-phase commit** (`two_phase_commit: true`): loads are pre-committed in `write` and
+//! committed in `flush` (`PUT /api/{db}/_stream_load_2pc`, `txn_operation: commit`, by
+//! transaction id, or by label when a retry found its label pre-committed), so the offsets
+//! are committed only after the data is visible.
+
+mod config;
+mod sink;
+
+pub use config::DorisSinkConfig;
+pub use sink::{DorisSink, DorisSinkError};

@@ -1,0 +1,337 @@
+//! The Doris sink: start-up check, Stream Loads with redirects and labels, two-phase commit.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value as Json, json};
+use weir_connect::{Sink, SinkError, SinkRecord};
+
+use super::config::{DorisSinkConfig, label_char};
+
+/// Why the sink cannot start, by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DorisSinkError {
+    /// A setting is wrong.
+    #[error("doris sink {connector:?}: `{field}` {reason}")]
+    Config { connector: String, field: &'static str, reason: String },
+    /// The frontend cannot be reached.
+    #[error(
+        "doris sink {connector:?}: cannot reach Doris at {url}: {reason} (is the frontend running, and is `url` its HTTP port?)"
+    )]
+    Unreachable { connector: String, url: String, reason: String },
+    /// The frontend refused the credentials.
+    #[error(
+        "doris sink {connector:?}: Doris at {url} refused user {username:?} (HTTP {status}); check `username` and `password`"
+    )]
+    Auth { connector: String, url: String, username: String, status: u16 },
+    /// The table is not there.
+    #[error("doris sink {connector:?}: table `{database}`.`{table}` is not available: {reason}")]
+    MissingTable { connector: String, database: String, table: String, reason: String },
+}
+
+/// Loads records into one table.
+pub struct DorisSink {
+    connector: String,
+    config: DorisSinkConfig,
+    client: reqwest::Client,
+    label_prefix: String,
+    /// Pre-committed loads waiting for `flush` (two-phase commit): label → transaction id.
+    precommitted: BTreeMap<String, Option<u64>>,
+}
+
+/// What a Stream Load ended as.
+enum LoadOutcome {
+    /// Committed (or pre-committed, with its transaction id when Doris gave it).
+    Loaded { txn_id: Option<u64> },
+    /// Doris refused the data itself.
+    DataRefused(String),
+}
+
+/// The delete sign column of unique-key tables.
+const DELETE_SIGN: &str = "__DORIS_DELETE_SIGN__";
+
+impl DorisSink {
+    /// Checks the settings and asks the frontend for the table's schema
+    /// (`GET /api/{db}/{table}/_schema`), so a wrong address, wrong credentials or a missing
+    /// table fail now with an actionable error.
+    pub async fn connect(connector: &str, config: DorisSinkConfig) -> Result<DorisSink, DorisSinkError> {
+        let fail_config = |field, reason| DorisSinkError::Config { connector: connector.into(), field, reason };
+        config.validate().map_err(|(field, reason)| fail_config(field, reason))?;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .no_proxy()
+            .build()
+            .map_err(|e| fail_config("url", e.to_string()))?;
+        let url = format!("{}/api/{}/{}/_schema", config.url.trim_end_matches('/'), config.database, config.table);
+        let unreachable = |reason: String| DorisSinkError::Unreachable {
+            connector: connector.into(),
+            url: config.url.clone(),
+            reason,
+        };
+        let response = client
+            .get(&url)
+            .basic_auth(&config.username, Some(&config.password))
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(DorisSinkError::Auth {
+                connector: connector.into(),
+                url: config.url.clone(),
+                username: config.username.clone(),
+                status: status.as_u16(),
+            });
+        }
+        let body = response.bytes().await.map_err(|e| unreachable(e.to_string()))?;
+        let reply: Json = serde_json::from_slice(&body).map_err(|_| {
+            unreachable(format!("GET {url} answered HTTP {status} without JSON; is this a Doris frontend?"))
+        })?;
+        if !status.is_success() || reply.get("code").and_then(Json::as_i64) != Some(0) {
+            let reason = reply.get("msg").and_then(Json::as_str).unwrap_or("no message").to_string();
+            return Err(DorisSinkError::MissingTable {
+                connector: connector.into(),
+                database: config.database.clone(),
+                table: config.table.clone(),
+                reason: format!("{reason} (HTTP {status})"),
+            });
+        }
+        let label_prefix = config.label_prefix.clone().unwrap_or_else(|| {
+            format!("weir_{}", connector.chars().map(|c| if label_char(c) { c } else { '_' }).collect::<String>())
+        });
+        tracing::info!(connector, url = %config.url, database = %config.database, table = %config.table, "doris sink connected");
+        Ok(DorisSink { connector: connector.into(), config, client, label_prefix, precommitted: BTreeMap::new() })
+    }
+
+    /// The row a record loads; `Ok(None)` for a skipped tombstone, `Err` why it is poison.
+    fn row(&self, record: &SinkRecord) -> Result<Option<Json>, String> {
+        let value = &record.record.value;
+        if value.is_empty() {
+            return if self.config.cdc { Ok(None) } else { Err("the record's value is empty".into()) };
+        }
+        let json: Json = serde_json::from_slice(value).map_err(|e| format!("the record's value is not JSON: {e}"))?;
+        if !self.config.cdc {
+            return if json.is_object() {
+                Ok(Some(json))
+            } else {
+                Err("the record's value is not a JSON object".into())
+            };
+        }
+        let envelope = json.get("payload").filter(|p| p.is_object()).unwrap_or(&json);
+        let op = envelope.get("op").and_then(Json::as_str).ok_or("the change has no `op` (c, r, u or d)")?;
+        let (image, sign) = match op {
+            "c" | "r" | "u" => ("after", 0),
+            "d" => ("before", 1),
+            other => return Err(format!("unknown change op {other:?} (expected c, r, u or d)")),
+        };
+        let Some(Json::Object(row)) = envelope.get(image) else {
+            return Err(format!("the change (op {op}) has no `{image}` object"));
+        };
+        let mut row = row.clone();
+        row.insert(DELETE_SIGN.to_string(), json!(sign));
+        Ok(Some(Json::Object(row)))
+    }
+
+    /// One Stream Load of `rows` under `label`, following redirects with the credentials.
+    async fn load(&self, label: &str, rows: &[&Json]) -> Result<LoadOutcome, SinkError> {
+        let body =
+            serde_json::to_vec(rows).map_err(|e| SinkError::retryable(format!("doris: cannot encode rows: {e}")))?;
+        let mut url = format!(
+            "{}/api/{}/{}/_stream_load",
+            self.config.url.trim_end_matches('/'),
+            self.config.database,
+            self.config.table
+        );
+        let mut hops = 0;
+        let reply = loop {
+            let mut request = self
+                .client
+                .request(Method::PUT, &url)
+                .basic_auth(&self.config.username, Some(&self.config.password))
+                .header("label", label)
+                .header("format", "json")
+                .header("strip_outer_array", "true")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if self.config.cdc {
+                request = request.header("hidden_columns", DELETE_SIGN);
+            }
+            if self.config.two_phase_commit {
+                request = request.header("two_phase_commit", "true");
+            }
+            let response =
+                request.send().await.map_err(|e| SinkError::retryable(format!("doris stream load {label}: {e}")))?;
+            let status = response.status();
+            if status.is_redirection() {
+                hops += 1;
+                let location =
+                    response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+                match location {
+                    Some(location) if hops <= self.config.redirects_max => {
+                        url = location;
+                        continue;
+                    }
+                    Some(_) => {
+                        return Err(SinkError::retryable(format!(
+                            "doris stream load {label}: more than {} redirects",
+                            self.config.redirects_max
+                        )));
+                    }
+                    None => {
+                        return Err(SinkError::retryable(format!(
+                            "doris stream load {label}: HTTP {status} without Location"
+                        )));
+                    }
+                }
+            }
+            let text =
+                response.text().await.map_err(|e| SinkError::retryable(format!("doris stream load {label}: {e}")))?;
+            if !status.is_success() {
+                return Err(SinkError::retryable(format!(
+                    "doris stream load {label}: HTTP {status}: {}",
+                    truncate(&text, 300)
+                )));
+            }
+            break serde_json::from_str::<Json>(&text).map_err(|_| {
+                SinkError::retryable(format!("doris stream load {label}: answer is not JSON: {}", truncate(&text, 300)))
+            })?;
+        };
+        let field = |name: &str| reply.get(name).and_then(Json::as_str).unwrap_or_default().to_string();
+        let txn_id = reply.get("TxnId").and_then(Json::as_u64);
+        match field("Status").as_str() {
+            "Success" | "Publish Timeout" => Ok(LoadOutcome::Loaded { txn_id }),
+            "Label Already Exists" => match field("ExistingJobStatus").as_str() {
+                "FINISHED" | "VISIBLE" | "COMMITTED" => Ok(LoadOutcome::Loaded { txn_id: None }),
+                "PRECOMMITTED" if self.config.two_phase_commit => Ok(LoadOutcome::Loaded { txn_id: None }),
+                other => Err(SinkError::retryable(format!(
+                    "doris stream load {label}: an earlier load with this label is {other:?}; retrying until it ends"
+                ))),
+            },
+            "Fail" => {
+                let message = field("Message");
+                if is_data_quality(&message) {
+                    let error_url = field("ErrorURL");
+                    Ok(LoadOutcome::DataRefused(format!("doris refused the data: {message} (errors: {error_url})")))
+                } else {
+                    Err(SinkError::retryable(format!("doris stream load {label} failed: {message}")))
+                }
+            }
+            other => Err(SinkError::retryable(format!("doris stream load {label}: unexpected Status {other:?}"))),
+        }
+    }
+
+    /// Commits a pre-committed load (two-phase commit).
+    async fn commit(&self, label: &str, txn_id: Option<u64>) -> Result<(), SinkError> {
+        let url = format!("{}/api/{}/_stream_load_2pc", self.config.url.trim_end_matches('/'), self.config.database);
+        let mut request = self
+            .client
+            .request(Method::PUT, &url)
+            .basic_auth(&self.config.username, Some(&self.config.password))
+            .header("txn_operation", "commit");
+        request = match txn_id {
+            Some(txn_id) => request.header("txn_id", txn_id.to_string()),
+            None => request.header("label", label),
+        };
+        let response = request.send().await.map_err(|e| SinkError::retryable(format!("doris commit {label}: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let reply: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
+        let outcome = reply.get("status").or_else(|| reply.get("Status")).and_then(Json::as_str).unwrap_or_default();
+        let message = reply.get("msg").or_else(|| reply.get("Message")).and_then(Json::as_str).unwrap_or_default();
+        if status.is_success() && (outcome.eq_ignore_ascii_case("success") || message.contains("already")) {
+            return Ok(());
+        }
+        Err(SinkError::retryable(format!("doris commit {label}: HTTP {status}: {}", truncate(&text, 300))))
+    }
+
+    fn label(&self, queue_id: u32, first: u64, last: u64) -> String {
+        let mut label = format!("{}_{queue_id}_{first}_{last}", self.label_prefix);
+        label.truncate(DorisSinkConfig::LABEL_CHARS_MAX);
+        label
+    }
+}
+
+/// Whether a failed load's message blames the data rather than the cluster.
+fn is_data_quality(message: &str) -> bool {
+    message.contains("too many filtered rows") || message.contains("DATA_QUALITY_ERROR")
+}
+
+fn truncate(text: &str, bytes_max: usize) -> &str {
+    let mut cut = text.len().min(bytes_max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
+
+#[async_trait]
+impl Sink for DorisSink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        let mut refused = BTreeMap::new();
+        // Rows per queue, in offset order: one load (one label) per queue.
+        let mut queues: BTreeMap<u32, Vec<(usize, Json)>> = BTreeMap::new();
+        for (index, record) in batch.iter().enumerate() {
+            match self.row(record) {
+                Ok(Some(row)) => queues.entry(record.queue_id).or_default().push((index, row)),
+                Ok(None) => {}
+                Err(reason) => {
+                    refused.insert(index, reason);
+                }
+            }
+        }
+        let mut loaded = 0u64;
+        for (queue_id, rows) in queues {
+            let first = batch[rows[0].0].queue_offset;
+            let last = batch[rows[rows.len() - 1].0].queue_offset;
+            let label = self.label(queue_id, first, last);
+            let all: Vec<&Json> = rows.iter().map(|(_, row)| row).collect();
+            match self.load(&label, &all).await? {
+                LoadOutcome::Loaded { txn_id } => {
+                    loaded += rows.len() as u64;
+                    if self.config.two_phase_commit {
+                        self.precommitted.insert(label, txn_id);
+                    }
+                }
+                LoadOutcome::DataRefused(reason) => {
+                    tracing::warn!(connector = %self.connector, %label, %reason, "doris refused a load's data; loading its records one by one");
+                    for (index, row) in &rows {
+                        let offset = batch[*index].queue_offset;
+                        let single = self.label(queue_id, offset, offset);
+                        match self.load(&single, &[row]).await? {
+                            LoadOutcome::Loaded { txn_id } => {
+                                loaded += 1;
+                                if self.config.two_phase_commit {
+                                    self.precommitted.insert(single, txn_id);
+                                }
+                            }
+                            LoadOutcome::DataRefused(reason) => {
+                                refused.insert(*index, reason);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        metrics::counter!("weir_doris_sink_rows_total", "connector" => self.connector.clone()).increment(loaded);
+        if refused.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("weir_doris_sink_rows_refused_total", "connector" => self.connector.clone())
+            .increment(refused.len() as u64);
+        let message = format!("doris sink {:?}: {} record(s) of the batch refused", self.connector, refused.len());
+        Err(SinkError::poison_each(message, refused))
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        while let Some((label, txn_id)) = self.precommitted.pop_first() {
+            if let Err(error) = self.commit(&label, txn_id).await {
+                self.precommitted.insert(label, txn_id);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+}

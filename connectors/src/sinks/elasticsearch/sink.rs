@@ -1,0 +1,291 @@
+//! The Elasticsearch sink: start-up check and `_bulk` writes with per-item retries.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use elasticsearch::auth::Credentials;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use elasticsearch::http::{StatusCode, Url};
+use elasticsearch::{BulkParts, Elasticsearch};
+use serde_json::{Value as Json, json};
+use weir_connect::{Sink, SinkError, SinkRecord};
+
+use super::config::{ElasticsearchAction, ElasticsearchSinkConfig};
+use crate::template;
+
+/// Why the sink cannot start, by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ElasticsearchSinkError {
+    /// A setting is wrong.
+    #[error("elasticsearch sink {connector:?}: `{field}` {reason}")]
+    Config { connector: String, field: &'static str, reason: String },
+    /// The node cannot be reached or answers with an error.
+    #[error(
+        "elasticsearch sink {connector:?}: cannot use Elasticsearch at {url}: {reason} (is it running, and is `url` right?)"
+    )]
+    Unreachable { connector: String, url: String, reason: String },
+    /// The node refused the credentials.
+    #[error(
+        "elasticsearch sink {connector:?}: Elasticsearch at {url} refused the credentials (HTTP {status}); check `username` and `password`"
+    )]
+    Auth { connector: String, url: String, status: u16 },
+}
+
+/// Writes records as `_bulk` actions.
+pub struct ElasticsearchSink {
+    connector: String,
+    config: ElasticsearchSinkConfig,
+    client: Elasticsearch,
+}
+
+/// One bulk action: its two NDJSON lines (one for a delete) and the record it carries.
+struct Action {
+    record: usize,
+    lines: Vec<Vec<u8>>,
+    kind: &'static str,
+}
+
+impl ElasticsearchSink {
+    /// Builds the client and asks the node who it is (`GET /`); fails with an actionable
+    /// error when it is unreachable or refuses the credentials.
+    pub async fn connect(
+        connector: &str,
+        config: ElasticsearchSinkConfig,
+    ) -> Result<ElasticsearchSink, ElasticsearchSinkError> {
+        let fail_config = |field, reason| ElasticsearchSinkError::Config { connector: connector.into(), field, reason };
+        config.validate().map_err(|(field, reason)| fail_config(field, reason))?;
+        let url = Url::parse(&config.url).map_err(|e| fail_config("url", e.to_string()))?;
+        let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .disable_proxy();
+        if let (Some(username), Some(password)) = (&config.username, &config.password) {
+            builder = builder.auth(Credentials::Basic(username.clone(), password.clone()));
+        }
+        let transport = builder.build().map_err(|e| fail_config("url", e.to_string()))?;
+        let client = Elasticsearch::new(transport);
+        let unreachable = |reason: String| ElasticsearchSinkError::Unreachable {
+            connector: connector.into(),
+            url: config.url.clone(),
+            reason,
+        };
+        let response = client.info().send().await.map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status_code();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(ElasticsearchSinkError::Auth {
+                connector: connector.into(),
+                url: config.url.clone(),
+                status: status.as_u16(),
+            });
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(unreachable(format!("GET / answered HTTP {status}: {}", truncate(&body, 300))));
+        }
+        tracing::info!(connector, url = %config.url, "elasticsearch sink connected");
+        Ok(ElasticsearchSink { connector: connector.into(), config, client })
+    }
+
+    /// The bulk action for a record; `Err` is why it is poison.
+    fn action(&self, index: usize, record: &SinkRecord) -> Result<Action, String> {
+        let value = &record.record.value;
+        let json: Option<Json> = if value.is_empty() {
+            None
+        } else {
+            let json: Json =
+                serde_json::from_slice(value).map_err(|e| format!("the record's value is not JSON: {e}"))?;
+            if !json.is_object() {
+                return Err("the record's value is not a JSON object".into());
+            }
+            Some(json)
+        };
+        let timestamp_ms = match (&self.config.timestamp_field, &json) {
+            (Some(field), Some(json)) => event_time_ms(json, field)?,
+            _ => record.record.timestamp_ms,
+        };
+        let index_name = render_index(&self.config.index, record, json.as_ref(), timestamp_ms)?;
+        let id = match &self.config.id {
+            Some(id) => template::render_record(id, record, json.as_ref())
+                .ok_or_else(|| format!("the record lacks a field the id template {id:?} names"))?,
+            None => match &record.record.key {
+                Some(key) => key.clone(),
+                None => format!("{}-{}-{}", record.record.topic, record.queue_id, record.queue_offset),
+            },
+        };
+        let meta = json!({"_index": index_name, "_id": id});
+        Ok(match json {
+            None => {
+                Action { record: index, lines: vec![json!({"delete": meta}).to_string().into_bytes()], kind: "delete" }
+            }
+            Some(_) => {
+                let kind = match self.config.action {
+                    ElasticsearchAction::Index => "index",
+                    ElasticsearchAction::Create => "create",
+                };
+                Action { record: index, lines: vec![json!({kind: meta}).to_string().into_bytes(), value.clone()], kind }
+            }
+        })
+    }
+
+    /// Sends actions; returns the ones to send again (429/5xx) and fills `refused`.
+    async fn send(
+        &self,
+        actions: Vec<Action>,
+        batch: &[SinkRecord],
+        refused: &mut BTreeMap<usize, String>,
+    ) -> Result<Vec<Action>, SinkError> {
+        let body: Vec<&[u8]> = actions.iter().flat_map(|a| a.lines.iter().map(Vec::as_slice)).collect();
+        let response = self
+            .client
+            .bulk(BulkParts::None)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SinkError::retryable(format!("elasticsearch _bulk: {e}")))?;
+        let status = response.status_code();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let message = format!("elasticsearch _bulk answered HTTP {status}");
+            return Err(match after {
+                Some(after) => SinkError::retry_after(message, after),
+                None => SinkError::retryable(message),
+            });
+        }
+        let text = response.text().await.map_err(|e| SinkError::retryable(format!("elasticsearch _bulk: {e}")))?;
+        if !status.is_success() {
+            // The request as a whole was refused (auth, a malformed body): not one record's fault.
+            return Err(SinkError::retryable(format!(
+                "elasticsearch _bulk answered HTTP {status}: {}",
+                truncate(&text, 500)
+            )));
+        }
+        let reply: Json = serde_json::from_str(&text).map_err(|e| {
+            SinkError::retryable(format!("elasticsearch _bulk answered non-JSON ({e}): {}", truncate(&text, 200)))
+        })?;
+        let items = reply.get("items").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
+        if items.len() != actions.len() {
+            return Err(SinkError::retryable(format!(
+                "elasticsearch _bulk answered {} items for {} actions",
+                items.len(),
+                actions.len()
+            )));
+        }
+        let (mut written, mut retry) = (0u64, Vec::new());
+        for (action, item) in actions.into_iter().zip(items) {
+            let result = item.get(action.kind).unwrap_or(item);
+            let status = result.get("status").and_then(Json::as_u64).unwrap_or(0);
+            let already = (action.kind == "create" && status == 409) || (action.kind == "delete" && status == 404);
+            if (200..300).contains(&status) || already {
+                written += 1;
+            } else if status == 429 || status >= 500 || status == 0 {
+                retry.push(action);
+            } else {
+                let error = result.get("error").cloned().unwrap_or(Json::Null);
+                let kind = error.get("type").and_then(Json::as_str).unwrap_or("error");
+                let reason = error.get("reason").and_then(Json::as_str).unwrap_or("no reason given");
+                let record = &batch[action.record];
+                tracing::debug!(connector = %self.connector, queue_id = record.queue_id, queue_offset = record.queue_offset, status, kind, "elasticsearch refused a document");
+                refused.insert(
+                    action.record,
+                    format!("elasticsearch refused the document (HTTP {status}, {kind}): {reason}"),
+                );
+            }
+        }
+        metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "written")
+            .increment(written);
+        Ok(retry)
+    }
+}
+
+/// The event time in a JSON field: epoch milliseconds or RFC 3339.
+fn event_time_ms(json: &Json, field: &str) -> Result<i64, String> {
+    let mut value = json;
+    for part in field.split('.') {
+        value = value.get(part).ok_or_else(|| format!("the record has no timestamp field {field:?}"))?;
+    }
+    match value {
+        Json::Number(number) => number.as_i64().ok_or_else(|| format!("timestamp field {field:?} is not an integer")),
+        Json::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|time| time.timestamp_millis())
+            .map_err(|e| format!("timestamp field {field:?} is not RFC 3339 ({text:?}): {e}")),
+        _ => Err(format!("timestamp field {field:?} is neither epoch ms nor an RFC 3339 string")),
+    }
+}
+
+/// The index name: date patterns from `timestamp_ms` (UTC), then fields. Lowercased, as
+/// Elasticsearch requires.
+fn render_index(template: &str, record: &SinkRecord, json: Option<&Json>, timestamp_ms: i64) -> Result<String, String> {
+    let time = chrono::DateTime::from_timestamp_millis(timestamp_ms)
+        .ok_or_else(|| format!("timestamp {timestamp_ms} ms is out of range"))?;
+    let dated = time.format(template).to_string();
+    let name = template::render_record(&dated, record, json)
+        .ok_or_else(|| format!("the record lacks a field the index template {template:?} names"))?;
+    Ok(name.to_lowercase())
+}
+
+fn truncate(text: &str, bytes_max: usize) -> &str {
+    let mut cut = text.len().min(bytes_max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
+
+#[async_trait]
+impl Sink for ElasticsearchSink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        let mut refused = BTreeMap::new();
+        let mut actions = Vec::with_capacity(batch.len());
+        for (index, record) in batch.iter().enumerate() {
+            match self.action(index, record) {
+                Ok(action) => actions.push(action),
+                Err(reason) => {
+                    refused.insert(index, reason);
+                }
+            }
+        }
+        let mut backoff = Duration::from_millis(self.config.item_backoff_initial_ms);
+        let mut sends = 0u32;
+        while !actions.is_empty() {
+            let mut retry = Vec::new();
+            let mut rest = actions.into_iter().peekable();
+            while rest.peek().is_some() {
+                let chunk: Vec<Action> = rest.by_ref().take(self.config.bulk_actions_max).collect();
+                retry.extend(self.send(chunk, batch, &mut refused).await?);
+            }
+            actions = retry;
+            if actions.is_empty() {
+                break;
+            }
+            metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "retried")
+                .increment(actions.len() as u64);
+            sends += 1;
+            if sends > self.config.item_retries_max {
+                return Err(SinkError::retryable(format!(
+                    "elasticsearch kept refusing {} document(s) with 429/5xx after {} retries",
+                    actions.len(),
+                    self.config.item_retries_max
+                )));
+            }
+            tracing::debug!(connector = %self.connector, documents = actions.len(), backoff_ms = backoff.as_millis() as u64, "elasticsearch asked to retry documents");
+            tokio::time::sleep(backoff).await; // backoff before re-sending refused items
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "refused")
+            .increment(refused.len() as u64);
+        let message =
+            format!("elasticsearch sink {:?}: {} document(s) of the batch refused", self.connector, refused.len());
+        Err(SinkError::poison_each(message, refused))
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(()) // `_bulk` answered for every document: nothing is buffered here
+    }
+}

@@ -1,0 +1,353 @@
+//! Records → row changes → multi-row SQL statements with bound parameters.
+
+use std::collections::BTreeSet;
+
+use mysql_async::Value;
+use serde_json::Value as Json;
+use weir_connect::SinkRecord;
+
+use super::config::{MySqlMode, UnknownFields};
+
+/// Most rows in one statement.
+pub(super) const STATEMENT_ROWS_MAX: usize = 1000;
+/// Most placeholders in one statement (the protocol's limit).
+pub(super) const STATEMENT_PARAMS_MAX: usize = 65_535;
+/// About this many parameter bytes in one statement at most (well under the server's
+/// `max_allowed_packet`, 16 MiB by default).
+pub(super) const STATEMENT_BYTES_MAX: usize = 4 << 20;
+
+/// What one record does to the table.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum RowChange {
+    /// Insert or upsert these columns; `types` are the SQL types auto-create would give them.
+    Write { columns: Vec<String>, values: Vec<Value>, types: Vec<&'static str> },
+    /// Delete the row with this key (in `key_columns` order).
+    Delete { key: Vec<Value> },
+}
+
+/// The table as the sink knows it.
+#[derive(Clone, Debug)]
+pub(super) struct TableShape {
+    pub name: String,
+    pub key_columns: Vec<String>,
+    /// Known columns; `None` until the table exists (auto-create from the first record).
+    pub columns: Option<BTreeSet<String>>,
+    pub unknown_fields: UnknownFields,
+}
+
+/// A statement and its parameters.
+#[derive(Debug)]
+pub(super) struct Statement {
+    pub sql: String,
+    pub params: Vec<Value>,
+}
+
+/// The changes a record makes; `Err` is why it is poison.
+pub(super) fn changes(record: &SinkRecord, mode: MySqlMode, table: &TableShape) -> Result<Vec<RowChange>, String> {
+    let value = &record.record.value;
+    if value.is_empty() {
+        return match mode {
+            MySqlMode::Cdc => Ok(Vec::new()), // tombstone after a delete
+            _ => Err("the record's value is empty".into()),
+        };
+    }
+    let json: Json = serde_json::from_slice(value).map_err(|e| format!("the record's value is not JSON: {e}"))?;
+    match mode {
+        MySqlMode::Insert | MySqlMode::Upsert => Ok(vec![write(&json, table, mode)?]),
+        MySqlMode::Cdc => cdc_changes(&json, table),
+    }
+}
+
+fn cdc_changes(json: &Json, table: &TableShape) -> Result<Vec<RowChange>, String> {
+    let envelope = json.get("payload").filter(|p| p.is_object()).unwrap_or(json);
+    let op = envelope.get("op").and_then(Json::as_str).ok_or("the change has no `op` (c, r, u or d)")?;
+    let present = |name: &str| envelope.get(name).filter(|v| !v.is_null());
+    match op {
+        "c" | "r" => Ok(vec![write(present("after").ok_or("a create has no `after`")?, table, MySqlMode::Upsert)?]),
+        "u" => {
+            let after = present("after").ok_or("an update has no `after`")?;
+            let mut out = Vec::new();
+            if let Some(before) = present("before") {
+                let old_key = key_of(before, table)?;
+                if old_key != key_of(after, table)? {
+                    out.push(RowChange::Delete { key: old_key }); // the key itself changed
+                }
+            }
+            out.push(write(after, table, MySqlMode::Upsert)?);
+            Ok(out)
+        }
+        "d" => {
+            Ok(vec![RowChange::Delete { key: key_of(present("before").ok_or("a delete has no `before`")?, table)? }])
+        }
+        other => Err(format!("unknown change op {other:?} (expected c, r, u or d)")),
+    }
+}
+
+fn key_of(row: &Json, table: &TableShape) -> Result<Vec<Value>, String> {
+    let object = row.as_object().ok_or("a row image is not a JSON object")?;
+    table
+        .key_columns
+        .iter()
+        .map(|column| match object.get(column) {
+            Some(value) if !value.is_null() => Ok(bind(value)),
+            _ => Err(format!("the row has no value for key column {column:?}")),
+        })
+        .collect()
+}
+
+fn write(row: &Json, table: &TableShape, mode: MySqlMode) -> Result<RowChange, String> {
+    let object = row.as_object().ok_or("the record is not a JSON object")?;
+    if mode != MySqlMode::Insert {
+        key_of(row, table)?;
+    }
+    let mut columns = Vec::with_capacity(object.len());
+    let mut values = Vec::with_capacity(object.len());
+    let mut types = Vec::with_capacity(object.len());
+    for (name, value) in object {
+        if let Some(known) = &table.columns
+            && !known.contains(name)
+        {
+            match table.unknown_fields {
+                UnknownFields::Ignore => continue,
+                UnknownFields::Error => return Err(format!("field {name:?} is not a column of table {}", table.name)),
+            }
+        }
+        super::config::check_identifier(name).map_err(|reason| format!("field name {reason}"))?;
+        columns.push(name.clone());
+        values.push(bind(value));
+        types.push(column_type(value, table.key_columns.contains(name)));
+    }
+    if columns.is_empty() {
+        return Err("the record has no field that is a column".into());
+    }
+    Ok(RowChange::Write { columns, values, types })
+}
+
+/// A JSON value as a statement parameter.
+pub(super) fn bind(value: &Json) -> Value {
+    match value {
+        Json::Null => Value::NULL,
+        Json::Bool(flag) => Value::Int(i64::from(*flag)),
+        Json::Number(number) => match (number.as_i64(), number.as_u64()) {
+            (Some(signed), _) => Value::Int(signed),
+            (None, Some(unsigned)) => Value::UInt(unsigned),
+            _ => Value::Double(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(text) => Value::Bytes(text.as_bytes().to_vec()),
+        other => Value::Bytes(other.to_string().into_bytes()),
+    }
+}
+
+/// The SQL type a JSON value gets when the sink creates the table.
+pub(super) fn column_type(value: &Json, is_key: bool) -> &'static str {
+    match value {
+        Json::Bool(_) => "BOOLEAN",
+        Json::Number(number) if number.is_i64() => "BIGINT",
+        Json::Number(number) if number.is_u64() => "BIGINT UNSIGNED",
+        Json::Number(_) => "DOUBLE",
+        Json::String(_) if is_key => "VARCHAR(255)",
+        Json::Object(_) | Json::Array(_) => "JSON",
+        _ if is_key => "VARCHAR(255)",
+        _ => "TEXT",
+    }
+}
+
+fn quote(identifier: &str) -> String {
+    format!("`{identifier}`")
+}
+
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Bytes(bytes) => bytes.len(),
+        _ => 8,
+    }
+}
+
+/// Groups consecutive changes of one shape into statements, in order.
+pub(super) fn statements(changes: &[(usize, RowChange)], table: &TableShape, mode: MySqlMode) -> Vec<Statement> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < changes.len() {
+        let mut end = start + 1;
+        let mut bytes: usize = params_of(&changes[start].1).iter().map(value_bytes).sum();
+        let mut params = params_of(&changes[start].1).len();
+        while end < changes.len()
+            && end - start < STATEMENT_ROWS_MAX
+            && bytes < STATEMENT_BYTES_MAX
+            && params + params_of(&changes[end].1).len() <= STATEMENT_PARAMS_MAX
+            && same_shape(&changes[start].1, &changes[end].1)
+        {
+            bytes += params_of(&changes[end].1).iter().map(value_bytes).sum::<usize>();
+            params += params_of(&changes[end].1).len();
+            end += 1;
+        }
+        out.push(statement(&changes[start..end], table, mode));
+        start = end;
+    }
+    out
+}
+
+fn params_of(change: &RowChange) -> &[Value] {
+    match change {
+        RowChange::Write { values, .. } => values,
+        RowChange::Delete { key } => key,
+    }
+}
+
+fn same_shape(a: &RowChange, b: &RowChange) -> bool {
+    match (a, b) {
+        (RowChange::Write { columns: x, .. }, RowChange::Write { columns: y, .. }) => x == y,
+        (RowChange::Delete { .. }, RowChange::Delete { .. }) => true,
+        _ => false,
+    }
+}
+
+fn statement(group: &[(usize, RowChange)], table: &TableShape, mode: MySqlMode) -> Statement {
+    let params: Vec<Value> = group.iter().flat_map(|(_, change)| params_of(change).iter().cloned()).collect();
+    let sql = match &group[0].1 {
+        RowChange::Write { columns, .. } => {
+            let row = format!("({})", vec!["?"; columns.len()].join(","));
+            let mut sql = format!(
+                "INSERT INTO {} ({}) VALUES {}",
+                quote(&table.name),
+                columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(","),
+                vec![row.as_str(); group.len()].join(",")
+            );
+            if mode != MySqlMode::Insert {
+                let updates: Vec<String> = columns
+                    .iter()
+                    .filter(|c| !table.key_columns.contains(c))
+                    .map(|c| format!("{0}=VALUES({0})", quote(c)))
+                    .collect();
+                let updates = if updates.is_empty() {
+                    let key = quote(&table.key_columns[0]);
+                    format!("{key}={key}")
+                } else {
+                    updates.join(",")
+                };
+                sql.push_str(" ON DUPLICATE KEY UPDATE ");
+                sql.push_str(&updates);
+            }
+            sql
+        }
+        RowChange::Delete { .. } => {
+            let key = format!("({})", table.key_columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(","));
+            let tuple = format!("({})", vec!["?"; table.key_columns.len()].join(","));
+            format!(
+                "DELETE FROM {} WHERE {key} IN ({})",
+                quote(&table.name),
+                vec![tuple.as_str(); group.len()].join(",")
+            )
+        }
+    };
+    Statement { sql, params }
+}
+
+/// `CREATE TABLE IF NOT EXISTS` from declared columns (name → SQL type).
+pub(super) fn create_table_sql<'a>(
+    table: &str,
+    columns: impl IntoIterator<Item = (&'a str, String)>,
+    key_columns: &[String],
+) -> String {
+    let mut parts: Vec<String> = columns
+        .into_iter()
+        .map(|(name, sql_type)| {
+            let null = if key_columns.iter().any(|k| k == name) { " NOT NULL" } else { "" };
+            format!("{} {sql_type}{null}", quote(name))
+        })
+        .collect();
+    if !key_columns.is_empty() {
+        parts.push(format!("PRIMARY KEY ({})", key_columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(",")));
+    }
+    format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(table), parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_connect::Record;
+
+    fn record(value: &str) -> SinkRecord {
+        SinkRecord {
+            record: Record { topic: "t".into(), value: value.as_bytes().to_vec(), ..Record::default() },
+            queue_id: 0,
+            queue_offset: 0,
+            message_id: String::new(),
+        }
+    }
+
+    fn shape(columns: Option<&[&str]>) -> TableShape {
+        TableShape {
+            name: "users".into(),
+            key_columns: vec!["id".into()],
+            columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            unknown_fields: UnknownFields::Error,
+        }
+    }
+
+    #[test]
+    fn records_become_statements() {
+        let table = shape(Some(&["id", "name", "n"]));
+        let inputs = [
+            (MySqlMode::Upsert, r#"{"id":1,"name":"a"}"#),
+            (MySqlMode::Upsert, r#"{"id":2,"name":"b"}"#),
+            (MySqlMode::Upsert, r#"{"id":3,"n":7}"#),
+        ];
+        let changes: Vec<(usize, RowChange)> = inputs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (mode, json))| {
+                changes(&record(json), *mode, &table).unwrap().into_iter().map(move |c| (i, c))
+            })
+            .collect();
+        let built = statements(&changes, &table, MySqlMode::Upsert);
+        let sql: Vec<&str> = built.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            sql,
+            [
+                "INSERT INTO `users` (`id`,`name`) VALUES (?,?),(?,?) ON DUPLICATE KEY UPDATE `name`=VALUES(`name`)",
+                "INSERT INTO `users` (`id`,`n`) VALUES (?,?) ON DUPLICATE KEY UPDATE `n`=VALUES(`n`)",
+            ]
+        );
+        assert_eq!(built[0].params.len(), 4);
+    }
+
+    #[test]
+    fn cdc_envelopes() {
+        let table = shape(None);
+        let cases: &[(&str, Result<usize, &str>)] = &[
+            (r#"{"op":"c","after":{"id":1,"name":"a"}}"#, Ok(1)),
+            (r#"{"payload":{"op":"r","after":{"id":1}}}"#, Ok(1)),
+            (r#"{"op":"u","before":{"id":1},"after":{"id":1,"name":"b"}}"#, Ok(1)),
+            (r#"{"op":"u","before":{"id":1},"after":{"id":2,"name":"b"}}"#, Ok(2)),
+            (r#"{"op":"d","before":{"id":1,"name":"b"},"after":null}"#, Ok(1)),
+            ("", Ok(0)),
+            (r#"{"op":"d","before":{"name":"b"}}"#, Err("key column")),
+            (r#"{"op":"x","after":{}}"#, Err("unknown change op")),
+            (r#"{"after":{"id":1}}"#, Err("no `op`")),
+            ("nope", Err("not JSON")),
+        ];
+        for (json, expected) in cases {
+            match (changes(&record(json), MySqlMode::Cdc, &table), expected) {
+                (Ok(got), Ok(count)) => assert_eq!(got.len(), *count, "{json}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{json}: {got}"),
+                (got, want) => panic!("{json}: got {got:?}, want {want:?}"),
+            }
+        }
+        let delete = changes(&record(r#"{"op":"d","before":{"id":5}}"#), MySqlMode::Cdc, &table).unwrap();
+        let built = statements(&[(0, delete[0].clone())], &table, MySqlMode::Cdc);
+        assert_eq!(built[0].sql, "DELETE FROM `users` WHERE (`id`) IN ((?))");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_names() {
+        let mut table = shape(Some(&["id"]));
+        let error = changes(&record(r#"{"id":1,"extra":2}"#), MySqlMode::Upsert, &table).unwrap_err();
+        assert!(error.contains("\"extra\" is not a column"), "{error}");
+        table.unknown_fields = UnknownFields::Ignore;
+        assert_eq!(changes(&record(r#"{"id":1,"extra":2}"#), MySqlMode::Upsert, &table).unwrap().len(), 1);
+        let error = changes(&record(r#"{"id":1,"a`b":2}"#), MySqlMode::Insert, &shape(None)).unwrap_err();
+        assert!(error.contains("backquote"), "{error}");
+        assert!(changes(&record("[1]"), MySqlMode::Insert, &shape(None)).unwrap_err().contains("not a JSON object"));
+    }
+}

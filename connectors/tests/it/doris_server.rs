@@ -1,0 +1,263 @@
+//! An in-test Doris cluster (one frontend, one backend) with the documented Stream Load
+//! behaviour: the frontend checks basic auth and answers `PUT /api/{db}/{table}/_stream_load`
+//! with 307 to the backend, which checks auth again, loads a JSON array
+//! (`strip_outer_array`), keeps labels (`Label Already Exists` with `ExistingJobStatus`),
+//! filters rows whose values do not fit their column (`Fail`, `[DATA_QUALITY_ERROR]too many
+//! filtered rows` with an `ErrorURL`, as `max_filter_ratio` is 0), applies
+//! `__DORIS_DELETE_SIGN__` from `hidden_columns` on unique-key tables, and pre-commits with
+//! `two_phase_commit` until `PUT /api/{db}/_stream_load_2pc` commits. The frontend also
+//! answers `GET /api/{db}/{table}/_schema`. Injected faults: `Publish Timeout` answers,
+//! answers lost after the load applied, and transient `Fail`s.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde_json::{Value, json};
+
+/// A column type the backend checks values against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ColumnType {
+    Int,
+    Varchar(usize),
+}
+
+/// Faults the backend injects, counted over its loads.
+#[derive(Clone, Debug, Default)]
+pub struct DorisFaults {
+    /// Every n-th load is applied but answered `Publish Timeout` (0: never).
+    pub publish_timeout_every: u64,
+    /// Every n-th load is applied, then answered 500 (a lost answer; 0: never).
+    pub lost_after_apply_every: u64,
+    /// Every n-th load fails without applying, for a cluster reason (0: never).
+    pub transient_fail_every: u64,
+}
+
+pub struct DorisTable {
+    pub columns: Vec<(&'static str, ColumnType)>,
+    /// Unique-key model when set (rows replace by key; the delete sign works), else duplicate.
+    pub unique_key: Option<&'static str>,
+    /// Rows in load order (duplicate model) or the latest per key (unique model, by key).
+    pub rows: Vec<Value>,
+}
+
+/// A pre-committed load: its table and rows.
+type PendingLoad = (String, Vec<Value>);
+
+#[derive(Default)]
+pub struct DorisState {
+    pub tables: BTreeMap<String, DorisTable>,
+    /// Label → (status, rows waiting for a two-phase commit).
+    labels: BTreeMap<String, (String, Option<PendingLoad>)>,
+    txn_labels: BTreeMap<u64, String>,
+    pub loads: u64,
+    faults: DorisFaults,
+    credentials: (String, String),
+}
+
+pub struct DorisServer {
+    pub frontend_url: String,
+    pub state: Arc<Mutex<DorisState>>,
+}
+
+impl DorisServer {
+    /// Starts a frontend and a backend; `tables` are `db.table` names.
+    pub fn start(tables: Vec<(&str, DorisTable)>, faults: DorisFaults) -> DorisServer {
+        let state = Arc::new(Mutex::new(DorisState {
+            tables: tables.into_iter().map(|(name, table)| (name.to_string(), table)).collect(),
+            faults,
+            credentials: ("root".into(), "pw".into()),
+            ..DorisState::default()
+        }));
+        let backend_state = state.clone();
+        let backend_url = crate::support::serve_in_background(move || {
+            Router::new().route(
+                "/api/{db}/{table}/_stream_load",
+                put(move |Path((db, table)): Path<(String, String)>, headers: HeaderMap, body: Bytes| async move {
+                    stream_load(&backend_state, &format!("{db}.{table}"), &headers, &body)
+                }),
+            )
+        });
+        let frontend_state = state.clone();
+        let frontend_url = crate::support::serve_in_background(move || {
+            let (schema_state, load_state, commit_state) =
+                (frontend_state.clone(), frontend_state.clone(), frontend_state);
+            Router::new()
+                .route(
+                    "/api/{db}/{table}/_schema",
+                    get(move |Path((db, table)): Path<(String, String)>, headers: HeaderMap| async move {
+                        schema(&schema_state, &format!("{db}.{table}"), &headers)
+                    }),
+                )
+                .route(
+                    "/api/{db}/{table}/_stream_load",
+                    put(move |Path((db, table)): Path<(String, String)>, headers: HeaderMap| async move {
+                        if !authorized(&load_state.lock().unwrap(), &headers) {
+                            return unauthorized();
+                        }
+                        let location = format!("{backend_url}/api/{db}/{table}/_stream_load");
+                        (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response()
+                    }),
+                )
+                .route(
+                    "/api/{db}/_stream_load_2pc",
+                    put(move |headers: HeaderMap| async move { commit(&commit_state, &headers) }),
+                )
+        });
+        DorisServer { frontend_url, state }
+    }
+
+    /// A table's rows.
+    pub fn rows(&self, table: &str) -> Vec<Value> {
+        self.state.lock().unwrap().tables[table].rows.clone()
+    }
+}
+
+fn authorized(state: &DorisState, headers: &HeaderMap) -> bool {
+    let (user, password) = &state.credentials;
+    let expected = format!("Basic {}", crate::support::base64(format!("{user}:{password}").as_bytes()));
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+}
+
+fn unauthorized() -> Response {
+    (StatusCode::UNAUTHORIZED, "Unauthorized").into_response()
+}
+
+fn reply(body: Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn schema(state: &Mutex<DorisState>, table: &str, headers: &HeaderMap) -> Response {
+    let state = state.lock().unwrap();
+    if !authorized(&state, headers) {
+        return unauthorized();
+    }
+    match state.tables.get(table) {
+        Some(found) => {
+            let properties: Vec<Value> =
+                found.columns.iter().map(|(name, kind)| json!({"name": name, "type": format!("{kind:?}")})).collect();
+            let keys = if found.unique_key.is_some() { "UNIQUE_KEYS" } else { "DUP_KEYS" };
+            reply(
+                json!({"msg": "success", "code": 0, "data": {"properties": properties, "keysType": keys}, "count": 0}),
+            )
+        }
+        None => reply(json!({"msg": format!("Unknown table '{table}'"), "code": 1, "data": null, "count": 0})),
+    }
+}
+
+fn stream_load(state: &Mutex<DorisState>, table_name: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let mut state = state.lock().unwrap();
+    if !authorized(&state, headers) {
+        return unauthorized(); // the redirect must keep the credentials
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let label = header("label");
+    if let Some((status, _)) = state.labels.get(&label) {
+        return reply(json!({"Status": "Label Already Exists", "ExistingJobStatus": status, "Label": label,
+            "Message": format!("Label [{label}] has already been used")}));
+    }
+    if header("format") != "json" || header("strip_outer_array") != "true" {
+        return reply(json!({"Status": "Fail", "Message": "expected format json with strip_outer_array"}));
+    }
+    state.loads += 1;
+    let load = state.loads;
+    let every = |n: u64| n > 0 && load.is_multiple_of(n);
+    if every(state.faults.transient_fail_every) {
+        return reply(json!({"Status": "Fail", "Label": label, "Message": "tablet writer write failed, retry later"}));
+    }
+    let Ok(Value::Array(rows)) = serde_json::from_slice::<Value>(body) else {
+        return reply(
+            json!({"Status": "Fail", "Label": label, "Message": "[DATA_QUALITY_ERROR]body is not a JSON array"}),
+        );
+    };
+    let Some(table) = state.tables.get(table_name) else {
+        return reply(json!({"Status": "Fail", "Label": label, "Message": format!("unknown table {table_name}")}));
+    };
+    let delete_sign = header("hidden_columns").contains("__DORIS_DELETE_SIGN__");
+    let filtered = rows.iter().filter(|row| !row_fits(table, row)).count();
+    if filtered > 0 {
+        return reply(
+            json!({"Status": "Fail", "Label": label, "NumberTotalRows": rows.len(), "NumberFilteredRows": filtered,
+            "Message": "[DATA_QUALITY_ERROR]too many filtered rows",
+            "ErrorURL": format!("http://backend/api/_load_error_log?file=__shard_0/error_log_{label}")}),
+        );
+    }
+    let txn_id = 1000 + load;
+    let two_phase = header("two_phase_commit") == "true";
+    if two_phase {
+        state.labels.insert(label.clone(), ("PRECOMMITTED".into(), Some((table_name.to_string(), rows.clone()))));
+        state.txn_labels.insert(txn_id, label.clone());
+    } else {
+        apply(state.tables.get_mut(table_name).unwrap(), rows.clone(), delete_sign);
+        state.labels.insert(label.clone(), ("FINISHED".into(), None));
+    }
+    if every(state.faults.lost_after_apply_every) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "connection reset").into_response();
+    }
+    let status = if every(state.faults.publish_timeout_every) { "Publish Timeout" } else { "Success" };
+    reply(json!({"TxnId": txn_id, "Label": label, "TwoPhaseCommit": two_phase.to_string(), "Status": status,
+        "Message": "OK", "NumberTotalRows": rows.len(), "NumberLoadedRows": rows.len(), "NumberFilteredRows": 0}))
+}
+
+fn row_fits(table: &DorisTable, row: &Value) -> bool {
+    let Some(object) = row.as_object() else { return false };
+    table.columns.iter().all(|(name, kind)| match (object.get(*name), kind) {
+        (None | Some(Value::Null), _) => Some(*name) != table.unique_key,
+        (Some(value), ColumnType::Int) => {
+            value.as_i64().is_some() || value.as_str().is_some_and(|s| s.parse::<i64>().is_ok())
+        }
+        (Some(value), ColumnType::Varchar(max)) => value.as_str().map_or(value.to_string().len(), str::len) <= *max,
+    })
+}
+
+fn apply(table: &mut DorisTable, rows: Vec<Value>, delete_sign: bool) {
+    for mut row in rows {
+        let deleted = delete_sign && row.get("__DORIS_DELETE_SIGN__").and_then(Value::as_i64) == Some(1);
+        if let Some(object) = row.as_object_mut() {
+            object.remove("__DORIS_DELETE_SIGN__");
+            object.retain(|name, _| table.columns.iter().any(|(column, _)| column == name));
+        }
+        match table.unique_key {
+            Some(key) => {
+                let position = table.rows.iter().position(|old| old[key] == row[key]);
+                match (position, deleted) {
+                    (Some(at), true) => {
+                        table.rows.remove(at);
+                    }
+                    (Some(at), false) => table.rows[at] = row,
+                    (None, false) => table.rows.push(row),
+                    (None, true) => {}
+                }
+            }
+            None => table.rows.push(row),
+        }
+    }
+}
+
+fn commit(state: &Mutex<DorisState>, headers: &HeaderMap) -> Response {
+    let mut state = state.lock().unwrap();
+    if !authorized(&state, headers) {
+        return unauthorized();
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let label = match header("txn_id").parse::<u64>() {
+        Ok(txn_id) => state.txn_labels.get(&txn_id).cloned().unwrap_or_default(),
+        Err(_) => header("label"),
+    };
+    let Some((status, pending)) = state.labels.get_mut(&label) else {
+        return reply(json!({"status": "ANALYSIS_ERROR", "msg": format!("transaction with label {label} not found")}));
+    };
+    if status == "FINISHED" {
+        return reply(json!({"status": "Success", "msg": format!("transaction {label} is already visible")}));
+    }
+    *status = "FINISHED".into();
+    if let Some((table, rows)) = pending.take() {
+        apply(state.tables.get_mut(&table).unwrap(), rows, false);
+    }
+    reply(json!({"status": "Success", "msg": format!("transaction {label} commit successfully.")}))
+}

@@ -1,0 +1,158 @@
+//! The Doris sink against the in-test cluster: conformance, labels under lost answers, data
+//! quality failures to the dead-letter topic, CDC deletes, two-phase commit, start-up
+//! errors.
+
+use serde_json::json;
+use weir_connect::Sink;
+use weir_connect::conformance::{Faults, check_sink, connect_lazily};
+use weir_connectors::sinks::doris::{DorisSink, DorisSinkConfig};
+
+use crate::doris_server::{ColumnType, DorisFaults, DorisServer, DorisTable};
+use crate::support::{self, runtime};
+
+fn table(unique_key: Option<&'static str>) -> DorisTable {
+    DorisTable {
+        columns: vec![("id", ColumnType::Int), ("name", ColumnType::Varchar(8)), ("qty", ColumnType::Int)],
+        unique_key,
+        rows: Vec::new(),
+    }
+}
+
+fn config(server: &DorisServer, table: &str) -> DorisSinkConfig {
+    let mut config = DorisSinkConfig::new(&server.frontend_url, "db", table, "root");
+    config.password = "pw".into();
+    config
+}
+
+#[test]
+fn the_doris_sink_passes_the_conformance_kit_with_faults() {
+    let faults = DorisFaults { publish_timeout_every: 3, lost_after_apply_every: 4, transient_fail_every: 5 };
+    let server = DorisServer::start(vec![("db.items", table(Some("id")))], faults);
+    let values: Vec<Vec<u8>> =
+        (0..300).map(|i| json!({"id": i, "name": format!("n{i}"), "qty": i}).to_string().into_bytes()).collect();
+    let sink_config = config(&server, "items");
+    check_sink(
+        || {
+            let config = sink_config.clone();
+            connect_lazily(move || async move {
+                Box::new(DorisSink::connect("conformance", config).await.unwrap()) as Box<dyn Sink>
+            })
+        },
+        || server.rows("db.items").iter().map(|row| row.to_string().into_bytes()).collect(),
+        &values,
+        &Faults::default(),
+    );
+    assert_eq!(server.rows("db.items").len(), 300, "each key once");
+}
+
+#[test]
+fn a_retried_load_reuses_its_label_so_lost_answers_load_nothing_twice() {
+    let faults = DorisFaults { publish_timeout_every: 2, lost_after_apply_every: 3, transient_fail_every: 0 };
+    let server = DorisServer::start(vec![("db.events", table(None))], faults); // duplicate model
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let broker = support::broker_with_topic(dir.path(), "t", 3);
+        let values: Vec<(Option<&str>, Vec<u8>)> =
+            (0..900).map(|i| (None, json!({"id": i, "name": "e", "qty": i}).to_string().into_bytes())).collect();
+        support::send(&broker, "t", &values).await;
+        let mut sink = DorisSink::connect("events", config(&server, "events")).await.unwrap();
+        let task = support::task_config("events", "t");
+        support::drain(&broker, &mut sink, &task).await;
+        let mut ids: Vec<i64> = server.rows("db.events").iter().map(|row| row["id"].as_i64().unwrap()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..900).collect::<Vec<_>>(), "every row exactly once");
+        assert!(support::dead_letters(&broker, &task).await.is_empty());
+    });
+}
+
+#[test]
+fn rows_doris_filters_are_dead_lettered_and_the_rest_load() {
+    let server = DorisServer::start(vec![("db.items", table(Some("id")))], DorisFaults::default());
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let broker = support::broker_with_topic(dir.path(), "t", 1);
+        let records = [
+            r#"{"id":1,"name":"a","qty":1}"#,
+            r#"{"id":2,"name":"b","qty":"lots"}"#,
+            r#"{"id":3,"name":"far too long","qty":3}"#,
+            "[1,2]",
+            r#"{"id":4,"name":"d","qty":4}"#,
+        ];
+        let values: Vec<(Option<&str>, Vec<u8>)> = records.iter().map(|r| (None, r.as_bytes().to_vec())).collect();
+        support::send(&broker, "t", &values).await;
+        let mut sink = DorisSink::connect("items", config(&server, "items")).await.unwrap();
+        let task = support::task_config("items", "t");
+        support::drain(&broker, &mut sink, &task).await;
+        let ids: Vec<i64> = server.rows("db.items").iter().map(|row| row["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids, [1, 4]);
+        let dead: Vec<(String, String)> = support::dead_letters(&broker, &task)
+            .await
+            .into_iter()
+            .map(|(body, props)| (String::from_utf8(body).unwrap(), props["DLQ_ERROR"].clone()))
+            .collect();
+        assert_eq!(dead.len(), 3, "{dead:?}");
+        assert!(
+            dead[0].0.contains("lots")
+                && dead[0].1.contains("too many filtered rows")
+                && dead[0].1.contains("error_log")
+        );
+        assert!(dead[1].0.contains("far too long") && dead[1].1.contains("too many filtered rows"));
+        assert!(dead[2].0 == "[1,2]" && dead[2].1.contains("not a JSON object"), "{dead:?}");
+    });
+}
+
+#[test]
+fn cdc_deletes_use_the_delete_sign_and_two_phase_commit_shows_rows_only_after_flush() {
+    let server = DorisServer::start(vec![("db.items", table(Some("id")))], DorisFaults::default());
+    runtime().block_on(async {
+        let mut cdc = config(&server, "items");
+        cdc.cdc = true;
+        let mut sink = DorisSink::connect("cdc", cdc).await.unwrap();
+        let changes = [
+            r#"{"op":"c","after":{"id":1,"name":"a","qty":1}}"#,
+            r#"{"op":"c","after":{"id":2,"name":"b","qty":2}}"#,
+            r#"{"op":"u","before":{"id":1,"name":"a","qty":1},"after":{"id":1,"name":"a","qty":9}}"#,
+            r#"{"op":"d","before":{"id":2,"name":"b","qty":2},"after":null}"#,
+            "",
+        ];
+        for (offset, change) in changes.iter().enumerate() {
+            sink.write(&[support::record(0, offset as u64, Some("k"), change)]).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        assert_eq!(server.rows("db.items"), [json!({"id": 1, "name": "a", "qty": 9})]);
+
+        let mut two_phase = config(&server, "items");
+        two_phase.two_phase_commit = true;
+        two_phase.label_prefix = Some("two_phase".into());
+        let mut sink = DorisSink::connect("2pc", two_phase).await.unwrap();
+        let batch = [support::record(0, 0, None, r#"{"id":5,"name":"e","qty":5}"#)];
+        sink.write(&batch).await.unwrap();
+        assert_eq!(server.rows("db.items").len(), 1, "pre-committed rows are not visible");
+        sink.write(&batch).await.expect("a retried pre-committed load finds its label");
+        sink.flush().await.unwrap();
+        assert_eq!(server.rows("db.items").len(), 2, "committed in flush");
+    });
+}
+
+#[test]
+fn start_up_errors_are_actionable() {
+    let server = DorisServer::start(vec![("db.items", table(Some("id")))], DorisFaults::default());
+    runtime().block_on(async {
+        let cases = [
+            (
+                DorisSinkConfig { password: "wrong".into(), ..config(&server, "items") },
+                "refused user \"root\" (HTTP 401)",
+            ),
+            (config(&server, "missing"), "Unknown table"),
+            (
+                DorisSinkConfig::new(format!("http://127.0.0.1:{}", weir_testsvc::free_port()), "db", "items", "root"),
+                "cannot reach Doris",
+            ),
+            (DorisSinkConfig { label_prefix: Some("bad label".into()), ..config(&server, "items") }, "label_prefix"),
+        ];
+        for (config, expected) in cases {
+            let error = DorisSink::connect("start", config).await.err().expect("connect should fail");
+            assert!(error.to_string().contains(expected), "{error} should mention {expected:?}");
+        }
+    });
+}

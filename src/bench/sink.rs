@@ -1,0 +1,247 @@
+//! `weir bench sink --type mysql|redis`: N JSON rows preloaded into an embedded topic and
+//! drained through the real sink task and sink (consumer-group pulls, JSON decoding,
+//! batching, transactions or pipelines, offset commits) into a private MariaDB or Redis (or
+//! `--url`), against a plain client loop writing the same rows with the same batch size in
+//! the same run: multi-row `INSERT … ON DUPLICATE KEY UPDATE` statements, or pipelined HSETs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use mysql_async::prelude::Queryable;
+use tokio::sync::watch;
+use weir_broker::{Broker, BrokerConfig, Message, Messaging, TopicConfig};
+use weir_connect::{Sink, SinkTaskConfig, run_sink_task};
+use weir_connectors::sinks::mysql::{MySqlMode, MySqlSink, MySqlSinkConfig};
+use weir_connectors::sinks::redis::{RedisCommand, RedisSink, RedisSinkConfig};
+
+use super::ingest::cpu_seconds;
+
+#[derive(Args)]
+pub struct SinkArgs {
+    /// mysql (upserts) or redis (HSET per row).
+    #[arg(long = "type")]
+    sink_type: String,
+    /// Rows written.
+    #[arg(long, default_value_t = 200_000)]
+    rows: u64,
+    /// Rows per batch (sink task batch and baseline statement or pipeline).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Batches in flight at once (the sink's `concurrency`, and the baseline's).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Target server (default: a private MariaDB or Redis started for the run).
+    #[arg(long)]
+    url: Option<String>,
+}
+
+/// Queues of the preloaded topic.
+const QUEUES: u32 = 4;
+
+/// Row `id` as JSON, about 130 bytes.
+fn row(id: u64) -> serde_json::Value {
+    let status = ["paid", "refunded", "pending"][(id % 3) as usize];
+    serde_json::json!({
+        "id": id,
+        "user": format!("user-{:08}", id % 100_000),
+        "amount": (id % 10_000) as f64 / 100.0,
+        "status": status,
+        "ts": 1_764_000_000_000u64 + id,
+        "note": "bench row for weir sink",
+    })
+}
+
+pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
+    if args.rows == 0 || args.batch == 0 || args.batch > weir_connect::sink_task::BATCH_RECORDS_MAX {
+        bail!("--rows must be positive and --batch in 1..={}", weir_connect::sink_task::BATCH_RECORDS_MAX);
+    }
+    // Keep a private server alive for the whole run when no URL is given.
+    let redis_server;
+    let url = match (args.sink_type.as_str(), &args.url) {
+        (_, Some(url)) => url.clone(),
+        ("mysql", None) => {
+            let server =
+                weir_testsvc::mariadb().context("no MariaDB to start (install mariadb-server) and no --url")?;
+            let database = server.fresh_database_name("bench");
+            let mut conn = mysql_async::Conn::from_url(server.url("")).await?;
+            conn.query_drop(format!("CREATE DATABASE `{database}`")).await?;
+            conn.disconnect().await?;
+            server.url(&database)
+        }
+        ("redis", None) => {
+            redis_server =
+                weir_testsvc::redis().context("no redis-server to start (install redis-server) and no --url")?;
+            redis_server.url()
+        }
+        (other, _) => bail!("--type must be mysql or redis, not {other:?}"),
+    };
+    let rows: Vec<serde_json::Value> = (0..args.rows).map(row).collect();
+
+    let root = std::env::temp_dir().join(format!("weir-bench-sink-{}", std::process::id()));
+    let mut config = BrokerConfig::new(root.join("data"));
+    config.store.set_segment_size_bytes(segment_size_bytes);
+    let broker = Broker::open(config)?;
+    broker.create_topic(TopicConfig::new("bench-sink", QUEUES))?;
+    for chunk in rows.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
+        let messages = chunk.iter().map(|row| Message::new("bench-sink", row.to_string().into_bytes())).collect();
+        broker.send_batch(messages).await?;
+    }
+
+    let (baseline, weir, cores) = match args.sink_type.as_str() {
+        "mysql" => {
+            let columns = "id BIGINT PRIMARY KEY, user VARCHAR(32), amount DOUBLE, status VARCHAR(16), ts BIGINT, note VARCHAR(64)";
+            let mut conn = mysql_async::Conn::from_url(url.as_str()).await?;
+            conn.query_drop(format!("CREATE TABLE bench_baseline ({columns})")).await?;
+            conn.query_drop(format!("CREATE TABLE bench_sink ({columns})")).await?;
+            conn.disconnect().await?;
+            let baseline = mysql_baseline(&url, &rows, &args).await?;
+            let mut sink_config = MySqlSinkConfig::new(&url, "bench_sink");
+            sink_config.mode = MySqlMode::Upsert;
+            sink_config.key_columns = vec!["id".into()];
+            sink_config.concurrency = args.concurrency;
+            sink_config.connections_max = args.concurrency.max(4);
+            let mut sink = MySqlSink::connect("bench", sink_config).await?;
+            let (weir, cores) = drain(&broker, &mut sink, &args).await?;
+            let mut conn = mysql_async::Conn::from_url(url.as_str()).await?;
+            let written: Option<u64> = conn.query_first("SELECT COUNT(*) FROM bench_sink").await?;
+            if written != Some(args.rows) {
+                bail!("the sink wrote {written:?} rows of {}", args.rows);
+            }
+            (baseline, weir, cores)
+        }
+        _ => {
+            let baseline = redis_baseline(&url, &rows, &args).await?;
+            let mut sink_config = RedisSinkConfig::new(&url, RedisCommand::Hset, "sink:{{id}}");
+            sink_config.pipeline_commands_max = args.batch;
+            sink_config.concurrency = args.concurrency;
+            let mut sink = RedisSink::connect("bench", sink_config).await?;
+            let (weir, cores) = drain(&broker, &mut sink, &args).await?;
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
+            if keys != 2 * args.rows {
+                bail!("redis holds {keys} keys; expected {} (baseline and sink)", 2 * args.rows);
+            }
+            (baseline, weir, cores)
+        }
+    };
+    tokio::task::spawn_blocking(move || broker.close()).await??;
+    let _ = std::fs::remove_dir_all(&root);
+    let per_sec = |elapsed: Duration| args.rows as f64 / elapsed.as_secs_f64();
+    let line = serde_json::json!({
+        "bench": "sink",
+        "type": args.sink_type,
+        "rows": args.rows,
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "rows_per_sec": per_sec(weir).round(),
+        "cpu_cores_used": (cores * 100.0).round() / 100.0,
+        "baseline_rows_per_sec": per_sec(baseline).round(),
+        "ratio": (baseline.as_secs_f64() / weir.as_secs_f64() * 10_000.0).round() / 10_000.0,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Drains the topic through the sink task; returns the time from start to the last commit
+/// and the cores used meanwhile.
+async fn drain(broker: &Broker, sink: &mut dyn Sink, args: &SinkArgs) -> Result<(Duration, f64)> {
+    let mut config = SinkTaskConfig::new("bench", "bench-sink");
+    config.batch_records_max = args.batch;
+    config.batch_bytes_max = weir_connect::sink_task::BATCH_BYTES_MAX;
+    config.linger = Duration::from_millis(1);
+    let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
+    let (stop, mut stopped) = watch::channel(false);
+    let (started, cpu_before) = (Instant::now(), cpu_seconds());
+    let task = run_sink_task(messaging, sink, &config, &mut stopped);
+    tokio::pin!(task);
+    let group = config.group();
+    loop {
+        tokio::select! {
+            outcome = &mut task => bail!("the sink task ended early: {outcome:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {} // poll the committed offsets
+        }
+        if broker.group_offsets(&group, "bench-sink").values().sum::<u64>() >= args.rows {
+            break;
+        }
+    }
+    let (elapsed, cores) = (started.elapsed(), (cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64());
+    stop.send(true).ok();
+    task.await?;
+    Ok((elapsed, cores))
+}
+
+/// The same rows as multi-row upserts of `batch` rows from a plain client loop.
+async fn mysql_baseline(url: &str, rows: &[serde_json::Value], args: &SinkArgs) -> Result<Duration> {
+    let pool = mysql_async::Pool::new(url);
+    let started = Instant::now();
+    let mut chunks = rows.chunks(args.batch);
+    loop {
+        let mut in_flight = tokio::task::JoinSet::new();
+        for chunk in chunks.by_ref().take(args.concurrency) {
+            let pool = pool.clone();
+            let mut params = Vec::with_capacity(chunk.len() * 6);
+            for row in chunk {
+                for name in ["amount", "id", "note", "status", "ts", "user"] {
+                    params.push(match &row[name] {
+                        serde_json::Value::String(text) => mysql_async::Value::from(text.as_str()),
+                        serde_json::Value::Number(n) if n.is_f64() => mysql_async::Value::from(n.as_f64()),
+                        other => mysql_async::Value::from(other.as_i64()),
+                    });
+                }
+            }
+            let sql = format!(
+                "INSERT INTO bench_baseline (amount,id,note,status,ts,user) VALUES {} ON DUPLICATE KEY UPDATE \
+                 amount=VALUES(amount),note=VALUES(note),status=VALUES(status),ts=VALUES(ts),user=VALUES(user)",
+                vec!["(?,?,?,?,?,?)"; chunk.len()].join(",")
+            );
+            in_flight.spawn(async move {
+                let mut conn = pool.get_conn().await?;
+                conn.exec_drop(sql, params).await
+            });
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        while let Some(done) = in_flight.join_next().await {
+            done??;
+        }
+    }
+    let elapsed = started.elapsed();
+    pool.disconnect().await?;
+    Ok(elapsed)
+}
+
+/// The same rows as pipelined HSETs, `batch` commands per pipeline, from a plain client loop.
+async fn redis_baseline(url: &str, rows: &[serde_json::Value], args: &SinkArgs) -> Result<Duration> {
+    let client = redis::Client::open(url)?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let mut chunks = rows.chunks(args.batch);
+    loop {
+        let mut in_flight = tokio::task::JoinSet::new();
+        for chunk in chunks.by_ref().take(args.concurrency) {
+            let mut pipeline = redis::pipe();
+            for row in chunk {
+                let command = pipeline.cmd("HSET").arg(format!("baseline:{}", row["id"]));
+                for (name, value) in row.as_object().expect("rows are objects") {
+                    match value {
+                        serde_json::Value::String(text) => command.arg(name).arg(text.as_str()),
+                        other => command.arg(name).arg(other.to_string()),
+                    };
+                }
+            }
+            let mut conn = conn.clone();
+            in_flight.spawn(async move { pipeline.query_async::<()>(&mut conn).await });
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        while let Some(done) = in_flight.join_next().await {
+            done??;
+        }
+    }
+    Ok(started.elapsed())
+}
