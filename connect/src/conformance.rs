@@ -548,18 +548,30 @@ impl Messaging for CheckedCommits {
     }
 }
 
-/// A metrics recorder that sums counters by name (labels ignored).
+/// A metrics recorder that keeps counters (by name and labels) and ignores the rest; install
+/// it with `metrics::set_default_local_recorder` on a current-thread runtime to read what a
+/// connector counted.
 #[derive(Default)]
-struct CountingRecorder {
-    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+pub struct CountingRecorder {
+    counters: Mutex<Vec<(Key, Arc<AtomicU64>)>>,
 }
 
 impl CountingRecorder {
-    fn require_positive(&self, names: &[&str]) -> Vec<String> {
+    /// The sum of the counters named `name` whose labels include every one of `labels`.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let counters = self.counters.lock().expect("counters lock");
+        counters
+            .iter()
+            .filter(|(key, _)| key.name() == name)
+            .filter(|(key, _)| labels.iter().all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v)))
+            .map(|(_, value)| value.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn require_positive(&self, names: &[&str]) -> Vec<String> {
         names
             .iter()
-            .filter(|name| counters.get(**name).is_none_or(|c| c.load(Ordering::Relaxed) == 0))
+            .filter(|name| self.counter(name, &[]) == 0)
             .map(|name| format!("metric {name} was not emitted"))
             .collect()
     }
@@ -571,7 +583,12 @@ impl Recorder for CountingRecorder {
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
         let mut counters = self.counters.lock().expect("counters lock");
-        Counter::from_arc(counters.entry(key.name().to_string()).or_default().clone())
+        if let Some((_, value)) = counters.iter().find(|(known, _)| known == key) {
+            return Counter::from_arc(value.clone());
+        }
+        let value = Arc::new(AtomicU64::new(0));
+        counters.push((key.clone(), value.clone()));
+        Counter::from_arc(value)
     }
     fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
         Gauge::noop()

@@ -12,7 +12,9 @@
 //! thread that never exits). A Redis is per caller and stops when dropped.
 //!
 //! The MariaDB runs with `log_bin`, `binlog_format=ROW` and `binlog_row_image=FULL` (the CDC
-//! source needs them), and a user `weir`/`weir` with every privilege, replication included.
+//! source needs them), the UTC time zone, and a user `weir`/`weir` with every privilege,
+//! replication included. `mariadb_private` starts one of the caller's own (with or without a
+//! binary log) that stops on drop.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -150,11 +152,40 @@ pub struct MariaDb {
 
 static MARIADB: OnceLock<Option<MariaDb>> = OnceLock::new();
 
+/// A MariaDB of the caller's own, stopped on drop: without a binary log when `binlog` is
+/// false (for tests of what a CDC source says about such a server). `None` (after a loud
+/// message) when the binaries are missing and services are not required.
+pub fn mariadb_private(binlog: bool) -> Option<PrivateMariaDb> {
+    match MariaDb::start(binlog) {
+        Ok(server) => Some(PrivateMariaDb(server)),
+        Err(why) => {
+            unavailable("MariaDB", &why);
+            None
+        }
+    }
+}
+
+/// A MariaDB that stops when dropped.
+pub struct PrivateMariaDb(MariaDb);
+
+impl std::ops::Deref for PrivateMariaDb {
+    type Target = MariaDb;
+    fn deref(&self) -> &MariaDb {
+        &self.0
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// The process's private MariaDB, started on first call; `None` (after a loud message) when
 /// the server binaries are missing and services are not required.
 pub fn mariadb() -> Option<&'static MariaDb> {
     MARIADB
-        .get_or_init(|| match MariaDb::start() {
+        .get_or_init(|| match MariaDb::start(true) {
             Ok(server) => {
                 // SAFETY: registering a plain extern "C" function.
                 unsafe { libc::atexit(stop_mariadb_at_exit) };
@@ -175,7 +206,7 @@ extern "C" fn stop_mariadb_at_exit() {
 }
 
 impl MariaDb {
-    fn start() -> Result<MariaDb, String> {
+    fn start(binlog: bool) -> Result<MariaDb, String> {
         let server = find_binary(&["/usr/sbin/mariadbd", "mariadbd", "/usr/sbin/mysqld"])
             .ok_or("no `mariadbd` binary (Debian package mariadb-server)")?;
         let install = find_binary(&["mariadb-install-db", "mysql_install_db"])
@@ -224,10 +255,9 @@ impl MariaDb {
                 .arg(format!("--log-error={}", error_log.display()))
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
-                .arg(format!("--log-bin={}", data.join("binlog").display()))
-                .arg("--binlog-format=ROW")
-                .arg("--binlog-row-image=FULL")
+                .args(binlog_args(&data, binlog))
                 .arg("--server-id=1")
+                .arg("--default-time-zone=+00:00")
                 .arg("--skip-name-resolve")
                 .arg(format!("--init-file={}", init.display()))
                 .arg("--innodb-buffer-pool-size=128M")
@@ -273,6 +303,18 @@ impl MariaDb {
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A binary log with full row images, or none.
+fn binlog_args(data: &Path, binlog: bool) -> Vec<String> {
+    if !binlog {
+        return vec!["--skip-log-bin".into()];
+    }
+    vec![
+        format!("--log-bin={}", data.join("binlog").display()),
+        "--binlog-format=ROW".into(),
+        "--binlog-row-image=FULL".into(),
+    ]
 }
 
 /// `--user=root` when running as root (the servers refuse root otherwise).

@@ -10,6 +10,7 @@
 //! body also travels to the frontend once.)
 //!
 //! **Exactly once per label.** Each load's label is `<label_prefix>_<queue>_<first>_<last>`
+//! (default prefix `weir_<connector, cut to 32>_<hash of the name>`)
 //! (the queue offsets it carries) and is reused on every retry of that load, so Doris refuses
 //! a second copy: `Label Already Exists` with a `FINISHED` load counts as success, a
 //! `RUNNING` one is retried later, and `Publish Timeout` is success (the data is committed,
@@ -17,11 +18,12 @@
 //! re-read batch may end at another offset, get another label and load rows again — use a
 //! unique-key table (the model CDC needs anyway) where a repeated row replaces itself.
 //!
-//! **Bad records.** A record that is not a JSON object (or, in CDC mode, not a change
-//! envelope) is poison before loading. A load that fails for data quality (`too many filtered
-//! rows`) is loaded again one record per load (label `…_<offset>_<offset>`), and the records
-//! Doris still refuses are poison, carrying Doris's message and error URL. Other failures
-//! are transient.
+//! **Bad records.** Loads are sent with `strict_mode: true` (otherwise Doris loads a value
+//! that does not fit its column as NULL). A record that is not a JSON object (or, in CDC
+//! mode, not a change envelope) is poison before loading. A load that fails for data quality
+//! (`too many filtered rows`) is split in halves, each loaded under the label of its own
+//! offset range, until the refused records stand alone (about 2·log₂ n loads per bad record);
+//! those are poison, carrying Doris's message and error URL. Other failures are transient.
 //!
 //! **CDC.** With `cdc: true`, records are Debezium envelopes: creates, reads and updates load
 //! `after` with `__DORIS_DELETE_SIGN__ = 0`, deletes load `before` with `1` (header

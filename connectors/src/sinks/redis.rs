@@ -5,7 +5,7 @@
 //! template (`"user:{{id}}"`, `"{{$key}}"`). SET stores the record's value (with `EX` when
 //! `ttl_seconds` is set); HSET and XADD store the top-level fields of a JSON object (strings
 //! as they are, other values as JSON text; a value that is not an object becomes field
-//! `value`), HSET followed by EXPIRE when `ttl_seconds` is set; LPUSH, RPUSH and PUBLISH send
+//! `value`), HSET and EXPIRE in one script when `ttl_seconds` is set; LPUSH, RPUSH and PUBLISH send
 //! the value. A tombstone (empty value) deletes the key (rendered from `$` names only, as a
 //! tombstone has no fields) when `delete_on_tombstone` is on.
 //!

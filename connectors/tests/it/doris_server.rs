@@ -2,8 +2,9 @@
 //! behaviour: the frontend checks basic auth and answers `PUT /api/{db}/{table}/_stream_load`
 //! with 307 to the backend, which checks auth again, loads a JSON array
 //! (`strip_outer_array`), keeps labels (`Label Already Exists` with `ExistingJobStatus`),
-//! filters rows whose values do not fit their column (`Fail`, `[DATA_QUALITY_ERROR]too many
-//! filtered rows` with an `ErrorURL`, as `max_filter_ratio` is 0), applies
+//! with `strict_mode: true` filters rows whose values do not fit their column (`Fail`,
+//! `[DATA_QUALITY_ERROR]too many filtered rows` with an `ErrorURL`, as `max_filter_ratio` is
+//! 0) and without it loads such values as NULL, applies
 //! `__DORIS_DELETE_SIGN__` from `hidden_columns` on unique-key tables, and pre-commits with
 //! `two_phase_commit` until `PUT /api/{db}/_stream_load_2pc` commits. The frontend also
 //! answers `GET /api/{db}/{table}/_schema`. Injected faults: `Publish Timeout` answers,
@@ -179,6 +180,9 @@ fn stream_load(state: &Mutex<DorisState>, table_name: &str, headers: &HeaderMap,
         return reply(json!({"Status": "Fail", "Label": label, "Message": format!("unknown table {table_name}")}));
     };
     let delete_sign = header("hidden_columns").contains("__DORIS_DELETE_SIGN__");
+    // Without strict mode a value that does not fit becomes NULL (a null key is filtered).
+    let strict = header("strict_mode") == "true";
+    let rows: Vec<Value> = if strict { rows } else { rows.into_iter().map(|row| nulled(table, row)).collect() };
     let filtered = rows.iter().filter(|row| !row_fits(table, row)).count();
     if filtered > 0 {
         return reply(
@@ -202,6 +206,24 @@ fn stream_load(state: &Mutex<DorisState>, table_name: &str, headers: &HeaderMap,
     let status = if every(state.faults.publish_timeout_every) { "Publish Timeout" } else { "Success" };
     reply(json!({"TxnId": txn_id, "Label": label, "TwoPhaseCommit": two_phase.to_string(), "Status": status,
         "Message": "OK", "NumberTotalRows": rows.len(), "NumberLoadedRows": rows.len(), "NumberFilteredRows": 0}))
+}
+
+/// A row with every value that does not fit its column replaced by NULL (non-strict loads).
+fn nulled(table: &DorisTable, mut row: Value) -> Value {
+    let snapshot = row.clone();
+    if let Some(object) = row.as_object_mut() {
+        for (name, _) in &table.columns {
+            let alone = DorisTable {
+                columns: table.columns.iter().filter(|(c, _)| c == name).cloned().collect(),
+                unique_key: None,
+                rows: Vec::new(),
+            };
+            if object.contains_key(*name) && !row_fits(&alone, &snapshot) {
+                object.insert(name.to_string(), Value::Null);
+            }
+        }
+    }
+    row
 }
 
 fn row_fits(table: &DorisTable, row: &Value) -> bool {

@@ -116,3 +116,51 @@ fn create_counts_an_existing_id_as_written_and_start_up_errors_are_actionable() 
         }
     });
 }
+
+#[test]
+fn metrics_count_written_refused_and_retried_documents_exactly() {
+    let server = EsServer::start(EsFaults { item_429_every: 2, ..EsFaults::default() }, None);
+    let recorder = weir_connect::conformance::CountingRecorder::default();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut config = ElasticsearchSinkConfig::new(&server.url, "docs");
+        config.item_backoff_initial_ms = 1;
+        let mut sink = ElasticsearchSink::connect("counted", config).await.unwrap();
+        let batch = [
+            support::record(0, 0, None, r#"{"n":1}"#),
+            support::record(0, 1, None, r#"{"n":2}"#),
+            support::record(0, 2, None, r#"{"n":"three"}"#),
+            support::record(0, 3, None, r#"{"n":4}"#),
+        ];
+        let error = sink.write(&batch).await.expect_err("one document is refused");
+        assert_eq!(error.failed_records, [2]);
+        assert!(error.record_errors[&2].contains("document_parsing_exception"), "{error:?}");
+    });
+    let count = |result| {
+        recorder.counter("weir_elasticsearch_sink_documents_total", &[("connector", "counted"), ("result", result)])
+    };
+    assert_eq!(count("written"), 3);
+    assert_eq!(count("refused"), 1);
+    // Items 2 and 4 of the first request were refused with 429, then item 2 of the retry.
+    assert_eq!(count("retried"), 3);
+    assert_eq!(server.documents("docs").len(), 3);
+}
+
+#[test]
+fn a_retried_item_never_overwrites_a_later_record_of_its_document() {
+    // Items 2, 4, 6 … are refused with 429: `x` v1 is refused, `x` v2 after it is written.
+    let server = EsServer::start(EsFaults { item_429_every: 2, ..EsFaults::default() }, None);
+    support::runtime().block_on(async {
+        let mut config = ElasticsearchSinkConfig::new(&server.url, "docs");
+        config.item_backoff_initial_ms = 1;
+        let mut sink = ElasticsearchSink::connect("order", config).await.unwrap();
+        let batch = [
+            support::record(0, 0, Some("a"), r#"{"v":0}"#),
+            support::record(0, 1, Some("x"), r#"{"v":1}"#),
+            support::record(0, 2, Some("x"), r#"{"v":2}"#),
+        ];
+        sink.write(&batch).await.unwrap();
+    });
+    assert_eq!(server.documents("docs")["x"]["v"], 2, "the refused older version was not re-sent over the newer one");
+}

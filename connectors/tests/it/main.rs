@@ -8,6 +8,7 @@ mod elasticsearch_server;
 mod elasticsearch_sink;
 mod file_sink;
 mod file_source;
+mod mysql_cdc;
 mod mysql_sink;
 mod redis_sink;
 mod support;

@@ -69,10 +69,22 @@ fn every_command_writes_what_it_should() {
             (RedisCommand::Lpush, "llist:{{$key}}", None),
             (RedisCommand::Publish, "channel:{{$key}}", None),
         ];
+        // A blocking subscriber on its own thread, subscribed before anything is published.
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+        let subscriber_url = url.clone();
+        let subscriber = std::thread::spawn(move || {
+            let mut connection = redis::Client::open(subscriber_url.as_str()).unwrap().get_connection().unwrap();
+            connection.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+            let mut pubsub = connection.as_pubsub();
+            pubsub.subscribe("channel:u1").unwrap();
+            subscribed_tx.send(()).unwrap();
+            (0..2).map(|_| pubsub.get_message().unwrap().get_payload::<String>().unwrap()).collect::<Vec<_>>()
+        });
+        subscribed.recv().unwrap();
         for (command, key, ttl) in commands {
             let mut config = RedisSinkConfig::new(&url, command, key);
             config.ttl_seconds = ttl;
-            config.delete_on_tombstone = command != RedisCommand::Rpush && command != RedisCommand::Lpush;
+            config.delete_on_tombstone = Some(command != RedisCommand::Rpush && command != RedisCommand::Lpush);
             let name = format!("{command:?}").to_lowercase();
             let mut sink = RedisSink::connect(&name, config).await.unwrap();
             support::drain(&broker, &mut sink, &support::task_config(&name, "t")).await;
@@ -95,6 +107,8 @@ fn every_command_writes_what_it_should() {
             [r#"{"id":2,"name":"bob","tags":["x"]}"#, ""],
             "RPUSH keeps order; tombstones pushed as values"
         );
+        let published = subscriber.join().unwrap();
+        assert_eq!(published, [records[0].1, records[2].1], "PUBLISH sent u1's values in order");
         let left: Vec<String> = query(&url, redis::cmd("LRANGE").arg("llist:u1").arg(0).arg(-1)).await;
         assert_eq!(left.len(), 2);
         assert!(left[0].contains("31"), "LPUSH puts the newest first");
@@ -203,5 +217,30 @@ fn start_up_errors_are_actionable() {
         }
         let authed = RedisSinkConfig::new(url.replace("redis://", "redis://:secret@"), RedisCommand::Set, "k");
         RedisSink::connect("start", authed).await.expect("the right password connects");
+    });
+}
+
+#[test]
+fn one_keys_commands_keep_their_order_across_pipelines_and_lanes() {
+    let Some(server) = weir_testsvc::redis() else { return };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let broker = support::broker_with_topic(dir.path(), "t", 1);
+        // 2000 updates of 10 keys through small pipelines in four lanes.
+        let values: Vec<(Option<&str>, Vec<u8>)> =
+            (0..2000).map(|i| (None, format!(r#"{{"k":{},"seq":{i}}}"#, i % 10).into_bytes())).collect();
+        support::send(&broker, "t", &values).await;
+        let mut config = RedisSinkConfig::new(&url, RedisCommand::Set, "order:{{k}}");
+        config.pipeline_commands_max = 7;
+        config.concurrency = 4;
+        let mut sink = RedisSink::connect("order", config).await.unwrap();
+        let mut task = support::task_config("order", "t");
+        task.batch_records_max = 500;
+        support::drain(&broker, &mut sink, &task).await;
+        for k in 0..10 {
+            let value: Option<String> = query(&url, redis::cmd("GET").arg(format!("order:{k}"))).await;
+            assert_eq!(value, Some(format!(r#"{{"k":{k},"seq":{}}}"#, 1990 + k)), "key {k} holds its last update");
+        }
     });
 }

@@ -88,16 +88,7 @@ pub async fn drain(broker: &Broker, sink: &mut dyn Sink, config: &SinkTaskConfig
 
 /// The dead-letter topic's messages: body and properties.
 pub async fn dead_letters(broker: &Broker, config: &SinkTaskConfig) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
-    let topic = config.dead_letter_topic();
-    let Some(found) = broker.topic(&topic) else { return Vec::new() };
-    let mut out = Vec::new();
-    for queue_id in 0..found.queue_count {
-        let mut request = PullRequest::new("test-reader", &topic, queue_id, 0);
-        request.messages_max = weir_broker::PULL_MESSAGES_MAX;
-        let result = broker.pull(request).await.unwrap();
-        out.extend(result.messages.into_iter().map(|m| (m.body, m.properties)));
-    }
-    out
+    messages_of(broker, &config.dead_letter_topic()).await
 }
 
 /// A sink record for direct `Sink::write` calls.
@@ -143,6 +134,26 @@ pub fn base64(bytes: &[u8]) -> String {
             } else {
                 out.push('=');
             }
+        }
+    }
+    out
+}
+
+/// Every message of a topic: body and properties.
+pub async fn messages_of(broker: &Broker, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    let Some(found) = broker.topic(topic) else { return Vec::new() };
+    let mut out = Vec::new();
+    for queue_id in 0..found.queue_count {
+        let mut offset = 0;
+        loop {
+            let mut request = PullRequest::new("test-reader", topic, queue_id, offset);
+            request.messages_max = weir_broker::PULL_MESSAGES_MAX;
+            let result = broker.pull(request).await.unwrap();
+            if result.messages.is_empty() {
+                break;
+            }
+            offset = result.next_offset;
+            out.extend(result.messages.into_iter().map(|m| (m.body, m.properties)));
         }
     }
     out

@@ -39,6 +39,8 @@ pub struct DorisSink {
     label_prefix: String,
     /// Pre-committed loads waiting for `flush` (two-phase commit): label → transaction id.
     precommitted: BTreeMap<String, Option<u64>>,
+    /// The (queue, offset) of every record in those loads.
+    precommitted_records: std::collections::BTreeSet<(u32, u64)>,
 }
 
 /// What a Stream Load ended as.
@@ -99,11 +101,16 @@ impl DorisSink {
                 reason: format!("{reason} (HTTP {status})"),
             });
         }
-        let label_prefix = config.label_prefix.clone().unwrap_or_else(|| {
-            format!("weir_{}", connector.chars().map(|c| if label_char(c) { c } else { '_' }).collect::<String>())
-        });
+        let label_prefix = config.label_prefix.clone().unwrap_or_else(|| default_label_prefix(connector));
         tracing::info!(connector, url = %config.url, database = %config.database, table = %config.table, "doris sink connected");
-        Ok(DorisSink { connector: connector.into(), config, client, label_prefix, precommitted: BTreeMap::new() })
+        Ok(DorisSink {
+            connector: connector.into(),
+            config,
+            client,
+            label_prefix,
+            precommitted: BTreeMap::new(),
+            precommitted_records: Default::default(),
+        })
     }
 
     /// The row a record loads; `Ok(None)` for a skipped tombstone, `Err` why it is poison.
@@ -154,6 +161,8 @@ impl DorisSink {
                 .header("label", label)
                 .header("format", "json")
                 .header("strip_outer_array", "true")
+                // Without strict mode Doris loads a value that does not fit its column as NULL.
+                .header("strict_mode", "true")
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
             if self.config.cdc {
@@ -248,10 +257,22 @@ impl DorisSink {
     }
 
     fn label(&self, queue_id: u32, first: u64, last: u64) -> String {
-        let mut label = format!("{}_{queue_id}_{first}_{last}", self.label_prefix);
-        label.truncate(DorisSinkConfig::LABEL_CHARS_MAX);
+        let label = format!("{}_{queue_id}_{first}_{last}", self.label_prefix);
+        // A prefix is at most 64 characters, the rest at most 3 + 10 + 20 + 20.
+        assert!(label.len() <= DorisSinkConfig::LABEL_CHARS_MAX, "label {label} too long");
         label
     }
+}
+
+/// `weir_<connector>_<hash>`: the connector name cut to 32 label characters, and a hash of the
+/// whole name so two connectors whose names differ only where they were cut or replaced
+/// never share labels.
+fn default_label_prefix(connector: &str) -> String {
+    let readable: String = connector.chars().take(32).map(|c| if label_char(c) { c } else { '_' }).collect();
+    // FNV-1a 64: stable across runs and builds (a label must be the same after a restart).
+    let hash =
+        connector.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("weir_{readable}_{:08x}", hash as u32)
 }
 
 /// Whether a failed load's message blames the data rather than the cluster.
@@ -283,34 +304,38 @@ impl Sink for DorisSink {
             }
         }
         let mut loaded = 0u64;
-        for (queue_id, rows) in queues {
-            let first = batch[rows[0].0].queue_offset;
-            let last = batch[rows[rows.len() - 1].0].queue_offset;
-            let label = self.label(queue_id, first, last);
-            let all: Vec<&Json> = rows.iter().map(|(_, row)| row).collect();
-            match self.load(&label, &all).await? {
-                LoadOutcome::Loaded { txn_id } => {
-                    loaded += rows.len() as u64;
-                    if self.config.two_phase_commit {
-                        self.precommitted.insert(label, txn_id);
-                    }
+        for (queue_id, mut rows) in queues {
+            // Two-phase commit: rows already pre-committed by an earlier write of this batch
+            // (before a failed flush) are not loaded again.
+            rows.retain(|(index, _)| !self.precommitted_records.contains(&(queue_id, batch[*index].queue_offset)));
+            // Load the queue's rows; a load refused for data quality is split in halves until
+            // the refused records are alone (each part keeps a deterministic label).
+            let mut parts = vec![(0, rows.len())];
+            while let Some((start, end)) = parts.pop() {
+                if start == end {
+                    continue;
                 }
-                LoadOutcome::DataRefused(reason) => {
-                    tracing::warn!(connector = %self.connector, %label, %reason, "doris refused a load's data; loading its records one by one");
-                    for (index, row) in &rows {
-                        let offset = batch[*index].queue_offset;
-                        let single = self.label(queue_id, offset, offset);
-                        match self.load(&single, &[row]).await? {
-                            LoadOutcome::Loaded { txn_id } => {
-                                loaded += 1;
-                                if self.config.two_phase_commit {
-                                    self.precommitted.insert(single, txn_id);
-                                }
-                            }
-                            LoadOutcome::DataRefused(reason) => {
-                                refused.insert(*index, reason);
-                            }
+                let part = &rows[start..end];
+                let label =
+                    self.label(queue_id, batch[part[0].0].queue_offset, batch[part[part.len() - 1].0].queue_offset);
+                let all: Vec<&Json> = part.iter().map(|(_, row)| row).collect();
+                match self.load(&label, &all).await? {
+                    LoadOutcome::Loaded { txn_id } => {
+                        loaded += part.len() as u64;
+                        if self.config.two_phase_commit {
+                            self.precommitted.insert(label, txn_id);
+                            self.precommitted_records
+                                .extend(part.iter().map(|(index, _)| (queue_id, batch[*index].queue_offset)));
                         }
+                    }
+                    LoadOutcome::DataRefused(reason) if part.len() == 1 => {
+                        refused.insert(part[0].0, reason);
+                    }
+                    LoadOutcome::DataRefused(reason) => {
+                        tracing::debug!(connector = %self.connector, %label, %reason, "doris refused a load's data; splitting it");
+                        let middle = start + part.len() / 2;
+                        parts.push((middle, end));
+                        parts.push((start, middle)); // popped first: loads keep offset order
                     }
                 }
             }
@@ -332,6 +357,7 @@ impl Sink for DorisSink {
                 return Err(error);
             }
         }
+        self.precommitted_records.clear();
         Ok(())
     }
 }

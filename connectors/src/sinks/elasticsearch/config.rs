@@ -53,9 +53,9 @@ pub struct ElasticsearchSinkConfig {
 
 impl ElasticsearchSinkConfig {
     /// Most `item_retries_max`.
-    pub const ITEM_RETRIES_MAX: u32 = 100;
+    pub const ITEM_RETRIES_MAX: u32 = 20;
     /// Longest `item_backoff_initial_ms`.
-    pub const ITEM_BACKOFF_INITIAL_MS_MAX: u64 = 60_000;
+    pub const ITEM_BACKOFF_INITIAL_MS_MAX: u64 = 2_000;
     /// Most `bulk_actions_max`.
     pub const BULK_ACTIONS_MAX: usize = 100_000;
     /// Longest `timeout_ms`.

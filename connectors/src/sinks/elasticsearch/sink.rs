@@ -1,6 +1,6 @@
 //! The Elasticsearch sink: start-up check and `_bulk` writes with per-item retries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +32,10 @@ pub enum ElasticsearchSinkError {
     Auth { connector: String, url: String, status: u16 },
 }
 
+/// Longest wait between re-sends of refused items (with `item_retries_max` ≤ 20, a write
+/// waits at most about 40 s for an overloaded cluster before the task's own retry).
+const ITEM_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// Writes records as `_bulk` actions.
 pub struct ElasticsearchSink {
     connector: String,
@@ -44,6 +48,22 @@ struct Action {
     record: usize,
     lines: Vec<Vec<u8>>,
     kind: &'static str,
+    /// `(_index, _id)`: a later successful action on the same target supersedes this one.
+    target: (String, String),
+}
+
+/// Why a `_bulk` request did not answer per item.
+enum SendError {
+    /// Transient: the batch is retried whole.
+    Failed(SinkError),
+    /// HTTP 413: the request was too large; the chunk is split (a single action is poison).
+    TooLarge(Vec<Action>),
+}
+
+/// What a `_bulk` request answered: actions to send again (429/5xx) and the targets written.
+struct Answered {
+    retry: Vec<Action>,
+    written: Vec<((String, String), usize)>,
 }
 
 impl ElasticsearchSink {
@@ -113,27 +133,34 @@ impl ElasticsearchSink {
             },
         };
         let meta = json!({"_index": index_name, "_id": id});
+        let target = (index_name, id);
         Ok(match json {
-            None => {
-                Action { record: index, lines: vec![json!({"delete": meta}).to_string().into_bytes()], kind: "delete" }
-            }
-            Some(_) => {
+            None => Action {
+                record: index,
+                lines: vec![json!({"delete": meta}).to_string().into_bytes()],
+                kind: "delete",
+                target,
+            },
+            Some(source) => {
                 let kind = match self.config.action {
                     ElasticsearchAction::Index => "index",
                     ElasticsearchAction::Create => "create",
                 };
-                Action { record: index, lines: vec![json!({kind: meta}).to_string().into_bytes(), value.clone()], kind }
+                // Re-serialised: a pretty-printed value would break the NDJSON framing.
+                let lines = vec![json!({kind: meta}).to_string().into_bytes(), source.to_string().into_bytes()];
+                Action { record: index, lines, kind, target }
             }
         })
     }
 
-    /// Sends actions; returns the ones to send again (429/5xx) and fills `refused`.
+    /// Sends actions; returns the ones to send again (429/5xx) and the targets written, and
+    /// fills `refused`.
     async fn send(
         &self,
         actions: Vec<Action>,
         batch: &[SinkRecord],
         refused: &mut BTreeMap<usize, String>,
-    ) -> Result<Vec<Action>, SinkError> {
+    ) -> Result<Answered, SendError> {
         let body: Vec<&[u8]> = actions.iter().flat_map(|a| a.lines.iter().map(Vec::as_slice)).collect();
         let response = self
             .client
@@ -141,8 +168,11 @@ impl ElasticsearchSink {
             .body(body)
             .send()
             .await
-            .map_err(|e| SinkError::retryable(format!("elasticsearch _bulk: {e}")))?;
+            .map_err(|e| SendError::Failed(SinkError::retryable(format!("elasticsearch _bulk: {e}"))))?;
         let status = response.status_code();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(SendError::TooLarge(actions));
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let after = response
                 .headers()
@@ -150,37 +180,34 @@ impl ElasticsearchSink {
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .map(Duration::from_secs);
             let message = format!("elasticsearch _bulk answered HTTP {status}");
-            return Err(match after {
+            return Err(SendError::Failed(match after {
                 Some(after) => SinkError::retry_after(message, after),
                 None => SinkError::retryable(message),
-            });
+            }));
         }
-        let text = response.text().await.map_err(|e| SinkError::retryable(format!("elasticsearch _bulk: {e}")))?;
+        let failed = |message: String| SendError::Failed(SinkError::retryable(message));
+        let text = response.text().await.map_err(|e| failed(format!("elasticsearch _bulk: {e}")))?;
         if !status.is_success() {
             // The request as a whole was refused (auth, a malformed body): not one record's fault.
-            return Err(SinkError::retryable(format!(
-                "elasticsearch _bulk answered HTTP {status}: {}",
-                truncate(&text, 500)
-            )));
+            return Err(failed(format!("elasticsearch _bulk answered HTTP {status}: {}", truncate(&text, 500))));
         }
-        let reply: Json = serde_json::from_str(&text).map_err(|e| {
-            SinkError::retryable(format!("elasticsearch _bulk answered non-JSON ({e}): {}", truncate(&text, 200)))
-        })?;
+        let reply: Json = serde_json::from_str(&text)
+            .map_err(|e| failed(format!("elasticsearch _bulk answered non-JSON ({e}): {}", truncate(&text, 200))))?;
         let items = reply.get("items").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
         if items.len() != actions.len() {
-            return Err(SinkError::retryable(format!(
+            return Err(failed(format!(
                 "elasticsearch _bulk answered {} items for {} actions",
                 items.len(),
                 actions.len()
             )));
         }
-        let (mut written, mut retry) = (0u64, Vec::new());
+        let (mut written, mut retry) = (Vec::new(), Vec::new());
         for (action, item) in actions.into_iter().zip(items) {
             let result = item.get(action.kind).unwrap_or(item);
             let status = result.get("status").and_then(Json::as_u64).unwrap_or(0);
             let already = (action.kind == "create" && status == 409) || (action.kind == "delete" && status == 404);
             if (200..300).contains(&status) || already {
-                written += 1;
+                written.push((action.target, action.record));
             } else if status == 429 || status >= 500 || status == 0 {
                 retry.push(action);
             } else {
@@ -196,8 +223,8 @@ impl ElasticsearchSink {
             }
         }
         metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "written")
-            .increment(written);
-        Ok(retry)
+            .increment(written.len() as u64);
+        Ok(Answered { retry, written })
     }
 }
 
@@ -250,13 +277,39 @@ impl Sink for ElasticsearchSink {
         }
         let mut backoff = Duration::from_millis(self.config.item_backoff_initial_ms);
         let mut sends = 0u32;
+        // The latest record written per target: an item to retry that a later record of the
+        // batch already replaced (or deleted) is dropped, so a retry never writes stale data.
+        let mut latest_written: BTreeMap<(String, String), usize> = BTreeMap::new();
         while !actions.is_empty() {
             let mut retry = Vec::new();
+            let mut chunks: VecDeque<Vec<Action>> = VecDeque::new();
             let mut rest = actions.into_iter().peekable();
             while rest.peek().is_some() {
-                let chunk: Vec<Action> = rest.by_ref().take(self.config.bulk_actions_max).collect();
-                retry.extend(self.send(chunk, batch, &mut refused).await?);
+                chunks.push_back(rest.by_ref().take(self.config.bulk_actions_max).collect());
             }
+            while let Some(chunk) = chunks.pop_front() {
+                match self.send(chunk, batch, &mut refused).await {
+                    Ok(answered) => {
+                        retry.extend(answered.retry);
+                        for (target, record) in answered.written {
+                            let latest = latest_written.entry(target).or_insert(record);
+                            *latest = (*latest).max(record);
+                        }
+                    }
+                    Err(SendError::Failed(error)) => return Err(error),
+                    Err(SendError::TooLarge(mut chunk)) if chunk.len() > 1 => {
+                        let second = chunk.split_off(chunk.len() / 2);
+                        chunks.push_front(second);
+                        chunks.push_front(chunk);
+                    }
+                    Err(SendError::TooLarge(chunk)) => {
+                        let record = chunk[0].record;
+                        refused.insert(record, "elasticsearch refused the document as too large (HTTP 413)".into());
+                    }
+                }
+            }
+            retry.retain(|action| latest_written.get(&action.target).is_none_or(|latest| *latest < action.record));
+            retry.sort_by_key(|action| action.record);
             actions = retry;
             if actions.is_empty() {
                 break;
@@ -273,7 +326,7 @@ impl Sink for ElasticsearchSink {
             }
             tracing::debug!(connector = %self.connector, documents = actions.len(), backoff_ms = backoff.as_millis() as u64, "elasticsearch asked to retry documents");
             tokio::time::sleep(backoff).await; // backoff before re-sending refused items
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = (backoff * 2).min(ITEM_BACKOFF_MAX);
         }
         if refused.is_empty() {
             return Ok(());

@@ -108,6 +108,17 @@ impl MySqlSinkConfig {
         if self.mode != MySqlMode::Insert && self.key_columns.is_empty() {
             return Err(("key_columns", "must name the row's key columns in upsert and cdc modes".into()));
         }
+        for (column, sql_type) in &self.columns {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || " _(),".contains(c);
+            if !sql_type.starts_with(|c: char| c.is_ascii_alphabetic()) || !sql_type.chars().all(allowed) {
+                return Err((
+                    "columns",
+                    format!(
+                        "type {sql_type:?} of {column:?} must be a plain SQL type (`BIGINT`, `VARCHAR(64)`, `DECIMAL(10,2)`)"
+                    ),
+                ));
+            }
+        }
         if !self.columns.is_empty() {
             if !self.auto_create {
                 return Err(("columns", "is only used with auto_create: true".into()));

@@ -46,6 +46,10 @@ pub struct MySqlSink {
     table: TableShape,
     /// Spreads keys over partitions (`concurrency`).
     hasher: std::collections::hash_map::RandomState,
+    /// The server reported an unknown column: reread the table's columns before writing.
+    columns_stale: bool,
+    /// Partitions deadlocked on each other: the next write runs as one transaction.
+    serial_next: bool,
 }
 
 /// The session settings every connection gets: strict mode, so a value that does not fit its
@@ -72,7 +76,7 @@ impl MySqlSink {
         let constraints = PoolConstraints::new(0, config.connections_max).expect("validated: 0 <= connections_max");
         let builder = OptsBuilder::from_opts(opts)
             .pool_opts(PoolOpts::default().with_constraints(constraints))
-            .init(vec![SESSION_INIT]);
+            .setup(vec![SESSION_INIT]); // `setup` runs again after each pool reset, `init` would not
         let pool = Pool::new(builder);
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         let mut conn = match tokio::time::timeout(timeout, pool.get_conn()).await {
@@ -143,7 +147,42 @@ impl MySqlSink {
             unknown_fields: config.unknown_fields,
         };
         tracing::info!(connector, %address, %database, table = %config.table, mode = ?config.mode, "mysql sink connected");
-        Ok(MySqlSink { connector: connector.into(), config, pool, table, hasher: Default::default() })
+        Ok(MySqlSink {
+            connector: connector.into(),
+            config,
+            pool,
+            table,
+            hasher: Default::default(),
+            columns_stale: false,
+            serial_next: false,
+        })
+    }
+
+    /// Splits a batch's changes over `concurrency` partitions by a hash of the row key (in
+    /// `key_columns` order), all of one record's changes in one partition, so one key's
+    /// changes stay in order on one connection. A batch where a record changes a row's key
+    /// (a delete and a write of two keys) stays in one partition.
+    fn partition(&self, changes: Vec<(usize, RowChange)>) -> Vec<Vec<(usize, RowChange)>> {
+        let partitions = self.config.concurrency;
+        let changes_key = changes.windows(2).any(|pair| pair[0].0 == pair[1].0);
+        if partitions == 1 || changes_key || self.serial_next {
+            return vec![changes];
+        }
+        let mut parts: Vec<Vec<(usize, RowChange)>> = vec![Vec::new(); partitions];
+        for (index, change) in changes {
+            let key: Vec<&mysql_async::Value> = match &change {
+                RowChange::Delete { key } => key.iter().collect(),
+                RowChange::Write { columns, values, .. } => self
+                    .table
+                    .key_columns
+                    .iter()
+                    .filter_map(|key| columns.iter().position(|c| c == key).map(|at| &values[at]))
+                    .collect(),
+            };
+            let part = if key.is_empty() { index } else { self.hasher.hash_one(format!("{key:?}")) as usize };
+            parts[part % partitions].push((index, change));
+        }
+        parts
     }
 
     /// Creates the table from the first record that writes a row (auto-create).
@@ -182,32 +221,57 @@ fn transient(error: mysql_async::Error) -> SinkError {
 }
 
 /// Whether the server refused the *data* (the record is at fault), not the connection, the
-/// schema or the load.
+/// schema or the load. Size errors count: a multi-row statement that is too large falls back
+/// to one statement per record, and a record too large alone is poison.
 fn is_data_error(error: &mysql_async::Error) -> bool {
-    let mysql_async::Error::Server(error) = error else { return false };
-    matches!(
-        error.code,
-        1048 // column cannot be null
-            | 1054 // unknown column
-            | 1062 // duplicate entry (insert mode)
-            | 1136 // column count
-            | 1264 // out of range
-            | 1265 // data truncated
-            | 1292 // incorrect value (dates, numbers)
-            | 1366 // incorrect value for column
-            | 1367 // illegal value
-            | 1406 // data too long
-            | 1411 // incorrect value for function
-            | 1416 // cannot get geometry
-            | 1451 | 1452 // foreign keys
-            | 1690 // value out of range
-            | 3140 // invalid JSON (MySQL)
-            | 4025 // CHECK constraint (MariaDB, JSON columns too)
-            | 3819 // CHECK constraint (MySQL)
-    )
+    match error {
+        mysql_async::Error::Driver(mysql_async::DriverError::PacketTooLarge) => true,
+        mysql_async::Error::Server(error) => matches!(
+            error.code,
+            1048 // column cannot be null
+                | 1062 // duplicate entry (insert mode)
+                | 1118 // row size too large
+                | 1136 // column count
+                | 1153 // packet larger than max_allowed_packet
+                | 1264 // out of range
+                | 1265 // data truncated
+                | 1292 // incorrect value (dates, numbers)
+                | 1366 // incorrect value for column
+                | 1367 // illegal value
+                | 1390 // too many placeholders
+                | 1406 // data too long
+                | 1411 // incorrect value for function
+                | 1416 // cannot get geometry
+                | 1451 | 1452 // foreign keys
+                | 1690 // value out of range
+                | 3140 // invalid JSON (MySQL)
+                | 4025 // CHECK constraint (MariaDB, JSON columns too)
+                | 3819 // CHECK constraint (MySQL)
+        ),
+        _ => false,
+    }
 }
 
-/// The outcome of a partition: records the server refused, with its reason.
+/// A partition's transient failure and what it says about the next attempt.
+struct Failed {
+    error: SinkError,
+    /// The server did not know a column the sink wrote (1054): the table changed since the
+    /// sink read its columns; they are read again before the retry.
+    unknown_column: bool,
+    /// A deadlock or lock wait timeout (1213, 1205), which parallel partitions can cause
+    /// (gap locks): the retry runs as one transaction.
+    lock_conflict: bool,
+}
+
+fn failed(error: mysql_async::Error) -> Failed {
+    let code = match &error {
+        mysql_async::Error::Server(e) => e.code,
+        _ => 0,
+    };
+    Failed { error: transient(error), unknown_column: code == 1054, lock_conflict: matches!(code, 1205 | 1213) }
+}
+
+/// Records the server refused, with its reason.
 type Refused = Vec<(usize, String)>;
 
 async fn write_partition(
@@ -215,64 +279,68 @@ async fn write_partition(
     table: TableShape,
     mode: MySqlMode,
     changes: Vec<(usize, RowChange)>,
-) -> Result<Refused, SinkError> {
+) -> Result<(u64, Refused), Failed> {
     let statements = statement::statements(&changes, &table, mode);
-    let mut conn = pool.get_conn().await.map_err(transient)?;
-    let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(transient)?;
+    let mut conn = pool.get_conn().await.map_err(failed)?;
+    let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(failed)?;
     let mut data_error = None;
     for Statement { sql, params } in statements {
         if let Err(error) = tx.exec_drop(sql, Params::Positional(params)).await {
             if !is_data_error(&error) {
-                return Err(transient(error)); // dropping the transaction rolls it back
+                return Err(failed(error)); // dropping the transaction rolls it back
             }
             data_error = Some(error);
             break;
         }
     }
     let Some(error) = data_error else {
-        tx.commit().await.map_err(transient)?;
-        metrics::counter!("weir_mysql_sink_rows_total").increment(changes.len() as u64);
-        return Ok(Vec::new());
+        tx.commit().await.map_err(failed)?;
+        return Ok((changes.len() as u64, Vec::new()));
     };
     tracing::debug!(%error, "mysql sink batch refused; writing its records one by one");
-    tx.rollback().await.map_err(transient)?;
+    tx.rollback().await.map_err(failed)?;
     // One record at a time, each behind a savepoint, so a refused record takes back only its
     // own changes.
-    let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(transient)?;
+    let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(failed)?;
     let mut refused = Vec::new();
     let mut rows = 0u64;
     let mut start = 0;
     while start < changes.len() {
         let index = changes[start].0;
         let end = start + changes[start..].iter().take_while(|(i, _)| *i == index).count();
-        tx.query_drop("SAVEPOINT weir_record").await.map_err(transient)?;
-        let mut failed = None;
+        tx.query_drop("SAVEPOINT weir_record").await.map_err(failed)?;
+        let mut refusal = None;
         for Statement { sql, params } in statement::statements(&changes[start..end], &table, mode) {
             if let Err(error) = tx.exec_drop(sql, Params::Positional(params)).await {
                 if !is_data_error(&error) {
-                    return Err(transient(error));
+                    return Err(failed(error));
                 }
-                failed = Some(error);
+                refusal = Some(error);
                 break;
             }
         }
-        match failed {
+        match refusal {
             Some(error) => {
-                tx.query_drop("ROLLBACK TO SAVEPOINT weir_record").await.map_err(transient)?;
+                tx.query_drop("ROLLBACK TO SAVEPOINT weir_record").await.map_err(failed)?;
                 refused.push((index, format!("mysql refused the record: {error}")));
             }
             None => rows += (end - start) as u64,
         }
         start = end;
     }
-    tx.commit().await.map_err(transient)?;
-    metrics::counter!("weir_mysql_sink_rows_total").increment(rows);
-    Ok(refused)
+    tx.commit().await.map_err(failed)?;
+    Ok((rows, refused))
 }
 
 #[async_trait]
 impl Sink for MySqlSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        if self.columns_stale {
+            // The server said a column is unknown: the table changed under us.
+            let mut conn = self.pool.get_conn().await.map_err(transient)?;
+            self.table.columns = table_columns(&mut conn, &self.table.name).await.map_err(transient)?;
+            self.columns_stale = false;
+        }
         let mut refused: Refused = Vec::new();
         let mut changes = Vec::with_capacity(batch.len());
         for (index, record) in batch.iter().enumerate() {
@@ -286,49 +354,41 @@ impl Sink for MySqlSink {
         {
             let first = first.clone();
             self.create_table_from(&first).await?;
+            if self.table.columns.is_none() {
+                return Err(SinkError::retryable(format!(
+                    "mysql: table `{}` is still missing after CREATE TABLE (privileges? lower_case_table_names?)",
+                    self.table.name
+                )));
+            }
             // Re-check every record against the columns the table now has.
-            return self.write(batch).await;
+            return Box::pin(self.write(batch)).await;
         }
-        let partitions = self.config.concurrency;
-        let mut parts: Vec<Vec<(usize, RowChange)>> = vec![Vec::new(); partitions];
-        for (index, change) in changes {
-            let part = if partitions == 1 {
-                0
-            } else {
-                match &change {
-                    RowChange::Delete { key } => self.hasher.hash_one(format!("{key:?}")) as usize % partitions,
-                    RowChange::Write { columns, values, .. } => {
-                        let key: Vec<_> = columns
-                            .iter()
-                            .zip(values)
-                            .filter(|(c, _)| self.table.key_columns.contains(c))
-                            .map(|(_, v)| v)
-                            .collect();
-                        if key.is_empty() {
-                            index % partitions
-                        } else {
-                            self.hasher.hash_one(format!("{key:?}")) as usize % partitions
-                        }
-                    }
-                }
-            };
-            parts[part].push((index, change));
-        }
+        let parts = self.partition(changes);
         let mut tasks = tokio::task::JoinSet::new();
         for part in parts.into_iter().filter(|part| !part.is_empty()) {
             tasks.spawn(write_partition(self.pool.clone(), self.table.clone(), self.config.mode, part));
         }
-        let mut failure = None;
+        let (mut failure, mut rows) = (None, 0);
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(Ok(part_refused)) => refused.extend(part_refused),
-                Ok(Err(error)) => failure = Some(error),
+                Ok(Ok((part_rows, part_refused))) => {
+                    rows += part_rows;
+                    refused.extend(part_refused);
+                }
+                Ok(Err(Failed { error, unknown_column, lock_conflict })) => {
+                    self.columns_stale |= unknown_column;
+                    self.serial_next |= lock_conflict;
+                    failure = Some(error);
+                }
                 Err(error) => failure = Some(SinkError::retryable(format!("mysql sink writer failed: {error}"))),
             }
         }
+        // Partitions that committed count even when another failed (the retry rewrites them).
+        metrics::counter!("weir_mysql_sink_rows_total", "connector" => self.connector.clone()).increment(rows);
         if let Some(error) = failure {
             return Err(error); // upserts rewrite idempotently; the whole batch is retried
         }
+        self.serial_next = false;
         if refused.is_empty() {
             return Ok(());
         }

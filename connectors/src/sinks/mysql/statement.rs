@@ -231,13 +231,19 @@ fn statement(group: &[(usize, RowChange)], table: &TableShape, mode: MySqlMode) 
             sql
         }
         RowChange::Delete { .. } => {
-            let key = format!("({})", table.key_columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(","));
-            let tuple = format!("({})", vec!["?"; table.key_columns.len()].join(","));
-            format!(
-                "DELETE FROM {} WHERE {key} IN ({})",
-                quote(&table.name),
-                vec![tuple.as_str(); group.len()].join(",")
-            )
+            // `k IN (…)` for one key column; `(a = ? AND b = ?) OR …` for several, which every
+            // server turns into index lookups (a row-constructor IN may scan and lock more).
+            let condition = match table.key_columns.as_slice() {
+                [one] => format!("{} IN ({})", quote(one), vec!["?"; group.len()].join(",")),
+                many => {
+                    let tuple = format!(
+                        "({})",
+                        many.iter().map(|c| format!("{} = ?", quote(c))).collect::<Vec<_>>().join(" AND ")
+                    );
+                    vec![tuple.as_str(); group.len()].join(" OR ")
+                }
+            };
+            format!("DELETE FROM {} WHERE {condition}", quote(&table.name))
         }
     };
     Statement { sql, params }
@@ -336,7 +342,7 @@ mod tests {
         }
         let delete = changes(&record(r#"{"op":"d","before":{"id":5}}"#), MySqlMode::Cdc, &table).unwrap();
         let built = statements(&[(0, delete[0].clone())], &table, MySqlMode::Cdc);
-        assert_eq!(built[0].sql, "DELETE FROM `users` WHERE (`id`) IN ((?))");
+        assert_eq!(built[0].sql, "DELETE FROM `users` WHERE `id` IN (?)");
     }
 
     #[test]

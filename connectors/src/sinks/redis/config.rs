@@ -31,9 +31,10 @@ pub struct RedisSinkConfig {
     /// XADD with `MAXLEN ~ n`: keep the stream about this long.
     #[serde(default)]
     pub stream_length_max: Option<u64>,
-    /// Delete the key when the record's value is empty (default true).
-    #[serde(default = "RedisSinkConfig::delete_on_tombstone_default")]
-    pub delete_on_tombstone: bool,
+    /// Delete the key when the record's value is empty (default: on for `set` and `hset`,
+    /// off for the rest, where one empty record would delete a whole stream or list).
+    #[serde(default)]
+    pub delete_on_tombstone: Option<bool>,
     /// Most commands per pipeline (default 1000).
     #[serde(default = "RedisSinkConfig::pipeline_commands_max_default")]
     pub pipeline_commands_max: usize,
@@ -53,9 +54,6 @@ impl RedisSinkConfig {
     /// Longest `timeout_ms`.
     pub const TIMEOUT_MS_MAX: u64 = 600_000;
 
-    fn delete_on_tombstone_default() -> bool {
-        true
-    }
     fn pipeline_commands_max_default() -> usize {
         1000
     }
@@ -74,11 +72,16 @@ impl RedisSinkConfig {
             key: key.into(),
             ttl_seconds: None,
             stream_length_max: None,
-            delete_on_tombstone: Self::delete_on_tombstone_default(),
+            delete_on_tombstone: None,
             pipeline_commands_max: Self::pipeline_commands_max_default(),
             concurrency: Self::concurrency_default(),
             timeout_ms: Self::timeout_ms_default(),
         }
+    }
+
+    /// Whether a tombstone deletes the key.
+    pub fn deletes_on_tombstone(&self) -> bool {
+        self.delete_on_tombstone.unwrap_or(matches!(self.command, RedisCommand::Set | RedisCommand::Hset))
     }
 
     /// Checks the settings without connecting: `(field, reason)` of the first bad one.

@@ -1,6 +1,7 @@
 //! The Redis sink: start-up checks and pipelined writes.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,11 +37,33 @@ pub struct RedisSink {
     config: RedisSinkConfig,
     client: redis::Client,
     connection: Option<MultiplexedConnection>,
+    /// Spreads keys over lanes (`concurrency`).
+    hasher: std::collections::hash_map::RandomState,
 }
 
-/// Server error codes that say "later", not "never".
-const TRANSIENT_CODES: &[&str] =
-    &["BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "OOM", "NOREPLICAS"];
+/// Server error codes that blame the server's state or our access, not the record: retried,
+/// never dead-lettered.
+const TRANSIENT_CODES: &[&str] = &[
+    "BUSY",
+    "LOADING",
+    "MASTERDOWN",
+    "READONLY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MOVED",
+    "ASK",
+    "OOM",
+    "NOREPLICAS",
+    "MISCONF",
+    "NOPERM",
+    "NOAUTH",
+    "WRONGPASS",
+];
+
+/// HSET then EXPIRE as one script, so a refused HSET (WRONGTYPE) does not touch the key's TTL.
+/// KEYS[1] = key, ARGV[1] = TTL in seconds, ARGV[2..] = field, value, ….
+const HSET_EXPIRE_SCRIPT: &str =
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 2)); return redis.call('EXPIRE', KEYS[1], ARGV[1])";
 
 impl RedisSink {
     /// Connects and pings; fails with an actionable error when the server or the credentials
@@ -81,17 +104,23 @@ impl RedisSink {
             Ok(Ok(connection)) => connection,
         };
         tracing::info!(connector, %address, command = ?config.command, "redis sink connected");
-        Ok(RedisSink { connector: connector.into(), config, client, connection: Some(connection) })
+        Ok(RedisSink {
+            connector: connector.into(),
+            config,
+            client,
+            connection: Some(connection),
+            hasher: Default::default(),
+        })
     }
 
-    /// The commands a record becomes; `Err` is why it is poison.
-    fn commands(&self, record: &SinkRecord) -> Result<Vec<Cmd>, String> {
+    /// The key and the command a record becomes; `Err` is why it is poison.
+    fn command(&self, record: &SinkRecord) -> Result<(String, Cmd), String> {
         let value = &record.record.value;
-        if value.is_empty() && self.config.delete_on_tombstone {
+        if value.is_empty() && self.config.deletes_on_tombstone() {
             let key = template::render_record(&self.config.key, record, None).ok_or_else(|| {
                 format!("a tombstone has no fields to render key {:?}; use $key or other $ names", self.config.key)
             })?;
-            return Ok(vec![redis::cmd("DEL").arg(key).to_owned()]);
+            return Ok((key.clone(), redis::cmd("DEL").arg(key).to_owned()));
         }
         let json: Option<Json> = serde_json::from_slice(value).ok();
         let key = template::render_record(&self.config.key, record, json.as_ref())
@@ -111,52 +140,45 @@ impl RedisSink {
                 _ => vec![("value".to_string(), value.clone())],
             }
         };
-        let mut commands = Vec::with_capacity(2);
-        match self.config.command {
+        let with_fields = |mut command: Cmd, what: &str| -> Result<Cmd, String> {
+            let fields = fields();
+            if fields.is_empty() {
+                return Err(format!("the record is an empty JSON object; {what} needs a field"));
+            }
+            for (name, value) in fields {
+                command.arg(name).arg(value);
+            }
+            Ok(command)
+        };
+        let command = match self.config.command {
             RedisCommand::Set => {
                 let mut command = redis::cmd("SET");
                 command.arg(&key).arg(value.as_slice());
                 if let Some(ttl) = self.config.ttl_seconds {
                     command.arg("EX").arg(ttl);
                 }
-                commands.push(command);
+                command
             }
-            RedisCommand::Hset => {
-                let fields = fields();
-                if fields.is_empty() {
-                    return Err("the record is an empty JSON object; HSET needs a field".into());
-                }
-                let mut command = redis::cmd("HSET");
-                command.arg(&key);
-                for (name, value) in fields {
-                    command.arg(name).arg(value);
-                }
-                commands.push(command);
-                if let Some(ttl) = self.config.ttl_seconds {
-                    commands.push(redis::cmd("EXPIRE").arg(&key).arg(ttl).to_owned());
-                }
-            }
+            RedisCommand::Hset => match self.config.ttl_seconds {
+                Some(ttl) => with_fields(
+                    redis::cmd("EVAL").arg(HSET_EXPIRE_SCRIPT).arg(1).arg(&key).arg(ttl).to_owned(),
+                    "HSET",
+                )?,
+                None => with_fields(redis::cmd("HSET").arg(&key).to_owned(), "HSET")?,
+            },
             RedisCommand::Xadd => {
-                let fields = fields();
-                if fields.is_empty() {
-                    return Err("the record is an empty JSON object; XADD needs a field".into());
-                }
                 let mut command = redis::cmd("XADD");
                 command.arg(&key);
                 if let Some(length) = self.config.stream_length_max {
                     command.arg("MAXLEN").arg("~").arg(length);
                 }
-                command.arg("*");
-                for (name, value) in fields {
-                    command.arg(name).arg(value);
-                }
-                commands.push(command);
+                with_fields(command.arg("*").to_owned(), "XADD")?
             }
-            RedisCommand::Lpush => commands.push(redis::cmd("LPUSH").arg(&key).arg(value.as_slice()).to_owned()),
-            RedisCommand::Rpush => commands.push(redis::cmd("RPUSH").arg(&key).arg(value.as_slice()).to_owned()),
-            RedisCommand::Publish => commands.push(redis::cmd("PUBLISH").arg(&key).arg(value.as_slice()).to_owned()),
-        }
-        Ok(commands)
+            RedisCommand::Lpush => redis::cmd("LPUSH").arg(&key).arg(value.as_slice()).to_owned(),
+            RedisCommand::Rpush => redis::cmd("RPUSH").arg(&key).arg(value.as_slice()).to_owned(),
+            RedisCommand::Publish => redis::cmd("PUBLISH").arg(&key).arg(value.as_slice()).to_owned(),
+        };
+        Ok((key, command))
     }
 
     async fn connection(&mut self) -> Result<MultiplexedConnection, SinkError> {
@@ -184,74 +206,82 @@ struct Chunk {
     records: Vec<usize>,
 }
 
+/// Sends a lane's pipelines one after another; returns (record, reply) pairs, or the
+/// transient failure that stopped the lane.
+async fn send_lane(
+    mut connection: MultiplexedConnection,
+    chunks: Vec<Chunk>,
+    timeout: Duration,
+) -> Result<Vec<(usize, Value)>, String> {
+    let mut replies = Vec::new();
+    for chunk in chunks {
+        let answered = tokio::time::timeout(timeout, chunk.pipeline.query_async::<Vec<Value>>(&mut connection))
+            .await
+            .map_err(|_| format!("redis: no reply within {timeout:?}"))?
+            .map_err(|error| format!("redis: {error}"))?;
+        if answered.len() != chunk.records.len() {
+            return Err(format!("redis answered {} replies to {} commands", answered.len(), chunk.records.len()));
+        }
+        replies.extend(chunk.records.into_iter().zip(answered));
+    }
+    Ok(replies)
+}
+
 #[async_trait]
 impl Sink for RedisSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        // Records go to `concurrency` lanes by a hash of their key; a lane's pipelines are sent
+        // in order, so one key's commands keep the batch's order while lanes run in parallel.
+        let lanes_count = self.config.concurrency;
         let mut refused = BTreeMap::new();
-        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut lanes: Vec<Vec<Chunk>> = (0..lanes_count).map(|_| Vec::new()).collect();
         for (index, record) in batch.iter().enumerate() {
-            let commands = match self.commands(record) {
-                Ok(commands) => commands,
+            let (key, command) = match self.command(record) {
+                Ok(built) => built,
                 Err(reason) => {
                     refused.insert(index, reason);
                     continue;
                 }
             };
-            let fits =
-                chunks.last().is_some_and(|c| c.records.len() + commands.len() <= self.config.pipeline_commands_max);
-            if !fits {
+            let lane = &mut lanes[self.hasher.hash_one(&key) as usize % lanes_count];
+            if lane.last().is_none_or(|chunk| chunk.records.len() >= self.config.pipeline_commands_max) {
                 let mut pipeline = redis::pipe();
                 pipeline.ignore_errors();
-                chunks.push(Chunk { pipeline, records: Vec::new() });
+                lane.push(Chunk { pipeline, records: Vec::new() });
             }
-            let chunk = chunks.last_mut().expect("pushed above");
-            for command in commands {
-                chunk.pipeline.add_command(command);
-                chunk.records.push(index);
-            }
+            let chunk = lane.last_mut().expect("pushed above");
+            chunk.pipeline.add_command(command);
+            chunk.records.push(index);
         }
         let connection = self.connection().await?;
         let timeout = Duration::from_millis(self.config.timeout_ms);
+        let mut in_flight = tokio::task::JoinSet::new();
+        for lane in lanes.into_iter().filter(|lane| !lane.is_empty()) {
+            in_flight.spawn(send_lane(connection.clone(), lane, timeout));
+        }
         let mut transient = None;
         let mut commands_ok = 0u64;
-        let mut pending = chunks.into_iter();
-        loop {
-            let mut in_flight = tokio::task::JoinSet::new();
-            for chunk in pending.by_ref().take(self.config.concurrency) {
-                let mut connection = connection.clone();
-                in_flight.spawn(async move {
-                    let replies =
-                        tokio::time::timeout(timeout, chunk.pipeline.query_async::<Vec<Value>>(&mut connection)).await;
-                    (chunk.records, replies)
-                });
-            }
-            if in_flight.is_empty() {
-                break;
-            }
-            while let Some(joined) = in_flight.join_next().await {
-                let (records, replies) =
-                    joined.map_err(|e| SinkError::retryable(format!("redis sink writer failed: {e}")))?;
-                let replies = match replies {
-                    Err(_) => {
-                        transient = Some(format!("redis: no reply within {timeout:?}"));
-                        continue;
+        while let Some(joined) = in_flight.join_next().await {
+            let replies = match joined {
+                Ok(Ok(replies)) => replies,
+                Ok(Err(message)) => {
+                    transient = Some(message);
+                    continue;
+                }
+                Err(error) => {
+                    transient = Some(format!("redis sink writer failed: {error}"));
+                    continue;
+                }
+            };
+            for (index, reply) in replies {
+                match reply {
+                    Value::ServerError(error) if TRANSIENT_CODES.contains(&error.code()) => {
+                        transient = Some(format!("redis refused a command for now: {error}"));
                     }
-                    Ok(Err(error)) => {
-                        transient = Some(format!("redis: {error}"));
-                        continue;
+                    Value::ServerError(error) => {
+                        refused.insert(index, format!("redis refused the record: {error}"));
                     }
-                    Ok(Ok(replies)) => replies,
-                };
-                for (reply, index) in replies.iter().zip(&records) {
-                    match reply {
-                        Value::ServerError(error) if TRANSIENT_CODES.contains(&error.code()) => {
-                            transient = Some(format!("redis refused a command for now: {error}"));
-                        }
-                        Value::ServerError(error) => {
-                            refused.entry(*index).or_insert_with(|| format!("redis refused the record: {error}"));
-                        }
-                        _ => commands_ok += 1,
-                    }
+                    _ => commands_ok += 1,
                 }
             }
         }

@@ -1,0 +1,728 @@
+//! The CDC source: start-up checks, the consistent snapshot, binlog streaming and positions.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_core::Stream;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Row, Value};
+use serde_json::{Map, Value as Json, json};
+use weir_connect::{Position, Record, Source, SourceError, SourceRecord};
+
+use super::config::{MySqlCdcConfig, SnapshotMode};
+use super::schema::{SchemaCache, TableFilter, TableSchema, captured_tables};
+use super::value::{Origin, to_json};
+use crate::template;
+
+/// Why the source cannot start, by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MySqlCdcError {
+    /// A setting is wrong.
+    #[error("mysql_cdc source {connector:?}: `{field}` {reason}")]
+    Config { connector: String, field: &'static str, reason: String },
+}
+
+/// The MariaDB GTID event (type 162), which mysql_common does not decode.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// Captures changes of one server's tables.
+pub struct MySqlCdcSource {
+    connector: String,
+    config: MySqlCdcConfig,
+    opts: Opts,
+    filter: TableFilter,
+    server_id: u32,
+    emit: Emitter,
+    schemas: SchemaCache,
+    /// For schema lookups while streaming.
+    query: Option<Conn>,
+    state: State,
+}
+
+enum State {
+    Closed,
+    Snapshot(Box<Snapshot>),
+    Streaming(Box<Streaming>),
+}
+
+struct Snapshot {
+    conn: Conn,
+    tables: VecDeque<(String, String)>,
+    /// The table being read and the key of its last row read (`None`: from the start).
+    current: Option<(Arc<TableSchema>, Option<Vec<Value>>, u64)>,
+    /// The binlog position the snapshot corresponds to.
+    file: String,
+    pos: u64,
+    rows: u64,
+    started: Instant,
+}
+
+struct Streaming {
+    stream: BinlogStream,
+    /// The binlog file being read.
+    file: String,
+    /// The last transaction boundary passed (where a resume may start) and the GTID of the
+    /// transaction in progress.
+    boundary: (String, u64),
+    transaction_start: Option<(String, u64)>,
+    gtid: Option<String>,
+    rows_in_transaction: u64,
+    /// Rows of the first transaction already delivered before a restart.
+    skip_rows: u64,
+    /// The position of the last record handed out, and when.
+    last_emitted: Option<(String, u64)>,
+    last_emitted_at: Instant,
+}
+
+/// Builds the records the source emits.
+struct Emitter {
+    /// Topic template over `{{database}}` and `{{table}}`.
+    topic: String,
+    heartbeat_topic: String,
+    server_name: String,
+}
+
+impl Emitter {
+    fn topic(&self, database: &str, table: &str) -> String {
+        let json = json!({"database": database, "table": table});
+        template::render(&self.topic, &json).unwrap_or_else(|| format!("cdc_{database}_{table}"))
+    }
+
+    fn heartbeat(&self, file: &str, pos: u64) -> SourceRecord {
+        let value = json!({"server": self.server_name, "file": file, "pos": pos, "ts_ms": weir_connect::now_ms()});
+        SourceRecord {
+            record: Record {
+                topic: self.heartbeat_topic.clone(),
+                key: Some(self.server_name.clone()),
+                value: value.to_string().into_bytes(),
+                tag: Some("heartbeat".into()),
+                timestamp_ms: weir_connect::now_ms(),
+                ..Record::default()
+            },
+            position: json!({"file": file, "pos": pos, "skip_rows": 0}),
+        }
+    }
+
+    /// A change record in Debezium's envelope.
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &self,
+        schema: &TableSchema,
+        op: &str,
+        before: Option<Json>,
+        after: Option<Json>,
+        source: Map<String, Json>,
+        timestamp_ms: i64,
+        position: Position,
+    ) -> SourceRecord {
+        let image = after.as_ref().or(before.as_ref());
+        let key = image.and_then(|row| record_key(schema, row));
+        let envelope =
+            json!({"before": before, "after": after, "op": op, "source": source, "ts_ms": weir_connect::now_ms()});
+        SourceRecord {
+            record: Record {
+                topic: self.topic(&schema.database, &schema.table),
+                key,
+                value: envelope.to_string().into_bytes(),
+                tag: Some(schema.table.clone()),
+                timestamp_ms,
+                ..Record::default()
+            },
+            position,
+        }
+    }
+}
+
+impl MySqlCdcSource {
+    /// Checks the settings (without connecting; `open` connects and checks the server).
+    pub fn new(connector: &str, config: MySqlCdcConfig) -> Result<MySqlCdcSource, MySqlCdcError> {
+        let fail = |field, reason| MySqlCdcError::Config { connector: connector.into(), field, reason };
+        let opts = Opts::from_url(&config.url).map_err(|e| fail("url", format!("is not a mysql:// URL: {e}")))?;
+        let filter =
+            TableFilter::new(&config.include, &config.exclude).map_err(|(field, reason)| fail(field, reason))?;
+        template::validate(&config.topic).map_err(|reason| fail("topic", reason))?;
+        if config.snapshot_chunk_rows == 0 || config.snapshot_chunk_rows > MySqlCdcConfig::SNAPSHOT_CHUNK_ROWS_MAX {
+            return Err(fail(
+                "snapshot_chunk_rows",
+                format!("must be in 1..={}", MySqlCdcConfig::SNAPSHOT_CHUNK_ROWS_MAX),
+            ));
+        }
+        if !MySqlCdcConfig::HEARTBEAT_INTERVAL_MS_RANGE.contains(&config.heartbeat_interval_ms) {
+            return Err(fail(
+                "heartbeat_interval_ms",
+                format!("must be in {:?}", MySqlCdcConfig::HEARTBEAT_INTERVAL_MS_RANGE),
+            ));
+        }
+        let hash =
+            connector.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let server_id = config.server_id.unwrap_or(5400 + (hash % 1000) as u32);
+        let emit = Emitter {
+            topic: config.topic.clone(),
+            heartbeat_topic: config.heartbeat_topic.clone(),
+            server_name: config.server_name.clone().unwrap_or_else(|| connector.to_string()),
+        };
+        Ok(MySqlCdcSource {
+            connector: connector.into(),
+            config,
+            opts,
+            filter,
+            server_id,
+            emit,
+            schemas: SchemaCache::default(),
+            query: None,
+            state: State::Closed,
+        })
+    }
+
+    fn address(&self) -> String {
+        format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
+    }
+
+    async fn connect(&self) -> Result<Conn, SourceError> {
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let address = self.address();
+        match tokio::time::timeout(timeout, Conn::new(self.opts.clone())).await {
+            Err(_) => Err(SourceError::retryable(format!("mysql_cdc: no connection to {address} within {timeout:?}"))),
+            Ok(Err(mysql_async::Error::Server(error))) if matches!(error.code, 1045 | 1044 | 1698) => {
+                Err(SourceError::permanent(format!(
+                    "mysql_cdc: {address} refused user {:?}: {} (check the URL's user and password)",
+                    self.opts.user().unwrap_or_default(),
+                    error.message
+                )))
+            }
+            Ok(Err(error)) => Err(SourceError::retryable(format!("mysql_cdc: cannot reach {address}: {error}"))),
+            Ok(Ok(conn)) => Ok(conn),
+        }
+    }
+
+    /// Refuses servers that do not log full row images.
+    async fn check_server(&self, conn: &mut Conn) -> Result<(), SourceError> {
+        let settings: Option<(i64, String, String)> = conn
+            .query_first("SELECT @@log_bin, @@binlog_format, @@binlog_row_image")
+            .await
+            .map_err(|e| SourceError::retryable(format!("mysql_cdc: cannot read the server's binlog settings: {e}")))?;
+        let (log_bin, format, image) = settings.unwrap_or_default();
+        let address = self.address();
+        if log_bin != 1 {
+            return Err(SourceError::permanent(format!(
+                "mysql_cdc: binary logging is off on {address}; start the server with log_bin (e.g. `--log-bin`, or `log_bin = ON` in its config), binlog_format=ROW and binlog_row_image=FULL"
+            )));
+        }
+        if !format.eq_ignore_ascii_case("ROW") {
+            return Err(SourceError::permanent(format!(
+                "mysql_cdc: binlog_format is {format} on {address}; CDC needs ROW (`SET GLOBAL binlog_format = 'ROW'` and binlog_format=ROW in the server's config)"
+            )));
+        }
+        if !image.eq_ignore_ascii_case("FULL") {
+            return Err(SourceError::permanent(format!(
+                "mysql_cdc: binlog_row_image is {image} on {address}; CDC needs FULL (`SET GLOBAL binlog_row_image = 'FULL'` and in the server's config)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The binlog files the server still has.
+    async fn binlog_files(conn: &mut Conn) -> Result<Vec<String>, SourceError> {
+        let rows: Vec<Row> = conn
+            .query("SHOW BINARY LOGS")
+            .await
+            .map_err(|e| SourceError::retryable(format!("mysql_cdc: SHOW BINARY LOGS: {e}")))?;
+        Ok(rows.into_iter().filter_map(|row| row.get::<String, _>(0)).collect())
+    }
+
+    async fn start_snapshot(&mut self) -> Result<(), SourceError> {
+        let mut conn = self.connect().await?;
+        let failed =
+            |what: &str, e: mysql_async::Error| SourceError::retryable(format!("mysql_cdc snapshot: {what}: {e}"));
+        conn.query_drop("SET SESSION time_zone = '+00:00'").await.map_err(|e| failed("set time zone", e))?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(|e| failed("isolation", e))?;
+        let version: String =
+            conn.query_first("SELECT VERSION()").await.map_err(|e| failed("version", e))?.unwrap_or_default();
+        let (file, pos) = if version.contains("MariaDB") {
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(|e| failed("start", e))?;
+            let rows: Vec<(String, String)> = conn
+                .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                .await
+                .map_err(|e| failed("binlog_snapshot_file/position", e))?;
+            let get = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let file = get("binlog_snapshot_file").unwrap_or_default();
+            let pos = get("binlog_snapshot_position").and_then(|p| p.parse().ok()).unwrap_or(4);
+            (file, pos)
+        } else {
+            // MySQL: hold the global read lock only around reading the position.
+            conn.query_drop("FLUSH TABLES WITH READ LOCK")
+                .await
+                .map_err(|e| failed("FLUSH TABLES WITH READ LOCK", e))?;
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(|e| failed("start", e))?;
+            let row: Option<Row> =
+                conn.query_first("SHOW MASTER STATUS").await.map_err(|e| failed("SHOW MASTER STATUS", e))?;
+            conn.query_drop("UNLOCK TABLES").await.map_err(|e| failed("UNLOCK TABLES", e))?;
+            let row =
+                row.ok_or_else(|| SourceError::permanent("mysql_cdc: SHOW MASTER STATUS is empty: is log_bin on?"))?;
+            (row.get::<String, _>(0).unwrap_or_default(), row.get::<u64, _>(1).unwrap_or(4))
+        };
+        let tables = captured_tables(&mut conn, &self.filter).await.map_err(|e| failed("list tables", e))?;
+        tracing::info!(connector = %self.connector, tables = tables.len(), %file, pos, "mysql_cdc snapshot started");
+        metrics::gauge!("weir_mysql_cdc_snapshot_running", "connector" => self.connector.clone()).set(1.0);
+        self.state = State::Snapshot(Box::new(Snapshot {
+            conn,
+            tables: tables.into(),
+            current: None,
+            file,
+            pos,
+            rows: 0,
+            started: Instant::now(),
+        }));
+        Ok(())
+    }
+
+    async fn start_streaming(&mut self, file: String, pos: u64, skip_rows: u64) -> Result<(), SourceError> {
+        let mut conn = self.connect().await?;
+        let failed =
+            |e: mysql_async::Error| SourceError::retryable(format!("mysql_cdc: cannot start the binlog stream: {e}"));
+        // MariaDB: send GTID events (not fake BEGINs) and heartbeats while idle.
+        conn.query_drop("SET @mariadb_slave_capability = 4").await.map_err(failed)?;
+        let heartbeat_ns = self.config.heartbeat_interval_ms * 1_000_000;
+        conn.query_drop(format!("SET @master_heartbeat_period = {heartbeat_ns}")).await.map_err(failed)?;
+        let request = BinlogStreamRequest::new(self.server_id).with_filename(file.as_bytes()).with_pos(pos);
+        let stream = conn.get_binlog_stream(request).await.map_err(failed)?;
+        tracing::info!(connector = %self.connector, %file, pos, skip_rows, server_id = self.server_id, "mysql_cdc streaming");
+        self.state = State::Streaming(Box::new(Streaming {
+            stream,
+            file: file.clone(),
+            boundary: (file, pos),
+            transaction_start: None,
+            gtid: None,
+            rows_in_transaction: 0,
+            skip_rows,
+            last_emitted: None,
+            last_emitted_at: Instant::now(),
+        }));
+        Ok(())
+    }
+
+    async fn poll_snapshot(&mut self, records_max: usize) -> Result<Vec<SourceRecord>, SourceError> {
+        let State::Snapshot(snapshot) = &mut self.state else { unreachable!("called in the snapshot state") };
+        let mut out = Vec::new();
+        while out.len() < records_max {
+            if snapshot.current.is_none() {
+                let Some((database, table)) = snapshot.tables.pop_front() else { break };
+                let schema = self.schemas.get(&mut snapshot.conn, &database, &table).await.map_err(|e| {
+                    SourceError::retryable(format!("mysql_cdc snapshot: columns of {database}.{table}: {e}"))
+                })?;
+                if let Some(schema) = schema {
+                    tracing::info!(connector = %self.connector, %database, %table, "mysql_cdc snapshot of a table");
+                    snapshot.current = Some((schema, None, 0));
+                }
+                continue;
+            }
+            let (schema, last_key, offset) = snapshot.current.as_ref().expect("checked above");
+            let schema = schema.clone();
+            let limit = self.config.snapshot_chunk_rows.min(records_max - out.len());
+            let (sql, params) = chunk_query(&schema, last_key.as_deref(), *offset, limit);
+            let rows: Vec<Row> = snapshot.conn.exec(sql, params).await.map_err(|e| {
+                SourceError::retryable(format!("mysql_cdc snapshot of {}.{}: {e}", schema.database, schema.table))
+            })?;
+            let done = rows.len() < limit;
+            let mut next_key = None;
+            for row in &rows {
+                let values: Vec<Value> =
+                    (0..row.len()).map(|i| row.as_ref(i).cloned().unwrap_or(Value::NULL)).collect();
+                let after = row_json(&schema, &values, Origin::Query);
+                let source =
+                    source_fields(&self.emit.server_name, &schema, true, None, &snapshot.file, snapshot.pos, 0, 0);
+                let now = weir_connect::now_ms();
+                out.push(self.emit.change(
+                    &schema,
+                    "r",
+                    None,
+                    Some(after),
+                    source,
+                    now,
+                    json!({"snapshot": "running"}),
+                ));
+                next_key = Some(schema.key.iter().map(|i| values[*i].clone()).collect::<Vec<_>>());
+            }
+            snapshot.rows += rows.len() as u64;
+            metrics::counter!("weir_mysql_cdc_snapshot_rows_total", "connector" => self.connector.clone())
+                .increment(rows.len() as u64);
+            let current = snapshot.current.as_mut().expect("checked above");
+            if done {
+                snapshot.current = None;
+            } else {
+                current.1 = next_key.or(current.1.take());
+                current.2 += rows.len() as u64;
+            }
+        }
+        if snapshot.current.is_none() && snapshot.tables.is_empty() {
+            // Done: a heartbeat carries the binlog position the snapshot corresponds to.
+            let (file, pos) = (snapshot.file.clone(), snapshot.pos);
+            tracing::info!(connector = %self.connector, rows = snapshot.rows, seconds = snapshot.started.elapsed().as_secs_f64(), "mysql_cdc snapshot done");
+            metrics::gauge!("weir_mysql_cdc_snapshot_running", "connector" => self.connector.clone()).set(0.0);
+            out.push(self.emit.heartbeat(&file, pos));
+            let State::Snapshot(snapshot) = std::mem::replace(&mut self.state, State::Closed) else { unreachable!() };
+            let _ = snapshot.conn.disconnect().await;
+            self.start_streaming(file, pos, 0).await?;
+        }
+        Ok(out)
+    }
+
+    async fn poll_stream(&mut self, records_max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        if self.query.is_none() {
+            self.query = Some(self.connect().await?);
+        }
+        loop {
+            if out.len() >= records_max {
+                break;
+            }
+            let State::Streaming(streaming) = &mut self.state else { unreachable!("called in the streaming state") };
+            let next = std::future::poll_fn(|cx| Pin::new(&mut streaming.stream).poll_next(cx));
+            let event = match tokio::time::timeout_at(deadline, next).await {
+                Err(_) => break, // waited long enough
+                Ok(None) => return Err(SourceError::retryable("mysql_cdc: the server closed the binlog stream")),
+                Ok(Some(Err(error))) => {
+                    return Err(classify_stream_error(&error, &streaming.boundary.0));
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            let header = event.header();
+            let end = u64::from(header.log_pos());
+            let start = end.saturating_sub(u64::from(header.event_size()));
+            let timestamp_ms = i64::from(header.timestamp()) * 1000;
+            if event.header().event_type_raw() == MARIADB_GTID_EVENT {
+                streaming.transaction_start = Some((streaming.file.clone(), start));
+                streaming.gtid = mariadb_gtid(event.data(), header.server_id());
+                streaming.rows_in_transaction = 0;
+                continue;
+            }
+            let data = event
+                .read_data()
+                .map_err(|e| SourceError::retryable(format!("mysql_cdc: undecodable binlog event: {e}")))?;
+            match data {
+                Some(EventData::RotateEvent(rotate)) => {
+                    // The server's first (fake) rotate precedes the format description, so
+                    // its checksum is read as part of the name: keep the file-name characters.
+                    let name = rotate.name();
+                    let end =
+                        name.find(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c))).unwrap_or(name.len());
+                    streaming.file = name[..end].to_string();
+                    if streaming.transaction_start.is_none() {
+                        streaming.boundary = (streaming.file.clone(), rotate.position());
+                    }
+                }
+                Some(EventData::GtidEvent(gtid)) => {
+                    streaming.transaction_start = Some((streaming.file.clone(), start));
+                    let sid = gtid.sid();
+                    let uuid = sid.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                    streaming.gtid = Some(format!(
+                        "{}-{}-{}-{}-{}:{}",
+                        &uuid[..8],
+                        &uuid[8..12],
+                        &uuid[12..16],
+                        &uuid[16..20],
+                        &uuid[20..],
+                        gtid.gno()
+                    ));
+                    streaming.rows_in_transaction = 0;
+                }
+                Some(EventData::QueryEvent(query)) => {
+                    let text = query.query().trim().to_string();
+                    if text.eq_ignore_ascii_case("BEGIN") {
+                        if streaming.transaction_start.is_none() {
+                            streaming.transaction_start = Some((streaming.file.clone(), start));
+                            streaming.rows_in_transaction = 0;
+                        }
+                    } else if text.eq_ignore_ascii_case("COMMIT") {
+                        end_transaction(streaming, end);
+                    } else {
+                        // DDL: its own transaction. Schemas of that database are reloaded.
+                        let database = query.schema().into_owned();
+                        self.schemas.forget_database(&database);
+                        let State::Streaming(streaming) = &mut self.state else { unreachable!() };
+                        end_transaction(streaming, end);
+                        let (file, pos) = streaming.boundary.clone();
+                        let value = json!({"database": database, "ddl": text, "ts_ms": timestamp_ms,
+                            "source": {"name": self.emit.server_name, "file": file, "pos": pos, "gtid": streaming.gtid}});
+                        streaming.last_emitted = Some((file.clone(), pos));
+                        streaming.last_emitted_at = Instant::now();
+                        out.push(SourceRecord {
+                            record: Record {
+                                topic: self.config.schema_topic.clone(),
+                                key: Some(database.clone()),
+                                value: value.to_string().into_bytes(),
+                                tag: Some("ddl".into()),
+                                timestamp_ms,
+                                ..Record::default()
+                            },
+                            position: json!({"file": file, "pos": pos, "skip_rows": 0}),
+                        });
+                        metrics::counter!("weir_mysql_cdc_schema_changes_total", "connector" => self.connector.clone())
+                            .increment(1);
+                    }
+                }
+                Some(EventData::XidEvent(_)) => end_transaction(streaming, end),
+                Some(EventData::RowsEvent(rows_event)) => {
+                    let Some(tme) = streaming.stream.get_tme(rows_event.table_id()) else {
+                        return Err(SourceError::retryable("mysql_cdc: a rows event without its table map"));
+                    };
+                    let (database, table) = (tme.database_name().into_owned(), tme.table_name().into_owned());
+                    let op = match &rows_event {
+                        RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => "c",
+                        RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => "u",
+                        RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => "d",
+                        _ => continue, // partial updates need binlog_row_image=FULL, checked at start
+                    };
+                    let mut changes: Vec<(Option<RowValues>, Option<RowValues>)> = Vec::new();
+                    for row in rows_event.rows(tme) {
+                        let (before, after) = row.map_err(|e| {
+                            SourceError::retryable(format!("mysql_cdc: undecodable row of {database}.{table}: {e}"))
+                        })?;
+                        let plain = |row: Option<mysql_async::binlog::row::BinlogRow>| {
+                            row.map(|row| row.unwrap().into_iter().map(binlog_value).collect::<Vec<Value>>())
+                        };
+                        changes.push((plain(before), plain(after)));
+                    }
+                    let captured = self.filter.captures(&database, &table);
+                    let transaction = streaming.transaction_start.clone().unwrap_or_else(|| streaming.boundary.clone());
+                    let gtid = streaming.gtid.clone();
+                    let schema = if captured {
+                        let conn = self.query.as_mut().expect("connected above");
+                        self.schemas.get(conn, &database, &table).await.map_err(|e| {
+                            SourceError::retryable(format!("mysql_cdc: columns of {database}.{table}: {e}"))
+                        })?
+                    } else {
+                        None
+                    };
+                    let State::Streaming(streaming) = &mut self.state else { unreachable!() };
+                    for (row_index, (before, after)) in changes.into_iter().enumerate() {
+                        streaming.rows_in_transaction += 1;
+                        if streaming.rows_in_transaction <= streaming.skip_rows {
+                            continue; // delivered before the restart
+                        }
+                        let Some(schema) = &schema else { continue };
+                        let position = json!({"file": transaction.0, "pos": transaction.1,
+                            "skip_rows": streaming.rows_in_transaction, "gtid": gtid});
+                        let source = source_fields(
+                            &self.emit.server_name,
+                            schema,
+                            false,
+                            gtid.as_deref(),
+                            &transaction.0,
+                            transaction.1,
+                            row_index,
+                            timestamp_ms,
+                        );
+                        let before = before.map(|values| row_json(schema, &values, Origin::Binlog));
+                        let after = after.map(|values| row_json(schema, &values, Origin::Binlog));
+                        streaming.last_emitted = Some(transaction.clone());
+                        streaming.last_emitted_at = Instant::now();
+                        out.push(self.emit.change(schema, op, before, after, source, timestamp_ms, position));
+                        metrics::counter!("weir_mysql_cdc_changes_total", "connector" => self.connector.clone(), "op" => op).increment(1);
+                    }
+                }
+                _ => {}
+            }
+            // Idle (or only uncaptured tables): a heartbeat moves the position on.
+            let State::Streaming(streaming) = &mut self.state else { unreachable!() };
+            let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
+            if streaming.transaction_start.is_none()
+                && out.is_empty()
+                && streaming.last_emitted.as_ref() != Some(&streaming.boundary)
+                && streaming.last_emitted_at.elapsed() >= interval
+            {
+                let (file, pos) = streaming.boundary.clone();
+                streaming.last_emitted = Some((file.clone(), pos));
+                streaming.last_emitted_at = Instant::now();
+                out.push(self.emit.heartbeat(&file, pos));
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A row image's values, in column order.
+type RowValues = Vec<Value>;
+
+/// A transaction ended at `end`: the next boundary.
+fn end_transaction(streaming: &mut Streaming, end: u64) {
+    streaming.boundary = (streaming.file.clone(), end);
+    streaming.transaction_start = None;
+    streaming.rows_in_transaction = 0;
+    streaming.skip_rows = 0;
+}
+
+/// `domain-server-sequence` from a MariaDB GTID event's body (sequence u64, domain u32).
+fn mariadb_gtid(data: &[u8], server_id: u32) -> Option<String> {
+    let sequence = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    Some(format!("{domain}-{server_id}-{sequence}"))
+}
+
+/// A binlog value as a plain value (MySQL's binary JSON as its JSON text).
+fn binlog_value(value: mysql_async::binlog::value::BinlogValue<'static>) -> Value {
+    use mysql_async::binlog::value::BinlogValue;
+    match value {
+        BinlogValue::Value(value) => value,
+        BinlogValue::Jsonb(jsonb) => match serde_json::Value::try_from(jsonb) {
+            Ok(json) => Value::Bytes(json.to_string().into_bytes()),
+            Err(_) => Value::NULL,
+        },
+        BinlogValue::JsonDiff(_) => Value::NULL, // not produced with binlog_row_image=FULL
+    }
+}
+
+fn classify_stream_error(error: &mysql_async::Error, file: &str) -> SourceError {
+    match error {
+        // ER_MASTER_FATAL_ERROR_READING_BINLOG: the file is gone (purged) or unreadable.
+        mysql_async::Error::Server(e) if e.code == 1236 => SourceError::permanent(format!(
+            "mysql_cdc: the server cannot send binlog {file:?} any more ({}); the changes since the committed position are lost to this source: \
+             reset its offsets (DELETE /connectors/<name>/offsets) to snapshot again, or set `snapshot: when_needed`",
+            e.message
+        )),
+        other => SourceError::retryable(format!("mysql_cdc: binlog stream: {other}")),
+    }
+}
+
+/// A row's values as a JSON object by column name. Columns map by position to the table's
+/// current schema: a row logged before a column was added at the end lacks it (and the field
+/// is left out, not made null); one logged before a rename gets the new name.
+fn row_json(schema: &TableSchema, values: &[Value], origin: Origin) -> Json {
+    let object: Map<String, Json> = schema
+        .columns
+        .iter()
+        .zip(values)
+        .map(|(column, value)| (column.name.clone(), to_json(column, value, origin)))
+        .collect();
+    Json::Object(object)
+}
+
+/// The message key: the primary key's value (one column) or a JSON object of them.
+fn record_key(schema: &TableSchema, row: &Json) -> Option<String> {
+    match schema.key.as_slice() {
+        [] => None,
+        [one] => match &row[&schema.columns[*one].name] {
+            Json::String(text) => Some(text.clone()),
+            other => Some(other.to_string()),
+        },
+        many => {
+            let key: Map<String, Json> =
+                many.iter().map(|i| (schema.columns[*i].name.clone(), row[&schema.columns[*i].name].clone())).collect();
+            Some(Json::Object(key).to_string())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn source_fields(
+    name: &str,
+    schema: &TableSchema,
+    snapshot: bool,
+    gtid: Option<&str>,
+    file: &str,
+    pos: u64,
+    row: usize,
+    timestamp_ms: i64,
+) -> Map<String, Json> {
+    let value = json!({"version": env!("CARGO_PKG_VERSION"), "connector": "mysql", "name": name, "ts_ms": timestamp_ms,
+        "snapshot": snapshot, "db": schema.database, "table": schema.table, "gtid": gtid, "file": file, "pos": pos, "row": row});
+    match value {
+        Json::Object(map) => map,
+        _ => unreachable!("built as an object"),
+    }
+}
+
+/// The next chunk of a snapshot: by primary key after `last_key`, or by offset for tables
+/// without one.
+fn chunk_query(schema: &TableSchema, last_key: Option<&[Value]>, offset: u64, limit: usize) -> (String, Vec<Value>) {
+    let quote = |name: &str| format!("`{}`", name.replace('`', "``"));
+    let columns: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
+    let table = format!("{}.{}", quote(&schema.database), quote(&schema.table));
+    if schema.key.is_empty() {
+        return (format!("SELECT {} FROM {table} LIMIT {limit} OFFSET {offset}", columns.join(",")), Vec::new());
+    }
+    let key: Vec<String> = schema.key.iter().map(|i| quote(&schema.columns[*i].name)).collect();
+    let order = key.join(",");
+    match last_key {
+        None => (format!("SELECT {} FROM {table} ORDER BY {order} LIMIT {limit}", columns.join(",")), Vec::new()),
+        Some(values) => (
+            format!(
+                "SELECT {} FROM {table} WHERE ({order}) > ({}) ORDER BY {order} LIMIT {limit}",
+                columns.join(","),
+                vec!["?"; key.len()].join(",")
+            ),
+            values.to_vec(),
+        ),
+    }
+}
+
+#[async_trait]
+impl Source for MySqlCdcSource {
+    async fn open(&mut self, position: Option<Position>) -> Result<(), SourceError> {
+        self.state = State::Closed;
+        self.query = None;
+        let mut conn = self.connect().await?;
+        self.check_server(&mut conn).await?;
+        let files = Self::binlog_files(&mut conn).await?;
+        let committed = position.as_ref().and_then(|p| {
+            let file = p.get("file")?.as_str()?.to_string();
+            let pos = p.get("pos")?.as_u64()?;
+            Some((file, pos, p.get("skip_rows").and_then(Json::as_u64).unwrap_or(0)))
+        });
+        self.query = Some(conn);
+        match committed {
+            Some((file, pos, skip_rows)) if files.contains(&file) => self.start_streaming(file, pos, skip_rows).await,
+            Some((file, _, _)) if self.config.snapshot == SnapshotMode::WhenNeeded => {
+                tracing::warn!(connector = %self.connector, %file, "the committed binlog file was purged; snapshotting again");
+                self.start_snapshot().await
+            }
+            Some((file, _, _)) => Err(SourceError::permanent(format!(
+                "mysql_cdc: the committed binlog file {file:?} was purged from {} (it has {}); reset the connector's offsets \
+                 (DELETE /connectors/{}/offsets) to snapshot again, or set `snapshot: when_needed`",
+                self.address(),
+                files.join(", "),
+                self.connector
+            ))),
+            None if self.config.snapshot == SnapshotMode::Never => {
+                let conn = self.query.as_mut().expect("set above");
+                let row: Option<Row> = conn
+                    .query_first("SHOW MASTER STATUS")
+                    .await
+                    .map_err(|e| SourceError::retryable(format!("mysql_cdc: {e}")))?;
+                let row = row
+                    .ok_or_else(|| SourceError::permanent("mysql_cdc: SHOW MASTER STATUS is empty: is log_bin on?"))?;
+                let (file, pos) = (row.get::<String, _>(0).unwrap_or_default(), row.get::<u64, _>(1).unwrap_or(4));
+                self.start_streaming(file, pos, 0).await
+            }
+            // No position, or a snapshot that did not finish: snapshot (again).
+            None => self.start_snapshot().await,
+        }
+    }
+
+    async fn poll(&mut self, records_max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        match &self.state {
+            State::Closed => Err(SourceError::retryable("mysql_cdc: polled before open")),
+            State::Snapshot(_) => self.poll_snapshot(records_max).await,
+            State::Streaming(_) => self.poll_stream(records_max, wait).await,
+        }
+    }
+}
+
+impl Drop for MySqlCdcSource {
+    fn drop(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        if let (State::Streaming(streaming), Ok(runtime)) = (state, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ = streaming.stream.close().await;
+            });
+        }
+    }
+}
