@@ -84,6 +84,40 @@ pub enum SourceSection {
     Http(HttpSource),
     /// Lines of a growing text file (an application log), resumed from a saved position.
     File(FileSource),
+    /// Row changes of MySQL/MariaDB tables from the binlog, after a snapshot
+    /// (`weir_connectors::sources::mysql_cdc::MySqlCdcConfig`).
+    MysqlCdc(CdcSource),
+}
+
+/// `type: mysql_cdc`: the worker settings every source has, and the connector's own
+/// (documented on `MySqlCdcConfig`, checked by `validate`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CdcSource {
+    #[serde(default)]
+    pub errors: ErrorsSection,
+    #[serde(default)]
+    pub batch: SourceBatchSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// The connector's own settings.
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl CdcSource {
+    /// The connector's settings; the error names the field at fault when serde says.
+    pub fn settings(&self) -> Result<weir_connectors::sources::mysql_cdc::MySqlCdcConfig, (Option<String>, String)> {
+        parse_settings(&self.settings)
+    }
+
+    /// The source task's settings: the defaults, with what the file sets.
+    pub fn task_config(&self, name: &str) -> SourceTaskConfig {
+        let mut config = SourceTaskConfig::new(name);
+        config.errors_tolerance = self.errors.tolerance.into();
+        config.batch_records_max = self.batch.records_max.unwrap_or(config.batch_records_max);
+        self.retry.apply(&mut config.retries_max, &mut config.backoff_initial, &mut config.backoff_max);
+        config
+    }
 }
 
 /// `type: file`.
@@ -226,22 +260,29 @@ impl ExternalSink {
     /// The connector's settings as its config type; the error names the field at fault
     /// (when serde says) and the reason.
     pub fn settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, (Option<String>, String)> {
-        serde_json::from_value(serde_json::Value::Object(self.settings.clone())).map_err(|error| {
-            let text = error.to_string();
-            // serde names fields in backquotes ("unknown field `x`", "missing field `y`"), but
-            // a bad enum value by its variant: find the setting holding it.
-            let quoted = text.split('`').nth(1).map(str::to_string);
-            let field = match quoted {
-                Some(variant) if text.starts_with("unknown variant") => self
-                    .settings
-                    .iter()
-                    .find(|(_, value)| value.as_str() == Some(variant.as_str()))
-                    .map(|(name, _)| name.clone()),
-                quoted => quoted,
-            };
-            (field, text)
-        })
+        parse_settings(&self.settings)
     }
+}
+
+/// A connector's own settings (collected by `flatten`) as its config type; the error names
+/// the field at fault when serde says, and the reason.
+fn parse_settings<T: serde::de::DeserializeOwned>(
+    settings: &serde_json::Map<String, serde_json::Value>,
+) -> Result<T, (Option<String>, String)> {
+    serde_json::from_value(serde_json::Value::Object(settings.clone())).map_err(|error| {
+        let text = error.to_string();
+        // serde names fields in backquotes ("unknown field `x`", "missing field `y`"), but
+        // a bad enum value by its variant: find the setting holding it.
+        let quoted = text.split('`').nth(1).map(str::to_string);
+        let field = match quoted {
+            Some(variant) if text.starts_with("unknown variant") => settings
+                .iter()
+                .find(|(_, value)| value.as_str() == Some(variant.as_str()))
+                .map(|(name, _)| name.clone()),
+            quoted => quoted,
+        };
+        (field, text)
+    })
 }
 
 /// `type: file`.
@@ -684,6 +725,38 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                     ));
                 }
                 declared(format!("sources.{source_name}.topic"), &file.topic)?;
+                continue;
+            }
+            SourceSection::MysqlCdc(cdc) => {
+                let checked = cdc.settings().and_then(|config| {
+                    let topics = [
+                        ("schema_topic", config.schema_topic.clone()),
+                        ("heartbeat_topic", config.heartbeat_topic.clone()),
+                    ];
+                    weir_connectors::sources::mysql_cdc::MySqlCdcSource::new(source_name, config).map_err(|error| {
+                        let weir_connectors::sources::mysql_cdc::MySqlCdcError::Config { field, reason, .. } = error;
+                        (Some(field.to_string()), reason)
+                    })?;
+                    Ok(topics)
+                });
+                let topics = checked.map_err(|(field, reason)| {
+                    let at = field
+                        .as_deref()
+                        .map_or_else(|| position_of_key(text, source_name), |f| position_in(text, source_name, f));
+                    fail(at, format!("sources.{source_name}.{}", field.as_deref().unwrap_or("type")), reason)
+                })?;
+                for (field, topic) in topics {
+                    declared(format!("sources.{source_name}.{field}"), &topic)?;
+                }
+                if let Err(ConnectError::Config { field, reason, .. }) = cdc.task_config(source_name).validate() {
+                    let path = setting_path(field);
+                    let key = path.rsplit('.').next().unwrap_or(path);
+                    return Err(fail(
+                        position_in(text, source_name, key),
+                        format!("sources.{source_name}.{path}"),
+                        reason,
+                    ));
+                }
                 continue;
             }
         };

@@ -16,6 +16,7 @@ use weir_connect::{FilePositionStore, Sink, run_sink_task, run_source_task};
 use weir_connectors::sinks::{BlackholeSink, FileSink, FileSinkConfig, StdoutSink};
 use weir_connectors::sources::file::{FileSource, FileSourceConfig, StartAt};
 use weir_connectors::sources::http::{self, HttpRoute, HttpSourceConfig};
+use weir_connectors::sources::mysql_cdc::MySqlCdcSource;
 
 use crate::admin::{StoreArgs, open_broker};
 use crate::pipeline::{self, RouteFormat, SinkSection, SourceSection};
@@ -125,6 +126,31 @@ async fn start_and_wait(
                         let task_config = task_config.clone();
                         Box::pin(async move {
                             let mut source = FileSource::new(config);
+                            run_source_task(messaging, &mut source, &positions, &task_config, &mut stop).await?;
+                            Ok(())
+                        })
+                    }
+                };
+                let supervisor = supervise(name.clone(), stopped.clone(), statuses.clone(), control, run_once);
+                tasks.push(tokio::spawn(supervisor));
+                continue;
+            }
+            SourceSection::MysqlCdc(section) => {
+                let config = section.settings().map_err(|(field, reason)| {
+                    anyhow::anyhow!("source {name:?}: `{}` {reason}", field.unwrap_or_default())
+                })?;
+                MySqlCdcSource::new(name, config.clone())?; // refuse bad settings before anything runs
+                println!("  source {name}: mysql_cdc -> topic {}", config.topic);
+                let status = ConnectorStatus::new(ConnectorKind::Source, &config.topic);
+                let control = register(&statuses, &controls, name, status);
+                let task_config = section.task_config(name);
+                let run_once = {
+                    let (messaging, positions, name) = (messaging.clone(), positions.clone(), name.clone());
+                    move |mut stop: watch::Receiver<bool>| -> RunFuture {
+                        let (messaging, positions, config) = (messaging.clone(), positions.clone(), config.clone());
+                        let (task_config, name) = (task_config.clone(), name.clone());
+                        Box::pin(async move {
+                            let mut source = MySqlCdcSource::new(&name, config)?;
                             run_source_task(messaging, &mut source, &positions, &task_config, &mut stop).await?;
                             Ok(())
                         })

@@ -18,6 +18,24 @@ pub use stdout::StdoutSink;
 
 use weir_connect::SinkRecord;
 
+/// A Debezium change envelope (`{before, after, op}`, optionally under `payload`) as the row
+/// image a sink keeping one key, document or row per table row writes: `(false, after)` for
+/// creates, snapshot reads and updates, `(true, before)` for deletes.
+#[cfg(any(feature = "redis", feature = "elasticsearch", feature = "doris"))]
+pub(crate) fn change_image(json: &serde_json::Value) -> Result<(bool, serde_json::Value), String> {
+    let envelope = json.get("payload").filter(|p| p.is_object()).unwrap_or(json);
+    let op = envelope.get("op").and_then(serde_json::Value::as_str).ok_or("the change has no `op` (c, r, u or d)")?;
+    let (delete, image) = match op {
+        "c" | "r" | "u" => (false, "after"),
+        "d" => (true, "before"),
+        other => return Err(format!("unknown change op {other:?} (expected c, r, u or d)")),
+    };
+    match envelope.get(image) {
+        Some(row @ serde_json::Value::Object(_)) => Ok((delete, row.clone())),
+        _ => Err(format!("the change (op {op}) has no `{image}` object")),
+    }
+}
+
 /// The JSON line a record becomes in line-oriented sinks: the record's place and metadata,
 /// and its value (as JSON when it parses, else as a string).
 pub fn json_line(record: &SinkRecord) -> String {

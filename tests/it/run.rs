@@ -666,3 +666,56 @@ fn the_sink_pipelines_run_against_mysql_and_redis() {
         assert_eq!(web1["fields"], r#"{"usage":0.9}"#, "the latest point replaced the first");
     }
 }
+
+#[test]
+fn the_cdc_pipeline_keeps_redis_in_sync_with_a_mysql_table() {
+    use mysql_async::prelude::Queryable;
+    let (Some(mariadb), Some(redis_server)) = (weir_testsvc::mariadb(), weir_testsvc::redis()) else { return };
+    let pipelines = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let database = mariadb.fresh_database_name("shop");
+    let execute = |statements: &[&str]| {
+        runtime.block_on(async {
+            let mut conn = mysql_async::Conn::from_url(mariadb.url("")).await.unwrap();
+            for statement in statements {
+                conn.query_drop(statement.replace("DB", &database)).await.unwrap();
+            }
+            conn.disconnect().await.unwrap();
+        })
+    };
+    execute(&[
+        "CREATE DATABASE DB",
+        "CREATE TABLE DB.customers (id INT PRIMARY KEY, name VARCHAR(40), tier ENUM('free','gold'))",
+        "INSERT INTO DB.customers VALUES (1, 'ann', 'free'), (2, 'bob', 'gold'), (3, 'cy', 'free')",
+    ]);
+    let redis_url = redis_server.url();
+    let customer = |id: u32| -> std::collections::BTreeMap<String, String> {
+        runtime.block_on(async {
+            let client = redis::Client::open(redis_url.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("HGETALL").arg(format!("customer:{id}")).query_async(&mut conn).await.unwrap()
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let (listen, mysql_url) = (format!("127.0.0.1:{port}"), mariadb.url(""));
+    let env = [
+        ("WEIR_HTTP_LISTEN", listen.as_str()),
+        ("WEIR_MYSQL_URL", mysql_url.as_str()),
+        ("WEIR_CDC_DATABASE", database.as_str()),
+        ("WEIR_REDIS_URL", redis_url.as_str()),
+    ];
+    let (running, banner) = start_in(dir.path(), &pipelines.join("mysql-cdc-to-redis.yaml"), admin_port, &env);
+    assert!(banner.contains("mysql_cdc"), "{banner}");
+    wait_until("the snapshot reached Redis", || customer(3).get("name").is_some_and(|n| n == "cy"));
+    assert_eq!(customer(2)["tier"], "gold");
+    execute(&[
+        "UPDATE DB.customers SET name = 'ann2', tier = 'gold' WHERE id = 1",
+        "DELETE FROM DB.customers WHERE id = 2",
+        "INSERT INTO DB.customers VALUES (4, 'dee', NULL)",
+    ]);
+    wait_until("the changes reached Redis", || customer(4).contains_key("id") && customer(2).is_empty());
+    assert_eq!((customer(1)["name"].as_str(), customer(1)["tier"].as_str()), ("ann2", "gold"));
+    assert_eq!(customer(4)["tier"], "null", "a NULL column is stored as JSON null");
+    stop(running);
+}

@@ -127,18 +127,9 @@ impl DorisSink {
                 Err("the record's value is not a JSON object".into())
             };
         }
-        let envelope = json.get("payload").filter(|p| p.is_object()).unwrap_or(&json);
-        let op = envelope.get("op").and_then(Json::as_str).ok_or("the change has no `op` (c, r, u or d)")?;
-        let (image, sign) = match op {
-            "c" | "r" | "u" => ("after", 0),
-            "d" => ("before", 1),
-            other => return Err(format!("unknown change op {other:?} (expected c, r, u or d)")),
-        };
-        let Some(Json::Object(row)) = envelope.get(image) else {
-            return Err(format!("the change (op {op}) has no `{image}` object"));
-        };
-        let mut row = row.clone();
-        row.insert(DELETE_SIGN.to_string(), json!(sign));
+        let (delete, image) = crate::sinks::change_image(&json)?;
+        let Json::Object(mut row) = image else { unreachable!("change_image returns objects") };
+        row.insert(DELETE_SIGN.to_string(), json!(i32::from(delete)));
         Ok(Some(Json::Object(row)))
     }
 

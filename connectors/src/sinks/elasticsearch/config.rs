@@ -28,6 +28,10 @@ pub struct ElasticsearchSinkConfig {
     /// record's timestamp.
     #[serde(default)]
     pub timestamp_field: Option<String>,
+    /// Records are Debezium change envelopes (from `mysql_cdc`): creates and updates index the
+    /// `after` row (templates read its fields), deletes delete the document.
+    #[serde(default)]
+    pub cdc: bool,
     /// `index` (default) or `create`.
     #[serde(default)]
     pub action: ElasticsearchAction,
@@ -81,6 +85,7 @@ impl ElasticsearchSinkConfig {
             index: index.into(),
             id: None,
             timestamp_field: None,
+            cdc: false,
             action: ElasticsearchAction::default(),
             username: None,
             password: None,

@@ -107,17 +107,26 @@ impl ElasticsearchSink {
     }
 
     /// The bulk action for a record; `Err` is why it is poison.
-    fn action(&self, index: usize, record: &SinkRecord) -> Result<Action, String> {
+    fn action(&self, index: usize, record: &SinkRecord) -> Result<Option<Action>, String> {
         let value = &record.record.value;
-        let json: Option<Json> = if value.is_empty() {
-            None
+        // The document (its fields feed the templates) and whether the record deletes it.
+        let (json, delete): (Option<Json>, bool) = if value.is_empty() {
+            if self.config.cdc {
+                return Ok(None); // a tombstone after a delete: the delete already ran
+            }
+            (None, true)
         } else {
             let json: Json =
                 serde_json::from_slice(value).map_err(|e| format!("the record's value is not JSON: {e}"))?;
             if !json.is_object() {
                 return Err("the record's value is not a JSON object".into());
             }
-            Some(json)
+            if self.config.cdc {
+                let (delete, image) = crate::sinks::change_image(&json)?;
+                (Some(image), delete)
+            } else {
+                (Some(json), false)
+            }
         };
         let timestamp_ms = match (&self.config.timestamp_field, &json) {
             (Some(field), Some(json)) => event_time_ms(json, field)?,
@@ -134,13 +143,14 @@ impl ElasticsearchSink {
         };
         let meta = json!({"_index": index_name, "_id": id});
         let target = (index_name, id);
-        Ok(match json {
-            None => Action {
+        Ok(Some(match json {
+            _ if delete => Action {
                 record: index,
                 lines: vec![json!({"delete": meta}).to_string().into_bytes()],
                 kind: "delete",
                 target,
             },
+            None => unreachable!("only a delete has no document"),
             Some(source) => {
                 let kind = match self.config.action {
                     ElasticsearchAction::Index => "index",
@@ -150,7 +160,7 @@ impl ElasticsearchSink {
                 let lines = vec![json!({kind: meta}).to_string().into_bytes(), source.to_string().into_bytes()];
                 Action { record: index, lines, kind, target }
             }
-        })
+        }))
     }
 
     /// Sends actions; returns the ones to send again (429/5xx) and the targets written, and
@@ -269,7 +279,8 @@ impl Sink for ElasticsearchSink {
         let mut actions = Vec::with_capacity(batch.len());
         for (index, record) in batch.iter().enumerate() {
             match self.action(index, record) {
-                Ok(action) => actions.push(action),
+                Ok(Some(action)) => actions.push(action),
+                Ok(None) => {}
                 Err(reason) => {
                     refused.insert(index, reason);
                 }

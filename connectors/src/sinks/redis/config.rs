@@ -25,6 +25,10 @@ pub struct RedisSinkConfig {
     /// Key template: `"user:{{id}}"`; `$key`, `$topic`, `$tag`, `$queue_id`, `$queue_offset`
     /// name the record's place.
     pub key: String,
+    /// Records are Debezium change envelopes (from `mysql_cdc`): creates and updates write
+    /// the `after` row (templates read its fields), deletes DEL the key rendered from `before`.
+    #[serde(default)]
+    pub cdc: bool,
     /// Expiry for SET (`EX`) and HSET (`EXPIRE`), in seconds.
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
@@ -70,6 +74,7 @@ impl RedisSinkConfig {
             url: url.into(),
             command,
             key: key.into(),
+            cdc: false,
             ttl_seconds: None,
             stream_length_max: None,
             delete_on_tombstone: None,

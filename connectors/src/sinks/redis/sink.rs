@@ -113,18 +113,39 @@ impl RedisSink {
         })
     }
 
-    /// The key and the command a record becomes; `Err` is why it is poison.
-    fn command(&self, record: &SinkRecord) -> Result<(String, Cmd), String> {
-        let value = &record.record.value;
-        if value.is_empty() && self.config.deletes_on_tombstone() {
+    /// The key and the command a record becomes (`None`: nothing to do); `Err` is why it is
+    /// poison.
+    fn command(&self, record: &SinkRecord) -> Result<Option<(String, Cmd)>, String> {
+        let raw = &record.record.value;
+        if self.config.cdc {
+            if raw.is_empty() {
+                return Ok(None); // a tombstone after a delete: the delete already removed the key
+            }
+            let envelope: Json =
+                serde_json::from_slice(raw).map_err(|e| format!("the record's value is not JSON: {e}"))?;
+            let (delete, image) = crate::sinks::change_image(&envelope)?;
+            let key = template::render_record(&self.config.key, record, Some(&image))
+                .ok_or_else(|| format!("the row lacks a field key template {:?} names", self.config.key))?;
+            if delete {
+                return Ok(Some((key.clone(), redis::cmd("DEL").arg(key).to_owned())));
+            }
+            let value = image.to_string().into_bytes();
+            return self.write_command(key, &value, Some(image)).map(Some);
+        }
+        if raw.is_empty() && self.config.deletes_on_tombstone() {
             let key = template::render_record(&self.config.key, record, None).ok_or_else(|| {
                 format!("a tombstone has no fields to render key {:?}; use $key or other $ names", self.config.key)
             })?;
-            return Ok((key.clone(), redis::cmd("DEL").arg(key).to_owned()));
+            return Ok(Some((key.clone(), redis::cmd("DEL").arg(key).to_owned())));
         }
-        let json: Option<Json> = serde_json::from_slice(value).ok();
+        let json: Option<Json> = serde_json::from_slice(raw).ok();
         let key = template::render_record(&self.config.key, record, json.as_ref())
             .ok_or_else(|| format!("the record lacks a field key template {:?} names", self.config.key))?;
+        self.write_command(key, raw, json).map(Some)
+    }
+
+    /// The configured command writing `value` (and `json`'s fields) at `key`.
+    fn write_command(&self, key: String, value: &[u8], json: Option<Json>) -> Result<(String, Cmd), String> {
         let fields = || -> Vec<(String, Vec<u8>)> {
             match &json {
                 Some(Json::Object(object)) => object
@@ -137,7 +158,7 @@ impl RedisSink {
                         (name.clone(), bytes)
                     })
                     .collect(),
-                _ => vec![("value".to_string(), value.clone())],
+                _ => vec![("value".to_string(), value.to_vec())],
             }
         };
         let with_fields = |mut command: Cmd, what: &str| -> Result<Cmd, String> {
@@ -153,7 +174,7 @@ impl RedisSink {
         let command = match self.config.command {
             RedisCommand::Set => {
                 let mut command = redis::cmd("SET");
-                command.arg(&key).arg(value.as_slice());
+                command.arg(&key).arg(value);
                 if let Some(ttl) = self.config.ttl_seconds {
                     command.arg("EX").arg(ttl);
                 }
@@ -174,9 +195,9 @@ impl RedisSink {
                 }
                 with_fields(command.arg("*").to_owned(), "XADD")?
             }
-            RedisCommand::Lpush => redis::cmd("LPUSH").arg(&key).arg(value.as_slice()).to_owned(),
-            RedisCommand::Rpush => redis::cmd("RPUSH").arg(&key).arg(value.as_slice()).to_owned(),
-            RedisCommand::Publish => redis::cmd("PUBLISH").arg(&key).arg(value.as_slice()).to_owned(),
+            RedisCommand::Lpush => redis::cmd("LPUSH").arg(&key).arg(value).to_owned(),
+            RedisCommand::Rpush => redis::cmd("RPUSH").arg(&key).arg(value).to_owned(),
+            RedisCommand::Publish => redis::cmd("PUBLISH").arg(&key).arg(value).to_owned(),
         };
         Ok((key, command))
     }
@@ -237,7 +258,8 @@ impl Sink for RedisSink {
         let mut lanes: Vec<Vec<Chunk>> = (0..lanes_count).map(|_| Vec::new()).collect();
         for (index, record) in batch.iter().enumerate() {
             let (key, command) = match self.command(record) {
-                Ok(built) => built,
+                Ok(Some(built)) => built,
+                Ok(None) => continue,
                 Err(reason) => {
                     refused.insert(index, reason);
                     continue;
