@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use weir_broker::storage::FlushMode;
 use weir_broker::{Broker, BrokerConfig, Message, PullRequest, TopicConfig};
 
+mod cdc;
 mod ingest;
 mod nexmark;
 mod sink;
@@ -24,6 +25,9 @@ pub enum BenchCommand {
     Nexmark(nexmark::NexmarkArgs),
     /// N JSON rows drained through the MySQL or Redis sink, against a plain client loop.
     Sink(sink::SinkArgs),
+    /// N rows inserted into MySQL, streamed and snapshotted by the CDC source, against a
+    /// plain binlog client.
+    Cdc(cdc::CdcArgs),
 }
 
 #[derive(Args)]
@@ -61,6 +65,7 @@ pub async fn run(command: BenchCommand, segment_size_bytes: u64) -> Result<()> {
         BenchCommand::Ingest(args) => ingest::run(args, segment_size_bytes).await,
         BenchCommand::Nexmark(args) => nexmark::run(args, segment_size_bytes).await,
         BenchCommand::Sink(args) => sink::run(args, segment_size_bytes).await,
+        BenchCommand::Cdc(args) => cdc::run(args, segment_size_bytes).await,
     }
 }
 

@@ -143,6 +143,31 @@ fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
     response.recv().expect("spawner thread replied")
 }
 
+/// Starts the server `command_for(port)` builds on a free port and waits until it listens;
+/// a port taken between choosing and binding makes the server exit, so a few are tried.
+fn start_on_free_port(
+    server: &Path,
+    name: &str,
+    log: &Path,
+    mut command_for: impl FnMut(u16) -> Command,
+) -> Result<(u16, Child), String> {
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child =
+            spawn_tied_to_process(command_for(port)).map_err(|e| format!("cannot run {}: {e}", server.display()))?;
+        match wait_until_listening(&mut child, port, log, name) {
+            Ok(()) => return Ok((port, child)),
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                last_error = error;
+            }
+        }
+    }
+    Err(last_error)
+}
+
 /// A private MariaDB server.
 pub struct MariaDb {
     port: u16,
@@ -242,10 +267,7 @@ impl MariaDb {
         )
         .map_err(|e| e.to_string())?;
         let error_log = dir.join("error.log");
-        // A port taken between choosing and binding makes the server exit: try a few.
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let port = free_port();
+        let (port, child) = start_on_free_port(&server, "mariadbd", &error_log, |port| {
             let mut command = Command::new(&server);
             command
                 .arg("--no-defaults")
@@ -268,18 +290,9 @@ impl MariaDb {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let mut child =
-                spawn_tied_to_process(command).map_err(|e| format!("cannot run {}: {e}", server.display()))?;
-            match wait_until_listening(&mut child, port, &error_log, "mariadbd") {
-                Ok(()) => return Ok(MariaDb { port, pid: child.id(), dir }),
-                Err(error) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_error = error;
-                }
-            }
-        }
-        Err(last_error)
+            command
+        })?;
+        Ok(MariaDb { port, pid: child.id(), dir })
     }
 
     /// The TCP port on 127.0.0.1.
@@ -348,9 +361,7 @@ impl Redis {
             .ok_or("no `redis-server` binary (Debian package redis-server)")?;
         let dir = tempfile::Builder::new().prefix("weir-redis-").tempdir().map_err(|e| e.to_string())?;
         let log = dir.path().join("redis.log");
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let port = free_port();
+        let (port, child) = start_on_free_port(&server, "redis-server", &log, |port| {
             let mut command = Command::new(&server);
             command
                 .arg("--port")
@@ -363,18 +374,9 @@ impl Redis {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let mut child =
-                spawn_tied_to_process(command).map_err(|e| format!("cannot run {}: {e}", server.display()))?;
-            match wait_until_listening(&mut child, port, &log, "redis-server") {
-                Ok(()) => return Ok(Redis { port, child, _dir: dir }),
-                Err(error) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_error = error;
-                }
-            }
-        }
-        Err(last_error)
+            command
+        })?;
+        Ok(Redis { port, child, _dir: dir })
     }
 
     /// The TCP port on 127.0.0.1.

@@ -2,7 +2,7 @@
 //! reqwest).
 //!
 //! **Loads.** A batch (sized by the pipeline's `batch:` rows, bytes and linger) becomes one
-//! Stream Load per queue: `PUT /api/{db}/{table}/_stream_load` with `format: json`,
+//! Stream Load per queue (`concurrency` queues at a time): `PUT /api/{db}/{table}/_stream_load` with `format: json`,
 //! `strip_outer_array: true` and a JSON array of the records' objects. The frontend answers
 //! `307` with a backend's address; the sink follows it itself (at most `redirects_max` hops)
 //! so the credentials go along, which an HTTP client's own redirect handling drops when the

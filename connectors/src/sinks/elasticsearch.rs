@@ -10,6 +10,10 @@
 //! indexing a duplicate (with `create`, a retry's 409 counts as already written; a delete's
 //! 404 counts as already gone).
 //!
+//! **Concurrency.** Actions go to `concurrency` lanes by a hash of `(_index, _id)`; lanes
+//! send their `_bulk` requests in parallel, one lane's in order, so one document's actions
+//! are applied in the batch's order.
+//!
 //! **Errors.** `_bulk` answers per item. Items refused with 429 or 5xx are sent again, alone,
 //! with exponential backoff up to `item_retries_max` times; after that the batch fails as
 //! transient (the task retries it whole, idempotently). Items refused with any other 4xx

@@ -4,9 +4,11 @@
 //! one. `flush` fdatasyncs, so offsets are committed only for lines on disk. A retried batch
 //! may append some lines twice (at-least-once).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use weir_connect::{Sink, SinkError, SinkRecord};
@@ -48,6 +50,16 @@ impl FileSink {
     }
 }
 
+/// One lock per output path, held while a blocking append, rotation or sync runs: a sink
+/// whose task was dropped mid-write (a crash of the worker) may still have its blocking
+/// append running when the restarted task's sink opens the same path, and two rotations
+/// racing for the same suffix would overwrite a rotated file.
+fn path_lock(path: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> SinkError {
     SinkError::retryable(format!("cannot {what} {}: {error}", path.display()))
 }
@@ -81,6 +93,11 @@ fn append(config: &FileSinkConfig, open_file: &mut Option<OpenFile>, lines: &[St
         let line_bytes = line.len() as u64 + 1;
         if current.size_bytes > 0 && current.size_bytes + line_bytes > config.rotate_bytes {
             current.file.sync_data().map_err(|e| io_error("sync", &config.path, e))?;
+            // Another sink of this path (a dropped task's) may have rotated since this one
+            // opened: take the next suffix that is free now, never overwrite one.
+            while rotated_path(&config.path, current.next_suffix).exists() {
+                current.next_suffix += 1;
+            }
             let target = rotated_path(&config.path, current.next_suffix);
             std::fs::rename(&config.path, &target).map_err(|e| io_error("rotate", &config.path, e))?;
             tracing::info!(path = %target.display(), "file sink rotated");
@@ -106,6 +123,8 @@ impl Sink for FileSink {
         let mut open_file = self.open.take();
         // File I/O blocks: off the async threads.
         let (open_file, result) = tokio::task::spawn_blocking(move || {
+            let lock = path_lock(&config.path);
+            let _held = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let result = append(&config, &mut open_file, &lines);
             (open_file, result)
         })
@@ -119,6 +138,8 @@ impl Sink for FileSink {
         let Some(open_file) = self.open.take() else { return Ok(()) };
         let path = self.config.path.clone();
         let (open_file, result) = tokio::task::spawn_blocking(move || {
+            let lock = path_lock(&path);
+            let _held = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let result = open_file.file.sync_data().map_err(|e| io_error("sync", &path, e));
             (open_file, result)
         })

@@ -40,4 +40,4 @@ mod source;
 pub mod value;
 
 pub use config::{MySqlCdcConfig, SnapshotMode};
-pub use source::{MySqlCdcError, MySqlCdcSource};
+pub use source::{MySqlCdcError, MySqlCdcSource, rotate_file_name};

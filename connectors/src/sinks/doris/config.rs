@@ -26,6 +26,9 @@ pub struct DorisSinkConfig {
     /// Pre-commit in `write`, commit in `flush`.
     #[serde(default)]
     pub two_phase_commit: bool,
+    /// Queues loading at once per batch (default 2); one queue's loads stay in order.
+    #[serde(default = "DorisSinkConfig::concurrency_default")]
+    pub concurrency: usize,
     /// Most redirects followed per load (default 3).
     #[serde(default = "DorisSinkConfig::redirects_max_default")]
     pub redirects_max: u32,
@@ -35,6 +38,8 @@ pub struct DorisSinkConfig {
 }
 
 impl DorisSinkConfig {
+    /// Most `concurrency`.
+    pub const CONCURRENCY_MAX: usize = 64;
     /// Most `redirects_max`.
     pub const REDIRECTS_MAX: u32 = 10;
     /// Longest `timeout_ms`.
@@ -42,6 +47,9 @@ impl DorisSinkConfig {
     /// Longest label Doris accepts.
     pub const LABEL_CHARS_MAX: usize = 128;
 
+    fn concurrency_default() -> usize {
+        2
+    }
     fn redirects_max_default() -> u32 {
         3
     }
@@ -65,6 +73,7 @@ impl DorisSinkConfig {
             label_prefix: None,
             cdc: false,
             two_phase_commit: false,
+            concurrency: Self::concurrency_default(),
             redirects_max: Self::redirects_max_default(),
             timeout_ms: Self::timeout_ms_default(),
         }
@@ -86,6 +95,9 @@ impl DorisSinkConfig {
             && (prefix.is_empty() || prefix.len() > 64 || !prefix.chars().all(label_char))
         {
             return Err(("label_prefix", format!("{prefix:?} must be 1 to 64 letters, digits, `_` and `-`")));
+        }
+        if self.concurrency == 0 || self.concurrency > Self::CONCURRENCY_MAX {
+            return Err(("concurrency", format!("must be in 1..={}", Self::CONCURRENCY_MAX)));
         }
         if self.redirects_max > Self::REDIRECTS_MAX {
             return Err(("redirects_max", format!("must be at most {}", Self::REDIRECTS_MAX)));

@@ -1,6 +1,7 @@
 //! The Doris sink: start-up check, Stream Loads with redirects and labels, two-phase commit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,14 +34,28 @@ pub enum DorisSinkError {
 
 /// Loads records into one table.
 pub struct DorisSink {
-    connector: String,
-    config: DorisSinkConfig,
-    client: reqwest::Client,
-    label_prefix: String,
+    loader: Arc<Loader>,
     /// Pre-committed loads waiting for `flush` (two-phase commit): label → transaction id.
     precommitted: BTreeMap<String, Option<u64>>,
     /// The (queue, offset) of every record in those loads.
     precommitted_records: std::collections::BTreeSet<(u32, u64)>,
+}
+
+/// What loads use: one per sink, shared by the queues loading in parallel.
+struct Loader {
+    connector: String,
+    config: DorisSinkConfig,
+    client: reqwest::Client,
+    label_prefix: String,
+}
+
+/// What one queue's loads did.
+#[derive(Default)]
+struct QueueLoad {
+    loaded: u64,
+    refused: Vec<(usize, String)>,
+    /// Pre-committed loads (two-phase commit): label, transaction id, and the offsets loaded.
+    precommitted: Vec<(String, Option<u64>, Vec<u64>)>,
 }
 
 /// What a Stream Load ended as.
@@ -104,10 +119,7 @@ impl DorisSink {
         let label_prefix = config.label_prefix.clone().unwrap_or_else(|| default_label_prefix(connector));
         tracing::info!(connector, url = %config.url, database = %config.database, table = %config.table, "doris sink connected");
         Ok(DorisSink {
-            connector: connector.into(),
-            config,
-            client,
-            label_prefix,
+            loader: Arc::new(Loader { connector: connector.into(), config, client, label_prefix }),
             precommitted: BTreeMap::new(),
             precommitted_records: Default::default(),
         })
@@ -117,10 +129,10 @@ impl DorisSink {
     fn row(&self, record: &SinkRecord) -> Result<Option<Json>, String> {
         let value = &record.record.value;
         if value.is_empty() {
-            return if self.config.cdc { Ok(None) } else { Err("the record's value is empty".into()) };
+            return if self.loader.config.cdc { Ok(None) } else { Err("the record's value is empty".into()) };
         }
         let json: Json = serde_json::from_slice(value).map_err(|e| format!("the record's value is not JSON: {e}"))?;
-        if !self.config.cdc {
+        if !self.loader.config.cdc {
             return if json.is_object() {
                 Ok(Some(json))
             } else {
@@ -132,7 +144,9 @@ impl DorisSink {
         row.insert(DELETE_SIGN.to_string(), json!(i32::from(delete)));
         Ok(Some(Json::Object(row)))
     }
+}
 
+impl Loader {
     /// One Stream Load of `rows` under `label`, following redirects with the credentials.
     async fn load(&self, label: &str, rows: &[&Json]) -> Result<LoadOutcome, SinkError> {
         let body =
@@ -253,6 +267,38 @@ impl DorisSink {
         assert!(label.len() <= DorisSinkConfig::LABEL_CHARS_MAX, "label {label} too long");
         label
     }
+
+    /// Loads one queue's rows (`(batch index, offset, row)`, in offset order); a load refused
+    /// for data quality is split in halves until the refused records are alone, each part
+    /// under the deterministic label of its offset range.
+    async fn load_queue(self: Arc<Self>, queue_id: u32, rows: Vec<(usize, u64, Json)>) -> Result<QueueLoad, SinkError> {
+        let mut outcome = QueueLoad::default();
+        let mut parts = vec![(0, rows.len())];
+        while let Some((start, end)) = parts.pop() {
+            if start == end {
+                continue;
+            }
+            let part = &rows[start..end];
+            let label = self.label(queue_id, part[0].1, part[part.len() - 1].1);
+            let all: Vec<&Json> = part.iter().map(|(_, _, row)| row).collect();
+            match self.load(&label, &all).await? {
+                LoadOutcome::Loaded { txn_id } => {
+                    outcome.loaded += part.len() as u64;
+                    if self.config.two_phase_commit {
+                        outcome.precommitted.push((label, txn_id, part.iter().map(|(_, offset, _)| *offset).collect()));
+                    }
+                }
+                LoadOutcome::DataRefused(reason) if part.len() == 1 => outcome.refused.push((part[0].0, reason)),
+                LoadOutcome::DataRefused(reason) => {
+                    tracing::debug!(connector = %self.connector, %label, %reason, "doris refused a load's data; splitting it");
+                    let middle = start + part.len() / 2;
+                    parts.push((middle, end));
+                    parts.push((start, middle)); // popped first: loads keep offset order
+                }
+            }
+        }
+        Ok(outcome)
+    }
 }
 
 /// `weir_<connector>_<hash>`: the connector name cut to 32 label characters, and a hash of the
@@ -294,56 +340,64 @@ impl Sink for DorisSink {
                 }
             }
         }
+        // Queues load in parallel, `concurrency` at a time; one queue's loads stay in order.
         let mut loaded = 0u64;
-        for (queue_id, mut rows) in queues {
-            // Two-phase commit: rows already pre-committed by an earlier write of this batch
-            // (before a failed flush) are not loaded again.
-            rows.retain(|(index, _)| !self.precommitted_records.contains(&(queue_id, batch[*index].queue_offset)));
-            // Load the queue's rows; a load refused for data quality is split in halves until
-            // the refused records are alone (each part keeps a deterministic label).
-            let mut parts = vec![(0, rows.len())];
-            while let Some((start, end)) = parts.pop() {
-                if start == end {
-                    continue;
-                }
-                let part = &rows[start..end];
-                let label =
-                    self.label(queue_id, batch[part[0].0].queue_offset, batch[part[part.len() - 1].0].queue_offset);
-                let all: Vec<&Json> = part.iter().map(|(_, row)| row).collect();
-                match self.load(&label, &all).await? {
-                    LoadOutcome::Loaded { txn_id } => {
-                        loaded += part.len() as u64;
-                        if self.config.two_phase_commit {
+        let mut pending = queues.into_iter();
+        loop {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (queue_id, rows) in pending.by_ref().take(self.loader.config.concurrency) {
+                // Two-phase commit: rows already pre-committed by an earlier write of this
+                // batch (before a failed flush) are not loaded again.
+                let rows: Vec<(usize, u64, Json)> = rows
+                    .into_iter()
+                    .map(|(index, row)| (index, batch[index].queue_offset, row))
+                    .filter(|(_, offset, _)| !self.precommitted_records.contains(&(queue_id, *offset)))
+                    .collect();
+                let loader = self.loader.clone();
+                tasks.spawn(async move { (queue_id, loader.load_queue(queue_id, rows).await) });
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            let mut failure = None;
+            while let Some(joined) = tasks.join_next().await {
+                let (queue_id, outcome) = match joined {
+                    Ok(done) => done,
+                    Err(error) => {
+                        failure = Some(SinkError::retryable(format!("doris sink loader failed: {error}")));
+                        continue;
+                    }
+                };
+                match outcome {
+                    Ok(outcome) => {
+                        loaded += outcome.loaded;
+                        refused.extend(outcome.refused);
+                        for (label, txn_id, offsets) in outcome.precommitted {
                             self.precommitted.insert(label, txn_id);
-                            self.precommitted_records
-                                .extend(part.iter().map(|(index, _)| (queue_id, batch[*index].queue_offset)));
+                            self.precommitted_records.extend(offsets.into_iter().map(|offset| (queue_id, offset)));
                         }
                     }
-                    LoadOutcome::DataRefused(reason) if part.len() == 1 => {
-                        refused.insert(part[0].0, reason);
-                    }
-                    LoadOutcome::DataRefused(reason) => {
-                        tracing::debug!(connector = %self.connector, %label, %reason, "doris refused a load's data; splitting it");
-                        let middle = start + part.len() / 2;
-                        parts.push((middle, end));
-                        parts.push((start, middle)); // popped first: loads keep offset order
-                    }
+                    Err(error) => failure = Some(error),
                 }
             }
+            if let Some(error) = failure {
+                return Err(error); // finished loads keep their labels: the retry skips them
+            }
         }
-        metrics::counter!("weir_doris_sink_rows_total", "connector" => self.connector.clone()).increment(loaded);
+        metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone()).increment(loaded);
         if refused.is_empty() {
             return Ok(());
         }
-        metrics::counter!("weir_doris_sink_rows_refused_total", "connector" => self.connector.clone())
+        metrics::counter!("weir_doris_sink_rows_refused_total", "connector" => self.loader.connector.clone())
             .increment(refused.len() as u64);
-        let message = format!("doris sink {:?}: {} record(s) of the batch refused", self.connector, refused.len());
+        let message =
+            format!("doris sink {:?}: {} record(s) of the batch refused", self.loader.connector, refused.len());
         Err(SinkError::poison_each(message, refused))
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         while let Some((label, txn_id)) = self.precommitted.pop_first() {
-            if let Err(error) = self.commit(&label, txn_id).await {
+            if let Err(error) = self.loader.commit(&label, txn_id).await {
                 self.precommitted.insert(label, txn_id);
                 return Err(error);
             }

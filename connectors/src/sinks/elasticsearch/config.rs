@@ -50,6 +50,10 @@ pub struct ElasticsearchSinkConfig {
     /// Most actions per `_bulk` request (default 1000).
     #[serde(default = "ElasticsearchSinkConfig::bulk_actions_max_default")]
     pub bulk_actions_max: usize,
+    /// `_bulk` requests in flight at once per batch, documents spread by `_index`/`_id` so
+    /// one document's actions stay in order (default 2).
+    #[serde(default = "ElasticsearchSinkConfig::concurrency_default")]
+    pub concurrency: usize,
     /// How long one request may take (default 30 s).
     #[serde(default = "ElasticsearchSinkConfig::timeout_ms_default")]
     pub timeout_ms: u64,
@@ -62,6 +66,8 @@ impl ElasticsearchSinkConfig {
     pub const ITEM_BACKOFF_INITIAL_MS_MAX: u64 = 2_000;
     /// Most `bulk_actions_max`.
     pub const BULK_ACTIONS_MAX: usize = 100_000;
+    /// Most `concurrency`.
+    pub const CONCURRENCY_MAX: usize = 64;
     /// Longest `timeout_ms`.
     pub const TIMEOUT_MS_MAX: u64 = 600_000;
 
@@ -76,6 +82,9 @@ impl ElasticsearchSinkConfig {
     }
     fn timeout_ms_default() -> u64 {
         30_000
+    }
+    fn concurrency_default() -> usize {
+        2
     }
 
     /// Defaults for an index template at a URL.
@@ -92,6 +101,7 @@ impl ElasticsearchSinkConfig {
             item_retries_max: Self::item_retries_max_default(),
             item_backoff_initial_ms: Self::item_backoff_initial_ms_default(),
             bulk_actions_max: Self::bulk_actions_max_default(),
+            concurrency: Self::concurrency_default(),
             timeout_ms: Self::timeout_ms_default(),
         }
     }
@@ -119,6 +129,9 @@ impl ElasticsearchSinkConfig {
         }
         if self.bulk_actions_max == 0 || self.bulk_actions_max > Self::BULK_ACTIONS_MAX {
             return Err(("bulk_actions_max", format!("must be in 1..={}", Self::BULK_ACTIONS_MAX)));
+        }
+        if self.concurrency == 0 || self.concurrency > Self::CONCURRENCY_MAX {
+            return Err(("concurrency", format!("must be in 1..={}", Self::CONCURRENCY_MAX)));
         }
         if self.timeout_ms == 0 || self.timeout_ms > Self::TIMEOUT_MS_MAX {
             return Err(("timeout_ms", format!("must be in 1..={}", Self::TIMEOUT_MS_MAX)));

@@ -1,6 +1,8 @@
 //! The Elasticsearch sink: start-up check and `_bulk` writes with per-item retries.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +40,13 @@ const ITEM_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Writes records as `_bulk` actions.
 pub struct ElasticsearchSink {
+    shared: Arc<Shared>,
+    /// Spreads documents over lanes (`concurrency`).
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// What every lane of a write uses.
+struct Shared {
     connector: String,
     config: ElasticsearchSinkConfig,
     client: Elasticsearch,
@@ -103,7 +112,10 @@ impl ElasticsearchSink {
             return Err(unreachable(format!("GET / answered HTTP {status}: {}", truncate(&body, 300))));
         }
         tracing::info!(connector, url = %config.url, "elasticsearch sink connected");
-        Ok(ElasticsearchSink { connector: connector.into(), config, client })
+        Ok(ElasticsearchSink {
+            shared: Arc::new(Shared { connector: connector.into(), config, client }),
+            hasher: Default::default(),
+        })
     }
 
     /// The bulk action for a record; `Err` is why it is poison.
@@ -111,7 +123,7 @@ impl ElasticsearchSink {
         let value = &record.record.value;
         // The document (its fields feed the templates) and whether the record deletes it.
         let (json, delete): (Option<Json>, bool) = if value.is_empty() {
-            if self.config.cdc {
+            if self.shared.config.cdc {
                 return Ok(None); // a tombstone after a delete: the delete already ran
             }
             (None, true)
@@ -121,19 +133,19 @@ impl ElasticsearchSink {
             if !json.is_object() {
                 return Err("the record's value is not a JSON object".into());
             }
-            if self.config.cdc {
+            if self.shared.config.cdc {
                 let (delete, image) = crate::sinks::change_image(&json)?;
                 (Some(image), delete)
             } else {
                 (Some(json), false)
             }
         };
-        let timestamp_ms = match (&self.config.timestamp_field, &json) {
+        let timestamp_ms = match (&self.shared.config.timestamp_field, &json) {
             (Some(field), Some(json)) => event_time_ms(json, field)?,
             _ => record.record.timestamp_ms,
         };
-        let index_name = render_index(&self.config.index, record, json.as_ref(), timestamp_ms)?;
-        let id = match &self.config.id {
+        let index_name = render_index(&self.shared.config.index, record, json.as_ref(), timestamp_ms)?;
+        let id = match &self.shared.config.id {
             Some(id) => template::render_record(id, record, json.as_ref())
                 .ok_or_else(|| format!("the record lacks a field the id template {id:?} names"))?,
             None => match &record.record.key {
@@ -152,7 +164,7 @@ impl ElasticsearchSink {
             },
             None => unreachable!("only a delete has no document"),
             Some(source) => {
-                let kind = match self.config.action {
+                let kind = match self.shared.config.action {
                     ElasticsearchAction::Index => "index",
                     ElasticsearchAction::Create => "create",
                 };
@@ -162,15 +174,12 @@ impl ElasticsearchSink {
             }
         }))
     }
+}
 
+impl Shared {
     /// Sends actions; returns the ones to send again (429/5xx) and the targets written, and
     /// fills `refused`.
-    async fn send(
-        &self,
-        actions: Vec<Action>,
-        batch: &[SinkRecord],
-        refused: &mut BTreeMap<usize, String>,
-    ) -> Result<Answered, SendError> {
+    async fn send(&self, actions: Vec<Action>, refused: &mut BTreeMap<usize, String>) -> Result<Answered, SendError> {
         let body: Vec<&[u8]> = actions.iter().flat_map(|a| a.lines.iter().map(Vec::as_slice)).collect();
         let response = self
             .client
@@ -224,8 +233,7 @@ impl ElasticsearchSink {
                 let error = result.get("error").cloned().unwrap_or(Json::Null);
                 let kind = error.get("type").and_then(Json::as_str).unwrap_or("error");
                 let reason = error.get("reason").and_then(Json::as_str).unwrap_or("no reason given");
-                let record = &batch[action.record];
-                tracing::debug!(connector = %self.connector, queue_id = record.queue_id, queue_offset = record.queue_offset, status, kind, "elasticsearch refused a document");
+                tracing::debug!(connector = %self.connector, record = action.record, status, kind, "elasticsearch refused a document");
                 refused.insert(
                     action.record,
                     format!("elasticsearch refused the document (HTTP {status}, {kind}): {reason}"),
@@ -235,6 +243,66 @@ impl ElasticsearchSink {
         metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "written")
             .increment(written.len() as u64);
         Ok(Answered { retry, written })
+    }
+
+    /// Writes one lane's actions in order, re-sending the ones refused with 429/5xx; returns
+    /// the records refused for good.
+    async fn write_lane(self: Arc<Self>, mut actions: Vec<Action>) -> Result<BTreeMap<usize, String>, SinkError> {
+        let mut refused = BTreeMap::new();
+        let mut backoff = Duration::from_millis(self.config.item_backoff_initial_ms);
+        let mut sends = 0u32;
+        // The latest record written per target: an item to retry that a later record of the
+        // batch already replaced (or deleted) is dropped, so a retry never writes stale data.
+        let mut latest_written: BTreeMap<(String, String), usize> = BTreeMap::new();
+        while !actions.is_empty() {
+            let mut retry = Vec::new();
+            let mut chunks: VecDeque<Vec<Action>> = VecDeque::new();
+            let mut rest = actions.into_iter().peekable();
+            while rest.peek().is_some() {
+                chunks.push_back(rest.by_ref().take(self.config.bulk_actions_max).collect());
+            }
+            while let Some(chunk) = chunks.pop_front() {
+                match self.send(chunk, &mut refused).await {
+                    Ok(answered) => {
+                        retry.extend(answered.retry);
+                        for (target, record) in answered.written {
+                            let latest = latest_written.entry(target).or_insert(record);
+                            *latest = (*latest).max(record);
+                        }
+                    }
+                    Err(SendError::Failed(error)) => return Err(error),
+                    Err(SendError::TooLarge(mut chunk)) if chunk.len() > 1 => {
+                        let second = chunk.split_off(chunk.len() / 2);
+                        chunks.push_front(second);
+                        chunks.push_front(chunk);
+                    }
+                    Err(SendError::TooLarge(chunk)) => {
+                        let record = chunk[0].record;
+                        refused.insert(record, "elasticsearch refused the document as too large (HTTP 413)".into());
+                    }
+                }
+            }
+            retry.retain(|action| latest_written.get(&action.target).is_none_or(|latest| *latest < action.record));
+            retry.sort_by_key(|action| action.record);
+            actions = retry;
+            if actions.is_empty() {
+                break;
+            }
+            metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "retried")
+                    .increment(actions.len() as u64);
+            sends += 1;
+            if sends > self.config.item_retries_max {
+                return Err(SinkError::retryable(format!(
+                    "elasticsearch kept refusing {} document(s) with 429/5xx after {} retries",
+                    actions.len(),
+                    self.config.item_retries_max
+                )));
+            }
+            tracing::debug!(connector = %self.connector, documents = actions.len(), backoff_ms = backoff.as_millis() as u64, "elasticsearch asked to retry documents");
+            tokio::time::sleep(backoff).await; // backoff before re-sending refused items
+            backoff = (backoff * 2).min(ITEM_BACKOFF_MAX);
+        }
+        Ok(refused)
     }
 }
 
@@ -286,66 +354,40 @@ impl Sink for ElasticsearchSink {
                 }
             }
         }
-        let mut backoff = Duration::from_millis(self.config.item_backoff_initial_ms);
-        let mut sends = 0u32;
-        // The latest record written per target: an item to retry that a later record of the
-        // batch already replaced (or deleted) is dropped, so a retry never writes stale data.
-        let mut latest_written: BTreeMap<(String, String), usize> = BTreeMap::new();
-        while !actions.is_empty() {
-            let mut retry = Vec::new();
-            let mut chunks: VecDeque<Vec<Action>> = VecDeque::new();
-            let mut rest = actions.into_iter().peekable();
-            while rest.peek().is_some() {
-                chunks.push_back(rest.by_ref().take(self.config.bulk_actions_max).collect());
-            }
-            while let Some(chunk) = chunks.pop_front() {
-                match self.send(chunk, batch, &mut refused).await {
-                    Ok(answered) => {
-                        retry.extend(answered.retry);
-                        for (target, record) in answered.written {
-                            let latest = latest_written.entry(target).or_insert(record);
-                            *latest = (*latest).max(record);
-                        }
-                    }
-                    Err(SendError::Failed(error)) => return Err(error),
-                    Err(SendError::TooLarge(mut chunk)) if chunk.len() > 1 => {
-                        let second = chunk.split_off(chunk.len() / 2);
-                        chunks.push_front(second);
-                        chunks.push_front(chunk);
-                    }
-                    Err(SendError::TooLarge(chunk)) => {
-                        let record = chunk[0].record;
-                        refused.insert(record, "elasticsearch refused the document as too large (HTTP 413)".into());
-                    }
+        // Lanes by a hash of the document, so one document's actions stay in order in one
+        // lane while lanes write in parallel.
+        let lanes_count = self.shared.config.concurrency;
+        let mut lanes: Vec<Vec<Action>> = (0..lanes_count).map(|_| Vec::new()).collect();
+        for action in actions {
+            lanes[self.hasher.hash_one(&action.target) as usize % lanes_count].push(action);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in lanes.into_iter().filter(|lane| !lane.is_empty()) {
+            tasks.spawn(self.shared.clone().write_lane(lane));
+        }
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(lane_refused)) => refused.extend(lane_refused),
+                Ok(Err(error)) => failure = Some(error),
+                Err(error) => {
+                    failure = Some(SinkError::retryable(format!("elasticsearch sink writer failed: {error}")))
                 }
             }
-            retry.retain(|action| latest_written.get(&action.target).is_none_or(|latest| *latest < action.record));
-            retry.sort_by_key(|action| action.record);
-            actions = retry;
-            if actions.is_empty() {
-                break;
-            }
-            metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "retried")
-                .increment(actions.len() as u64);
-            sends += 1;
-            if sends > self.config.item_retries_max {
-                return Err(SinkError::retryable(format!(
-                    "elasticsearch kept refusing {} document(s) with 429/5xx after {} retries",
-                    actions.len(),
-                    self.config.item_retries_max
-                )));
-            }
-            tracing::debug!(connector = %self.connector, documents = actions.len(), backoff_ms = backoff.as_millis() as u64, "elasticsearch asked to retry documents");
-            tokio::time::sleep(backoff).await; // backoff before re-sending refused items
-            backoff = (backoff * 2).min(ITEM_BACKOFF_MAX);
+        }
+        if let Some(error) = failure {
+            return Err(error); // every action is idempotent by `_id`: the batch is retried whole
         }
         if refused.is_empty() {
             return Ok(());
         }
-        metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "refused")
+        metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.shared.connector.clone(), "result" => "refused")
             .increment(refused.len() as u64);
-        let message =
-            format!("elasticsearch sink {:?}: {} document(s) of the batch refused", self.connector, refused.len());
+        let message = format!(
+            "elasticsearch sink {:?}: {} document(s) of the batch refused",
+            self.shared.connector,
+            refused.len()
+        );
         Err(SinkError::poison_each(message, refused))
     }
 

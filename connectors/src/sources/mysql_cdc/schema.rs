@@ -89,11 +89,6 @@ impl SchemaCache {
         self.tables.insert(key_of(database, table), schema.clone());
         Ok(Some(schema))
     }
-
-    /// Forgets every table of `database` (after DDL there).
-    pub fn forget_database(&mut self, database: &str) {
-        self.tables.retain(|(db, _), _| db != database);
-    }
 }
 
 fn key_of(database: &str, table: &str) -> (String, String) {

@@ -408,12 +408,7 @@ impl MySqlCdcSource {
                 .map_err(|e| SourceError::retryable(format!("mysql_cdc: undecodable binlog event: {e}")))?;
             match data {
                 Some(EventData::RotateEvent(rotate)) => {
-                    // The server's first (fake) rotate precedes the format description, so
-                    // its checksum is read as part of the name: keep the file-name characters.
-                    let name = rotate.name();
-                    let end =
-                        name.find(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c))).unwrap_or(name.len());
-                    streaming.file = name[..end].to_string();
+                    streaming.file = rotate_file_name(header.event_size(), rotate.name_raw());
                     if streaming.transaction_start.is_none() {
                         streaming.boundary = (streaming.file.clone(), rotate.position());
                     }
@@ -440,12 +435,15 @@ impl MySqlCdcSource {
                             streaming.transaction_start = Some((streaming.file.clone(), start));
                             streaming.rows_in_transaction = 0;
                         }
-                    } else if text.eq_ignore_ascii_case("COMMIT") {
+                    } else if text.eq_ignore_ascii_case("COMMIT") || text.eq_ignore_ascii_case("ROLLBACK") {
                         end_transaction(streaming, end);
+                    } else if !is_ddl(&text) {
+                        // SAVEPOINT, XA and other statements around rows: not a schema change.
                     } else {
-                        // DDL: its own transaction. Schemas of that database are reloaded.
+                        // DDL: its own transaction. Every schema is reloaded on next use (the
+                        // statement may name another database than the session's).
                         let database = query.schema().into_owned();
-                        self.schemas.forget_database(&database);
+                        self.schemas = SchemaCache::default();
                         let State::Streaming(streaming) = &mut self.state else { unreachable!() };
                         end_transaction(streaming, end);
                         let (file, pos) = streaming.boundary.clone();
@@ -549,8 +547,29 @@ impl MySqlCdcSource {
     }
 }
 
+/// Whether a statement changes a schema (and gets a schema-change event).
+fn is_ddl(statement: &str) -> bool {
+    let first = statement.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+    matches!(first.as_str(), "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE")
+}
+
 /// A row image's values, in column order.
 type RowValues = Vec<Value>;
+
+/// The file a rotate event names. The server's first (fake) rotate comes before the format
+/// description, so the client cannot know it carries a checksum and reads the 4 checksum
+/// bytes as part of the name: when the name fills the whole event after its 19-byte header
+/// and 8-byte position, its last 4 bytes are that checksum (the client asks for checksums).
+pub fn rotate_file_name(event_size: u32, name: &[u8]) -> String {
+    const HEADER_AND_POSITION_BYTES: usize = 19 + 8;
+    const CHECKSUM_BYTES: usize = 4;
+    let name = if name.len() + HEADER_AND_POSITION_BYTES == event_size as usize && name.len() > CHECKSUM_BYTES {
+        &name[..name.len() - CHECKSUM_BYTES]
+    } else {
+        name
+    };
+    String::from_utf8_lossy(name).into_owned()
+}
 
 /// A transaction ended at `end`: the next boundary.
 fn end_transaction(streaming: &mut Streaming, end: u64) {
