@@ -745,3 +745,25 @@ impl Drop for MySqlCdcSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotate_names_lose_a_checksum_read_as_part_of_the_name() {
+        // A fake rotate before the format description: 19 + 8 + name + 4 checksum bytes, all
+        // read as the name.
+        assert_eq!(rotate_file_name(19 + 8 + 13 + 4, b"binlog.000001\x57\x4b\x01\x02"), "binlog.000001");
+        // A real rotate: the client already stripped the checksum.
+        assert_eq!(rotate_file_name(19 + 8 + 13 + 4, b"binlog.000002"), "binlog.000002");
+        for (statement, ddl) in [
+            ("ALTER TABLE t ADD c INT", true),
+            ("  create table x (a int)", true),
+            ("SAVEPOINT s1", false),
+            ("XA START 'x'", false),
+        ] {
+            assert_eq!(is_ddl(statement), ddl, "{statement}");
+        }
+    }
+}
