@@ -128,7 +128,7 @@ async fn read_binlog_raw(url: &str, start: &(String, u64), end: &(String, u64)) 
         let Some(event) = next(&mut stream).await else { bail!("the binlog stream ended early") };
         let event = event?;
         if let Ok(Some(mysql_async::binlog::events::EventData::RotateEvent(rotate))) = event.read_data() {
-            file = rotate_file_name(event.header().event_size(), rotate.name_raw());
+            file = rotate_file_name(event.header().event_size(), rotate.name_raw(), true);
         }
         if file == end.0 && u64::from(event.header().log_pos()) >= end.1 {
             break;

@@ -30,9 +30,21 @@
 //! template. MySQL 8 differs from MariaDB in GTID form (`uuid:n` vs `domain-server-seq`) and
 //! in JSON columns (binary JSONB, decoded to JSON) — both are handled.
 //!
-//! **Known limit:** mysql_common 0.37 decodes a *negative* `TIME(1)` or `TIME(2)` binlog
-//! value wrongly (an unsigned underflow in its fraction handling; debug builds panic). Other
-//! TIME precisions, and every snapshot value, are exact.
+//! **Recovery.** A failed poll (connection lost, an undecodable event) closes the stream;
+//! the next poll reopens it at the position of the last record handed out, so rows read but
+//! not handed out are read again rather than skipped.
+//!
+//! **Refused or not handled:** `binlog_transaction_compression=ON` (MySQL 8.0.20+) is refused
+//! at start. XA transactions are not treated specially (rows are emitted at `XA PREPARE`).
+//!
+//! **Known limits:**
+//! - mysql_common 0.37 decodes a *negative* `TIME(1)` or `TIME(2)` binlog value wrongly (an
+//!   unsigned underflow in its fraction handling; debug builds panic). Other TIME
+//!   precisions, and every snapshot value, are exact.
+//! - Text columns are decoded as UTF-8 (utf8/utf8mb4 tables); other character sets come out
+//!   as base64 where they are not valid UTF-8.
+//! - A zero TIMESTAMP reads as `1970-01-01T00:00:00` from the binlog.
+//! - Column names come from the current schema by position (ARCHITECTURE.md).
 
 mod config;
 mod schema;

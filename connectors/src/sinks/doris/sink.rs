@@ -1,6 +1,6 @@
 //! The Doris sink: start-up check, Stream Loads with redirects and labels, two-phase commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +35,9 @@ pub enum DorisSinkError {
 /// Loads records into one table.
 pub struct DorisSink {
     loader: Arc<Loader>,
-    /// Pre-committed loads waiting for `flush` (two-phase commit): label → transaction id.
-    precommitted: BTreeMap<String, Option<u64>>,
+    /// Pre-committed loads waiting for `flush` (two-phase commit), in load order (commit order
+    /// decides which version of a key wins): label, transaction id.
+    precommitted: VecDeque<(String, Option<u64>)>,
     /// The (queue, offset) of every record in those loads.
     precommitted_records: std::collections::BTreeSet<(u32, u64)>,
 }
@@ -120,7 +121,7 @@ impl DorisSink {
         tracing::info!(connector, url = %config.url, database = %config.database, table = %config.table, "doris sink connected");
         Ok(DorisSink {
             loader: Arc::new(Loader { connector: connector.into(), config, client, label_prefix }),
-            precommitted: BTreeMap::new(),
+            precommitted: VecDeque::new(),
             precommitted_records: Default::default(),
         })
     }
@@ -373,7 +374,9 @@ impl Sink for DorisSink {
                         loaded += outcome.loaded;
                         refused.extend(outcome.refused);
                         for (label, txn_id, offsets) in outcome.precommitted {
-                            self.precommitted.insert(label, txn_id);
+                            if !self.precommitted.iter().any(|(known, _)| *known == label) {
+                                self.precommitted.push_back((label, txn_id));
+                            }
                             self.precommitted_records.extend(offsets.into_iter().map(|offset| (queue_id, offset)));
                         }
                     }
@@ -396,9 +399,9 @@ impl Sink for DorisSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        while let Some((label, txn_id)) = self.precommitted.pop_first() {
+        while let Some((label, txn_id)) = self.precommitted.pop_front() {
             if let Err(error) = self.loader.commit(&label, txn_id).await {
-                self.precommitted.insert(label, txn_id);
+                self.precommitted.push_front((label, txn_id));
                 return Err(error);
             }
         }

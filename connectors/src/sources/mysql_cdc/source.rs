@@ -41,6 +41,11 @@ pub struct MySqlCdcSource {
     /// For schema lookups while streaming.
     query: Option<Conn>,
     state: State,
+    /// The position of the last record handed to the task (or opened at): a failed poll
+    /// restarts the stream there, so rows read but not handed out are read again.
+    delivered: Option<(String, u64, u64)>,
+    /// The server appends CRC32 checksums to binlog events.
+    checksums: bool,
 }
 
 enum State {
@@ -175,6 +180,8 @@ impl MySqlCdcSource {
             schemas: SchemaCache::default(),
             query: None,
             state: State::Closed,
+            delivered: None,
+            checksums: true,
         })
     }
 
@@ -215,6 +222,13 @@ impl MySqlCdcSource {
         if !format.eq_ignore_ascii_case("ROW") {
             return Err(SourceError::permanent(format!(
                 "mysql_cdc: binlog_format is {format} on {address}; CDC needs ROW (`SET GLOBAL binlog_format = 'ROW'` and binlog_format=ROW in the server's config)"
+            )));
+        }
+        // MySQL 8.0.20+ can wrap a transaction's events in one compressed payload event,
+        // which this reader does not decode.
+        if let Ok(Some(1i64)) = conn.query_first::<i64, _>("SELECT @@binlog_transaction_compression").await {
+            return Err(SourceError::permanent(format!(
+                "mysql_cdc: binlog_transaction_compression is ON on {address}; turn it off for CDC (`SET GLOBAL binlog_transaction_compression = OFF`)"
             )));
         }
         if !image.eq_ignore_ascii_case("FULL") {
@@ -260,12 +274,9 @@ impl MySqlCdcSource {
                 .await
                 .map_err(|e| failed("FLUSH TABLES WITH READ LOCK", e))?;
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await.map_err(|e| failed("start", e))?;
-            let row: Option<Row> =
-                conn.query_first("SHOW MASTER STATUS").await.map_err(|e| failed("SHOW MASTER STATUS", e))?;
+            let status = binlog_status(&mut conn).await;
             conn.query_drop("UNLOCK TABLES").await.map_err(|e| failed("UNLOCK TABLES", e))?;
-            let row =
-                row.ok_or_else(|| SourceError::permanent("mysql_cdc: SHOW MASTER STATUS is empty: is log_bin on?"))?;
-            (row.get::<String, _>(0).unwrap_or_default(), row.get::<u64, _>(1).unwrap_or(4))
+            status?
         };
         let tables = captured_tables(&mut conn, &self.filter).await.map_err(|e| failed("list tables", e))?;
         tracing::info!(connector = %self.connector, tables = tables.len(), %file, pos, "mysql_cdc snapshot started");
@@ -293,15 +304,16 @@ impl MySqlCdcSource {
         let request = BinlogStreamRequest::new(self.server_id).with_filename(file.as_bytes()).with_pos(pos);
         let stream = conn.get_binlog_stream(request).await.map_err(failed)?;
         tracing::info!(connector = %self.connector, %file, pos, skip_rows, server_id = self.server_id, "mysql_cdc streaming");
+        self.delivered = Some((file.clone(), pos, skip_rows));
         self.state = State::Streaming(Box::new(Streaming {
             stream,
             file: file.clone(),
-            boundary: (file, pos),
+            boundary: (file.clone(), pos),
             transaction_start: None,
             gtid: None,
             rows_in_transaction: 0,
             skip_rows,
-            last_emitted: None,
+            last_emitted: Some((file.clone(), pos)),
             last_emitted_at: Instant::now(),
         }));
         Ok(())
@@ -408,7 +420,7 @@ impl MySqlCdcSource {
                 .map_err(|e| SourceError::retryable(format!("mysql_cdc: undecodable binlog event: {e}")))?;
             match data {
                 Some(EventData::RotateEvent(rotate)) => {
-                    streaming.file = rotate_file_name(header.event_size(), rotate.name_raw());
+                    streaming.file = rotate_file_name(header.event_size(), rotate.name_raw(), self.checksums);
                     if streaming.transaction_start.is_none() {
                         streaming.boundary = (streaming.file.clone(), rotate.position());
                     }
@@ -438,7 +450,15 @@ impl MySqlCdcSource {
                     } else if text.eq_ignore_ascii_case("COMMIT") || text.eq_ignore_ascii_case("ROLLBACK") {
                         end_transaction(streaming, end);
                     } else if !is_ddl(&text) {
-                        // SAVEPOINT, XA and other statements around rows: not a schema change.
+                        let upper = text.to_ascii_uppercase();
+                        if !(upper.starts_with("SAVEPOINT")
+                            || upper.starts_with("ROLLBACK TO")
+                            || upper.starts_with("XA "))
+                        {
+                            // A statement logged on its own (GRANT, ANALYZE, …): its own
+                            // transaction, not a schema change.
+                            end_transaction(streaming, end);
+                        }
                     } else {
                         // DDL: its own transaction. Every schema is reloaded on next use (the
                         // statement may name another database than the session's).
@@ -553,21 +573,33 @@ fn is_ddl(statement: &str) -> bool {
     matches!(first.as_str(), "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE")
 }
 
+/// The server's current binlog file and position: `SHOW MASTER STATUS`, or `SHOW BINARY LOG
+/// STATUS` where the former was removed (MySQL 8.4).
+async fn binlog_status(conn: &mut Conn) -> Result<(String, u64), SourceError> {
+    let row: Option<Row> = match conn.query_first("SHOW MASTER STATUS").await {
+        Ok(row) => row,
+        Err(_) => conn
+            .query_first("SHOW BINARY LOG STATUS")
+            .await
+            .map_err(|e| SourceError::retryable(format!("mysql_cdc: cannot read the binlog position: {e}")))?,
+    };
+    let row = row.ok_or_else(|| SourceError::permanent("mysql_cdc: the binlog status is empty: is log_bin on?"))?;
+    Ok((row.get::<String, _>(0).unwrap_or_default(), row.get::<u64, _>(1).unwrap_or(4)))
+}
+
 /// A row image's values, in column order.
 type RowValues = Vec<Value>;
 
 /// The file a rotate event names. The server's first (fake) rotate comes before the format
 /// description, so the client cannot know it carries a checksum and reads the 4 checksum
-/// bytes as part of the name: when the name fills the whole event after its 19-byte header
-/// and 8-byte position, its last 4 bytes are that checksum (the client asks for checksums).
-pub fn rotate_file_name(event_size: u32, name: &[u8]) -> String {
+/// bytes as part of the name: when the server writes checksums (`binlog_checksum` is not
+/// NONE) and the name fills the whole event after its 19-byte header and 8-byte position,
+/// its last 4 bytes are that checksum.
+pub fn rotate_file_name(event_size: u32, name: &[u8], checksums: bool) -> String {
     const HEADER_AND_POSITION_BYTES: usize = 19 + 8;
     const CHECKSUM_BYTES: usize = 4;
-    let name = if name.len() + HEADER_AND_POSITION_BYTES == event_size as usize && name.len() > CHECKSUM_BYTES {
-        &name[..name.len() - CHECKSUM_BYTES]
-    } else {
-        name
-    };
+    let with_checksum = checksums && name.len() + HEADER_AND_POSITION_BYTES == event_size as usize;
+    let name = if with_checksum && name.len() > CHECKSUM_BYTES { &name[..name.len() - CHECKSUM_BYTES] } else { name };
     String::from_utf8_lossy(name).into_owned()
 }
 
@@ -688,9 +720,12 @@ impl Source for MySqlCdcSource {
     async fn open(&mut self, position: Option<Position>) -> Result<(), SourceError> {
         self.state = State::Closed;
         self.query = None;
+        self.delivered = None;
         let mut conn = self.connect().await?;
         self.check_server(&mut conn).await?;
         let files = Self::binlog_files(&mut conn).await?;
+        let checksum: Option<String> = conn.query_first("SELECT @@global.binlog_checksum").await.unwrap_or(None);
+        self.checksums = checksum.is_none_or(|alg| !alg.eq_ignore_ascii_case("NONE"));
         let committed = position.as_ref().and_then(|p| {
             let file = p.get("file")?.as_str()?.to_string();
             let pos = p.get("pos")?.as_u64()?;
@@ -711,14 +746,7 @@ impl Source for MySqlCdcSource {
                 self.connector
             ))),
             None if self.config.snapshot == SnapshotMode::Never => {
-                let conn = self.query.as_mut().expect("set above");
-                let row: Option<Row> = conn
-                    .query_first("SHOW MASTER STATUS")
-                    .await
-                    .map_err(|e| SourceError::retryable(format!("mysql_cdc: {e}")))?;
-                let row = row
-                    .ok_or_else(|| SourceError::permanent("mysql_cdc: SHOW MASTER STATUS is empty: is log_bin on?"))?;
-                let (file, pos) = (row.get::<String, _>(0).unwrap_or_default(), row.get::<u64, _>(1).unwrap_or(4));
+                let (file, pos) = binlog_status(self.query.as_mut().expect("set above")).await?;
                 self.start_streaming(file, pos, 0).await
             }
             // No position, or a snapshot that did not finish: snapshot (again).
@@ -728,9 +756,34 @@ impl Source for MySqlCdcSource {
 
     async fn poll(&mut self, records_max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         match &self.state {
-            State::Closed => Err(SourceError::retryable("mysql_cdc: polled before open")),
+            State::Closed => match self.delivered.clone() {
+                Some((file, pos, skip_rows)) => {
+                    self.start_streaming(file, pos, skip_rows).await?;
+                    Ok(Vec::new())
+                }
+                None => Err(SourceError::retryable("mysql_cdc: polled before open")),
+            },
             State::Snapshot(_) => self.poll_snapshot(records_max).await,
-            State::Streaming(_) => self.poll_stream(records_max, wait).await,
+            State::Streaming(_) => match self.poll_stream(records_max, wait).await {
+                Ok(records) => {
+                    if let Some(position) = records.last().map(|r| &r.position) {
+                        let file = position.get("file").and_then(Json::as_str).map(str::to_string);
+                        let pos = position.get("pos").and_then(Json::as_u64);
+                        if let (Some(file), Some(pos)) = (file, pos) {
+                            let skip = position.get("skip_rows").and_then(Json::as_u64).unwrap_or(0);
+                            self.delivered = Some((file, pos, skip));
+                        }
+                    }
+                    Ok(records)
+                }
+                Err(error) => {
+                    // The stream consumed events whose records were not handed out: the next
+                    // poll reads again from the last record handed out.
+                    self.state = State::Closed;
+                    self.query = None;
+                    Err(error)
+                }
+            },
         }
     }
 }
@@ -754,9 +807,10 @@ mod tests {
     fn rotate_names_lose_a_checksum_read_as_part_of_the_name() {
         // A fake rotate before the format description: 19 + 8 + name + 4 checksum bytes, all
         // read as the name.
-        assert_eq!(rotate_file_name(19 + 8 + 13 + 4, b"binlog.000001\x57\x4b\x01\x02"), "binlog.000001");
+        assert_eq!(rotate_file_name(19 + 8 + 13 + 4, b"binlog.000001\x57\x4b\x01\x02", true), "binlog.000001");
+        assert_eq!(rotate_file_name(19 + 8 + 13, b"binlog.000003", false), "binlog.000003", "no checksums");
         // A real rotate: the client already stripped the checksum.
-        assert_eq!(rotate_file_name(19 + 8 + 13 + 4, b"binlog.000002"), "binlog.000002");
+        assert_eq!(rotate_file_name(19 + 8 + 13 + 4, b"binlog.000002", true), "binlog.000002");
         for (statement, ddl) in [
             ("ALTER TABLE t ADD c INT", true),
             ("  create table x (a int)", true),
