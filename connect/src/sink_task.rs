@@ -292,7 +292,9 @@ async fn deliver(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<usize>> {
     let mut dead = 0;
-    let mut pending: Vec<SinkRecord> = batch.to_vec();
+    // Borrowed until records are dead-lettered out of it (copying every batch cost a copy of
+    // every record's bytes).
+    let mut pending: std::borrow::Cow<'_, [SinkRecord]> = std::borrow::Cow::Borrowed(batch);
     let mut attempts = 0u32;
     let mut backoff = config.backoff_initial;
     loop {
@@ -307,7 +309,7 @@ async fn deliver(
                 };
                 dead += sent;
                 let mut index = 0;
-                pending.retain(|_| {
+                pending.to_mut().retain(|_| {
                     index += 1;
                     !failed.contains(&(index - 1))
                 });
