@@ -563,22 +563,10 @@ fn the_runnable_pipelines_run() {
     let listen = format!("127.0.0.1:{port}");
     let (running, _) =
         start_in(dir.path(), &pipelines.join("web-analytics.yaml"), admin_port, &[("WEIR_HTTP_LISTEN", &listen)]);
-    let lines = |minute: u64| -> Vec<u8> {
-        (0..40)
-            .map(|i| {
-                let (domain, status) = if i % 4 == 0 { ("b.com", 503) } else { ("a.com", 200) };
-                let ts = minute * 60_000 + i * 100;
-                format!(
-                    "{{\"domain\":\"{domain}\",\"status\":{status},\"request_id\":\"m{minute}-{i}\",\"ts\":{ts}}}\n"
-                )
-            })
-            .collect::<String>()
-            .into_bytes()
-    };
     // The first minute, then rows two minutes later in (nearly) every queue to close it; a
     // queue left without rows stops holding the watermark back after its idle timeout.
-    assert_eq!(http(port, "POST", "/v1/logs", &[], &lines(0)).0, 200);
-    assert_eq!(http(port, "POST", "/v1/logs", &[], &lines(2)).0, 200);
+    assert_eq!(http(port, "POST", "/v1/logs", &[], &access_logs(0)).0, 200);
+    assert_eq!(http(port, "POST", "/v1/logs", &[], &access_logs(2)).0, 200);
     let stats = wait_for_lines(&dir.path().join("out/domain-stats.jsonl"), 2);
     stop(running);
     let mut rows: Vec<String> = stats
@@ -592,7 +580,7 @@ fn the_runnable_pipelines_run() {
     assert_eq!(rows, ["\"a.com\" 30 0", "\"b.com\" 10 10"]);
 }
 
-/// One-minute access-log lines for `weir-analytics`-shaped pipelines: 30 `a.com` hits with
+/// One-minute access-log lines for the `web-analytics`-shaped pipelines: 30 `a.com` hits with
 /// status 200 and 10 `b.com` hits with 503, in minute `minute`.
 fn access_logs(minute: u64) -> Vec<u8> {
     (0..40)

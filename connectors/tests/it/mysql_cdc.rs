@@ -197,7 +197,7 @@ fn snapshot_and_streaming_replay_into_an_identical_table_across_restarts_and_ddl
             let started = Instant::now();
             while !same().await {
                 assert!(started.elapsed() < Duration::from_secs(60), "the replica never matched the source");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
             }
         };
         // Run 1: snapshot, then random changes while streaming; a clean stop.
@@ -236,19 +236,30 @@ fn snapshot_and_streaming_replay_into_an_identical_table_across_restarts_and_ddl
                 false,
             )
             .await;
-        // Changes while nothing runs, then run 2 is dropped mid-stream (an abrupt stop).
+        // Changes while nothing runs, then run 2 is dropped mid-stream (an abrupt stop) once the
+        // source has moved some of them into the topic.
         sql(&source_url, &changes(2, 40)).await;
+        let topic = format!("cdc_{database}_everything");
+        let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
+        let before = held();
         pipeline
             .run(
                 async {
                     sql(&source_url, &changes(3, 40)).await;
-                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let started = Instant::now();
+                    while held() <= before {
+                        assert!(started.elapsed() < Duration::from_secs(60), "the source streamed nothing");
+                        tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
+                    }
                 },
                 true,
             )
             .await;
+        // The restart after the abrupt stop catches up (the topic may hold records taken
+        // before the stop; the replica's schema changes only once they are applied).
+        pipeline.run(converged(), false).await;
         // DDL mid-stream: a new column and a renamed one (the replica's schema follows by
-        // hand, as a DBA would).
+        // hand, as a DBA would, once the topic is drained).
         let ddl = [
             "ALTER TABLE everything ADD COLUMN extra VARCHAR(10) DEFAULT 'new'".to_string(),
             "ALTER TABLE everything CHANGE vc vc2 VARCHAR(20)".into(),

@@ -225,7 +225,7 @@ fn killed_connections_mid_batch_leave_each_record_once() {
                     }
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(15)) => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(15)) => {} // kill interval, not a wait
                     _ = stopped.changed() => {}
                 }
             }

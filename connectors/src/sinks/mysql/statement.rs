@@ -112,7 +112,11 @@ fn write(row: &Json, table: &TableShape, mode: MySqlMode) -> Result<RowChange, S
                 UnknownFields::Error => return Err(format!("field {name:?} is not a column of table {}", table.name)),
             }
         }
-        super::config::check_identifier(name).map_err(|reason| format!("field name {reason}"))?;
+        if table.columns.is_none() {
+            // Only a name that may become a column (auto-create) needs checking; known
+            // columns are names the server already accepted.
+            super::config::check_identifier(name).map_err(|reason| format!("field name {reason}"))?;
+        }
         columns.push(name.clone());
         values.push(bind(value));
         types.push(column_type(value, table.key_columns.contains(name)));
