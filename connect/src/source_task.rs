@@ -337,7 +337,7 @@ async fn send_batch(
     batch: &[SourceRecord],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<usize>> {
-    let messages: Vec<Message> = batch.iter().map(|r| r.record.to_message()).collect();
+    let messages = || batch.iter().map(|r| r.record.to_message()).collect();
     match send_with_retry(broker, config, messages, shutdown).await? {
         Sent::Acknowledged => return Ok(Some(0)),
         Sent::Interrupted => return Ok(None),
@@ -346,7 +346,7 @@ async fn send_batch(
     // Find the records at fault, one send each, in order.
     let mut dead = 0;
     for record in batch {
-        match send_with_retry(broker, config, vec![record.record.to_message()], shutdown).await? {
+        match send_with_retry(broker, config, || vec![record.record.to_message()], shutdown).await? {
             Sent::Acknowledged => {}
             Sent::Interrupted => return Ok(None),
             Sent::Rejected(error) => {
@@ -370,15 +370,17 @@ enum Sent {
     Interrupted,
 }
 
+/// Sends the messages `messages` builds (once per attempt, so the first attempt copies
+/// nothing it does not send).
 async fn send_with_retry(
     broker: &dyn Messaging,
     config: &SourceTaskConfig,
-    messages: Vec<Message>,
+    messages: impl Fn() -> Vec<Message>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Sent> {
     let mut retry = Retry::new(config);
     loop {
-        let error = match broker.send_batch(messages.clone()).await {
+        let error = match broker.send_batch(messages()).await {
             Ok(_) => return Ok(Sent::Acknowledged),
             Err(error) if error.is_message_rejected() => return Ok(Sent::Rejected(error)),
             Err(error) if error.is_transient() => error,
@@ -413,7 +415,7 @@ async fn dead_letter(
     context.insert("DLQ_ORIGIN_TOPIC".to_string(), record.record.topic.clone());
     context.insert("DLQ_SOURCE_POSITION".to_string(), record.position.to_string());
     message.properties = context;
-    match send_with_retry(broker, config, vec![message], shutdown).await? {
+    match send_with_retry(broker, config, || vec![message.clone()], shutdown).await? {
         Sent::Acknowledged => {}
         Sent::Interrupted => return Ok(false),
         Sent::Rejected(error) => return Err(ConnectError::Broker(error)),

@@ -25,7 +25,8 @@
 //! longer has is an error naming it and the options.
 //!
 //! **Envelope:** `{before, after, op, source: {version, connector, name, ts_ms, snapshot, db,
-//! table, server_id, gtid, file, pos, row}, ts_ms}`; message key = the primary key (its value
+//! table, server_id, gtid, file, pos, row}, ts_ms}` with a row's fields in column order,
+//! written straight to JSON bytes (`envelope.rs`: no JSON tree per row); message key = the primary key (its value
 //! for one column, a JSON object for several), tag = table name, topic from the `topic`
 //! template. MySQL 8 differs from MariaDB in GTID form (`uuid:n` vs `domain-server-seq`) and
 //! in JSON columns (binary JSONB, decoded to JSON) — both are handled.
@@ -47,6 +48,7 @@
 //! - Column names come from the current schema by position (ARCHITECTURE.md).
 
 mod config;
+mod envelope;
 mod schema;
 mod source;
 pub mod value;

@@ -17,6 +17,24 @@ pub struct TableSchema {
     pub table: String,
     pub columns: Vec<Column>,
     pub key: Vec<usize>,
+    /// `"name":` per column, JSON-escaped once for the envelope writer.
+    pub field_prefixes: Vec<Vec<u8>>,
+}
+
+impl TableSchema {
+    /// A table's schema from its columns in ordinal order.
+    pub fn new(database: &str, table: &str, columns: Vec<Column>) -> TableSchema {
+        let key = columns.iter().enumerate().filter(|(_, c)| c.primary_key).map(|(i, _)| i).collect();
+        let field_prefixes = columns
+            .iter()
+            .map(|column| {
+                let mut prefix = serde_json::to_vec(&column.name).expect("a string serialises");
+                prefix.push(b':');
+                prefix
+            })
+            .collect();
+        TableSchema { database: database.into(), table: table.into(), columns, key, field_prefixes }
+    }
 }
 
 /// Which tables the source captures: include/exclude regexes over `database.table`.
@@ -84,8 +102,7 @@ impl SchemaCache {
                 Column::from_information_schema(name, data_type, column_type, column_key, charset.as_deref())
             })
             .collect();
-        let key = columns.iter().enumerate().filter(|(_, c)| c.primary_key).map(|(i, _)| i).collect();
-        let schema = Arc::new(TableSchema { database: database.into(), table: table.into(), columns, key });
+        let schema = Arc::new(TableSchema::new(database, table, columns));
         self.tables.insert(key_of(database, table), schema.clone());
         Ok(Some(schema))
     }

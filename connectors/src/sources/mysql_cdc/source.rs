@@ -10,12 +10,13 @@ use futures_core::Stream;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Row, Value};
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 use weir_connect::{Position, Record, Source, SourceError, SourceRecord};
 
 use super::config::{MySqlCdcConfig, SnapshotMode};
+use super::envelope::{Change, SourceBlock, SourceFields, record_key, write_change};
 use super::schema::{SchemaCache, TableFilter, TableSchema, captured_tables};
-use super::value::{Origin, to_json};
+use super::value::Origin;
 use crate::template;
 
 /// Why the source cannot start, by who is at fault.
@@ -89,6 +90,8 @@ struct Emitter {
     topic: String,
     heartbeat_topic: String,
     server_name: String,
+    /// The envelope being written (copied out at its exact size).
+    scratch: Vec<u8>,
 }
 
 impl Emitter {
@@ -112,27 +115,24 @@ impl Emitter {
         }
     }
 
-    /// A change record in Debezium's envelope.
-    #[allow(clippy::too_many_arguments)]
+    /// A change record in Debezium's envelope, for `topic`.
     fn change(
-        &self,
+        &mut self,
+        topic: &str,
         schema: &TableSchema,
-        op: &str,
-        before: Option<Json>,
-        after: Option<Json>,
-        source: Map<String, Json>,
+        source: &SourceBlock,
+        change: &Change<'_>,
         timestamp_ms: i64,
         position: Position,
     ) -> SourceRecord {
-        let image = after.as_ref().or(before.as_ref());
-        let key = image.and_then(|row| record_key(schema, row));
-        let envelope =
-            json!({"before": before, "after": after, "op": op, "source": source, "ts_ms": weir_connect::now_ms()});
+        let image = change.after.or(change.before);
+        let key = image.and_then(|values| record_key(schema, values, change.origin));
+        write_change(&mut self.scratch, schema, source, change);
         SourceRecord {
             record: Record {
-                topic: self.topic(&schema.database, &schema.table),
+                topic: topic.to_string(),
                 key,
-                value: envelope.to_string().into_bytes(),
+                value: self.scratch.clone(),
                 tag: Some(schema.table.clone()),
                 timestamp_ms,
                 ..Record::default()
@@ -169,6 +169,7 @@ impl MySqlCdcSource {
             topic: config.topic.clone(),
             heartbeat_topic: config.heartbeat_topic.clone(),
             server_name: config.server_name.clone().unwrap_or_else(|| connector.to_string()),
+            scratch: Vec::new(),
         };
         Ok(MySqlCdcSource {
             connector: connector.into(),
@@ -342,34 +343,37 @@ impl MySqlCdcSource {
                 SourceError::retryable(format!("mysql_cdc snapshot of {}.{}: {e}", schema.database, schema.table))
             })?;
             let done = rows.len() < limit;
-            let mut next_key = None;
-            for row in &rows {
-                let values: Vec<Value> =
-                    (0..row.len()).map(|i| row.as_ref(i).cloned().unwrap_or(Value::NULL)).collect();
-                let after = row_json(&schema, &values, Origin::Query);
-                let source =
-                    source_fields(&self.emit.server_name, &schema, true, None, &snapshot.file, snapshot.pos, 0, 0);
-                let now = weir_connect::now_ms();
-                out.push(self.emit.change(
-                    &schema,
-                    "r",
-                    None,
-                    Some(after),
-                    source,
-                    now,
-                    json!({"snapshot": "running"}),
-                ));
-                next_key = Some(schema.key.iter().map(|i| values[*i].clone()).collect::<Vec<_>>());
+            let topic = self.emit.topic(&schema.database, &schema.table);
+            let fields = SourceFields {
+                server_name: &self.emit.server_name,
+                snapshot: true,
+                gtid: None,
+                file: &snapshot.file,
+                pos: snapshot.pos,
+                server_id: 0,
+                ts_ms: 0,
+            };
+            let source = SourceBlock::new(&schema, &fields);
+            let (now, count) = (weir_connect::now_ms(), rows.len());
+            let mut last_values = None;
+            for row in rows {
+                let values = row.unwrap();
+                let change =
+                    Change { op: "r", before: None, after: Some(&values), origin: Origin::Query, row: 0, now_ms: now };
+                let position = json!({"snapshot": "running"});
+                out.push(self.emit.change(&topic, &schema, &source, &change, now, position));
+                last_values = Some(values);
             }
-            snapshot.rows += rows.len() as u64;
+            let next_key = last_values.map(|values| schema.key.iter().map(|i| values[*i].clone()).collect::<Vec<_>>());
+            snapshot.rows += count as u64;
             metrics::counter!("weir_mysql_cdc_snapshot_rows_total", "connector" => self.connector.clone())
-                .increment(rows.len() as u64);
+                .increment(count as u64);
             let current = snapshot.current.as_mut().expect("checked above");
             if done {
                 snapshot.current = None;
             } else {
                 current.1 = next_key.or(current.1.take());
-                current.2 += rows.len() as u64;
+                current.2 += count as u64;
             }
         }
         if snapshot.current.is_none() && snapshot.tables.is_empty() {
@@ -409,6 +413,7 @@ impl MySqlCdcSource {
             let end = u64::from(header.log_pos());
             let start = end.saturating_sub(u64::from(header.event_size()));
             let timestamp_ms = i64::from(header.timestamp()) * 1000;
+            let event_server_id = header.server_id();
             if event.header().event_type_raw() == MARIADB_GTID_EVENT {
                 streaming.transaction_start = Some((streaming.file.clone(), start));
                 streaming.gtid = mariadb_gtid(event.data(), header.server_id());
@@ -520,31 +525,42 @@ impl MySqlCdcSource {
                         None
                     };
                     let State::Streaming(streaming) = &mut self.state else { unreachable!() };
-                    for (row_index, (before, after)) in changes.into_iter().enumerate() {
+                    let block = schema.as_ref().map(|schema| {
+                        let fields = SourceFields {
+                            server_name: &self.emit.server_name,
+                            snapshot: false,
+                            gtid: gtid.as_deref(),
+                            file: &transaction.0,
+                            pos: transaction.1,
+                            server_id: event_server_id,
+                            ts_ms: timestamp_ms,
+                        };
+                        (self.emit.topic(&database, &table), SourceBlock::new(schema, &fields))
+                    });
+                    let (now, mut emitted) = (weir_connect::now_ms(), 0);
+                    for (row_index, (before, after)) in changes.iter().enumerate() {
                         streaming.rows_in_transaction += 1;
                         if streaming.rows_in_transaction <= streaming.skip_rows {
                             continue; // delivered before the restart
                         }
-                        let Some(schema) = &schema else { continue };
+                        let (Some(schema), Some((topic, block))) = (&schema, &block) else { continue };
                         let position = json!({"file": transaction.0, "pos": transaction.1,
                             "skip_rows": streaming.rows_in_transaction, "gtid": gtid});
-                        let source = source_fields(
-                            &self.emit.server_name,
-                            schema,
-                            false,
-                            gtid.as_deref(),
-                            &transaction.0,
-                            transaction.1,
-                            row_index,
-                            timestamp_ms,
-                        );
-                        let before = before.map(|values| row_json(schema, &values, Origin::Binlog));
-                        let after = after.map(|values| row_json(schema, &values, Origin::Binlog));
+                        let change = Change {
+                            op,
+                            before: before.as_deref(),
+                            after: after.as_deref(),
+                            origin: Origin::Binlog,
+                            row: row_index,
+                            now_ms: now,
+                        };
                         streaming.last_emitted = Some(transaction.clone());
                         streaming.last_emitted_at = Instant::now();
-                        out.push(self.emit.change(schema, op, before, after, source, timestamp_ms, position));
-                        metrics::counter!("weir_mysql_cdc_changes_total", "connector" => self.connector.clone(), "op" => op).increment(1);
+                        out.push(self.emit.change(topic, schema, block, &change, timestamp_ms, position));
+                        emitted += 1;
                     }
+                    metrics::counter!("weir_mysql_cdc_changes_total", "connector" => self.connector.clone(), "op" => op)
+                        .increment(emitted);
                 }
                 _ => {}
             }
@@ -640,54 +656,6 @@ fn classify_stream_error(error: &mysql_async::Error, file: &str) -> SourceError 
             e.message
         )),
         other => SourceError::retryable(format!("mysql_cdc: binlog stream: {other}")),
-    }
-}
-
-/// A row's values as a JSON object by column name. Columns map by position to the table's
-/// current schema: a row logged before a column was added at the end lacks it (and the field
-/// is left out, not made null); one logged before a rename gets the new name.
-fn row_json(schema: &TableSchema, values: &[Value], origin: Origin) -> Json {
-    let object: Map<String, Json> = schema
-        .columns
-        .iter()
-        .zip(values)
-        .map(|(column, value)| (column.name.clone(), to_json(column, value, origin)))
-        .collect();
-    Json::Object(object)
-}
-
-/// The message key: the primary key's value (one column) or a JSON object of them.
-fn record_key(schema: &TableSchema, row: &Json) -> Option<String> {
-    match schema.key.as_slice() {
-        [] => None,
-        [one] => match &row[&schema.columns[*one].name] {
-            Json::String(text) => Some(text.clone()),
-            other => Some(other.to_string()),
-        },
-        many => {
-            let key: Map<String, Json> =
-                many.iter().map(|i| (schema.columns[*i].name.clone(), row[&schema.columns[*i].name].clone())).collect();
-            Some(Json::Object(key).to_string())
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn source_fields(
-    name: &str,
-    schema: &TableSchema,
-    snapshot: bool,
-    gtid: Option<&str>,
-    file: &str,
-    pos: u64,
-    row: usize,
-    timestamp_ms: i64,
-) -> Map<String, Json> {
-    let value = json!({"version": env!("CARGO_PKG_VERSION"), "connector": "mysql", "name": name, "ts_ms": timestamp_ms,
-        "snapshot": snapshot, "db": schema.database, "table": schema.table, "gtid": gtid, "file": file, "pos": pos, "row": row});
-    match value {
-        Json::Object(map) => map,
-        _ => unreachable!("built as an object"),
     }
 }
 

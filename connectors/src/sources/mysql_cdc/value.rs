@@ -1,6 +1,7 @@
 //! MySQL values → JSON, faithfully and the same way for snapshot rows (text protocol) and
 //! binlog rows: integers as numbers (unsigned ones corrected from the binlog's signed form),
-//! DECIMAL as a string (no precision lost), FLOAT/DOUBLE as numbers, DATE as `YYYY-MM-DD`,
+//! DECIMAL as a string (no precision lost), FLOAT/DOUBLE as numbers (a FLOAT with the fewest
+//! digits that read back as the same 32-bit float), DATE as `YYYY-MM-DD`,
 //! DATETIME and TIMESTAMP as `YYYY-MM-DDTHH:MM:SS[.ffffff]` with the column's fractional
 //! digits (TIMESTAMP in UTC), TIME as `[-]HH:MM:SS[.ffffff]`, YEAR as a number, BIT(1) as a
 //! boolean and wider BITs as an unsigned number, ENUM as its label, SET as its labels joined
@@ -8,7 +9,7 @@
 //! anything that is not UTF-8 text) as base64, NULL as null.
 
 use mysql_async::Value;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 /// What the decoder needs to know of a column (from `information_schema.COLUMNS`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,12 +107,20 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
-fn fraction(micros: u32, digits: u32) -> String {
-    if digits == 0 {
-        return String::new();
+/// `.ffffff` cut to a column's fractional digits (nothing for none).
+struct Fraction {
+    micros: u32,
+    digits: u32,
+}
+
+impl std::fmt::Display for Fraction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = self.digits.min(6);
+        if digits == 0 {
+            return Ok(());
+        }
+        write!(f, ".{:0width$}", self.micros / 10u32.pow(6 - digits), width = digits as usize)
     }
-    let text = format!("{micros:06}");
-    format!(".{}", &text[..digits.min(6) as usize])
 }
 
 /// The bit width of an integer type, for undoing the binlog's signed encoding.
@@ -135,14 +144,21 @@ pub enum Origin {
     Binlog,
 }
 
-/// A value of `column` as JSON.
+/// A value of `column` as JSON (`write_json` parsed back).
 pub fn to_json(column: &Column, value: &Value, origin: Origin) -> Json {
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut text = Vec::new();
+    write_json(column, value, origin, &mut text);
+    serde_json::from_slice(&text).expect("write_json writes valid JSON")
+}
+
+/// Writes a value of `column` as JSON text to `out`, without building a JSON tree (this runs
+/// for every column of every captured row).
+pub fn write_json(column: &Column, value: &Value, origin: Origin, out: &mut Vec<u8>) {
     match (column.data_type.as_str(), value) {
-        (_, Value::NULL) => Json::Null,
+        (_, Value::NULL) => out.extend_from_slice(b"null"),
         ("enum", Value::Int(index)) => {
             let label = usize::try_from(*index).ok().and_then(|i| i.checked_sub(1)).and_then(|i| column.labels.get(i));
-            label.map_or(Json::String(String::new()), |label| Json::String(label.clone()))
+            write_str(out, label.map_or("", String::as_str));
         }
         ("set", Value::Bytes(bytes)) if origin == Origin::Binlog => {
             // A little-endian bitmask over the labels.
@@ -154,87 +170,104 @@ pub fn to_json(column: &Column, value: &Value, origin: Origin) -> Json {
                 .filter(|(i, _)| *i < 64 && mask & (1 << i) != 0)
                 .map(|(_, l)| l.as_str())
                 .collect();
-            Json::String(chosen.join(","))
+            write_str(out, &chosen.join(","));
         }
-        ("bit", Value::Bytes(bytes)) => {
-            let number = bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
-            if column.bits == 1 { Json::Bool(number != 0) } else { json!(number) }
-        }
-        ("bit", Value::Int(n)) => {
-            if column.bits == 1 {
-                Json::Bool(*n != 0)
-            } else {
-                json!(*n as u64)
-            }
-        }
-        ("bit", Value::UInt(n)) => {
-            if column.bits == 1 {
-                Json::Bool(*n != 0)
-            } else {
-                json!(*n)
-            }
-        }
+        ("bit", Value::Bytes(bytes)) => write_bits(column, bytes, out),
+        ("bit", Value::Int(n)) => write_bits(column, &n.to_be_bytes(), out),
+        ("bit", Value::UInt(n)) => write_bits(column, &n.to_be_bytes(), out),
         (data_type, Value::Int(n)) => match integer_bits(data_type) {
             Some(bits) if column.unsigned && *n < 0 => {
                 let unsigned = if bits == 64 { *n as u64 } else { (*n as u64) & ((1u64 << bits) - 1) };
-                json!(unsigned)
+                write_serialized(out, &unsigned);
             }
-            _ => json!(*n),
+            _ => write_serialized(out, n),
         },
-        (_, Value::UInt(n)) => json!(*n),
-        (_, Value::Float(f)) => json!(*f),
-        (_, Value::Double(f)) => json!(*f),
-        ("date", Value::Date(y, m, d, ..)) => Json::String(format!("{y:04}-{m:02}-{d:02}")),
+        (_, Value::UInt(n)) => write_serialized(out, n),
+        (_, Value::Float(f)) => write_serialized(out, f),
+        (_, Value::Double(f)) => write_serialized(out, f),
+        ("date", Value::Date(y, m, d, ..)) => write_text(out, format_args!("{y:04}-{m:02}-{d:02}")),
         (_, Value::Date(y, m, d, h, mi, s, us)) => {
-            Json::String(format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}", fraction(*us, column.fraction_digits)))
+            let fraction = Fraction { micros: *us, digits: column.fraction_digits };
+            write_text(out, format_args!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}{fraction}"));
         }
         (_, Value::Time(negative, days, h, m, s, us)) => {
             let hours = u64::from(*days) * 24 + u64::from(*h);
             let sign = if *negative { "-" } else { "" };
-            Json::String(format!("{sign}{hours:02}:{m:02}:{s:02}{}", fraction(*us, column.fraction_digits)))
+            let fraction = Fraction { micros: *us, digits: column.fraction_digits };
+            write_text(out, format_args!("{sign}{hours:02}:{m:02}:{s:02}{fraction}"));
         }
-        (data_type, Value::Bytes(bytes)) => bytes_to_json(column, data_type, bytes, text(bytes), origin),
+        (data_type, Value::Bytes(bytes)) => write_bytes(column, data_type, bytes, origin, out),
     }
 }
 
-fn bytes_to_json(column: &Column, data_type: &str, bytes: &[u8], text: String, origin: Origin) -> Json {
-    let numeric = |text: &str| serde_json::from_str::<Json>(text).ok().filter(Json::is_number);
+fn write_bytes(column: &Column, data_type: &str, bytes: &[u8], origin: Origin, out: &mut Vec<u8>) {
+    if column.binary {
+        return write_str(out, &base64(bytes));
+    }
+    // Text columns: UTF-8 as it is (checked once), anything else as base64.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(_) if data_type == "bit" => return write_bits(column, bytes, out),
+        Err(_) => return write_str(out, &base64(bytes)),
+    };
     match data_type {
         "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "year" | "float" | "double" | "real" => {
-            numeric(&text).unwrap_or(Json::String(text))
+            match serde_json::from_str::<serde_json::Number>(text) {
+                Ok(number) => write_serialized(out, &number),
+                Err(_) => write_str(out, text),
+            }
         }
-        "decimal" | "numeric" => Json::String(text),
-        "json" => serde_json::from_str(&text).unwrap_or(Json::String(text)),
+        "json" => match serde_json::from_str::<Json>(text) {
+            Ok(json) => write_serialized(out, &json),
+            Err(_) => write_str(out, text),
+        },
         "timestamp" if origin == Origin::Binlog => {
             // The binlog's `seconds[.micros]` since the epoch, in UTC.
-            let (seconds, micros) = text.split_once('.').unwrap_or((&text, "0"));
+            let (seconds, micros) = text.split_once('.').unwrap_or((text, "0"));
             let seconds: i64 = seconds.parse().unwrap_or(0);
             let micros: u32 = format!("{micros:0<6}")[..6].parse().unwrap_or(0);
             match chrono::DateTime::from_timestamp(seconds, micros * 1000) {
-                Some(time) => Json::String(format!(
-                    "{}{}",
-                    time.format("%Y-%m-%dT%H:%M:%S"),
-                    fraction(micros, column.fraction_digits)
-                )),
-                None => Json::String(text),
+                Some(time) => {
+                    let fraction = Fraction { micros, digits: column.fraction_digits };
+                    write_text(out, format_args!("{}{fraction}", time.format("%Y-%m-%dT%H:%M:%S")));
+                }
+                None => write_str(out, text),
             }
         }
-        "datetime" | "timestamp" => Json::String(text.replacen(' ', "T", 1)),
-        "time" | "date" => Json::String(text),
-        "bit" => {
-            let number = bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
-            if column.bits == 1 { Json::Bool(number != 0) } else { json!(number) }
-        }
-        _ if column.binary => Json::String(base64(bytes)),
-        _ => match std::str::from_utf8(bytes) {
-            Ok(text) => Json::String(text.to_string()),
-            Err(_) => Json::String(base64(bytes)),
-        },
+        "datetime" | "timestamp" => write_str(out, &text.replacen(' ', "T", 1)),
+        "bit" => write_bits(column, bytes, out),
+        _ => write_str(out, text),
     }
+}
+
+/// BIT(1) as a boolean, wider BITs as an unsigned number (big-endian bytes).
+fn write_bits(column: &Column, bytes: &[u8], out: &mut Vec<u8>) {
+    let number = bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+    if column.bits == 1 { write_serialized(out, &(number != 0)) } else { write_serialized(out, &number) }
+}
+
+/// A JSON string, escaped.
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    write_serialized(out, text);
+}
+
+/// Formatted text as a JSON string (formats that need no escaping: digits and punctuation).
+fn write_text(out: &mut Vec<u8>, text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    out.push(b'"');
+    out.write_fmt(text).expect("writing to a Vec cannot fail");
+    out.push(b'"');
+}
+
+/// A number, boolean, string or JSON value, serialised.
+pub fn write_serialized<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(&mut *out, value).expect("serialising to a Vec cannot fail");
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn column(data_type: &str, column_type: &str) -> Column {
