@@ -173,15 +173,19 @@ async fn drain(broker: &Broker, sink: &mut dyn Sink, args: &SinkArgs) -> Result<
     Ok((elapsed, cores))
 }
 
-/// The same rows as multi-row upserts of `batch` rows from a plain client loop.
+/// The same rows as multi-row upserts of `batch` rows from a plain client loop: one
+/// connection per lane, kept (with its prepared statement) across batches.
 async fn mysql_baseline(url: &str, rows: &[serde_json::Value], args: &SinkArgs) -> Result<Duration> {
-    let pool = mysql_async::Pool::new(url);
+    let mut lanes = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency {
+        lanes.push(mysql_async::Conn::from_url(url).await?);
+    }
     let started = Instant::now();
     let mut chunks = rows.chunks(args.batch);
     loop {
         let mut in_flight = tokio::task::JoinSet::new();
-        for chunk in chunks.by_ref().take(args.concurrency) {
-            let pool = pool.clone();
+        for chunk in chunks.by_ref().take(lanes.len()) {
+            let mut conn = lanes.pop().expect("one lane per chunk taken");
             let mut params = Vec::with_capacity(chunk.len() * 6);
             for row in chunk {
                 for name in ["amount", "id", "note", "status", "ts", "user"] {
@@ -198,19 +202,21 @@ async fn mysql_baseline(url: &str, rows: &[serde_json::Value], args: &SinkArgs) 
                 vec!["(?,?,?,?,?,?)"; chunk.len()].join(",")
             );
             in_flight.spawn(async move {
-                let mut conn = pool.get_conn().await?;
-                conn.exec_drop(sql, params).await
+                conn.exec_drop(sql, params).await?;
+                Ok::<_, mysql_async::Error>(conn)
             });
         }
         if in_flight.is_empty() {
             break;
         }
         while let Some(done) = in_flight.join_next().await {
-            done??;
+            lanes.push(done??);
         }
     }
     let elapsed = started.elapsed();
-    pool.disconnect().await?;
+    for conn in lanes {
+        conn.disconnect().await?;
+    }
     Ok(elapsed)
 }
 

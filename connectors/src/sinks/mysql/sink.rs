@@ -54,6 +54,9 @@ pub struct MySqlSink {
 
 /// The session settings every connection gets: strict mode, so a value that does not fit its
 /// column is an error (poison) rather than silently truncated.
+/// How long a pooled connection may sit idle before it is closed.
+const POOL_IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
+
 const SESSION_INIT: &str =
     "SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'";
 
@@ -75,8 +78,19 @@ impl MySqlSink {
         };
         let constraints = PoolConstraints::new(0, config.connections_max).expect("validated: 0 <= connections_max");
         let builder = OptsBuilder::from_opts(opts)
-            .pool_opts(PoolOpts::default().with_constraints(constraints))
-            .setup(vec![SESSION_INIT]); // `setup` runs again after each pool reset, `init` would not
+            // Connections stay open between batches (with no inactive TTL the pool keeps at most
+            // `min` = 0 idle ones: a new connection, session setup and statement preparation
+            // every batch), up to `connections_max`, closed after a minute idle. No reset when
+            // one goes back to the pool: a reset drops the server's prepared statements, and
+            // re-preparing a 1000-row statement costs more than executing it. The sink keeps no
+            // session state but `setup`'s; an unfinished transaction is rolled back on return.
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_inactive_connection_ttl(POOL_IDLE_CONNECTION_TTL)
+                    .with_reset_connection(false),
+            )
+            .setup(vec![SESSION_INIT]);
         let pool = Pool::new(builder);
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         let mut conn = match tokio::time::timeout(timeout, pool.get_conn()).await {
