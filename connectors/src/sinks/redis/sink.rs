@@ -146,28 +146,25 @@ impl RedisSink {
 
     /// The configured command writing `value` (and `json`'s fields) at `key`.
     fn write_command(&self, key: String, value: &[u8], json: Option<Json>) -> Result<(String, Cmd), String> {
-        let fields = || -> Vec<(String, Vec<u8>)> {
-            match &json {
-                Some(Json::Object(object)) => object
-                    .iter()
-                    .map(|(name, value)| {
-                        let bytes = match value {
-                            Json::String(text) => text.as_bytes().to_vec(),
-                            other => other.to_string().into_bytes(),
-                        };
-                        (name.clone(), bytes)
-                    })
-                    .collect(),
-                _ => vec![("value".to_string(), value.to_vec())],
-            }
-        };
+        // Fields go straight into the command's buffer (no per-field copies on the way).
         let with_fields = |mut command: Cmd, what: &str| -> Result<Cmd, String> {
-            let fields = fields();
-            if fields.is_empty() {
+            let Some(Json::Object(object)) = &json else {
+                return Ok(command.arg("value").arg(value).to_owned());
+            };
+            if object.is_empty() {
                 return Err(format!("the record is an empty JSON object; {what} needs a field"));
             }
-            for (name, value) in fields {
-                command.arg(name).arg(value);
+            let mut text = Vec::new();
+            for (name, field) in object {
+                command.arg(name.as_str());
+                match field {
+                    Json::String(string) => command.arg(string.as_str()),
+                    other => {
+                        text.clear();
+                        serde_json::to_writer(&mut text, other).expect("serialising to a Vec cannot fail");
+                        command.arg(text.as_slice())
+                    }
+                };
             }
             Ok(command)
         };
