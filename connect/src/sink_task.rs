@@ -177,47 +177,75 @@ pub async fn run_sink_task(
     tracing::info!(connector = %config.connector, topic = %config.topic, %group, "sink task started");
     let mut stats = SinkTaskStats::default();
     let mut first_queue = 0usize;
+    // The next batch is gathered while the current one is written. Offsets are committed only
+    // after a batch is written and flushed, and a gathered batch is read from past the one
+    // being written, so at-least-once holds; a stop drops the gathered batch uncommitted.
+    let mut gathered = gather(broker.as_ref(), config, &positions, first_queue, &mut shutdown.clone()).await?;
     // A dropped sender counts as a stop, like `true`.
     while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
-        let (batch, next_positions) = gather(broker.as_ref(), config, &positions, first_queue, shutdown).await?;
+        let (batch, next_positions) = gathered;
         first_queue = (first_queue + 1) % positions.len().max(1);
-        if !batch.is_empty() {
-            let bytes: u64 = batch.iter().map(|r| r.record.value.len() as u64).sum();
-            metrics::counter!("weir_connect_sink_records_in_total", "connector" => config.connector.clone())
-                .increment(batch.len() as u64);
-            metrics::counter!("weir_connect_sink_bytes_in_total", "connector" => config.connector.clone())
-                .increment(bytes);
-            let started = Instant::now();
-            let Some(dead) = deliver(broker.as_ref(), sink, config, &batch, shutdown).await? else {
-                break; // stopped mid-retry: nothing of this batch is committed
-            };
-            stats.batches += 1;
-            stats.records_written += (batch.len() - dead) as u64;
-            stats.records_dead_lettered += dead as u64;
-            metrics::histogram!("weir_connect_sink_batch_seconds", "connector" => config.connector.clone())
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("weir_connect_sink_records_total", "connector" => config.connector.clone())
-                .increment((batch.len() - dead) as u64);
-            metrics::counter!("weir_connect_sink_bytes_total", "connector" => config.connector.clone())
-                .increment(bytes);
-        }
-        // Everything below `next_positions` is written and flushed (or dead-lettered).
-        for (queue_id, (old, new)) in positions.iter().zip(&next_positions).enumerate() {
-            if new != old {
-                broker.commit_offset(&group, &config.topic, queue_id as u32, *new).await?;
-            }
-        }
-        if next_positions != positions || stats.batches == 0 {
-            let mut lag = 0;
-            for (queue_id, position) in next_positions.iter().enumerate() {
-                lag += broker.queue_range(&config.topic, queue_id as u32).await?.max_offset.saturating_sub(*position);
-            }
-            metrics::gauge!("weir_connect_sink_lag_records", "connector" => config.connector.clone()).set(lag as f64);
+        let mut gather_shutdown = shutdown.clone();
+        let prefetch = gather(broker.as_ref(), config, &next_positions, first_queue, &mut gather_shutdown);
+        let write =
+            write_and_commit(broker.as_ref(), sink, config, &batch, &positions, &next_positions, &mut stats, shutdown);
+        let (written, prefetched) = tokio::join!(write, prefetch);
+        if !written? {
+            break; // stopped mid-retry: nothing of this batch is committed
         }
         positions = next_positions;
+        gathered = prefetched?;
     }
     tracing::info!(connector = %config.connector, ?stats, "sink task stopped");
     Ok(stats)
+}
+
+/// Writes and flushes `batch` (read from `positions` up to `next_positions`), then commits
+/// `next_positions`. Returns `false` when shutdown interrupted a retry (nothing committed).
+#[allow(clippy::too_many_arguments)]
+async fn write_and_commit(
+    broker: &dyn Messaging,
+    sink: &mut dyn Sink,
+    config: &SinkTaskConfig,
+    batch: &[SinkRecord],
+    positions: &[u64],
+    next_positions: &[u64],
+    stats: &mut SinkTaskStats,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool> {
+    let group = config.group();
+    if !batch.is_empty() {
+        let bytes: u64 = batch.iter().map(|r| r.record.value.len() as u64).sum();
+        metrics::counter!("weir_connect_sink_records_in_total", "connector" => config.connector.clone())
+            .increment(batch.len() as u64);
+        metrics::counter!("weir_connect_sink_bytes_in_total", "connector" => config.connector.clone()).increment(bytes);
+        let started = Instant::now();
+        let Some(dead) = deliver(broker, sink, config, batch, shutdown).await? else {
+            return Ok(false);
+        };
+        stats.batches += 1;
+        stats.records_written += (batch.len() - dead) as u64;
+        stats.records_dead_lettered += dead as u64;
+        metrics::histogram!("weir_connect_sink_batch_seconds", "connector" => config.connector.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("weir_connect_sink_records_total", "connector" => config.connector.clone())
+            .increment((batch.len() - dead) as u64);
+        metrics::counter!("weir_connect_sink_bytes_total", "connector" => config.connector.clone()).increment(bytes);
+    }
+    // Everything below `next_positions` is written and flushed (or dead-lettered).
+    for (queue_id, (old, new)) in positions.iter().zip(next_positions).enumerate() {
+        if new != old {
+            broker.commit_offset(&group, &config.topic, queue_id as u32, *new).await?;
+        }
+    }
+    if next_positions != positions || stats.batches == 0 {
+        let mut lag = 0;
+        for (queue_id, position) in next_positions.iter().enumerate() {
+            lag += broker.queue_range(&config.topic, queue_id as u32).await?.max_offset.saturating_sub(*position);
+        }
+        metrics::gauge!("weir_connect_sink_lag_records", "connector" => config.connector.clone()).set(lag as f64);
+    }
+    Ok(true)
 }
 
 /// Pulls a batch: up to the limits, waiting at most `linger` for more once one record is in.
