@@ -27,31 +27,42 @@ pub struct SourceFields<'a> {
     pub ts_ms: i64,
 }
 
+/// The `source` block's JSON, in Debezium's field order.
+#[derive(serde::Serialize)]
+struct SourceJson<'a> {
+    version: &'static str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: bool,
+    db: &'a str,
+    table: &'a str,
+    server_id: u32,
+    gtid: Option<&'a str>,
+    file: &'a str,
+    pos: u64,
+}
+
 impl SourceBlock {
     pub fn new(schema: &TableSchema, fields: &SourceFields<'_>) -> SourceBlock {
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(br#"{"version":"#);
-        write_str(&mut out, env!("CARGO_PKG_VERSION"));
-        out.extend_from_slice(br#","connector":"mysql","name":"#);
-        write_str(&mut out, fields.server_name);
-        out.extend_from_slice(br#","ts_ms":"#);
-        write_serialized(&mut out, &fields.ts_ms);
-        out.extend_from_slice(br#","snapshot":"#);
-        write_serialized(&mut out, &fields.snapshot);
-        out.extend_from_slice(br#","db":"#);
-        write_str(&mut out, &schema.database);
-        out.extend_from_slice(br#","table":"#);
-        write_str(&mut out, &schema.table);
-        out.extend_from_slice(br#","server_id":"#);
-        write_serialized(&mut out, &fields.server_id);
-        out.extend_from_slice(br#","gtid":"#);
-        write_serialized(&mut out, &fields.gtid);
-        out.extend_from_slice(br#","file":"#);
-        write_str(&mut out, fields.file);
-        out.extend_from_slice(br#","pos":"#);
-        write_serialized(&mut out, &fields.pos);
-        out.extend_from_slice(br#","row":"#);
-        SourceBlock { prefix: out }
+        let json = SourceJson {
+            version: env!("CARGO_PKG_VERSION"),
+            connector: "mysql",
+            name: fields.server_name,
+            ts_ms: fields.ts_ms,
+            snapshot: fields.snapshot,
+            db: &schema.database,
+            table: &schema.table,
+            server_id: fields.server_id,
+            gtid: fields.gtid,
+            file: fields.file,
+            pos: fields.pos,
+        };
+        let mut prefix = Vec::with_capacity(256);
+        write_serialized(&mut prefix, &json);
+        assert_eq!(prefix.pop(), Some(b'}'), "a struct serialises as an object");
+        prefix.extend_from_slice(br#","row":"#);
+        SourceBlock { prefix }
     }
 }
 
