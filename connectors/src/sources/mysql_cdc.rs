@@ -9,7 +9,9 @@
 //! no lock at all; MySQL: a `FLUSH TABLES WITH READ LOCK` held only around `SHOW MASTER
 //! STATUS`), then reads every captured table in primary-key chunks (`snapshot_chunk_rows`)
 //! as `op: r` records, and a heartbeat record carries the snapshot's binlog position. A
-//! crash mid-snapshot restarts the snapshot (its records are idempotent upserts).
+//! reader task runs the chunk queries and keeps up to two chunks read ahead while the
+//! source turns the current one into records. A crash mid-snapshot, or a failed chunk query,
+//! restarts the snapshot (its records are idempotent upserts).
 //!
 //! **Streaming.** The source registers as a replica (`server_id`) and reads row events from
 //! that position: inserts (`c`), updates (`u`, with `before`), deletes (`d`), with column

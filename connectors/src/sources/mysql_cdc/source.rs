@@ -11,6 +11,7 @@ use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Row, Value};
 use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
 use weir_connect::{Position, Record, Source, SourceError, SourceRecord};
 
 use super::config::{MySqlCdcConfig, SnapshotMode};
@@ -55,16 +56,83 @@ enum State {
     Streaming(Box<Streaming>),
 }
 
+/// A snapshot in progress: a reader task runs the chunk queries on the snapshot's connection
+/// and hands over chunks through a bounded channel, so the next chunk is read while this one
+/// is turned into records.
 struct Snapshot {
-    conn: Conn,
-    tables: VecDeque<(String, String)>,
-    /// The table being read and the key of its last row read (`None`: from the start).
-    current: Option<(Arc<TableSchema>, Option<Vec<Value>>, u64)>,
+    chunks: mpsc::Receiver<Result<SnapshotChunk, SourceError>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// Rows of the last chunk not handed out yet (a chunk may exceed a poll's `records_max`).
+    pending: Option<SnapshotChunk>,
     /// The binlog position the snapshot corresponds to.
     file: String,
     pos: u64,
     rows: u64,
     started: Instant,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Rows of one table, in primary-key order.
+struct SnapshotChunk {
+    schema: Arc<TableSchema>,
+    rows: VecDeque<RowValues>,
+}
+
+/// Chunks the snapshot reader may have read ahead (each up to `snapshot_chunk_rows` rows).
+const SNAPSHOT_CHUNKS_AHEAD_MAX: usize = 2;
+
+/// Reads every table of a snapshot in primary-key chunks on `conn` (inside its consistent
+/// snapshot transaction), sending each chunk; an error is sent and ends the reading.
+async fn read_snapshot(
+    connector: String,
+    mut conn: Conn,
+    tables: Vec<(String, String)>,
+    chunk_rows: usize,
+    chunks: mpsc::Sender<Result<SnapshotChunk, SourceError>>,
+) {
+    let mut schemas = SchemaCache::default();
+    for (database, table) in tables {
+        let schema = match schemas.get(&mut conn, &database, &table).await {
+            Ok(Some(schema)) => schema,
+            Ok(None) => continue, // dropped since it was listed
+            Err(e) => {
+                let error = format!("mysql_cdc snapshot: columns of {database}.{table}: {e}");
+                let _ = chunks.send(Err(SourceError::retryable(error))).await;
+                return;
+            }
+        };
+        tracing::info!(%connector, %database, %table, "mysql_cdc snapshot of a table");
+        let (mut last_key, mut offset) = (None::<Vec<Value>>, 0u64);
+        loop {
+            let (sql, params) = chunk_query(&schema, last_key.as_deref(), offset, chunk_rows);
+            let rows: Vec<Row> = match conn.exec(sql, params).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let error = format!("mysql_cdc snapshot of {database}.{table}: {e}");
+                    let _ = chunks.send(Err(SourceError::retryable(error))).await;
+                    return;
+                }
+            };
+            let done = rows.len() < chunk_rows;
+            let rows: VecDeque<RowValues> = rows.into_iter().map(Row::unwrap).collect();
+            if let Some(last) = rows.back() {
+                last_key = Some(schema.key.iter().map(|i| last[*i].clone()).collect());
+            }
+            offset += rows.len() as u64;
+            if !rows.is_empty() && chunks.send(Ok(SnapshotChunk { schema: schema.clone(), rows })).await.is_err() {
+                return; // the source stopped the snapshot
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = conn.disconnect().await;
 }
 
 struct Streaming {
@@ -282,10 +350,13 @@ impl MySqlCdcSource {
         let tables = captured_tables(&mut conn, &self.filter).await.map_err(|e| failed("list tables", e))?;
         tracing::info!(connector = %self.connector, tables = tables.len(), %file, pos, "mysql_cdc snapshot started");
         metrics::gauge!("weir_mysql_cdc_snapshot_running", "connector" => self.connector.clone()).set(1.0);
+        let (sender, chunks) = mpsc::channel(SNAPSHOT_CHUNKS_AHEAD_MAX);
+        let chunk_rows = self.config.snapshot_chunk_rows;
+        let reader = tokio::spawn(read_snapshot(self.connector.clone(), conn, tables, chunk_rows, sender));
         self.state = State::Snapshot(Box::new(Snapshot {
-            conn,
-            tables: tables.into(),
-            current: None,
+            chunks,
+            reader,
+            pending: None,
             file,
             pos,
             rows: 0,
@@ -323,26 +394,37 @@ impl MySqlCdcSource {
     async fn poll_snapshot(&mut self, records_max: usize) -> Result<Vec<SourceRecord>, SourceError> {
         let State::Snapshot(snapshot) = &mut self.state else { unreachable!("called in the snapshot state") };
         let mut out = Vec::new();
+        let mut finished = false;
         while out.len() < records_max {
-            if snapshot.current.is_none() {
-                let Some((database, table)) = snapshot.tables.pop_front() else { break };
-                let schema = self.schemas.get(&mut snapshot.conn, &database, &table).await.map_err(|e| {
-                    SourceError::retryable(format!("mysql_cdc snapshot: columns of {database}.{table}: {e}"))
-                })?;
-                if let Some(schema) = schema {
-                    tracing::info!(connector = %self.connector, %database, %table, "mysql_cdc snapshot of a table");
-                    snapshot.current = Some((schema, None, 0));
+            let chunk = match &mut snapshot.pending {
+                Some(chunk) if !chunk.rows.is_empty() => chunk,
+                _ => {
+                    // Wait for the next chunk only while nothing is ready to hand out.
+                    let next = if out.is_empty() {
+                        snapshot.chunks.recv().await
+                    } else {
+                        match snapshot.chunks.try_recv() {
+                            Ok(next) => Some(next),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        }
+                    };
+                    match next {
+                        Some(Ok(chunk)) => snapshot.pending.insert(chunk),
+                        Some(Err(error)) => {
+                            // The reader stopped: the next poll starts a new snapshot (its
+                            // records are idempotent upserts of the rows read again).
+                            self.state = State::Closed;
+                            return Err(error);
+                        }
+                        None => {
+                            finished = true; // every chunk is read and handed out
+                            break;
+                        }
+                    }
                 }
-                continue;
-            }
-            let (schema, last_key, offset) = snapshot.current.as_ref().expect("checked above");
-            let schema = schema.clone();
-            let limit = self.config.snapshot_chunk_rows.min(records_max - out.len());
-            let (sql, params) = chunk_query(&schema, last_key.as_deref(), *offset, limit);
-            let rows: Vec<Row> = snapshot.conn.exec(sql, params).await.map_err(|e| {
-                SourceError::retryable(format!("mysql_cdc snapshot of {}.{}: {e}", schema.database, schema.table))
-            })?;
-            let done = rows.len() < limit;
+            };
+            let schema = chunk.schema.clone();
             let topic = self.emit.topic(&schema.database, &schema.table);
             let fields = SourceFields {
                 server_name: &self.emit.server_name,
@@ -354,36 +436,25 @@ impl MySqlCdcSource {
                 ts_ms: 0,
             };
             let source = SourceBlock::new(&schema, &fields);
-            let (now, count) = (weir_connect::now_ms(), rows.len());
-            let mut last_values = None;
-            for row in rows {
-                let values = row.unwrap();
+            let now = weir_connect::now_ms();
+            let take = chunk.rows.len().min(records_max - out.len());
+            for values in chunk.rows.drain(..take) {
                 let change =
                     Change { op: "r", before: None, after: Some(&values), origin: Origin::Query, row: 0, now_ms: now };
                 let position = json!({"snapshot": "running"});
                 out.push(self.emit.change(&topic, &schema, &source, &change, now, position));
-                last_values = Some(values);
             }
-            let next_key = last_values.map(|values| schema.key.iter().map(|i| values[*i].clone()).collect::<Vec<_>>());
-            snapshot.rows += count as u64;
+            snapshot.rows += take as u64;
             metrics::counter!("weir_mysql_cdc_snapshot_rows_total", "connector" => self.connector.clone())
-                .increment(count as u64);
-            let current = snapshot.current.as_mut().expect("checked above");
-            if done {
-                snapshot.current = None;
-            } else {
-                current.1 = next_key.or(current.1.take());
-                current.2 += count as u64;
-            }
+                .increment(take as u64);
         }
-        if snapshot.current.is_none() && snapshot.tables.is_empty() {
+        if finished {
             // Done: a heartbeat carries the binlog position the snapshot corresponds to.
             let (file, pos) = (snapshot.file.clone(), snapshot.pos);
             tracing::info!(connector = %self.connector, rows = snapshot.rows, seconds = snapshot.started.elapsed().as_secs_f64(), "mysql_cdc snapshot done");
             metrics::gauge!("weir_mysql_cdc_snapshot_running", "connector" => self.connector.clone()).set(0.0);
             out.push(self.emit.heartbeat(&file, pos));
-            let State::Snapshot(snapshot) = std::mem::replace(&mut self.state, State::Closed) else { unreachable!() };
-            let _ = snapshot.conn.disconnect().await;
+            self.state = State::Closed;
             self.start_streaming(file, pos, 0).await?;
         }
         Ok(out)
@@ -729,7 +800,11 @@ impl Source for MySqlCdcSource {
                     self.start_streaming(file, pos, skip_rows).await?;
                     Ok(Vec::new())
                 }
-                None => Err(SourceError::retryable("mysql_cdc: polled before open")),
+                // A snapshot failed part way (or never started): snapshot again.
+                None => {
+                    self.start_snapshot().await?;
+                    Ok(Vec::new())
+                }
             },
             State::Snapshot(_) => self.poll_snapshot(records_max).await,
             State::Streaming(_) => match self.poll_stream(records_max, wait).await {
