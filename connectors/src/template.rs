@@ -13,13 +13,22 @@ pub fn render(template: &str, json: &Value) -> Option<String> {
 /// Renders `template` for a sink record: JSON fields from `json` (the record's value, when it
 /// is JSON), `$` names from the record.
 pub fn render_record(template: &str, record: &SinkRecord, json: Option<&Value>) -> Option<String> {
+    render_record_with(template, record, |name| field(json?, name))
+}
+
+/// Renders `template` for a sink record, with `lookup` giving a (dotted) field's text.
+pub(crate) fn render_record_with(
+    template: &str,
+    record: &SinkRecord,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
     render_with(template, |name| match name {
         "$key" => record.record.key.clone(),
         "$topic" => Some(record.record.topic.clone()),
         "$tag" => record.record.tag.clone(),
         "$queue_id" => Some(record.queue_id.to_string()),
         "$queue_offset" => Some(record.queue_offset.to_string()),
-        name => field(json?, name),
+        name => lookup(name),
     })
 }
 
@@ -57,11 +66,17 @@ pub fn validate(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn field(json: &Value, name: &str) -> Option<String> {
+/// A (dotted) field of `json` as template text.
+pub(crate) fn field(json: &Value, name: &str) -> Option<String> {
     let mut value = json;
     for part in name.split('.') {
         value = value.get(part)?;
     }
+    text_of(value)
+}
+
+/// A field's text in a template: strings as they are, other values as JSON, null as nothing.
+pub(crate) fn text_of(value: &Value) -> Option<String> {
     match value {
         Value::String(text) => Some(text.clone()),
         Value::Null => None,

@@ -23,6 +23,7 @@
 //! retried and then reported).
 
 mod config;
+mod fields;
 mod sink;
 
 pub use config::{RedisCommand, RedisSinkConfig};

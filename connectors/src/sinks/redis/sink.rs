@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 use weir_connect::{Sink, SinkError, SinkRecord};
 
 use super::config::{RedisCommand, RedisSinkConfig};
+use super::fields::{FlatObject, FlatValue};
 use crate::template;
 
 /// Why the sink cannot start, by who is at fault.
@@ -130,7 +131,8 @@ impl RedisSink {
                 return Ok(Some((key.clone(), redis::cmd("DEL").arg(key).to_owned())));
             }
             let value = image.to_string().into_bytes();
-            return self.write_command(key, &value, Some(image)).map(Some);
+            let object = FlatObject::parse(&value);
+            return self.write_command(key, &value, object.as_ref()).map(Some);
         }
         if raw.is_empty() && self.config.deletes_on_tombstone() {
             let key = template::render_record(&self.config.key, record, None).ok_or_else(|| {
@@ -138,28 +140,34 @@ impl RedisSink {
             })?;
             return Ok(Some((key.clone(), redis::cmd("DEL").arg(key).to_owned())));
         }
-        let json: Option<Json> = serde_json::from_slice(raw).ok();
-        let key = template::render_record(&self.config.key, record, json.as_ref())
+        let object = FlatObject::parse(raw);
+        let key = template::render_record_with(&self.config.key, record, |name| object.as_ref()?.lookup(name))
             .ok_or_else(|| format!("the record lacks a field key template {:?} names", self.config.key))?;
-        self.write_command(key, raw, json).map(Some)
+        self.write_command(key, raw, object.as_ref()).map(Some)
     }
 
-    /// The configured command writing `value` (and `json`'s fields) at `key`.
-    fn write_command(&self, key: String, value: &[u8], json: Option<Json>) -> Result<(String, Cmd), String> {
+    /// The configured command writing `value` (and `object`'s fields, when it is a JSON
+    /// object) at `key`.
+    fn write_command(
+        &self,
+        key: String,
+        value: &[u8],
+        object: Option<&FlatObject<'_>>,
+    ) -> Result<(String, Cmd), String> {
         // Fields go straight into the command's buffer (no per-field copies on the way).
         let with_fields = |mut command: Cmd, what: &str| -> Result<Cmd, String> {
-            let Some(Json::Object(object)) = &json else {
+            let Some(object) = object else {
                 return Ok(command.arg("value").arg(value).to_owned());
             };
-            if object.is_empty() {
+            if object.fields.is_empty() {
                 return Err(format!("the record is an empty JSON object; {what} needs a field"));
             }
             let mut text = Vec::new();
-            for (name, field) in object {
-                command.arg(name.as_str());
+            for (name, field) in &object.fields {
+                command.arg(name.as_ref());
                 match field {
-                    Json::String(string) => command.arg(string.as_str()),
-                    other => {
+                    FlatValue::Text(string) => command.arg(string.as_ref()),
+                    FlatValue::Json(other) => {
                         text.clear();
                         serde_json::to_writer(&mut text, other).expect("serialising to a Vec cannot fail");
                         command.arg(text.as_slice())
