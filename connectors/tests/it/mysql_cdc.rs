@@ -120,6 +120,23 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// A broker with the source's topics (two queues each) and a position store in `dir`.
+    fn open(dir: &std::path::Path, source_url: &str, replica_url: &str, database: &str) -> Pipeline {
+        let mut broker_config = BrokerConfig::new(dir.join("broker"));
+        broker_config.store.set_segment_size_bytes(16 << 20);
+        let broker = Broker::open(broker_config).unwrap();
+        for topic in [format!("cdc_{database}_everything"), "cdc_heartbeats".into(), "cdc_schema_changes".into()] {
+            broker.create_topic(TopicConfig::new(topic, 2)).unwrap();
+        }
+        Pipeline {
+            broker,
+            positions: FilePositionStore::open(dir.join("positions.json")).unwrap(),
+            source_url: source_url.into(),
+            replica_url: replica_url.into(),
+            database: database.into(),
+        }
+    }
+
     async fn run(&self, until: impl std::future::Future<Output = ()>, abrupt: bool) {
         let mut config = MySqlCdcConfig::new(&self.source_url);
         config.include = vec![format!("{}\\.everything", self.database)];
@@ -178,20 +195,7 @@ fn snapshot_and_streaming_replay_into_an_identical_table_across_restarts_and_ddl
         let initial: Vec<String> =
             (0..40).map(|n| format!("INSERT INTO everything ({NAMES}) VALUES {}", row_sql(n, 0))).collect();
         sql(&source_url, &initial).await;
-        let mut broker_config = BrokerConfig::new(dir.path().join("broker"));
-        broker_config.store.set_segment_size_bytes(8 << 20);
-        let broker = Broker::open(broker_config).unwrap();
-        for topic in [format!("cdc_{database}_everything"), "cdc_heartbeats".into(), "cdc_schema_changes".into()] {
-            broker.create_topic(TopicConfig::new(topic, 2)).unwrap();
-        }
-        let positions = FilePositionStore::open(dir.path().join("positions.json")).unwrap();
-        let pipeline = Pipeline {
-            broker,
-            positions,
-            source_url: source_url.clone(),
-            replica_url: replica_url.clone(),
-            database: database.clone(),
-        };
+        let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
 
         let same = || async { scan(&source_url, &database).await == scan(&replica_url, &replica).await };
         let converged = || async {
@@ -300,21 +304,8 @@ fn a_snapshot_whose_connections_are_killed_starts_again_and_converges() {
             })
             .collect();
         sql(&source_url, &inserts).await;
-        let mut broker_config = BrokerConfig::new(dir.path().join("broker"));
-        broker_config.store.set_segment_size_bytes(16 << 20);
-        let broker = Broker::open(broker_config).unwrap();
         let topic = format!("cdc_{database}_everything");
-        for name in [topic.clone(), "cdc_heartbeats".into(), "cdc_schema_changes".into()] {
-            broker.create_topic(TopicConfig::new(name, 2)).unwrap();
-        }
-        let positions = FilePositionStore::open(dir.path().join("positions.json")).unwrap();
-        let pipeline = Pipeline {
-            broker,
-            positions,
-            source_url: source_url.clone(),
-            replica_url: replica_url.clone(),
-            database: database.clone(),
-        };
+        let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
         let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
         let mut held_at_kill = 0;
         pipeline
