@@ -294,25 +294,36 @@ async fn write_partition(
     mode: MySqlMode,
     changes: Vec<(usize, RowChange)>,
 ) -> Result<(u64, Refused), Failed> {
-    let statements = statement::statements(&changes, &table, mode);
+    let mut statements = statement::statements(&changes, &table, mode);
     let mut conn = pool.get_conn().await.map_err(failed)?;
-    let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(failed)?;
-    let mut data_error = None;
-    for Statement { sql, params } in statements {
-        if let Err(error) = tx.exec_drop(sql, Params::Positional(params)).await {
-            if !is_data_error(&error) {
-                return Err(failed(error)); // dropping the transaction rolls it back
-            }
-            data_error = Some(error);
-            break;
+    let error = if statements.len() == 1 {
+        // One statement is atomic on its own: no transaction, two round trips fewer.
+        let Statement { sql, params } = statements.pop().expect("one statement");
+        match conn.exec_drop(sql, Params::Positional(params)).await {
+            Ok(()) => return Ok((changes.len() as u64, Vec::new())),
+            Err(error) if is_data_error(&error) => error,
+            Err(error) => return Err(failed(error)),
         }
-    }
-    let Some(error) = data_error else {
-        tx.commit().await.map_err(failed)?;
-        return Ok((changes.len() as u64, Vec::new()));
+    } else {
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(failed)?;
+        let mut data_error = None;
+        for Statement { sql, params } in statements {
+            if let Err(error) = tx.exec_drop(sql, Params::Positional(params)).await {
+                if !is_data_error(&error) {
+                    return Err(failed(error)); // dropping the transaction rolls it back
+                }
+                data_error = Some(error);
+                break;
+            }
+        }
+        let Some(error) = data_error else {
+            tx.commit().await.map_err(failed)?;
+            return Ok((changes.len() as u64, Vec::new()));
+        };
+        tx.rollback().await.map_err(failed)?;
+        error
     };
     tracing::debug!(%error, "mysql sink batch refused; writing its records one by one");
-    tx.rollback().await.map_err(failed)?;
     // One record at a time, each behind a savepoint, so a refused record takes back only its
     // own changes.
     let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(failed)?;
