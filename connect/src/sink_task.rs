@@ -189,12 +189,13 @@ pub async fn run_sink_task(
         let prefetch = gather(broker.as_ref(), config, &next_positions, first_queue, &mut gather_shutdown);
         let write =
             write_and_commit(broker.as_ref(), sink, config, &batch, &positions, &next_positions, &mut stats, shutdown);
-        let (written, prefetched) = tokio::join!(write, prefetch);
-        if !written? {
+        // A failed write returns at once; the prefetched batch is dropped (pulls commit nothing).
+        let (written, prefetched) = tokio::try_join!(write, prefetch)?;
+        if !written {
             break; // stopped mid-retry: nothing of this batch is committed
         }
         positions = next_positions;
-        gathered = prefetched?;
+        gathered = prefetched;
     }
     tracing::info!(connector = %config.connector, ?stats, "sink task stopped");
     Ok(stats)

@@ -3,10 +3,11 @@
 //!
 //! **Commands.** The key (the channel for PUBLISH, the stream for XADD) comes from the `key`
 //! template (`"user:{{id}}"`, `"{{$key}}"`). SET stores the record's value (with `EX` when
-//! `ttl_seconds` is set); HSET and XADD store the top-level fields of a JSON object (strings
-//! as they are, other values as JSON text; a value that is not an object becomes field
-//! `value`), HSET and EXPIRE in one script when `ttl_seconds` is set; LPUSH, RPUSH and PUBLISH send
-//! the value. A tombstone (empty value) deletes the key (rendered from `$` names only, as a
+//! `ttl_seconds` is set); HSET and XADD store the top-level fields of a JSON object in
+//! document order (strings as they are, other values as JSON text; a repeated field is sent
+//! each time, so HSET keeps the last; a value that is not an object becomes field `value`),
+//! read as a flat field list without building a JSON tree (`fields.rs`), HSET and EXPIRE in
+//! one script when `ttl_seconds` is set; LPUSH, RPUSH and PUBLISH send the value. A tombstone (empty value) deletes the key (rendered from `$` names only, as a
 //! tombstone has no fields) when `delete_on_tombstone` is on.
 //!
 //! **Batches.** A batch is sent as pipelines of at most `pipeline_commands_max` commands on one

@@ -11,7 +11,9 @@
 //! as `op: r` records, and a heartbeat record carries the snapshot's binlog position. A
 //! reader task runs the chunk queries and keeps up to two chunks read ahead while the
 //! source turns the current one into records. A crash mid-snapshot, or a failed chunk query,
-//! restarts the snapshot (its records are idempotent upserts).
+//! restarts the snapshot (its records are idempotent upserts) at a new consistent point. A
+//! row the first attempt emitted and that was deleted before the second gets no delete event
+//! (the second never sees it), so a replica may keep it; Debezium has the same gap.
 //!
 //! **Streaming.** The source registers as a replica (`server_id`) and reads row events from
 //! that position: inserts (`c`), updates (`u`, with `before`), deletes (`d`), with column
@@ -28,10 +30,11 @@
 //!
 //! **Envelope:** `{before, after, op, source: {version, connector, name, ts_ms, snapshot, db,
 //! table, server_id, gtid, file, pos, row}, ts_ms}` with a row's fields in column order,
-//! written straight to JSON bytes (`envelope.rs`: no JSON tree per row); message key = the primary key (its value
-//! for one column, a JSON object for several), tag = table name, topic from the `topic`
-//! template. MySQL 8 differs from MariaDB in GTID form (`uuid:n` vs `domain-server-seq`) and
-//! in JSON columns (binary JSONB, decoded to JSON) — both are handled.
+//! written straight to JSON bytes (`envelope.rs`: no JSON tree per row); message key = the
+//! primary key (its value for one column, a JSON object of the key columns in key order for
+//! several), tag = table name, topic from the `topic` template. MySQL 8 differs from MariaDB
+//! in GTID form (`uuid:n` vs `domain-server-seq`) and in JSON columns (binary JSONB, decoded
+//! to JSON) — both are handled.
 //!
 //! **Recovery.** A failed poll (connection lost, an undecodable event) closes the stream;
 //! the next poll reopens it at the position of the last record handed out, so rows read but

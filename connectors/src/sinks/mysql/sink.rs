@@ -52,13 +52,15 @@ pub struct MySqlSink {
     serial_next: bool,
 }
 
-/// The session settings every connection gets: strict mode, so a value that does not fit its
-/// column is an error (poison) rather than silently truncated.
 /// How long a pooled connection may sit idle before it is closed.
 const POOL_IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
-const SESSION_INIT: &str =
-    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'";
+/// The session settings every connection gets: strict mode, so a value that does not fit its
+/// column is an error (poison) rather than silently truncated; and autocommit, which a batch
+/// of one statement relies on (a server configured with `autocommit=0` would otherwise leave
+/// it in an open transaction that nothing commits).
+const SESSION_INIT: &str = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', \
+     autocommit = 1";
 
 impl MySqlSink {
     /// Connects, checks the table (creating it from declared `columns` when allowed), and

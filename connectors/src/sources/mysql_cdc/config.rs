@@ -45,7 +45,8 @@ pub struct MySqlCdcConfig {
     /// `initial` (default), `never` or `when_needed`.
     #[serde(default)]
     pub snapshot: SnapshotMode,
-    /// Rows read per primary-key chunk while snapshotting (default 10000).
+    /// Rows read per primary-key chunk while snapshotting (default 10000). Up to four chunks
+    /// are in memory at once: two read ahead, one being read, one being handed out.
     #[serde(default = "MySqlCdcConfig::snapshot_chunk_rows_default")]
     pub snapshot_chunk_rows: usize,
     /// Server name in the envelope's `source.name` (default: the connector name).
@@ -60,8 +61,8 @@ pub struct MySqlCdcConfig {
 }
 
 impl MySqlCdcConfig {
-    /// Most `snapshot_chunk_rows`.
-    pub const SNAPSHOT_CHUNK_ROWS_MAX: usize = 1_000_000;
+    /// Most `snapshot_chunk_rows` (four chunks of rows in memory at most).
+    pub const SNAPSHOT_CHUNK_ROWS_MAX: usize = 100_000;
     /// Shortest and longest `heartbeat_interval_ms`.
     pub const HEARTBEAT_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
     /// Longest `connect_timeout_ms`.

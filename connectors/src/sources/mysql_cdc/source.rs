@@ -60,7 +60,8 @@ enum State {
 /// and hands over chunks through a bounded channel, so the next chunk is read while this one
 /// is turned into records.
 struct Snapshot {
-    chunks: mpsc::Receiver<Result<SnapshotChunk, SourceError>>,
+    /// `Ok(None)` marks the end: a channel closed without it means the reader died.
+    chunks: mpsc::Receiver<Result<Option<SnapshotChunk>, SourceError>>,
     reader: tokio::task::JoinHandle<()>,
     /// Rows of the last chunk not handed out yet (a chunk may exceed a poll's `records_max`).
     pending: Option<SnapshotChunk>,
@@ -93,7 +94,7 @@ async fn read_snapshot(
     mut conn: Conn,
     tables: Vec<(String, String)>,
     chunk_rows: usize,
-    chunks: mpsc::Sender<Result<SnapshotChunk, SourceError>>,
+    chunks: mpsc::Sender<Result<Option<SnapshotChunk>, SourceError>>,
 ) {
     let mut schemas = SchemaCache::default();
     for (database, table) in tables {
@@ -124,7 +125,8 @@ async fn read_snapshot(
                 last_key = Some(schema.key.iter().map(|i| last[*i].clone()).collect());
             }
             offset += rows.len() as u64;
-            if !rows.is_empty() && chunks.send(Ok(SnapshotChunk { schema: schema.clone(), rows })).await.is_err() {
+            if !rows.is_empty() && chunks.send(Ok(Some(SnapshotChunk { schema: schema.clone(), rows }))).await.is_err()
+            {
                 return; // the source stopped the snapshot
             }
             if done {
@@ -132,6 +134,7 @@ async fn read_snapshot(
             }
         }
     }
+    let _ = chunks.send(Ok(None)).await; // every table read
     let _ = conn.disconnect().await;
 }
 
@@ -409,19 +412,22 @@ impl MySqlCdcSource {
                             Err(mpsc::error::TryRecvError::Disconnected) => None,
                         }
                     };
-                    match next {
-                        Some(Ok(chunk)) => snapshot.pending.insert(chunk),
-                        Some(Err(error)) => {
-                            // The reader stopped: the next poll starts a new snapshot (its
-                            // records are idempotent upserts of the rows read again).
-                            self.state = State::Closed;
-                            return Err(error);
+                    let error = match next {
+                        Some(Ok(Some(chunk))) => {
+                            snapshot.pending = Some(chunk);
+                            continue;
                         }
-                        None => {
+                        Some(Ok(None)) => {
                             finished = true; // every chunk is read and handed out
                             break;
                         }
-                    }
+                        Some(Err(error)) => error,
+                        None => SourceError::retryable("mysql_cdc snapshot: the reader stopped before the end"),
+                    };
+                    // The reader stopped: the next poll starts a new snapshot (its records are
+                    // idempotent upserts of the rows read again).
+                    self.state = State::Closed;
+                    return Err(error);
                 }
             };
             let schema = chunk.schema.clone();
@@ -455,7 +461,11 @@ impl MySqlCdcSource {
             metrics::gauge!("weir_mysql_cdc_snapshot_running", "connector" => self.connector.clone()).set(0.0);
             out.push(self.emit.heartbeat(&file, pos));
             self.state = State::Closed;
-            self.start_streaming(file, pos, 0).await?;
+            if let Err(error) = self.start_streaming(file.clone(), pos, 0).await {
+                // The records stand; the next poll opens the stream at the snapshot's position.
+                tracing::warn!(connector = %self.connector, error = %error.message, "mysql_cdc: the stream after the snapshot did not open; retrying");
+                self.delivered = Some((file, pos, 0));
+            }
         }
         Ok(out)
     }
