@@ -174,7 +174,7 @@ fn killed_connections_mid_batch_leave_each_record_once() {
                     .await
                     .unwrap_or(0);
                 kills += killed;
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await; // the fault's pace, not a wait
             }
             kills
         });

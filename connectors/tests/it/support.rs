@@ -75,7 +75,7 @@ pub async fn drain(broker: &Broker, sink: &mut dyn Sink, config: &SinkTaskConfig
     loop {
         tokio::select! {
             outcome = &mut task => panic!("the sink task ended on its own: {outcome:?}"),
-            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {} // poll interval of the condition below
         }
         if committed(broker, config) >= total {
             break;

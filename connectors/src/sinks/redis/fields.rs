@@ -27,6 +27,21 @@ impl<'a> FlatObject<'a> {
         serde_json::from_slice(bytes).ok()
     }
 
+    /// The fields of an already parsed object (strings borrowed from it).
+    pub fn from_map(map: &'a serde_json::Map<String, Json>) -> FlatObject<'a> {
+        let fields = map
+            .iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    Json::String(text) => FlatValue::Text(Cow::Borrowed(text.as_str())),
+                    other => FlatValue::Json(other.clone()),
+                };
+                (Cow::Borrowed(name.as_str()), value)
+            })
+            .collect();
+        FlatObject { fields }
+    }
+
     /// A (dotted) field's text for a template: the last field of that name, as
     /// `template::render_record` would read it from the parsed value.
     pub fn lookup(&self, name: &str) -> Option<String> {
@@ -126,6 +141,10 @@ mod tests {
         let json: Json = serde_json::from_slice(text).unwrap();
         for name in ["id", "name", "plain", "user", "user.id", "user.tags", "gone", "f", "missing", "plain.x"] {
             assert_eq!(object.lookup(name), crate::template::field(&json, name), "{name}");
+        }
+        let from_map = FlatObject::from_map(json.as_object().unwrap());
+        for name in ["id", "name", "user.id", "gone", "missing"] {
+            assert_eq!(from_map.lookup(name), object.lookup(name), "from_map {name}");
         }
         let names: Vec<&str> = object.fields.iter().map(|(name, _)| name.as_ref()).collect();
         assert_eq!(names, ["id", "name", "plain", "user", "gone", "f"], "document order");

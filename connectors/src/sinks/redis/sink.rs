@@ -131,7 +131,7 @@ impl RedisSink {
                 return Ok(Some((key.clone(), redis::cmd("DEL").arg(key).to_owned())));
             }
             let value = image.to_string().into_bytes();
-            let object = FlatObject::parse(&value);
+            let object = image.as_object().map(FlatObject::from_map);
             return self.write_command(key, &value, object.as_ref()).map(Some);
         }
         if raw.is_empty() && self.config.deletes_on_tombstone() {
