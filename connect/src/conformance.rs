@@ -27,7 +27,7 @@ use weir_broker::{Broker, BrokerConfig, Message, Messaging, PullRequest, PullRes
 
 use crate::error::Result;
 use crate::positions::{FilePositionStore, Position, PositionStore};
-use crate::sink_task::{Sink, SinkTaskConfig, run_sink_task};
+use crate::sink_task::{BatchPreparer, PreparedBatch, Sink, SinkTaskConfig, run_sink_task};
 use crate::source_task::{Source, SourceError, SourceRecord, SourceTaskConfig, run_source_task};
 use crate::{SinkError, SinkRecord};
 
@@ -186,6 +186,18 @@ impl Sink for LazySink {
 
     async fn flush(&mut self) -> std::result::Result<(), SinkError> {
         self.sink().await.flush().await
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn BatchPreparer>> {
+        self.sink.as_ref()?.preparer() // none before the first call connects
+    }
+
+    async fn write_prepared(
+        &mut self,
+        batch: &[SinkRecord],
+        prepared: PreparedBatch,
+    ) -> std::result::Result<(), SinkError> {
+        self.sink().await.write_prepared(batch, prepared).await
     }
 }
 
@@ -483,6 +495,19 @@ impl Sink for FaultySink {
     async fn write(&mut self, batch: &[SinkRecord]) -> std::result::Result<(), SinkError> {
         self.inject(self.faults.sink_write_error_every, "write")?;
         self.inner.write(batch).await?;
+        self.written.extend(batch.iter().map(|r| (r.queue_id, r.queue_offset)));
+        Ok(())
+    }
+    fn preparer(&self) -> Option<Arc<dyn BatchPreparer>> {
+        self.inner.preparer()
+    }
+    async fn write_prepared(
+        &mut self,
+        batch: &[SinkRecord],
+        prepared: PreparedBatch,
+    ) -> std::result::Result<(), SinkError> {
+        self.inject(self.faults.sink_write_error_every, "write")?;
+        self.inner.write_prepared(batch, prepared).await?;
         self.written.extend(batch.iter().map(|r| (r.queue_id, r.queue_offset)));
         Ok(())
     }

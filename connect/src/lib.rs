@@ -20,5 +20,5 @@ pub mod source_task;
 pub use error::{ConnectError, Result, RetryHint, SinkError};
 pub use positions::{FilePositionStore, Position, PositionStore};
 pub use record::{Record, SinkRecord, now_ms};
-pub use sink_task::{ErrorTolerance, Sink, SinkTaskConfig, SinkTaskStats, run_sink_task};
+pub use sink_task::{BatchPreparer, ErrorTolerance, PreparedBatch, Sink, SinkTaskConfig, SinkTaskStats, run_sink_task};
 pub use source_task::{Source, SourceError, SourceRecord, SourceTaskConfig, SourceTaskStats, run_source_task};

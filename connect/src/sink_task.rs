@@ -58,6 +58,30 @@ pub trait Sink: Send {
     async fn write(&mut self, batch: &[SinkRecord]) -> std::result::Result<(), SinkError>;
     /// Makes everything written so far durable in the target.
     async fn flush(&mut self) -> std::result::Result<(), SinkError>;
+    /// Decoding the sink can do without itself (records into commands or rows, as the sink is
+    /// now): the task runs it on the next batch, on another thread, while the current batch is
+    /// written, so decoding overlaps the target's work. Asked before each batch. Default: none.
+    fn preparer(&self) -> Option<Arc<dyn BatchPreparer>> {
+        None
+    }
+    /// `write` for a batch this sink's preparer decoded, with the same contract. A sink whose
+    /// state changed since (a table's columns) decodes again. Default: `write`.
+    async fn write_prepared(
+        &mut self,
+        batch: &[SinkRecord],
+        prepared: PreparedBatch,
+    ) -> std::result::Result<(), SinkError> {
+        drop(prepared);
+        self.write(batch).await
+    }
+}
+
+/// A batch as a sink's preparer left it, for that sink's `write_prepared`.
+pub type PreparedBatch = Box<dyn std::any::Any + Send>;
+
+/// Decodes batches for a sink (see `Sink::preparer`); runs on a blocking thread.
+pub trait BatchPreparer: Send + Sync {
+    fn prepare(&self, batch: &[SinkRecord]) -> PreparedBatch;
 }
 
 /// What a permanent sink error does (Kafka Connect's `errors.tolerance`).
@@ -180,15 +204,29 @@ pub async fn run_sink_task(
     // The next batch is gathered while the current one is written. Offsets are committed only
     // after a batch is written and flushed, and a gathered batch is read from past the one
     // being written, so at-least-once holds; a stop drops the gathered batch uncommitted.
-    let mut gathered = gather(broker.as_ref(), config, &positions, first_queue, &mut shutdown.clone()).await?;
+    // The sink's preparer decodes each gathered batch on a blocking thread, so the next batch's
+    // decoding overlaps the current one's write too.
+    let mut gathered =
+        gather_prepared(broker.as_ref(), config, &positions, first_queue, &mut shutdown.clone(), sink.preparer())
+            .await?;
     // A dropped sender counts as a stop, like `true`.
     while !*shutdown.borrow() && shutdown.has_changed().is_ok() {
-        let (batch, next_positions) = gathered;
+        let Gathered { batch, next_positions, prepared } = gathered;
         first_queue = (first_queue + 1) % positions.len().max(1);
         let mut gather_shutdown = shutdown.clone();
-        let prefetch = gather(broker.as_ref(), config, &next_positions, first_queue, &mut gather_shutdown);
-        let write =
-            write_and_commit(broker.as_ref(), sink, config, &batch, &positions, &next_positions, &mut stats, shutdown);
+        let preparer = sink.preparer();
+        let prefetch =
+            gather_prepared(broker.as_ref(), config, &next_positions, first_queue, &mut gather_shutdown, preparer);
+        let write = write_and_commit(
+            broker.as_ref(),
+            sink,
+            config,
+            (&batch, prepared),
+            &positions,
+            &next_positions,
+            &mut stats,
+            shutdown,
+        );
         // A failed write returns at once; the prefetched batch is dropped (pulls commit nothing).
         let (written, prefetched) = tokio::try_join!(write, prefetch)?;
         if !written {
@@ -208,7 +246,7 @@ async fn write_and_commit(
     broker: &dyn Messaging,
     sink: &mut dyn Sink,
     config: &SinkTaskConfig,
-    batch: &[SinkRecord],
+    (batch, prepared): (&[SinkRecord], Option<PreparedBatch>),
     positions: &[u64],
     next_positions: &[u64],
     stats: &mut SinkTaskStats,
@@ -221,7 +259,7 @@ async fn write_and_commit(
             .increment(batch.len() as u64);
         metrics::counter!("weir_connect_sink_bytes_in_total", "connector" => config.connector.clone()).increment(bytes);
         let started = Instant::now();
-        let Some(dead) = deliver(broker, sink, config, batch, shutdown).await? else {
+        let Some(dead) = deliver(broker, sink, config, batch, prepared, shutdown).await? else {
             return Ok(false);
         };
         stats.batches += 1;
@@ -247,6 +285,42 @@ async fn write_and_commit(
         metrics::gauge!("weir_connect_sink_lag_records", "connector" => config.connector.clone()).set(lag as f64);
     }
     Ok(true)
+}
+
+/// A gathered batch: its records, the positions just past them, and what the sink's preparer
+/// made of them.
+struct Gathered {
+    batch: Vec<SinkRecord>,
+    next_positions: Vec<u64>,
+    prepared: Option<PreparedBatch>,
+}
+
+/// `gather`, then the batch through `preparer` on a blocking thread (decoding is CPU work).
+async fn gather_prepared(
+    broker: &dyn Messaging,
+    config: &SinkTaskConfig,
+    positions: &[u64],
+    first_queue: usize,
+    shutdown: &mut watch::Receiver<bool>,
+    preparer: Option<Arc<dyn BatchPreparer>>,
+) -> Result<Gathered> {
+    let (batch, next_positions) = gather(broker, config, positions, first_queue, shutdown).await?;
+    let Some(preparer) = preparer.filter(|_| !batch.is_empty()) else {
+        return Ok(Gathered { batch, next_positions, prepared: None });
+    };
+    let prepared = tokio::task::spawn_blocking(move || {
+        let prepared = preparer.prepare(&batch);
+        (batch, prepared)
+    })
+    .await;
+    match prepared {
+        Ok((batch, prepared)) => Ok(Gathered { batch, next_positions, prepared: Some(prepared) }),
+        Err(error) => Err(ConnectError::Sink {
+            connector: config.connector.clone(),
+            attempts: 0,
+            source: SinkError::retryable(format!("the sink's batch preparer failed: {error}")),
+        }),
+    }
 }
 
 /// Pulls a batch: up to the limits, waiting at most `linger` for more once one record is in.
@@ -308,7 +382,8 @@ async fn gather(
     }
 }
 
-/// Writes and flushes a batch, retrying on the sink's hint: a retryable failure of either
+/// Writes (the first time from its prepared form, if any) and flushes a batch, retrying on the
+/// sink's hint: a retryable failure of either
 /// call writes the (remaining) batch again before the next flush, so a flush that failed after
 /// the target dropped buffered data cannot be followed by a commit. Returns how many records
 /// went to the dead-letter topic, or `None` when shutdown interrupted a retry (nothing is
@@ -318,6 +393,7 @@ async fn deliver(
     sink: &mut dyn Sink,
     config: &SinkTaskConfig,
     batch: &[SinkRecord],
+    mut prepared: Option<PreparedBatch>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<usize>> {
     let mut dead = 0;
@@ -328,7 +404,12 @@ async fn deliver(
     let mut backoff = config.backoff_initial;
     loop {
         attempts += 1;
-        let result = match sink.write(&pending).await {
+        // The prepared form serves the first attempt only (a retry may write fewer records).
+        let written = match prepared.take() {
+            Some(prepared) => sink.write_prepared(&pending, prepared).await,
+            None => sink.write(&pending).await,
+        };
+        let result = match written {
             Ok(()) => sink.flush().await.map_err(|error| (error, true)),
             Err(error) if error.retry == RetryHint::Permanent => {
                 let failed = failed_indexes(&error, pending.len());

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 use weir_broker::{Broker, BrokerConfig, Message, Messaging, PullRequest, TopicConfig};
-use weir_connect::{ConnectError, ErrorTolerance, Sink, SinkError, SinkRecord, SinkTaskConfig, run_sink_task};
+use weir_connect::{
+    BatchPreparer, ConnectError, ErrorTolerance, PreparedBatch, Sink, SinkError, SinkRecord, SinkTaskConfig,
+    run_sink_task,
+};
 
 /// What the in-memory sink received and made durable.
 #[derive(Default)]
@@ -27,22 +30,36 @@ struct Target {
     poison: BTreeSet<String>,
     /// Flush fails permanently.
     flush_broken: bool,
+    /// Writes that got their batch decoded ahead by the preparer.
+    prepared_writes: u64,
 }
 
+/// A sink whose records are decoded ahead (bodies as text) by its preparer, as a database
+/// sink's are, so every test here runs the task's prepare-ahead path too.
 #[derive(Clone, Default)]
 struct MemorySink(Arc<Mutex<Target>>);
 
-#[async_trait]
-impl Sink for MemorySink {
-    async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+struct BodyDecoder;
+
+impl BatchPreparer for BodyDecoder {
+    fn prepare(&self, batch: &[SinkRecord]) -> PreparedBatch {
+        Box::new(bodies(batch))
+    }
+}
+
+fn bodies(batch: &[SinkRecord]) -> Vec<String> {
+    batch.iter().map(|record| String::from_utf8(record.record.value.clone()).unwrap()).collect()
+}
+
+impl MemorySink {
+    fn write_bodies(&mut self, bodies: Vec<String>) -> Result<(), SinkError> {
         let mut target = self.0.lock().unwrap();
         if target.write_failures_left > 0 {
             target.write_failures_left -= 1;
             return Err(SinkError::retryable("injected: connection reset"));
         }
         let mut poison = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
-            let body = String::from_utf8(record.record.value.clone()).unwrap();
+        for (index, body) in bodies.into_iter().enumerate() {
             if target.poison.contains(&body) {
                 poison.push(index);
             } else {
@@ -50,6 +67,24 @@ impl Sink for MemorySink {
             }
         }
         if poison.is_empty() { Ok(()) } else { Err(SinkError::poison("injected: type error in column `n`", poison)) }
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        self.write_bodies(bodies(batch))
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn BatchPreparer>> {
+        Some(Arc::new(BodyDecoder))
+    }
+
+    async fn write_prepared(&mut self, batch: &[SinkRecord], prepared: PreparedBatch) -> Result<(), SinkError> {
+        let prepared = *prepared.downcast::<Vec<String>>().expect("this sink's own preparer");
+        assert_eq!(prepared, bodies(batch), "the prepared form is of the batch being written");
+        self.0.lock().unwrap().prepared_writes += 1;
+        self.write_bodies(prepared)
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
@@ -153,6 +188,7 @@ async fn delivers_everything_through_retries_and_resumes_after_a_restart() {
     assert!(stats.records_written >= 300);
     let durable: BTreeSet<String> = sink.0.lock().unwrap().durable.iter().cloned().collect();
     assert_eq!(durable, all, "every message reached the target");
+    assert!(sink.0.lock().unwrap().prepared_writes > 0, "batches were decoded ahead of their write");
     // Offsets: committed only for what is durable, and all of it once the task stopped.
     let offsets = committed(&broker, "connect-mem");
     let ends: BTreeMap<u32, u64> = (0..4).map(|q| (q, broker.queue_range("events", q).max_offset)).collect();

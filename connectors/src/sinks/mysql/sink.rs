@@ -2,12 +2,13 @@
 
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, TxOpts};
-use weir_connect::{Sink, SinkError, SinkRecord};
+use weir_connect::{BatchPreparer, PreparedBatch, Sink, SinkError, SinkRecord};
 
 use super::config::{MySqlMode, MySqlSinkConfig};
 use super::statement::{self, RowChange, Statement, TableShape};
@@ -43,7 +44,9 @@ pub struct MySqlSink {
     connector: String,
     config: MySqlSinkConfig,
     pool: Pool,
-    table: TableShape,
+    /// The table as last read; replaced (never changed in place) when its columns are read
+    /// again, so a batch decoded ahead can tell whether it was decoded against this shape.
+    table: Arc<TableShape>,
     /// Spreads keys over partitions (`concurrency`).
     hasher: std::collections::hash_map::RandomState,
     /// The server reported an unknown column: reread the table's columns before writing.
@@ -156,12 +159,12 @@ impl MySqlSink {
             None => {}
         }
         drop(conn);
-        let table = TableShape {
+        let table = Arc::new(TableShape {
             name: config.table.clone(),
             key_columns: config.key_columns.clone(),
             columns,
             unknown_fields: config.unknown_fields,
-        };
+        });
         tracing::info!(connector, %address, %database, table = %config.table, mode = ?config.mode, "mysql sink connected");
         Ok(MySqlSink {
             connector: connector.into(),
@@ -212,7 +215,8 @@ impl MySqlSink {
         let sql = statement::create_table_sql(&self.table.name, declared, &self.config.key_columns);
         let mut conn = self.pool.get_conn().await.map_err(transient)?;
         conn.query_drop(&sql).await.map_err(transient)?;
-        self.table.columns = table_columns(&mut conn, &self.table.name).await.map_err(transient)?;
+        let columns = table_columns(&mut conn, &self.table.name).await.map_err(transient)?;
+        self.table = Arc::new(TableShape { columns, ..TableShape::clone(&self.table) });
         tracing::info!(connector = %self.connector, table = %self.table.name, %sql, "mysql sink created its table from the first record");
         Ok(())
     }
@@ -292,7 +296,7 @@ type Refused = Vec<(usize, String)>;
 
 async fn write_partition(
     pool: Pool,
-    table: TableShape,
+    table: Arc<TableShape>,
     mode: MySqlMode,
     changes: Vec<(usize, RowChange)>,
 ) -> Result<(u64, Refused), Failed> {
@@ -359,28 +363,56 @@ async fn write_partition(
     Ok((rows, refused))
 }
 
-#[async_trait]
-impl Sink for MySqlSink {
-    async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
-        if self.columns_stale {
-            // The server said a column is unknown: the table changed under us.
-            let mut conn = self.pool.get_conn().await.map_err(transient)?;
-            self.table.columns = table_columns(&mut conn, &self.table.name).await.map_err(transient)?;
-            self.columns_stale = false;
-        }
+/// Decodes records into row changes against the table's shape at the time: needs nothing
+/// else of the sink, so the sink task runs it on the next batch while the current one is
+/// written.
+struct RowDecoder {
+    table: Arc<TableShape>,
+    mode: MySqlMode,
+}
+
+/// A batch as row changes, with the records refused while decoding and the shape it was
+/// decoded against.
+struct Decoded {
+    table: Arc<TableShape>,
+    changes: Vec<(usize, RowChange)>,
+    refused: Refused,
+}
+
+impl RowDecoder {
+    fn decode(&self, batch: &[SinkRecord]) -> Decoded {
         let mut refused: Refused = Vec::new();
         let mut changes = Vec::with_capacity(batch.len());
         for (index, record) in batch.iter().enumerate() {
-            match statement::changes(record, self.config.mode, &self.table) {
+            match statement::changes(record, self.mode, &self.table) {
                 Ok(record_changes) => changes.extend(record_changes.into_iter().map(|change| (index, change))),
                 Err(reason) => refused.push((index, reason)),
             }
         }
-        if self.table.columns.is_none()
+        Decoded { table: self.table.clone(), changes, refused }
+    }
+}
+
+impl BatchPreparer for RowDecoder {
+    fn prepare(&self, batch: &[SinkRecord]) -> PreparedBatch {
+        Box::new(self.decode(batch))
+    }
+}
+
+impl MySqlSink {
+    fn decoder(&self) -> RowDecoder {
+        RowDecoder { table: self.table.clone(), mode: self.config.mode }
+    }
+
+    /// Writes a decoded batch: creates the table first when it is missing (auto-create), then
+    /// writes the changes by partition, each in one transaction.
+    async fn write_decoded(&mut self, batch: &[SinkRecord], decoded: Decoded) -> Result<(), SinkError> {
+        let Decoded { table, changes, mut refused } = decoded;
+        debug_assert!(Arc::ptr_eq(&table, &self.table), "decoded against the current shape");
+        if table.columns.is_none()
             && let Some((_, first)) = changes.iter().find(|(_, change)| matches!(change, RowChange::Write { .. }))
         {
-            let first = first.clone();
-            self.create_table_from(&first).await?;
+            self.create_table_from(first).await?;
             if self.table.columns.is_none() {
                 return Err(SinkError::retryable(format!(
                     "mysql: table `{}` is still missing after CREATE TABLE (privileges? lower_case_table_names?)",
@@ -393,7 +425,7 @@ impl Sink for MySqlSink {
         let parts = self.partition(changes);
         let mut tasks = tokio::task::JoinSet::new();
         for part in parts.into_iter().filter(|part| !part.is_empty()) {
-            tasks.spawn(write_partition(self.pool.clone(), self.table.clone(), self.config.mode, part));
+            tasks.spawn(write_partition(self.pool.clone(), table.clone(), self.config.mode, part));
         }
         let (mut failure, mut rows) = (None, 0);
         while let Some(joined) = tasks.join_next().await {
@@ -423,6 +455,34 @@ impl Sink for MySqlSink {
             .increment(refused.len() as u64);
         let message = format!("mysql sink {:?}: {} record(s) of the batch refused", self.connector, refused.len());
         Err(SinkError::poison_each(message, refused.into_iter().collect()))
+    }
+}
+
+#[async_trait]
+impl Sink for MySqlSink {
+    async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
+        if self.columns_stale {
+            // The server said a column is unknown: the table changed under us.
+            let mut conn = self.pool.get_conn().await.map_err(transient)?;
+            let columns = table_columns(&mut conn, &self.table.name).await.map_err(transient)?;
+            self.table = Arc::new(TableShape { columns, ..TableShape::clone(&self.table) });
+            self.columns_stale = false;
+        }
+        let decoded = self.decoder().decode(batch);
+        self.write_decoded(batch, decoded).await
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn BatchPreparer>> {
+        Some(Arc::new(self.decoder()))
+    }
+
+    async fn write_prepared(&mut self, batch: &[SinkRecord], prepared: PreparedBatch) -> Result<(), SinkError> {
+        match prepared.downcast::<Decoded>() {
+            Ok(decoded) if !self.columns_stale && Arc::ptr_eq(&decoded.table, &self.table) => {
+                self.write_decoded(batch, *decoded).await
+            }
+            _ => self.write(batch).await, // the table changed since (or not ours): decode again
+        }
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {

@@ -85,20 +85,22 @@ fn cdc_changes(json: &Json, table: &TableShape) -> Result<Vec<RowChange>, String
 
 fn key_of(row: &Json, table: &TableShape) -> Result<Vec<Value>, String> {
     let object = row.as_object().ok_or("a row image is not a JSON object")?;
-    table
-        .key_columns
-        .iter()
-        .map(|column| match object.get(column) {
-            Some(value) if !value.is_null() => Ok(bind(value)),
-            _ => Err(format!("the row has no value for key column {column:?}")),
-        })
-        .collect()
+    check_key(object, table)?;
+    Ok(table.key_columns.iter().map(|column| bind(&object[column])).collect())
+}
+
+/// Every key column has a non-null value in `object`.
+fn check_key(object: &serde_json::Map<String, Json>, table: &TableShape) -> Result<(), String> {
+    match table.key_columns.iter().find(|column| object.get(*column).is_none_or(Json::is_null)) {
+        Some(column) => Err(format!("the row has no value for key column {column:?}")),
+        None => Ok(()),
+    }
 }
 
 fn write(row: &Json, table: &TableShape, mode: MySqlMode) -> Result<RowChange, String> {
     let object = row.as_object().ok_or("the record is not a JSON object")?;
     if mode != MySqlMode::Insert {
-        key_of(row, table)?;
+        check_key(object, table)?;
     }
     let mut columns = Vec::with_capacity(object.len());
     let mut values = Vec::with_capacity(object.len());

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, Value};
 use serde_json::Value as Json;
-use weir_connect::{Sink, SinkError, SinkRecord};
+use weir_connect::{BatchPreparer, PreparedBatch, Sink, SinkError, SinkRecord};
 
 use super::config::{RedisCommand, RedisSinkConfig};
 use super::fields::{FlatObject, FlatValue};
@@ -35,11 +36,24 @@ pub enum RedisSinkError {
 /// Writes records as Redis commands.
 pub struct RedisSink {
     connector: String,
-    config: RedisSinkConfig,
     client: redis::Client,
     connection: Option<MultiplexedConnection>,
+    /// Turns records into commands (also ahead of `write`, on the task's blocking thread).
+    commands: Arc<CommandBuilder>,
+}
+
+/// Records into pipelined commands, by lane: needs only the config, so the sink task runs it
+/// on the next batch while the current one is written.
+struct CommandBuilder {
+    config: RedisSinkConfig,
     /// Spreads keys over lanes (`concurrency`).
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// A batch as commands: each lane's pipelines, and the records refused before sending.
+struct Commands {
+    lanes: Vec<Vec<Chunk>>,
+    refused: BTreeMap<usize, String>,
 }
 
 /// Server error codes that blame the server's state or our access, not the record: retried,
@@ -107,11 +121,104 @@ impl RedisSink {
         tracing::info!(connector, %address, command = ?config.command, "redis sink connected");
         Ok(RedisSink {
             connector: connector.into(),
-            config,
             client,
             connection: Some(connection),
-            hasher: Default::default(),
+            commands: Arc::new(CommandBuilder { config, hasher: Default::default() }),
         })
+    }
+
+    async fn connection(&mut self) -> Result<MultiplexedConnection, SinkError> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        let timeout = Duration::from_millis(self.commands.config.timeout_ms);
+        let connection = tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| SinkError::retryable(format!("redis: no connection within {timeout:?}")))?
+            .map_err(|error| SinkError::retryable(format!("redis: {error}")))?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends a batch's commands, lanes in parallel, and sorts the replies into done, refused
+    /// (poison) and transient.
+    async fn send(&mut self, commands: Commands) -> Result<(), SinkError> {
+        let Commands { lanes, mut refused } = commands;
+        let connection = self.connection().await?;
+        let timeout = Duration::from_millis(self.commands.config.timeout_ms);
+        let mut in_flight = tokio::task::JoinSet::new();
+        for lane in lanes.into_iter().filter(|lane| !lane.is_empty()) {
+            in_flight.spawn(send_lane(connection.clone(), lane, timeout));
+        }
+        let mut transient = None;
+        let mut commands_ok = 0u64;
+        while let Some(joined) = in_flight.join_next().await {
+            let replies = match joined {
+                Ok(Ok(replies)) => replies,
+                Ok(Err(message)) => {
+                    transient = Some(message);
+                    continue;
+                }
+                Err(error) => {
+                    transient = Some(format!("redis sink writer failed: {error}"));
+                    continue;
+                }
+            };
+            for (index, reply) in replies {
+                match reply {
+                    Value::ServerError(error) if TRANSIENT_CODES.contains(&error.code()) => {
+                        transient = Some(format!("redis refused a command for now: {error}"));
+                    }
+                    Value::ServerError(error) => {
+                        refused.insert(index, format!("redis refused the record: {error}"));
+                    }
+                    _ => commands_ok += 1,
+                }
+            }
+        }
+        metrics::counter!("weir_redis_sink_commands_total", "connector" => self.connector.clone())
+            .increment(commands_ok);
+        if let Some(message) = transient {
+            self.connection = None; // reconnect: the connection may be broken
+            return Err(SinkError::retryable(message));
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("weir_redis_sink_records_refused_total", "connector" => self.connector.clone())
+            .increment(refused.len() as u64);
+        let message = format!("redis sink {:?}: {} record(s) of the batch refused", self.connector, refused.len());
+        Err(SinkError::poison_each(message, refused))
+    }
+}
+
+impl CommandBuilder {
+    /// A batch's commands in lanes by a hash of their key; a lane's pipelines are sent in
+    /// order, so one key's commands keep the batch's order while lanes run in parallel.
+    fn build(&self, batch: &[SinkRecord]) -> Commands {
+        let lanes_count = self.config.concurrency;
+        let mut refused = BTreeMap::new();
+        let mut lanes: Vec<Vec<Chunk>> = (0..lanes_count).map(|_| Vec::new()).collect();
+        for (index, record) in batch.iter().enumerate() {
+            let (key, command) = match self.command(record) {
+                Ok(Some(built)) => built,
+                Ok(None) => continue,
+                Err(reason) => {
+                    refused.insert(index, reason);
+                    continue;
+                }
+            };
+            let lane = &mut lanes[self.hasher.hash_one(&key) as usize % lanes_count];
+            if lane.last().is_none_or(|chunk| chunk.records.len() >= self.config.pipeline_commands_max) {
+                let mut pipeline = redis::pipe();
+                pipeline.ignore_errors();
+                lane.push(Chunk { pipeline, records: Vec::new() });
+            }
+            let chunk = lane.last_mut().expect("pushed above");
+            chunk.pipeline.add_command(command);
+            chunk.records.push(index);
+        }
+        Commands { lanes, refused }
     }
 
     /// The key and the command a record becomes (`None`: nothing to do); `Err` is why it is
@@ -206,19 +313,6 @@ impl RedisSink {
         };
         Ok((key, command))
     }
-
-    async fn connection(&mut self) -> Result<MultiplexedConnection, SinkError> {
-        if let Some(connection) = &self.connection {
-            return Ok(connection.clone());
-        }
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        let connection = tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| SinkError::retryable(format!("redis: no connection within {timeout:?}")))?
-            .map_err(|error| SinkError::retryable(format!("redis: {error}")))?;
-        self.connection = Some(connection.clone());
-        Ok(connection)
-    }
 }
 
 fn is_auth_error(error: &redis::RedisError) -> bool {
@@ -253,78 +347,28 @@ async fn send_lane(
     Ok(replies)
 }
 
+impl BatchPreparer for CommandBuilder {
+    fn prepare(&self, batch: &[SinkRecord]) -> PreparedBatch {
+        Box::new(self.build(batch))
+    }
+}
+
 #[async_trait]
 impl Sink for RedisSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
-        // Records go to `concurrency` lanes by a hash of their key; a lane's pipelines are sent
-        // in order, so one key's commands keep the batch's order while lanes run in parallel.
-        let lanes_count = self.config.concurrency;
-        let mut refused = BTreeMap::new();
-        let mut lanes: Vec<Vec<Chunk>> = (0..lanes_count).map(|_| Vec::new()).collect();
-        for (index, record) in batch.iter().enumerate() {
-            let (key, command) = match self.command(record) {
-                Ok(Some(built)) => built,
-                Ok(None) => continue,
-                Err(reason) => {
-                    refused.insert(index, reason);
-                    continue;
-                }
-            };
-            let lane = &mut lanes[self.hasher.hash_one(&key) as usize % lanes_count];
-            if lane.last().is_none_or(|chunk| chunk.records.len() >= self.config.pipeline_commands_max) {
-                let mut pipeline = redis::pipe();
-                pipeline.ignore_errors();
-                lane.push(Chunk { pipeline, records: Vec::new() });
-            }
-            let chunk = lane.last_mut().expect("pushed above");
-            chunk.pipeline.add_command(command);
-            chunk.records.push(index);
+        let commands = self.commands.build(batch);
+        self.send(commands).await
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn BatchPreparer>> {
+        Some(self.commands.clone())
+    }
+
+    async fn write_prepared(&mut self, batch: &[SinkRecord], prepared: PreparedBatch) -> Result<(), SinkError> {
+        match prepared.downcast::<Commands>() {
+            Ok(commands) => self.send(*commands).await,
+            Err(_) => self.write(batch).await, // not ours: build the commands here
         }
-        let connection = self.connection().await?;
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        let mut in_flight = tokio::task::JoinSet::new();
-        for lane in lanes.into_iter().filter(|lane| !lane.is_empty()) {
-            in_flight.spawn(send_lane(connection.clone(), lane, timeout));
-        }
-        let mut transient = None;
-        let mut commands_ok = 0u64;
-        while let Some(joined) = in_flight.join_next().await {
-            let replies = match joined {
-                Ok(Ok(replies)) => replies,
-                Ok(Err(message)) => {
-                    transient = Some(message);
-                    continue;
-                }
-                Err(error) => {
-                    transient = Some(format!("redis sink writer failed: {error}"));
-                    continue;
-                }
-            };
-            for (index, reply) in replies {
-                match reply {
-                    Value::ServerError(error) if TRANSIENT_CODES.contains(&error.code()) => {
-                        transient = Some(format!("redis refused a command for now: {error}"));
-                    }
-                    Value::ServerError(error) => {
-                        refused.insert(index, format!("redis refused the record: {error}"));
-                    }
-                    _ => commands_ok += 1,
-                }
-            }
-        }
-        metrics::counter!("weir_redis_sink_commands_total", "connector" => self.connector.clone())
-            .increment(commands_ok);
-        if let Some(message) = transient {
-            self.connection = None; // reconnect: the connection may be broken
-            return Err(SinkError::retryable(message));
-        }
-        if refused.is_empty() {
-            return Ok(());
-        }
-        metrics::counter!("weir_redis_sink_records_refused_total", "connector" => self.connector.clone())
-            .increment(refused.len() as u64);
-        let message = format!("redis sink {:?}: {} record(s) of the batch refused", self.connector, refused.len());
-        Err(SinkError::poison_each(message, refused))
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
