@@ -294,13 +294,15 @@ fn failed(error: mysql_async::Error) -> Failed {
 /// Records the server refused, with its reason.
 type Refused = Vec<(usize, String)>;
 
+/// Writes one partition's changes (as `statements`, when they were built ahead).
 async fn write_partition(
     pool: Pool,
     table: Arc<TableShape>,
     mode: MySqlMode,
     changes: Vec<(usize, RowChange)>,
+    statements: Option<Vec<Statement>>,
 ) -> Result<(u64, Refused), Failed> {
-    let mut statements = statement::statements(&changes, &table, mode);
+    let mut statements = statements.unwrap_or_else(|| statement::statements(&changes, &table, mode));
     let mut conn = pool.get_conn().await.map_err(failed)?;
     let error = if statements.len() == 1 {
         // One statement is atomic on its own: no transaction, two round trips fewer.
@@ -369,14 +371,17 @@ async fn write_partition(
 struct RowDecoder {
     table: Arc<TableShape>,
     mode: MySqlMode,
+    /// One partition: the statements can be built here too.
+    single_partition: bool,
 }
 
 /// A batch as row changes, with the records refused while decoding and the shape it was
-/// decoded against.
+/// decoded against; with one partition, also its statements.
 struct Decoded {
     table: Arc<TableShape>,
     changes: Vec<(usize, RowChange)>,
     refused: Refused,
+    statements: Option<Vec<Statement>>,
 }
 
 impl RowDecoder {
@@ -389,7 +394,10 @@ impl RowDecoder {
                 Err(reason) => refused.push((index, reason)),
             }
         }
-        Decoded { table: self.table.clone(), changes, refused }
+        // Without a table yet, the batch is decoded again once it exists.
+        let statements = (self.single_partition && self.table.columns.is_some())
+            .then(|| statement::statements(&changes, &self.table, self.mode));
+        Decoded { table: self.table.clone(), changes, refused, statements }
     }
 }
 
@@ -401,13 +409,13 @@ impl BatchPreparer for RowDecoder {
 
 impl MySqlSink {
     fn decoder(&self) -> RowDecoder {
-        RowDecoder { table: self.table.clone(), mode: self.config.mode }
+        RowDecoder { table: self.table.clone(), mode: self.config.mode, single_partition: self.config.concurrency == 1 }
     }
 
     /// Writes a decoded batch: creates the table first when it is missing (auto-create), then
     /// writes the changes by partition, each in one transaction.
     async fn write_decoded(&mut self, batch: &[SinkRecord], decoded: Decoded) -> Result<(), SinkError> {
-        let Decoded { table, changes, mut refused } = decoded;
+        let Decoded { table, changes, mut refused, mut statements } = decoded;
         debug_assert!(Arc::ptr_eq(&table, &self.table), "decoded against the current shape");
         if table.columns.is_none()
             && let Some((_, first)) = changes.iter().find(|(_, change)| matches!(change, RowChange::Write { .. }))
@@ -423,9 +431,13 @@ impl MySqlSink {
             return Box::pin(self.write(batch)).await;
         }
         let parts = self.partition(changes);
+        if parts.len() != 1 {
+            statements = None; // built for one partition
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for part in parts.into_iter().filter(|part| !part.is_empty()) {
-            tasks.spawn(write_partition(self.pool.clone(), table.clone(), self.config.mode, part));
+            let statements = statements.take();
+            tasks.spawn(write_partition(self.pool.clone(), table.clone(), self.config.mode, part, statements));
         }
         let (mut failure, mut rows) = (None, 0);
         while let Some(joined) = tasks.join_next().await {
