@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use super::mapped_file::{MappedFile, list_offset_files, sync_dir};
+use super::mapped_file::{MappedFile, Pace, list_offset_files, sync_dir};
 use super::record::{self, Decoded, END_MARKER_BYTES, MessageRecord, NewMessage, Placement};
 use crate::error::{Error, Result};
 
@@ -391,7 +391,7 @@ impl CommitLogWriter {
         self.position += size as u64;
         debug_assert!(self.position <= segment_end);
         // Have the next segment prepared in the background while this one fills.
-        self.allocator.request(segment_end);
+        self.allocator.request(segment_end, self.position - (segment_end - segment_size));
         Ok((physical_offset, size as u32))
     }
 
@@ -429,31 +429,48 @@ impl CommitLogWriter {
 /// the writer needs a segment that is not ready, the preparation is cancelled and the writer
 /// creates a sparse segment itself. So a lightly loaded store writes into prefaulted segments
 /// (overwrites are about twice as fast), and a store writing faster than the pace does not
-/// write every byte twice.
+/// write every byte twice. It also keeps pace with the writer: the next segment is prepared no
+/// further than the writer has filled the current one, plus `PREFAULT_AHEAD_BYTES`, so a
+/// store that writes little does not zero a whole segment it may not reach for a long time
+/// (on virtual machines, touching fresh page-cache pages is the expensive part).
 struct SegmentAllocator {
     dir: PathBuf,
     segment_size_bytes: u64,
-    requests: Option<SyncSender<(u64, Arc<AtomicBool>)>>,
+    requests: Option<SyncSender<(u64, Arc<Preparation>)>>,
     ready: Receiver<(u64, Result<MappedFile>)>,
-    /// The base being prepared and its cancel flag.
-    pending: Option<(u64, Arc<AtomicBool>)>,
+    /// The base being prepared and its controls.
+    pending: Option<(u64, Arc<Preparation>)>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// How far ahead of the writer's place in its segment the next one is prepared.
+const PREFAULT_AHEAD_BYTES: u64 = 64 << 20;
+
+/// The writer's controls over a segment being prepared.
+struct Preparation {
+    cancel: AtomicBool,
+    /// Bytes of the next segment that may be prefaulted by now.
+    allowed_bytes: AtomicU64,
 }
 
 impl SegmentAllocator {
     fn start(dir: PathBuf, segment_size_bytes: u64, prefault: bool, prefault_bytes_per_sec_max: u64) -> Self {
-        let (request_tx, request_rx) = sync_channel::<(u64, Arc<AtomicBool>)>(1);
+        let (request_tx, request_rx) = sync_channel::<(u64, Arc<Preparation>)>(1);
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_dir = dir.clone();
         let thread = std::thread::Builder::new()
             .name("weir-segment-alloc".into())
             .spawn(move || {
                 lower_thread_priority();
-                for (base, cancel) in request_rx {
+                for (base, preparation) in request_rx {
                     let path = thread_dir.join(super::offset_file_name(base));
                     let _ = std::fs::remove_file(&path); // a leftover from a crash mid-allocation
-                    let pace = Some(prefault_bytes_per_sec_max).filter(|rate| *rate > 0);
-                    let made = MappedFile::create_paced(&path, base, segment_size_bytes, prefault, &cancel, pace);
+                    let pace = Pace {
+                        bytes_per_sec_max: Some(prefault_bytes_per_sec_max).filter(|rate| *rate > 0),
+                        allowed_bytes: &preparation.allowed_bytes,
+                    };
+                    let cancel = &preparation.cancel;
+                    let made = MappedFile::create_paced(&path, base, segment_size_bytes, prefault, cancel, pace);
                     if ready_tx.send((base, made)).is_err() {
                         break;
                     }
@@ -470,25 +487,33 @@ impl SegmentAllocator {
         }
     }
 
-    fn request(&mut self, base: u64) {
-        if self.pending.is_none()
-            && let Some(requests) = &self.requests
-        {
-            let cancel = Arc::new(AtomicBool::new(false));
-            if requests.send((base, cancel.clone())).is_ok() {
-                self.pending = Some((base, cancel));
+    /// Has the segment at `base` prepared, now that the writer is `filled_bytes` into the
+    /// one before it.
+    fn request(&mut self, base: u64, filled_bytes: u64) {
+        let allowed_bytes = filled_bytes.saturating_add(PREFAULT_AHEAD_BYTES);
+        match &self.pending {
+            Some((_, preparation)) => preparation.allowed_bytes.store(allowed_bytes, Ordering::Relaxed),
+            None => {
+                let Some(requests) = &self.requests else { return };
+                let preparation = Arc::new(Preparation {
+                    cancel: AtomicBool::new(false),
+                    allowed_bytes: AtomicU64::new(allowed_bytes),
+                });
+                if requests.send((base, preparation.clone())).is_ok() {
+                    self.pending = Some((base, preparation));
+                }
             }
         }
     }
 
     /// The segment starting at `base`: the prepared one if it is ready, else a sparse one.
     fn take(&mut self, base: u64) -> Result<MappedFile> {
-        if let Some((pending, cancel)) = self.pending.take() {
+        if let Some((pending, preparation)) = self.pending.take() {
             let ready = match self.ready.try_recv() {
                 Ok(ready) => Some(ready),
                 Err(_) => {
                     // Not ready: stop it (within one chunk) rather than wait for it.
-                    cancel.store(true, Ordering::Relaxed);
+                    preparation.cancel.store(true, Ordering::Relaxed);
                     self.ready.recv().ok()
                 }
             };
@@ -516,8 +541,8 @@ impl SegmentAllocator {
 impl Drop for SegmentAllocator {
     fn drop(&mut self) {
         self.requests.take();
-        if let Some((pending, cancel)) = self.pending.take() {
-            cancel.store(true, Ordering::Relaxed);
+        if let Some((pending, preparation)) = self.pending.take() {
+            preparation.cancel.store(true, Ordering::Relaxed);
             // The prepared segment was never used: remove it so the log has no empty tail.
             if let Ok((_, Ok(unused))) = self.ready.recv() {
                 let _ = std::fs::remove_file(unused.path());

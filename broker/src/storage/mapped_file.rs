@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -18,6 +18,16 @@ use crate::error::{Error, Result};
 
 /// Zero-fill chunk used to preallocate files.
 const PREALLOCATE_CHUNK_BYTES: usize = 1 << 20;
+
+/// How fast, and how far, a file being created may be prefaulted.
+#[derive(Clone, Copy)]
+pub(crate) struct Pace<'a> {
+    /// Zeros written per second at most (`None`: as fast as the disk takes them).
+    pub bytes_per_sec_max: Option<u64>,
+    /// How many bytes from the start may be prefaulted so far; it may grow while the file is
+    /// prepared, and preparation waits for it.
+    pub allowed_bytes: &'a AtomicU64,
+}
 
 pub(crate) struct MappedFile {
     path: PathBuf,
@@ -41,22 +51,23 @@ impl MappedFile {
     /// The file is prepared under a `.tmp` name and renamed into place, so a crash never
     /// leaves a short file under a real name.
     pub fn create(path: &Path, base_offset: u64, size_bytes: u64, prefault: bool) -> Result<Self> {
-        Self::create_paced(path, base_offset, size_bytes, prefault, &AtomicBool::new(false), None)
+        let unpaced = Pace { bytes_per_sec_max: None, allowed_bytes: &AtomicU64::new(u64::MAX) };
+        Self::create_paced(path, base_offset, size_bytes, prefault, &AtomicBool::new(false), unpaced)
     }
 
-    /// `create`, writing the zeros no faster than `pace_bytes_per_sec` and giving up (with an
-    /// error, leaving nothing behind) once `cancel` is set.
+    /// `create`, writing the zeros as `pace` allows and giving up (with an error, leaving
+    /// nothing behind) once `cancel` is set.
     pub fn create_paced(
         path: &Path,
         base_offset: u64,
         size_bytes: u64,
         prefault: bool,
         cancel: &AtomicBool,
-        pace_bytes_per_sec: Option<u64>,
+        pace: Pace<'_>,
     ) -> Result<Self> {
         let temp_path = path.with_extension("tmp");
         let _ = std::fs::remove_file(&temp_path);
-        let prepared = Self::prepare(&temp_path, size_bytes, prefault, cancel, pace_bytes_per_sec);
+        let prepared = Self::prepare(&temp_path, size_bytes, prefault, cancel, pace);
         let file = match prepared {
             Ok(file) => file,
             Err(error) => {
@@ -71,14 +82,7 @@ impl MappedFile {
         Self::map(path, file, base_offset, size_bytes, prefault)
     }
 
-    fn prepare(
-        temp_path: &Path,
-        size_bytes: u64,
-        prefault: bool,
-        cancel: &AtomicBool,
-        pace_bytes_per_sec: Option<u64>,
-    ) -> Result<File> {
-        let started = std::time::Instant::now();
+    fn prepare(temp_path: &Path, size_bytes: u64, prefault: bool, cancel: &AtomicBool, pace: Pace<'_>) -> Result<File> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -88,21 +92,32 @@ impl MappedFile {
         if prefault {
             let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
             let mut written = 0u64;
+            // The rate is kept from this instant and byte count on.
+            let mut paced_from = (std::time::Instant::now(), 0u64);
             while written < size_bytes {
                 if cancel.load(Ordering::Relaxed) {
                     let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
                     return Err(Error::io("stopped preparing", temp_path, cancelled));
                 }
                 let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
+                if written + chunk as u64 > pace.allowed_bytes.load(Ordering::Relaxed) {
+                    // Not that far ahead yet: wait (in short steps, so a cancel is seen
+                    // within 10 ms) for the allowance to grow, and keep to the rate from
+                    // then on (no burst to make up for the wait).
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    paced_from = (std::time::Instant::now(), written);
+                    continue;
+                }
                 file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
                 written += chunk as u64;
-                if let Some(rate) = pace_bytes_per_sec {
+                if let Some(rate) = pace.bytes_per_sec_max {
                     // Background work keeps to its pace: wait out the rest of this chunk's
                     // share, in short steps so a cancel is seen within 10 ms.
-                    let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
-                    while started.elapsed() < due && !cancel.load(Ordering::Relaxed) {
+                    let (since, written_then) = paced_from;
+                    let due = std::time::Duration::from_secs_f64((written - written_then) as f64 / rate as f64);
+                    while since.elapsed() < due && !cancel.load(Ordering::Relaxed) {
                         let pace_interval =
-                            due.saturating_sub(started.elapsed()).min(std::time::Duration::from_millis(10));
+                            due.saturating_sub(since.elapsed()).min(std::time::Duration::from_millis(10));
                         std::thread::sleep(pace_interval);
                     }
                 }
@@ -225,4 +240,41 @@ pub(crate) fn list_offset_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (10 ms poll interval, 10 s deadline) until `path` is `len` bytes long.
+    fn wait_for_len(path: &Path, len: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(path).map_or(0, |m| m.len()) != len {
+            assert!(std::time::Instant::now() < deadline, "{} never reached {len} bytes", path.display());
+            std::thread::sleep(std::time::Duration::from_millis(10)); // poll interval
+        }
+    }
+
+    #[test]
+    fn a_prefault_goes_no_further_than_its_allowance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000000");
+        let chunk = PREALLOCATE_CHUNK_BYTES as u64;
+        let allowed_bytes = AtomicU64::new(chunk);
+        let cancel = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let preparing = scope.spawn(|| {
+                let pace = Pace { bytes_per_sec_max: None, allowed_bytes: &allowed_bytes };
+                MappedFile::create_paced(&path, 0, 4 * chunk, true, &cancel, pace)
+            });
+            let temp_path = path.with_extension("tmp");
+            wait_for_len(&temp_path, chunk);
+            std::thread::sleep(std::time::Duration::from_millis(100)); // time to overstep, if it would
+            assert_eq!(std::fs::metadata(&temp_path).unwrap().len(), chunk, "stopped at its allowance");
+            allowed_bytes.store(u64::MAX, Ordering::Relaxed);
+            let made = preparing.join().unwrap().unwrap();
+            assert_eq!(made.len() as u64, 4 * chunk);
+            assert!(!temp_path.exists());
+        });
+    }
 }
