@@ -1,7 +1,7 @@
 //! The MySQL CDC source against a private MariaDB: snapshot and streaming of every column
 //! type, random changes across a clean restart and an abrupt stop, DDL mid-stream — the
 //! change log replayed by the MySQL sink's CDC mode into a second database yields the same
-//! table — a snapshot whose connections are killed part way, and the errors for wrong
+//! table — a snapshot and a stream whose connections are killed part way, and the errors for wrong
 //! credentials and a server without a binary log.
 
 use std::sync::Arc;
@@ -353,6 +353,82 @@ fn a_snapshot_whose_connections_are_killed_starts_again_and_converges() {
         } else {
             eprintln!("the snapshot finished before the kill ({held_at_kill} records); the restart path did not run");
         }
+    });
+}
+
+#[test]
+fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converges() {
+    let Some(server) = weir_testsvc::mariadb() else { return };
+    let database = server.fresh_database_name("cdc_streamkill_src");
+    let replica = server.fresh_database_name("cdc_streamkill_dst");
+    // The source connects as its own user, so the kill below hits only its connections (other
+    // tests stream from the same server).
+    let user = format!("cdc_{database}");
+    let admin_url = server.url("");
+    let source_url = admin_url.replacen(
+        &format!("{}:{}@", weir_testsvc::MARIADB_USER, weir_testsvc::MARIADB_PASSWORD),
+        &format!("{user}:secret@"),
+        1,
+    ) + &database;
+    let replica_url = server.url(&replica);
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        sql(
+            &admin_url,
+            &[
+                format!("CREATE DATABASE `{database}`"),
+                format!("CREATE DATABASE `{replica}`"),
+                format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'secret'"),
+                format!("GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{user}'@'%'"),
+            ],
+        )
+        .await;
+        let admin_source_url = server.url(&database);
+        sql(&admin_source_url, &[create_table("bl BLOB, vb VARBINARY(8)")]).await;
+        sql(&replica_url, &[create_table("bl TEXT, vb TEXT")]).await;
+        let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
+        let topic = format!("cdc_{database}_everything");
+        let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
+        // Transactions of ten rows each, written while the source streams.
+        let transaction = |first: u32| -> Vec<String> {
+            let rows: Vec<String> = (first..first + 10).map(|n| row_sql(n % 300, first)).collect();
+            vec![format!("REPLACE INTO everything ({NAMES}) VALUES {}", rows.join(","))]
+        };
+        pipeline
+            .run(
+                async {
+                    for batch in 0..20 {
+                        sql(&admin_source_url, &transaction(batch * 10)).await;
+                    }
+                    let started = Instant::now();
+                    while held() < 50 {
+                        assert!(started.elapsed() < Duration::from_secs(60), "the source streamed nothing");
+                        tokio::time::sleep(Duration::from_millis(1)).await; // poll interval
+                    }
+                    // Kill the source's connections (binlog dump and schema lookups) mid-stream,
+                    // with transactions still coming.
+                    let mut admin = mysql_async::Conn::from_url(&admin_url).await.unwrap();
+                    let ids: Vec<u64> = admin
+                        .exec("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?", (&user,))
+                        .await
+                        .unwrap();
+                    assert!(!ids.is_empty(), "the source holds connections");
+                    for id in ids {
+                        let _ = admin.query_drop(format!("KILL {id}")).await; // it may be gone already
+                    }
+                    admin.disconnect().await.unwrap();
+                    for batch in 20..40 {
+                        sql(&admin_source_url, &transaction(batch * 10)).await;
+                    }
+                    let started = Instant::now();
+                    while scan(&admin_source_url, &database).await != scan(&replica_url, &replica).await {
+                        assert!(started.elapsed() < Duration::from_secs(60), "the replica never matched the source");
+                        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+                    }
+                },
+                false,
+            )
+            .await;
     });
 }
 

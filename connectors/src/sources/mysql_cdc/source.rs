@@ -39,8 +39,7 @@ pub struct MySqlCdcSource {
     filter: TableFilter,
     server_id: u32,
     emit: Emitter,
-    schemas: SchemaCache,
-    /// For schema lookups while streaming.
+    /// The start-up checks' connection, handed to the stream reader for schema lookups.
     query: Option<Conn>,
     state: State,
     /// The position of the last record handed to the task (or opened at): a failed poll
@@ -53,7 +52,57 @@ pub struct MySqlCdcSource {
 enum State {
     Closed,
     Snapshot(Box<Snapshot>),
-    Streaming(Box<Streaming>),
+    Streaming(StreamReading),
+}
+
+/// Streaming: a reader task reads and decodes the binlog into batches of records (decoding,
+/// envelopes and the transaction bookkeeping), a bounded number ahead, while the source task
+/// sends the previous ones; so reading and sending run on two threads.
+struct StreamReading {
+    /// A reader error ends the channel after it; a channel closed without one means the
+    /// reader died.
+    batches: mpsc::Receiver<Result<Vec<SourceRecord>, SourceError>>,
+}
+
+/// Batches the stream reader may have read ahead.
+const STREAM_BATCHES_AHEAD_MAX: usize = 2;
+/// Records the stream reader puts in a batch, about (a rows event is never split).
+const STREAM_BATCH_RECORDS_MAX: usize = 1000;
+/// How long the stream reader collects a batch before handing over what it has.
+const STREAM_BATCH_WAIT: Duration = Duration::from_millis(20);
+
+/// What the stream reader task owns: the binlog stream, its position bookkeeping, and what it
+/// needs to turn rows into records.
+struct StreamReader {
+    connector: String,
+    config: MySqlCdcConfig,
+    filter: TableFilter,
+    emit: Emitter,
+    schemas: SchemaCache,
+    /// For schema lookups.
+    query: Conn,
+    checksums: bool,
+    streaming: Streaming,
+}
+
+/// Runs `reader` until the source drops its end of `batches` or reading fails (the error is
+/// sent, then the stream closed).
+async fn read_stream(mut reader: StreamReader, batches: mpsc::Sender<Result<Vec<SourceRecord>, SourceError>>) {
+    loop {
+        let read = tokio::select! {
+            read = reader.read(STREAM_BATCH_RECORDS_MAX, STREAM_BATCH_WAIT) => read,
+            _ = batches.closed() => break, // the source stopped streaming
+        };
+        let failed = read.is_err();
+        if matches!(&read, Ok(records) if records.is_empty()) {
+            continue;
+        }
+        if batches.send(read).await.is_err() || failed {
+            break;
+        }
+    }
+    let _ = reader.streaming.stream.close().await;
+    let _ = reader.query.disconnect().await;
 }
 
 /// A snapshot in progress: a reader task runs the chunk queries on the snapshot's connection
@@ -156,6 +205,7 @@ struct Streaming {
 }
 
 /// Builds the records the source emits.
+#[derive(Clone)]
 struct Emitter {
     /// Topic template over `{{database}}` and `{{table}}`.
     topic: String,
@@ -249,7 +299,6 @@ impl MySqlCdcSource {
             filter,
             server_id,
             emit,
-            schemas: SchemaCache::default(),
             query: None,
             state: State::Closed,
             delivered: None,
@@ -378,20 +427,47 @@ impl MySqlCdcSource {
         conn.query_drop(format!("SET @master_heartbeat_period = {heartbeat_ns}")).await.map_err(failed)?;
         let request = BinlogStreamRequest::new(self.server_id).with_filename(file.as_bytes()).with_pos(pos);
         let stream = conn.get_binlog_stream(request).await.map_err(failed)?;
+        let query = match self.query.take() {
+            Some(query) => query,
+            None => self.connect().await?,
+        };
         tracing::info!(connector = %self.connector, %file, pos, skip_rows, server_id = self.server_id, "mysql_cdc streaming");
         self.delivered = Some((file.clone(), pos, skip_rows));
-        self.state = State::Streaming(Box::new(Streaming {
-            stream,
-            file: file.clone(),
-            boundary: (file.clone(), pos),
-            transaction_start: None,
-            gtid: None,
-            rows_in_transaction: 0,
-            skip_rows,
-            last_emitted: Some((file.clone(), pos)),
-            last_emitted_at: Instant::now(),
-        }));
+        let reader = StreamReader {
+            connector: self.connector.clone(),
+            config: self.config.clone(),
+            filter: self.filter.clone(),
+            emit: self.emit.clone(),
+            schemas: SchemaCache::default(),
+            query,
+            checksums: self.checksums,
+            streaming: Streaming {
+                stream,
+                file: file.clone(),
+                boundary: (file.clone(), pos),
+                transaction_start: None,
+                gtid: None,
+                rows_in_transaction: 0,
+                skip_rows,
+                last_emitted: Some((file.clone(), pos)),
+                last_emitted_at: Instant::now(),
+            },
+        };
+        let (batches_tx, batches) = mpsc::channel(STREAM_BATCHES_AHEAD_MAX);
+        tokio::spawn(read_stream(reader, batches_tx));
+        self.state = State::Streaming(StreamReading { batches });
         Ok(())
+    }
+
+    /// The next batch the stream reader has ready, or none after `wait`. (Dropping the
+    /// receiver with the state stops the reader, which closes the stream.)
+    async fn poll_stream(&mut self, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+        let State::Streaming(reading) = &mut self.state else { unreachable!("called in the streaming state") };
+        match tokio::time::timeout(wait, reading.batches.recv()).await {
+            Err(_) => Ok(Vec::new()), // nothing within `wait`
+            Ok(Some(batch)) => batch,
+            Ok(None) => Err(SourceError::retryable("mysql_cdc: the binlog reader stopped")),
+        }
     }
 
     async fn poll_snapshot(&mut self, records_max: usize) -> Result<Vec<SourceRecord>, SourceError> {
@@ -469,18 +545,21 @@ impl MySqlCdcSource {
         }
         Ok(out)
     }
+}
 
-    async fn poll_stream(&mut self, records_max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+impl StreamReader {
+    /// Reads records until `records_max` (a rows event is not split) or until `wait` passed.
+    ///
+    /// Cancel safety: not cancel safe (events read are lost); `read_stream` cancels it only
+    /// when the stream is being given up.
+    async fn read(&mut self, records_max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
-        if self.query.is_none() {
-            self.query = Some(self.connect().await?);
-        }
         loop {
             if out.len() >= records_max {
                 break;
             }
-            let State::Streaming(streaming) = &mut self.state else { unreachable!("called in the streaming state") };
+            let streaming = &mut self.streaming;
             let next = std::future::poll_fn(|cx| Pin::new(&mut streaming.stream).poll_next(cx));
             let event = match tokio::time::timeout_at(deadline, next).await {
                 Err(_) => break, // waited long enough
@@ -550,7 +629,7 @@ impl MySqlCdcSource {
                         // statement may name another database than the session's).
                         let database = query.schema().into_owned();
                         self.schemas = SchemaCache::default();
-                        let State::Streaming(streaming) = &mut self.state else { unreachable!() };
+                        let streaming = &mut self.streaming;
                         end_transaction(streaming, end);
                         let (file, pos) = streaming.boundary.clone();
                         let value = json!({"database": database, "ddl": text, "ts_ms": timestamp_ms,
@@ -598,14 +677,13 @@ impl MySqlCdcSource {
                     let transaction = streaming.transaction_start.clone().unwrap_or_else(|| streaming.boundary.clone());
                     let gtid = streaming.gtid.clone();
                     let schema = if captured {
-                        let conn = self.query.as_mut().expect("connected above");
-                        self.schemas.get(conn, &database, &table).await.map_err(|e| {
+                        self.schemas.get(&mut self.query, &database, &table).await.map_err(|e| {
                             SourceError::retryable(format!("mysql_cdc: columns of {database}.{table}: {e}"))
                         })?
                     } else {
                         None
                     };
-                    let State::Streaming(streaming) = &mut self.state else { unreachable!() };
+                    let streaming = &mut self.streaming;
                     let block = schema.as_ref().map(|schema| {
                         let fields = SourceFields {
                             server_name: &self.emit.server_name,
@@ -646,7 +724,7 @@ impl MySqlCdcSource {
                 _ => {}
             }
             // Idle (or only uncaptured tables): a heartbeat moves the position on.
-            let State::Streaming(streaming) = &mut self.state else { unreachable!() };
+            let streaming = &mut self.streaming;
             let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
             if streaming.transaction_start.is_none()
                 && out.is_empty()
@@ -817,7 +895,7 @@ impl Source for MySqlCdcSource {
                 }
             },
             State::Snapshot(_) => self.poll_snapshot(records_max).await,
-            State::Streaming(_) => match self.poll_stream(records_max, wait).await {
+            State::Streaming(_) => match self.poll_stream(wait).await {
                 Ok(records) => {
                     if let Some(position) = records.last().map(|r| &r.position) {
                         let file = position.get("file").and_then(Json::as_str).map(str::to_string);
@@ -830,24 +908,12 @@ impl Source for MySqlCdcSource {
                     Ok(records)
                 }
                 Err(error) => {
-                    // The stream consumed events whose records were not handed out: the next
+                    // The reader consumed events whose records were not handed out: the next
                     // poll reads again from the last record handed out.
                     self.state = State::Closed;
-                    self.query = None;
                     Err(error)
                 }
             },
-        }
-    }
-}
-
-impl Drop for MySqlCdcSource {
-    fn drop(&mut self) {
-        let state = std::mem::replace(&mut self.state, State::Closed);
-        if let (State::Streaming(streaming), Ok(runtime)) = (state, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(async move {
-                let _ = streaming.stream.close().await;
-            });
         }
     }
 }
