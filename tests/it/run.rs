@@ -706,7 +706,12 @@ fn the_cdc_pipeline_keeps_redis_in_sync_with_a_mysql_table() {
     assert_eq!((customer(1)["name"].as_str(), customer(1)["tier"].as_str()), ("ann2", "gold"));
     assert_eq!(customer(4)["tier"], "null", "a NULL column is stored as JSON null");
     // kill -9 mid-stream, changes while it is down, then a restart resumes from the committed
-    // position (no new snapshot: customer 3's name changed in Redis only by the binlog).
+    // position (no new snapshot: customer 3's name changed in Redis only by the binlog). The
+    // source commits its position every `position_flush_interval`: the kill waits for one.
+    let positions = dir.path().join("data/connect/source-positions.json");
+    wait_until("a binlog position is committed", || {
+        std::fs::read_to_string(&positions).is_ok_and(|text| text.contains("\"pos\""))
+    });
     let mut writes = Vec::new();
     for i in 0..200 {
         writes.push(format!("INSERT INTO DB.customers VALUES ({}, 'bulk{i}', 'free')", 100 + i));

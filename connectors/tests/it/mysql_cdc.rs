@@ -109,8 +109,30 @@ async fn scan(url: &str, database: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits (60 s at most) until the replica's table equals the source's.
+async fn replica_matches(source_url: &str, database: &str, replica_url: &str, replica: &str) {
+    let started = Instant::now();
+    while scan(source_url, database).await != scan(replica_url, replica).await {
+        assert!(started.elapsed() < Duration::from_secs(60), "the replica never matched the source");
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+    }
+}
+
+/// Kills every other connection whose processlist `column` (DB or USER) is `value`; panics
+/// when there is none.
+async fn kill_connections(admin_url: &str, column: &str, value: &str) {
+    let mut admin = mysql_async::Conn::from_url(admin_url).await.unwrap();
+    let query = format!("SELECT ID FROM information_schema.PROCESSLIST WHERE {column} = ? AND ID <> CONNECTION_ID()");
+    let ids: Vec<u64> = admin.exec(query, (value,)).await.unwrap();
+    assert!(!ids.is_empty(), "no connection has {column} {value:?}");
+    for id in ids {
+        let _ = admin.query_drop(format!("KILL {id}")).await; // it may be gone already
+    }
+    admin.disconnect().await.unwrap();
+}
+
 /// Runs the CDC source (source → topic) and the MySQL sink's CDC mode (topic → replica) until
-/// `stop` turns true; `abrupt` drops the tasks mid-flight instead of stopping them.
+/// `until` completes; `abrupt` drops the tasks mid-flight instead of stopping them.
 struct Pipeline {
     broker: Broker,
     positions: FilePositionStore,
@@ -154,8 +176,8 @@ impl Pipeline {
         source_task.position_flush_interval = Duration::from_millis(20);
         let mut sink_task = crate::support::task_config("replica", &format!("cdc_{}_everything", self.database));
         sink_task.errors_tolerance = weir_connect::ErrorTolerance::None;
-        let (stop, stopped) = watch::channel(false);
-        let (mut source_stop, mut sink_stop) = (stopped.clone(), stopped);
+        let (stop_source, mut source_stop) = watch::channel(false);
+        let (stop_sink, mut sink_stop) = watch::channel(false);
         let source_run = run_source_task(
             messaging.clone(),
             &mut source as &mut dyn Source,
@@ -174,8 +196,26 @@ impl Pipeline {
         if abrupt {
             return; // dropped mid-flight, like a crash of the worker
         }
-        stop.send(true).unwrap();
+        // A clean stop: the source first, then the sink once it has applied everything the
+        // topic holds (records that change nothing may still be on their way when the tables
+        // already match, and a later schema change on the replica must not meet them).
+        stop_source.send(true).unwrap();
         source_run.await.unwrap();
+        let topic = format!("cdc_{}_everything", self.database);
+        let started = Instant::now();
+        loop {
+            let held: u64 = (0..2).map(|queue_id| self.broker.queue_range(&topic, queue_id).max_offset).sum();
+            let applied: u64 = self.broker.group_offsets("connect-replica", &topic).values().sum();
+            if applied >= held {
+                break;
+            }
+            tokio::select! {
+                outcome = &mut sink_run => panic!("the sink task ended: {outcome:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {} // poll interval
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the sink never drained the topic");
+        }
+        stop_sink.send(true).unwrap();
         sink_run.await.unwrap();
     }
 }
@@ -197,14 +237,7 @@ fn snapshot_and_streaming_replay_into_an_identical_table_across_restarts_and_ddl
         sql(&source_url, &initial).await;
         let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
 
-        let same = || async { scan(&source_url, &database).await == scan(&replica_url, &replica).await };
-        let converged = || async {
-            let started = Instant::now();
-            while !same().await {
-                assert!(started.elapsed() < Duration::from_secs(60), "the replica never matched the source");
-                tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
-            }
-        };
+        let converged = || replica_matches(&source_url, &database, &replica_url, &replica);
         // Run 1: snapshot, then random changes while streaming; a clean stop.
         let changes = |seed: u32, count: u32| -> Vec<String> {
             let names = if seed >= 4 { NAMES.replace("vc,", "vc2,") } else { NAMES.to_string() };
@@ -317,24 +350,9 @@ fn a_snapshot_whose_connections_are_killed_starts_again_and_converges() {
                         tokio::time::sleep(Duration::from_millis(1)).await; // poll interval
                     }
                     // Kill the source's connections (the snapshot's among them) mid-snapshot.
-                    let mut admin = mysql_async::Conn::from_url(server.url("")).await.unwrap();
-                    let ids: Vec<u64> = admin
-                        .exec(
-                            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
-                            (&database,),
-                        )
-                        .await
-                        .unwrap();
                     held_at_kill = held();
-                    for id in ids {
-                        let _ = admin.query_drop(format!("KILL {id}")).await; // it may be gone already
-                    }
-                    admin.disconnect().await.unwrap();
-                    let started = Instant::now();
-                    while scan(&source_url, &database).await != scan(&replica_url, &replica).await {
-                        assert!(started.elapsed() < Duration::from_secs(60), "the replica never matched the source");
-                        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
-                    }
+                    kill_connections(&server.url(""), "DB", &database).await;
+                    replica_matches(&source_url, &database, &replica_url, &replica).await;
                 },
                 false,
             )
@@ -407,24 +425,11 @@ fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converg
                     }
                     // Kill the source's connections (binlog dump and schema lookups) mid-stream,
                     // with transactions still coming.
-                    let mut admin = mysql_async::Conn::from_url(&admin_url).await.unwrap();
-                    let ids: Vec<u64> = admin
-                        .exec("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?", (&user,))
-                        .await
-                        .unwrap();
-                    assert!(!ids.is_empty(), "the source holds connections");
-                    for id in ids {
-                        let _ = admin.query_drop(format!("KILL {id}")).await; // it may be gone already
-                    }
-                    admin.disconnect().await.unwrap();
+                    kill_connections(&admin_url, "USER", &user).await;
                     for batch in 20..40 {
                         sql(&admin_source_url, &transaction(batch * 10)).await;
                     }
-                    let started = Instant::now();
-                    while scan(&admin_source_url, &database).await != scan(&replica_url, &replica).await {
-                        assert!(started.elapsed() < Duration::from_secs(60), "the replica never matched the source");
-                        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
-                    }
+                    replica_matches(&admin_source_url, &database, &replica_url, &replica).await;
                 },
                 false,
             )
