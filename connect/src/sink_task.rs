@@ -81,6 +81,11 @@ pub type PreparedBatch = Box<dyn std::any::Any + Send>;
 
 /// Decodes batches for a sink (see `Sink::preparer`); runs on a blocking thread.
 pub trait BatchPreparer: Send + Sync {
+    /// `batch` decoded for `write_prepared`, which gets it with this same batch only. It may
+    /// depend on the sink's state only as far as `write_prepared` checks that state is
+    /// unchanged. A panic here costs the prepared form only (the batch is written by
+    /// `write`). A wrapper sink that changes records on their way must not pass its inner
+    /// sink's preparer on.
     fn prepare(&self, batch: &[SinkRecord]) -> PreparedBatch;
 }
 
@@ -308,18 +313,17 @@ async fn gather_prepared(
     let Some(preparer) = preparer.filter(|_| !batch.is_empty()) else {
         return Ok(Gathered { batch, next_positions, prepared: None });
     };
-    let prepared = tokio::task::spawn_blocking(move || {
-        let prepared = preparer.prepare(&batch);
-        (batch, prepared)
-    })
-    .await;
+    let shared = Arc::new(batch);
+    let for_preparer = shared.clone();
+    let prepared = tokio::task::spawn_blocking(move || preparer.prepare(&for_preparer)).await;
+    let batch = Arc::into_inner(shared).expect("the preparer's reference is dropped with its task");
     match prepared {
-        Ok((batch, prepared)) => Ok(Gathered { batch, next_positions, prepared: Some(prepared) }),
-        Err(error) => Err(ConnectError::Sink {
-            connector: config.connector.clone(),
-            attempts: 0,
-            source: SinkError::retryable(format!("the sink's batch preparer failed: {error}")),
-        }),
+        Ok(prepared) => Ok(Gathered { batch, next_positions, prepared: Some(prepared) }),
+        Err(error) => {
+            // A bug in the sink's preparer: `write` decodes the batch instead.
+            tracing::error!(connector = %config.connector, %error, "the sink's batch preparer failed");
+            Ok(Gathered { batch, next_positions, prepared: None })
+        }
     }
 }
 

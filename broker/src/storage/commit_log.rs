@@ -430,9 +430,11 @@ impl CommitLogWriter {
 /// creates a sparse segment itself. So a lightly loaded store writes into prefaulted segments
 /// (overwrites are about twice as fast), and a store writing faster than the pace does not
 /// write every byte twice. It also keeps pace with the writer: the next segment is prepared no
-/// further than the writer has filled the current one, plus `PREFAULT_AHEAD_BYTES`, so a
-/// store that writes little does not zero a whole segment it may not reach for a long time
-/// (on virtual machines, touching fresh page-cache pages is the expensive part).
+/// further than twice what the writer has filled of the current one, plus
+/// `PREFAULT_AHEAD_BYTES_MAX`, so a store that writes little does not zero a whole segment it
+/// may not reach for a long time (on virtual machines, touching fresh page-cache pages is the
+/// expensive part), while a writer slower than half the pace finds the next segment prepared
+/// and synced by the time it is half way through the current one.
 struct SegmentAllocator {
     dir: PathBuf,
     segment_size_bytes: u64,
@@ -443,8 +445,8 @@ struct SegmentAllocator {
     thread: Option<JoinHandle<()>>,
 }
 
-/// How far ahead of the writer's place in its segment the next one is prepared.
-const PREFAULT_AHEAD_BYTES: u64 = 64 << 20;
+/// How far ahead of twice the writer's place in its segment the next one may be prepared.
+const PREFAULT_AHEAD_BYTES_MAX: u64 = 64 << 20;
 
 /// The writer's controls over a segment being prepared.
 struct Preparation {
@@ -490,7 +492,7 @@ impl SegmentAllocator {
     /// Has the segment at `base` prepared, now that the writer is `filled_bytes` into the
     /// one before it.
     fn request(&mut self, base: u64, filled_bytes: u64) {
-        let allowed_bytes = filled_bytes.saturating_add(PREFAULT_AHEAD_BYTES);
+        let allowed_bytes = filled_bytes.saturating_mul(2).saturating_add(PREFAULT_AHEAD_BYTES_MAX);
         match &self.pending {
             Some((_, preparation)) => preparation.allowed_bytes.store(allowed_bytes, Ordering::Relaxed),
             None => {

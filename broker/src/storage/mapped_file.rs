@@ -127,6 +127,11 @@ impl MappedFile {
                 return Err(Error::io("stopped preparing", temp_path, cancelled));
             }
             file.sync_data().map_err(|e| Error::io("cannot sync", temp_path, e))?;
+            if cancel.load(Ordering::Relaxed) {
+                // Cancelled during the sync: the writer waits for this; do not map it too.
+                let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
+                return Err(Error::io("stopped preparing", temp_path, cancelled));
+            }
         } else {
             file.set_len(size_bytes).map_err(|e| Error::io("cannot size", temp_path, e))?;
         }

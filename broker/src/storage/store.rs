@@ -52,10 +52,10 @@ pub struct StoreConfig {
     /// the allocator thread, off the append path. Overwrites are about twice as fast as
     /// writes to fresh blocks on this kind of disk.
     pub segment_prefault: bool,
-    /// Pace of the background prefault (0 = unpaced). It also stays at most 64 MiB ahead of
-    /// how far the writer has filled the current segment. A segment not ready when the writer
-    /// needs it is cancelled (the writer waits at most for one 1 MiB chunk) and created
-    /// sparse instead.
+    /// Pace of the background prefault (0 = unpaced). It also goes no further into the next
+    /// segment than twice how far the writer has filled the current one, plus 64 MiB. A
+    /// segment not ready when the writer needs it is cancelled (the writer waits for the step
+    /// in progress: one 1 MiB chunk, or the final fdatasync) and created sparse instead.
     pub segment_prefault_bytes_per_sec_max: u64,
     /// Largest record accepted, header included.
     pub message_size_max_bytes: usize,

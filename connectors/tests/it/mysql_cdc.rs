@@ -407,33 +407,43 @@ fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converg
         let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
         let topic = format!("cdc_{database}_everything");
         let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
-        // Transactions of ten rows each, written while the source streams.
-        let transaction = |first: u32| -> Vec<String> {
-            let rows: Vec<String> = (first..first + 10).map(|n| row_sql(n % 300, first)).collect();
-            vec![format!("REPLACE INTO everything ({NAMES}) VALUES {}", rows.join(","))]
+        // Transactions of 100 new rows each (every row once, so a lost one shows in the
+        // comparison), written as fast as the client can once the source runs, so the kill
+        // lands while the reader has batches queued.
+        const TRANSACTIONS: u32 = 30;
+        let transaction = |number: u32| -> Vec<String> {
+            let rows: Vec<String> = (number * 100..number * 100 + 100).map(|n| row_sql(n, number)).collect();
+            vec![format!("INSERT INTO everything ({NAMES}) VALUES {}", rows.join(","))]
         };
+        let mut killed_at = 0;
         pipeline
             .run(
                 async {
-                    for batch in 0..20 {
-                        sql(&admin_source_url, &transaction(batch * 10)).await;
+                    for number in 0..TRANSACTIONS {
+                        sql(&admin_source_url, &transaction(number)).await;
                     }
                     let started = Instant::now();
-                    while held() < 50 {
+                    while held() < 200 {
                         assert!(started.elapsed() < Duration::from_secs(60), "the source streamed nothing");
                         tokio::time::sleep(Duration::from_millis(1)).await; // poll interval
                     }
-                    // Kill the source's connections (binlog dump and schema lookups) mid-stream,
-                    // with transactions still coming.
+                    // Kill the source's connections (binlog dump and schema lookups) mid-stream.
+                    killed_at = held();
                     kill_connections(&admin_url, "USER", &user).await;
-                    for batch in 20..40 {
-                        sql(&admin_source_url, &transaction(batch * 10)).await;
+                    for number in TRANSACTIONS..TRANSACTIONS + 5 {
+                        sql(&admin_source_url, &transaction(number)).await;
                     }
                     replica_matches(&admin_source_url, &database, &replica_url, &replica).await;
                 },
                 false,
             )
             .await;
+        let rows = scan(&admin_source_url, &database).await.len();
+        assert_eq!(rows, (TRANSACTIONS as usize + 5) * 100, "every row reached the replica");
+        if killed_at >= u64::from(TRANSACTIONS) * 100 {
+            eprintln!("the stream had sent every row before the kill ({killed_at}); the reopen path ran idle");
+        }
+        sql(&admin_url, &[format!("DROP USER '{user}'@'%'")]).await;
     });
 }
 

@@ -62,6 +62,18 @@ struct StreamReading {
     /// A reader error ends the channel after it; a channel closed without one means the
     /// reader died.
     batches: mpsc::Receiver<Result<Vec<SourceRecord>, SourceError>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// Records of the last batch not handed out yet (a batch may exceed a poll's
+    /// `records_max`).
+    pending: VecDeque<SourceRecord>,
+}
+
+impl Drop for StreamReading {
+    fn drop(&mut self) {
+        // Stop the reader now, so its binlog connection is gone before another one registers
+        // with the same server id.
+        self.reader.abort();
+    }
 }
 
 /// Batches the stream reader may have read ahead.
@@ -199,7 +211,8 @@ struct Streaming {
     rows_in_transaction: u64,
     /// Rows of the first transaction already delivered before a restart.
     skip_rows: u64,
-    /// The position of the last record handed out, and when.
+    /// The position of the last record the reader emitted (it may still wait in the channel),
+    /// and when.
     last_emitted: Option<(String, u64)>,
     last_emitted_at: Instant,
 }
@@ -454,20 +467,24 @@ impl MySqlCdcSource {
             },
         };
         let (batches_tx, batches) = mpsc::channel(STREAM_BATCHES_AHEAD_MAX);
-        tokio::spawn(read_stream(reader, batches_tx));
-        self.state = State::Streaming(StreamReading { batches });
+        let reader = tokio::spawn(read_stream(reader, batches_tx));
+        self.state = State::Streaming(StreamReading { batches, reader, pending: VecDeque::new() });
         Ok(())
     }
 
-    /// The next batch the stream reader has ready, or none after `wait`. (Dropping the
-    /// receiver with the state stops the reader, which closes the stream.)
-    async fn poll_stream(&mut self, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
+    /// Up to `records_max` records the stream reader has ready, or none after `wait`.
+    /// (Dropping the state stops the reader.)
+    async fn poll_stream(&mut self, records_max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
         let State::Streaming(reading) = &mut self.state else { unreachable!("called in the streaming state") };
-        match tokio::time::timeout(wait, reading.batches.recv()).await {
-            Err(_) => Ok(Vec::new()), // nothing within `wait`
-            Ok(Some(batch)) => batch,
-            Ok(None) => Err(SourceError::retryable("mysql_cdc: the binlog reader stopped")),
+        if reading.pending.is_empty() {
+            match tokio::time::timeout(wait, reading.batches.recv()).await {
+                Err(_) => return Ok(Vec::new()), // nothing within `wait`
+                Ok(Some(batch)) => reading.pending = batch?.into(),
+                Ok(None) => return Err(SourceError::retryable("mysql_cdc: the binlog reader stopped")),
+            }
         }
+        let count = reading.pending.len().min(records_max.max(1));
+        Ok(reading.pending.drain(..count).collect())
     }
 
     async fn poll_snapshot(&mut self, records_max: usize) -> Result<Vec<SourceRecord>, SourceError> {
@@ -548,20 +565,32 @@ impl MySqlCdcSource {
 }
 
 impl StreamReader {
-    /// Reads records until `records_max` (a rows event is not split) or until `wait` passed.
+    /// Reads records until `records_max` (a rows event is not split) or until `wait` passed
+    /// since the first one.
     ///
     /// Cancel safety: not cancel safe (events read are lost); `read_stream` cancels it only
     /// when the stream is being given up.
     async fn read(&mut self, records_max: usize, wait: Duration) -> Result<Vec<SourceRecord>, SourceError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        // The wait starts with the first record: an idle stream waits for events (the server
+        // sends heartbeats) without waking.
+        let mut deadline = None;
         let mut out = Vec::new();
         loop {
             if out.len() >= records_max {
                 break;
             }
+            if deadline.is_none() && !out.is_empty() {
+                deadline = Some(tokio::time::Instant::now() + wait);
+            }
             let streaming = &mut self.streaming;
             let next = std::future::poll_fn(|cx| Pin::new(&mut streaming.stream).poll_next(cx));
-            let event = match tokio::time::timeout_at(deadline, next).await {
+            let next = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, next).await,
+                    None => Ok(next.await),
+                }
+            };
+            let event = match next.await {
                 Err(_) => break, // waited long enough
                 Ok(None) => return Err(SourceError::retryable("mysql_cdc: the server closed the binlog stream")),
                 Ok(Some(Err(error))) => {
@@ -895,7 +924,7 @@ impl Source for MySqlCdcSource {
                 }
             },
             State::Snapshot(_) => self.poll_snapshot(records_max).await,
-            State::Streaming(_) => match self.poll_stream(wait).await {
+            State::Streaming(_) => match self.poll_stream(records_max, wait).await {
                 Ok(records) => {
                     if let Some(position) = records.last().map(|r| &r.position) {
                         let file = position.get("file").and_then(Json::as_str).map(str::to_string);
