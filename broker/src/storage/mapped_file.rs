@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 
 /// Zero-fill chunk used to preallocate files.
 const PREALLOCATE_CHUNK_BYTES: usize = 1 << 20;
+/// Shortest and longest step of a prefault waiting for its allowance to grow.
+const ALLOWANCE_WAIT_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const ALLOWANCE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How fast, and how far, a file being created may be prefaulted.
 #[derive(Clone, Copy)]
@@ -94,6 +97,7 @@ impl MappedFile {
             let mut written = 0u64;
             // The rate is kept from this instant and byte count on.
             let mut paced_from = (std::time::Instant::now(), 0u64);
+            let mut allowance_wait = ALLOWANCE_WAIT_MIN;
             while written < size_bytes {
                 if cancel.load(Ordering::Relaxed) {
                     let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
@@ -101,13 +105,16 @@ impl MappedFile {
                 }
                 let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
                 if written + chunk as u64 > pace.allowed_bytes.load(Ordering::Relaxed) {
-                    // Not that far ahead yet: wait (in short steps, so a cancel is seen
-                    // within 10 ms) for the allowance to grow, and keep to the rate from
-                    // then on (no burst to make up for the wait).
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    // Not that far ahead yet: wait for the allowance to grow, in steps that
+                    // lengthen from 10 to 100 ms while nothing changes (an idle writer leaves
+                    // this thread waking ten times a second, and a cancel is seen within one
+                    // step), and keep to the rate from then on (no burst to make up for it).
+                    std::thread::sleep(allowance_wait);
+                    allowance_wait = (allowance_wait * 2).min(ALLOWANCE_WAIT_MAX);
                     paced_from = (std::time::Instant::now(), written);
                     continue;
                 }
+                allowance_wait = ALLOWANCE_WAIT_MIN;
                 file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
                 written += chunk as u64;
                 if let Some(rate) = pace.bytes_per_sec_max {

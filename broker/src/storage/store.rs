@@ -55,7 +55,8 @@ pub struct StoreConfig {
     /// Pace of the background prefault (0 = unpaced). It also goes no further into the next
     /// segment than twice how far the writer has filled the current one, plus 64 MiB. A
     /// segment not ready when the writer needs it is cancelled (the writer waits for the step
-    /// in progress: one 1 MiB chunk, or the final fdatasync) and created sparse instead.
+    /// in progress: one 1 MiB chunk, a wait of at most 100 ms, or the final fdatasync) and
+    /// created sparse instead.
     pub segment_prefault_bytes_per_sec_max: u64,
     /// Largest record accepted, header included.
     pub message_size_max_bytes: usize,
