@@ -387,9 +387,9 @@ async fn gather(
 }
 
 /// Writes (the first time from its prepared form, if any) and flushes a batch, retrying on the
-/// sink's hint: a retryable failure of either
-/// call writes the (remaining) batch again before the next flush, so a flush that failed after
-/// the target dropped buffered data cannot be followed by a commit. Returns how many records
+/// sink's hint: a retryable failure of either call writes the (remaining) batch again before
+/// the next flush, so a flush that failed after the target dropped buffered data cannot be
+/// followed by a commit. Returns how many records
 /// went to the dead-letter topic, or `None` when shutdown interrupted a retry (nothing is
 /// committed then).
 async fn deliver(
