@@ -341,10 +341,9 @@ pub(crate) struct CommitLogWriter {
 }
 
 impl CommitLogWriter {
-    pub fn new(log: Arc<CommitLog>, prefault: bool, prefault_bytes_per_sec_max: u64) -> Self {
+    pub fn new(log: Arc<CommitLog>, config: &super::StoreConfig) -> Self {
         let position = log.max_offset();
-        let allocator =
-            SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, prefault, prefault_bytes_per_sec_max);
+        let allocator = SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, config);
         let segment = log.last_segment();
         CommitLogWriter { log, segment, position, buffer: Vec::new(), buffer_start: position, allocator }
     }
@@ -431,7 +430,7 @@ impl CommitLogWriter {
 /// (overwrites are about twice as fast), and a store writing faster than the pace does not
 /// write every byte twice. It also keeps pace with the writer: the next segment is prepared no
 /// further than twice what the writer has filled of the current one, plus
-/// `PREFAULT_AHEAD_BYTES_MAX`, so a store that writes little does not zero a whole segment it
+/// `segment_prefault_ahead_bytes_max`, so a store that writes little does not zero a whole segment it
 /// may not reach for a long time (on virtual machines, touching fresh page-cache pages is the
 /// expensive part), while a writer slower than half the pace finds the next segment prepared
 /// and synced by the time it is half way through the current one.
@@ -442,11 +441,10 @@ struct SegmentAllocator {
     ready: Receiver<(u64, Result<MappedFile>)>,
     /// The base being prepared and its controls.
     pending: Option<(u64, Arc<Preparation>)>,
+    /// How far ahead of twice the writer's place in its segment the next one may be prepared.
+    prefault_ahead_bytes_max: u64,
     thread: Option<JoinHandle<()>>,
 }
-
-/// How far ahead of twice the writer's place in its segment the next one may be prepared.
-const PREFAULT_AHEAD_BYTES_MAX: u64 = 64 << 20;
 
 /// The writer's controls over a segment being prepared.
 struct Preparation {
@@ -456,7 +454,9 @@ struct Preparation {
 }
 
 impl SegmentAllocator {
-    fn start(dir: PathBuf, segment_size_bytes: u64, prefault: bool, prefault_bytes_per_sec_max: u64) -> Self {
+    fn start(dir: PathBuf, segment_size_bytes: u64, config: &super::StoreConfig) -> Self {
+        let (prefault, prefault_bytes_per_sec_max) =
+            (config.segment_prefault, config.segment_prefault_bytes_per_sec_max);
         let (request_tx, request_rx) = sync_channel::<(u64, Arc<Preparation>)>(1);
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_dir = dir.clone();
@@ -485,6 +485,7 @@ impl SegmentAllocator {
             requests: Some(request_tx),
             ready: ready_rx,
             pending: None,
+            prefault_ahead_bytes_max: config.segment_prefault_ahead_bytes_max,
             thread: Some(thread),
         }
     }
@@ -492,7 +493,7 @@ impl SegmentAllocator {
     /// Has the segment at `base` prepared, now that the writer is `filled_bytes` into the
     /// one before it.
     fn request(&mut self, base: u64, filled_bytes: u64) {
-        let allowed_bytes = filled_bytes.saturating_mul(2).saturating_add(PREFAULT_AHEAD_BYTES_MAX);
+        let allowed_bytes = filled_bytes.saturating_mul(2).saturating_add(self.prefault_ahead_bytes_max);
         match &self.pending {
             Some((_, preparation)) => preparation.allowed_bytes.store(allowed_bytes, Ordering::Relaxed),
             None => {

@@ -53,11 +53,15 @@ pub struct StoreConfig {
     /// writes to fresh blocks on this kind of disk.
     pub segment_prefault: bool,
     /// Pace of the background prefault (0 = unpaced). It also goes no further into the next
-    /// segment than twice how far the writer has filled the current one, plus 64 MiB. A
+    /// segment than twice how far the writer has filled the current one, plus
+    /// `segment_prefault_ahead_bytes_max`. A
     /// segment not ready when the writer needs it is cancelled (the writer waits for the step
     /// in progress: one 1 MiB chunk, a wait of at most 100 ms, or the final fdatasync) and
     /// created sparse instead.
     pub segment_prefault_bytes_per_sec_max: u64,
+    /// How far the background prefault may run ahead of twice the writer's place in its
+    /// segment (64 MiB).
+    pub segment_prefault_ahead_bytes_max: u64,
     /// Largest record accepted, header included.
     pub message_size_max_bytes: usize,
     pub flush_mode: FlushMode,
@@ -91,6 +95,7 @@ impl StoreConfig {
             segment_size_bytes: 1 << 30,
             segment_prefault: true,
             segment_prefault_bytes_per_sec_max: 32 << 20,
+            segment_prefault_ahead_bytes_max: 64 << 20,
             message_size_max_bytes: 4 << 20,
             flush_mode: FlushMode::Async,
             flush_interval_ms: 500,
@@ -381,7 +386,7 @@ impl MessageStore {
         let (maintain_stop_tx, maintain_stop_rx) = sync_channel::<()>(1);
         let writer = Writer {
             shared: shared.clone(),
-            log: CommitLogWriter::new(commit_log, config.segment_prefault, config.segment_prefault_bytes_per_sec_max),
+            log: CommitLogWriter::new(commit_log, &config),
             cursors,
             listener,
             flush: flush_tx,

@@ -476,3 +476,53 @@ fn a_recreated_topic_does_not_see_its_deleted_incarnation() {
     assert_eq!(bodies(&read_all(&store, "t", 0).unwrap()), vec!["new".to_string()]);
     assert_eq!(bodies(&store.lookup_key("t", "k", 10).unwrap()), vec!["new".to_string()]);
 }
+
+#[test]
+fn the_next_segment_is_prefaulted_only_as_far_as_the_writer_has_come() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path(), FlushMode::Async);
+    config.segment_size_bytes = 8 * MIB;
+    config.segment_prefault_bytes_per_sec_max = 0; // unpaced: only the allowance holds it back
+    config.segment_prefault_ahead_bytes_max = MIB;
+    let store = MessageStore::open(config, None).unwrap();
+    fill(&store, "m", 10); // a few KiB: the allowance is 1 MiB and a little
+    let next = dir.path().join("commitlog").join("00000000000008388608.tmp");
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&next).map_or(0, |m| m.len()) < MIB {
+        assert!(started.elapsed() < Duration::from_secs(10), "the next segment's prefault never started");
+        std::thread::sleep(Duration::from_millis(10)); // poll interval
+    }
+    std::thread::sleep(Duration::from_millis(200)); // time to run past the allowance, if it would
+    assert_eq!(std::fs::metadata(&next).unwrap().len(), MIB, "the prefault stopped at its allowance");
+    // Past the middle of the segment the allowance covers all of the next one: it is prepared
+    // and the writer rolls into it.
+    let body = vec![b'x'; 800];
+    for _ in 0..5 {
+        let batch: Vec<_> = (0..1000).map(|i| new_message("t", i % 2, &body, None, None)).collect();
+        store.append_blocking(batch).unwrap();
+    }
+    let started = std::time::Instant::now();
+    while next.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the next segment was never completed");
+        std::thread::sleep(Duration::from_millis(10)); // poll interval
+    }
+    for _ in 0..5 {
+        let batch: Vec<_> = (0..1000).map(|i| new_message("t", i % 2, &body, None, None)).collect();
+        store.append_blocking(batch).unwrap();
+    }
+    assert!(store.commit_log_offsets().1 > 8 * MIB, "the log rolled into the next segment");
+    assert_eq!(read_all(&store, "t", 0).unwrap().len(), 5 + 5000);
+    // A store closed while a prefault waits for its allowance closes promptly, leaving no
+    // half-prepared file.
+    let started = std::time::Instant::now();
+    store.close().unwrap();
+    drop(store);
+    assert!(started.elapsed() < Duration::from_secs(2), "closing waited {:?}", started.elapsed());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("commitlog"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
