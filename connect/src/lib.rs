@@ -19,6 +19,6 @@ pub mod source_task;
 
 pub use error::{ConnectError, Result, RetryHint, SinkError};
 pub use positions::{FilePositionStore, Position, PositionStore};
-pub use record::{Record, SinkRecord, now_ms};
+pub use record::{PROPERTY_RECORD_KEY, Record, SinkRecord, now_ms, set_message_key};
 pub use sink_task::{BatchPreparer, ErrorTolerance, PreparedBatch, Sink, SinkTaskConfig, SinkTaskStats, run_sink_task};
 pub use source_task::{Source, SourceError, SourceRecord, SourceTaskConfig, SourceTaskStats, run_source_task};

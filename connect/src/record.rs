@@ -10,6 +10,22 @@ pub fn now_ms() -> i64 {
     since_epoch.as_millis() as i64
 }
 
+/// Carries a record key that cannot be a message key (see `Record::to_message`).
+pub const PROPERTY_RECORD_KEY: &str = "WEIR_RECORD_KEY";
+
+/// Makes `key` `message`'s key and sharding key; a key RocketMQ cannot index (empty, or with
+/// whitespace) goes into `PROPERTY_RECORD_KEY` instead of the message's keys.
+pub fn set_message_key(message: &mut Message, key: Option<String>) {
+    message.sharding_key = key.clone();
+    match key {
+        Some(key) if !key.is_empty() && !key.contains(char::is_whitespace) => message.keys = vec![key],
+        Some(key) => {
+            message.properties.insert(PROPERTY_RECORD_KEY.to_string(), key);
+        }
+        None => {}
+    }
+}
+
 /// A record outside the broker; a source record becomes a message, a message becomes a sink
 /// record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,12 +47,16 @@ impl Record {
 
     /// The message a source sends for this record. The key is also the sharding key: records
     /// of one key land in one queue, in order (as a Kafka key picks the partition).
+    ///
+    /// A key RocketMQ cannot index (empty, or with whitespace: its `KEYS` property is a
+    /// space-separated list — a CDC row whose primary key is `'New York'`) travels in the
+    /// `PROPERTY_RECORD_KEY` property instead and still shards; a sink record gets it back
+    /// as its key.
     pub fn to_message(&self) -> Message {
         let mut message = Message::new(&self.topic, self.value.clone());
         message.tag = self.tag.clone();
-        message.keys = self.key.iter().cloned().collect();
-        message.sharding_key = self.key.clone();
         message.properties = self.properties.clone();
+        set_message_key(&mut message, self.key.clone());
         message.born_timestamp_ms = Some(self.timestamp_ms);
         message
     }
@@ -53,18 +73,53 @@ pub struct SinkRecord {
 
 impl From<StoredMessage> for SinkRecord {
     fn from(message: StoredMessage) -> Self {
+        let mut properties = message.properties;
+        let key = properties.remove(PROPERTY_RECORD_KEY).or_else(|| message.keys.into_iter().next());
         SinkRecord {
             queue_id: message.queue_id,
             queue_offset: message.queue_offset,
             message_id: message.message_id,
             record: Record {
                 topic: message.topic,
-                key: message.keys.into_iter().next(),
+                key,
                 value: message.body,
                 tag: message.tag,
-                properties: message.properties,
+                properties,
                 timestamp_ms: message.born_timestamp_ms,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_a_message_cannot_index_survive_the_round_trip() {
+        for key in [None, Some("r1"), Some("New York"), Some(""), Some("a\tb")] {
+            let record =
+                Record { topic: "t".into(), key: key.map(str::to_string), value: b"v".to_vec(), ..Record::default() };
+            let message = record.to_message();
+            message.validate().unwrap_or_else(|e| panic!("{key:?}: {e}"));
+            assert_eq!(message.sharding_key, record.key, "{key:?} still shards");
+            let stored = StoredMessage {
+                topic: message.topic,
+                queue_id: 0,
+                queue_offset: 0,
+                physical_offset: 0,
+                message_id: "id".into(),
+                tag: message.tag,
+                keys: message.keys,
+                properties: message.properties,
+                body: message.body,
+                born_timestamp_ms: 0,
+                store_timestamp_ms: 0,
+                reconsume_count: 0,
+            };
+            let back = SinkRecord::from(stored).record;
+            assert_eq!(back.key, record.key);
+            assert!(back.properties.is_empty(), "{key:?}: {:?}", back.properties);
         }
     }
 }

@@ -320,8 +320,10 @@ async fn gather_prepared(
     match prepared {
         Ok(prepared) => Ok(Gathered { batch, next_positions, prepared: Some(prepared) }),
         Err(error) => {
-            // A bug in the sink's preparer: `write` decodes the batch instead.
-            tracing::error!(connector = %config.connector, %error, "the sink's batch preparer failed");
+            // `write` decodes the batch instead.
+            if error.is_panic() {
+                tracing::error!(connector = %config.connector, %error, "the sink's batch preparer panicked");
+            }
             Ok(Gathered { batch, next_positions, prepared: None })
         }
     }

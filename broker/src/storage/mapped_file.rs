@@ -82,7 +82,10 @@ impl MappedFile {
         if let Some(parent) = path.parent() {
             sync_dir(parent)?;
         }
-        Self::map(path, file, base_offset, size_bytes, prefault)
+        // A writer waiting for this file (a cancel came during the final sync) gets it without
+        // the page-table population, which would make it wait longer still.
+        let populate = prefault && !cancel.load(Ordering::Relaxed);
+        Self::map(path, file, base_offset, size_bytes, populate)
     }
 
     fn prepare(temp_path: &Path, size_bytes: u64, prefault: bool, cancel: &AtomicBool, pace: Pace<'_>) -> Result<File> {
@@ -116,6 +119,7 @@ impl MappedFile {
                 }
                 allowance_wait = ALLOWANCE_WAIT_MIN;
                 file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
+                start_writeback(&file, written, chunk as u64);
                 written += chunk as u64;
                 if let Some(rate) = pace.bytes_per_sec_max {
                     // Background work keeps to its pace: wait out the rest of this chunk's
@@ -133,12 +137,8 @@ impl MappedFile {
                 let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
                 return Err(Error::io("stopped preparing", temp_path, cancelled));
             }
+            // Small: the zeros were sent to disk chunk by chunk (below).
             file.sync_data().map_err(|e| Error::io("cannot sync", temp_path, e))?;
-            if cancel.load(Ordering::Relaxed) {
-                // Cancelled during the sync: the writer waits for this; do not map it too.
-                let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
-                return Err(Error::io("stopped preparing", temp_path, cancelled));
-            }
         } else {
             file.set_len(size_bytes).map_err(|e| Error::io("cannot size", temp_path, e))?;
         }
@@ -228,6 +228,22 @@ impl MappedFile {
             return Ok(());
         }
         self.map.flush_range(position, len).map_err(|e| Error::io("cannot msync", &self.path, e))
+    }
+}
+
+/// Starts writing `[offset, offset + len)` of `file` back to disk without waiting for it, so the
+/// final fdatasync of a prepared file has little left to do (the writer may be waiting for
+/// it). Failure only leaves the work to that fdatasync.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on an open descriptor we own; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

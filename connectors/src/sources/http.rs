@@ -355,8 +355,7 @@ fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine
                 )));
             }
         }
-        message.sharding_key = key.clone();
-        message.keys = key.into_iter().collect();
+        weir_connect::set_message_key(&mut message, key);
         if let Some(field) = &route.timestamp_field {
             let Some(time) = json.get(field).and_then(serde_json::Value::as_i64) else {
                 return Err(bad(format!("field {field:?} is missing or not a number of ms")));

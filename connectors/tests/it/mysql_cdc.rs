@@ -205,7 +205,7 @@ impl Pipeline {
         let started = Instant::now();
         loop {
             let held: u64 = (0..2).map(|queue_id| self.broker.queue_range(&topic, queue_id).max_offset).sum();
-            let applied: u64 = self.broker.group_offsets("connect-replica", &topic).values().sum();
+            let applied: u64 = self.broker.group_offsets(&sink_task.group(), &topic).values().sum();
             if applied >= held {
                 break;
             }
@@ -407,21 +407,35 @@ fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converg
         let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
         let topic = format!("cdc_{database}_everything");
         let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
-        // Transactions of 100 new rows each (every row once, so a lost one shows in the
-        // comparison), written as fast as the client can once the source runs, so the kill
-        // lands while the reader has batches queued.
-        const TRANSACTIONS: u32 = 30;
+        // Transactions of 100 new rows each: every row is written once, so a lost one shows in
+        // the replica and a repeated one in the topic.
+        const TRANSACTIONS: u32 = 50;
         let transaction = |number: u32| -> Vec<String> {
             let rows: Vec<String> = (number * 100..number * 100 + 100).map(|n| row_sql(n, number)).collect();
             vec![format!("INSERT INTO everything ({NAMES}) VALUES {}", rows.join(","))]
         };
+        // Run 1: the (empty) snapshot, until a binlog position is committed; a clean stop.
+        let positions = dir.path().join("positions.json");
+        pipeline
+            .run(
+                async {
+                    let started = Instant::now();
+                    while !std::fs::read_to_string(&positions).is_ok_and(|text| text.contains("\"pos\"")) {
+                        assert!(started.elapsed() < Duration::from_secs(60), "no binlog position was committed");
+                        tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
+                    }
+                },
+                false,
+            )
+            .await;
+        // A backlog while nothing runs: run 2's reader is far ahead of the sends when the
+        // kill comes, with batches queued.
+        let backlog: Vec<String> = (0..TRANSACTIONS).flat_map(transaction).collect();
+        sql(&admin_source_url, &backlog).await;
         let mut killed_at = 0;
         pipeline
             .run(
                 async {
-                    for number in 0..TRANSACTIONS {
-                        sql(&admin_source_url, &transaction(number)).await;
-                    }
                     let started = Instant::now();
                     while held() < 200 {
                         assert!(started.elapsed() < Duration::from_secs(60), "the source streamed nothing");
@@ -438,11 +452,20 @@ fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converg
                 false,
             )
             .await;
-        let rows = scan(&admin_source_url, &database).await.len();
-        assert_eq!(rows, (TRANSACTIONS as usize + 5) * 100, "every row reached the replica");
-        if killed_at >= u64::from(TRANSACTIONS) * 100 {
-            eprintln!("the stream had sent every row before the kill ({killed_at}); the reopen path ran idle");
+        let rows = (TRANSACTIONS as usize + 5) * 100;
+        assert!(killed_at < rows as u64, "the kill came after the stream had sent every row ({killed_at})");
+        assert_eq!(scan(&replica_url, &replica).await.len(), rows, "every row reached the replica");
+        // The stream reopened where it had handed records out: each row is in the topic once.
+        let mut created = std::collections::BTreeMap::<u64, usize>::new();
+        for (body, _) in crate::support::messages_of(&pipeline.broker, &topic).await {
+            let change: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if change["op"] == "c" {
+                *created.entry(change["after"]["id"].as_u64().unwrap()).or_default() += 1;
+            }
         }
+        assert_eq!(created.len(), rows, "a create per row");
+        let repeated: Vec<_> = created.iter().filter(|(_, count)| **count > 1).collect();
+        assert!(repeated.is_empty(), "rows sent twice after the reopen: {repeated:?}");
         sql(&admin_url, &[format!("DROP USER '{user}'@'%'")]).await;
     });
 }

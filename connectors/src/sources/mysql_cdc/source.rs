@@ -70,8 +70,8 @@ struct StreamReading {
 
 impl Drop for StreamReading {
     fn drop(&mut self) {
-        // Stop the reader now, so its binlog connection is gone before another one registers
-        // with the same server id.
+        // Stop the reader now (its connections close as it drops them); a stream opened after
+        // this with the same server id makes the server end any dump thread still left.
         self.reader.abort();
     }
 }
@@ -82,6 +82,9 @@ const STREAM_BATCHES_AHEAD_MAX: usize = 2;
 const STREAM_BATCH_RECORDS_MAX: usize = 1000;
 /// How long the stream reader collects a batch before handing over what it has.
 const STREAM_BATCH_WAIT: Duration = Duration::from_millis(20);
+/// The shortest silence (no event, no heartbeat) after which the stream counts as dead; it
+/// is at least three heartbeat intervals.
+const STREAM_SILENCE_MIN: Duration = Duration::from_secs(10);
 
 /// What the stream reader task owns: the binlog stream, its position bookkeeping, and what it
 /// needs to turn rows into records.
@@ -267,7 +270,7 @@ impl Emitter {
                 topic: topic.to_string(),
                 key,
                 value: self.scratch.clone(),
-                tag: Some(schema.table.clone()),
+                tag: table_tag(&schema.table),
                 timestamp_ms,
                 ..Record::default()
             },
@@ -434,9 +437,10 @@ impl MySqlCdcSource {
         let mut conn = self.connect().await?;
         let failed =
             |e: mysql_async::Error| SourceError::retryable(format!("mysql_cdc: cannot start the binlog stream: {e}"));
-        // MariaDB: send GTID events (not fake BEGINs) and heartbeats while idle.
+        // MariaDB: send GTID events (not fake BEGINs) and heartbeats while idle, at half our
+        // heartbeat interval, so one always arrives in time for our own heartbeat record.
         conn.query_drop("SET @mariadb_slave_capability = 4").await.map_err(failed)?;
-        let heartbeat_ns = self.config.heartbeat_interval_ms * 1_000_000;
+        let heartbeat_ns = self.config.heartbeat_interval_ms * 1_000_000 / 2;
         conn.query_drop(format!("SET @master_heartbeat_period = {heartbeat_ns}")).await.map_err(failed)?;
         let request = BinlogStreamRequest::new(self.server_id).with_filename(file.as_bytes()).with_pos(pos);
         let stream = conn.get_binlog_stream(request).await.map_err(failed)?;
@@ -584,14 +588,21 @@ impl StreamReader {
             }
             let streaming = &mut self.streaming;
             let next = std::future::poll_fn(|cx| Pin::new(&mut streaming.stream).poll_next(cx));
+            let silence_max = Duration::from_millis(3 * self.config.heartbeat_interval_ms).max(STREAM_SILENCE_MIN);
             let next = async {
                 match deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, next).await,
-                    None => Ok(next.await),
+                    Some(deadline) => tokio::time::timeout_at(deadline, next).await.map_err(|_| false),
+                    // The server sends heartbeats while idle: silence means a dead connection.
+                    None => tokio::time::timeout(silence_max, next).await.map_err(|_| true),
                 }
             };
             let event = match next.await {
-                Err(_) => break, // waited long enough
+                Err(true) => {
+                    return Err(SourceError::retryable(format!(
+                        "mysql_cdc: no binlog event, not even a heartbeat, for {silence_max:?}; reconnecting"
+                    )));
+                }
+                Err(false) => break, // waited long enough
                 Ok(None) => return Err(SourceError::retryable("mysql_cdc: the server closed the binlog stream")),
                 Ok(Some(Err(error))) => {
                     return Err(classify_stream_error(&error, &streaming.boundary.0));
@@ -668,7 +679,8 @@ impl StreamReader {
                         out.push(SourceRecord {
                             record: Record {
                                 topic: self.config.schema_topic.clone(),
-                                key: Some(database.clone()),
+                                // A statement run outside any database (CREATE USER) has none.
+                                key: (!database.is_empty()).then(|| database.clone()),
                                 value: value.to_string().into_bytes(),
                                 tag: Some("ddl".into()),
                                 timestamp_ms,
@@ -769,6 +781,13 @@ impl StreamReader {
         }
         Ok(out)
     }
+}
+
+/// A table's name as its records' tag, unless RocketMQ cannot take it as one (a quoted name
+/// with whitespace or `||`, or `*`): such records go untagged.
+fn table_tag(table: &str) -> Option<String> {
+    let valid = !table.is_empty() && table != "*" && !table.contains(char::is_whitespace) && !table.contains("||");
+    valid.then(|| table.to_string())
 }
 
 /// Whether a statement changes a schema (and gets a schema-change event).
@@ -950,6 +969,13 @@ impl Source for MySqlCdcSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_whose_names_cannot_be_tags_go_untagged() {
+        for (table, tag) in [("orders", Some("orders")), ("my orders", None), ("a||b", None), ("*", None)] {
+            assert_eq!(table_tag(table).as_deref(), tag, "{table:?}");
+        }
+    }
 
     #[test]
     fn rotate_names_lose_a_checksum_read_as_part_of_the_name() {
