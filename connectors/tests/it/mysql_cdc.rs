@@ -159,6 +159,30 @@ impl Pipeline {
         }
     }
 
+    /// Records in the source's topic.
+    fn held(&self) -> u64 {
+        let topic = format!("cdc_{}_everything", self.database);
+        (0..2).map(|queue_id| self.broker.queue_range(&topic, queue_id).max_offset).sum()
+    }
+
+    /// Waits (60 s at most) until the source's topic holds `count` records.
+    async fn wait_for_records(&self, count: u64) {
+        let started = Instant::now();
+        while self.held() < count {
+            assert!(started.elapsed() < Duration::from_secs(60), "the source sent {} of {count} records", self.held());
+            tokio::time::sleep(Duration::from_millis(1)).await; // poll interval
+        }
+    }
+
+    /// Once the topic holds `count` records, kills the connections whose processlist `column`
+    /// is `value`; returns the records held at the kill.
+    async fn kill_after(&self, count: u64, admin_url: &str, column: &str, value: &str) -> u64 {
+        self.wait_for_records(count).await;
+        let held = self.held();
+        kill_connections(admin_url, column, value).await;
+        held
+    }
+
     async fn run(&self, until: impl std::future::Future<Output = ()>, abrupt: bool) {
         let mut config = MySqlCdcConfig::new(&self.source_url);
         config.include = vec![format!("{}\\.everything", self.database)];
@@ -277,18 +301,12 @@ fn snapshot_and_streaming_replay_into_an_identical_table_across_restarts_and_ddl
         // Changes while nothing runs, then run 2 is dropped mid-stream (an abrupt stop) once the
         // source has moved some of them into the topic.
         sql(&source_url, &changes(2, 40)).await;
-        let topic = format!("cdc_{database}_everything");
-        let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
-        let before = held();
+        let before = pipeline.held();
         pipeline
             .run(
                 async {
                     sql(&source_url, &changes(3, 40)).await;
-                    let started = Instant::now();
-                    while held() <= before {
-                        assert!(started.elapsed() < Duration::from_secs(60), "the source streamed nothing");
-                        tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
-                    }
+                    pipeline.wait_for_records(before + 1).await;
                 },
                 true,
             )
@@ -339,19 +357,12 @@ fn a_snapshot_whose_connections_are_killed_starts_again_and_converges() {
         sql(&source_url, &inserts).await;
         let topic = format!("cdc_{database}_everything");
         let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
-        let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
         let mut held_at_kill = 0;
         pipeline
             .run(
                 async {
-                    let started = Instant::now();
-                    while held() < 50 {
-                        assert!(started.elapsed() < Duration::from_secs(60), "the snapshot sent nothing");
-                        tokio::time::sleep(Duration::from_millis(1)).await; // poll interval
-                    }
                     // Kill the source's connections (the snapshot's among them) mid-snapshot.
-                    held_at_kill = held();
-                    kill_connections(&server.url(""), "DB", &database).await;
+                    held_at_kill = pipeline.kill_after(50, &server.url(""), "DB", &database).await;
                     replica_matches(&source_url, &database, &replica_url, &replica).await;
                 },
                 false,
@@ -406,7 +417,6 @@ fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converg
         sql(&replica_url, &[create_table("bl TEXT, vb TEXT")]).await;
         let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
         let topic = format!("cdc_{database}_everything");
-        let held = || (0..2).map(|queue_id| pipeline.broker.queue_range(&topic, queue_id).max_offset).sum::<u64>();
         // Transactions of 100 new rows each: every row is written once, so a lost one shows in
         // the replica and a repeated one in the topic.
         const TRANSACTIONS: u32 = 50;
@@ -436,14 +446,8 @@ fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converg
         pipeline
             .run(
                 async {
-                    let started = Instant::now();
-                    while held() < 200 {
-                        assert!(started.elapsed() < Duration::from_secs(60), "the source streamed nothing");
-                        tokio::time::sleep(Duration::from_millis(1)).await; // poll interval
-                    }
                     // Kill the source's connections (binlog dump and schema lookups) mid-stream.
-                    killed_at = held();
-                    kill_connections(&admin_url, "USER", &user).await;
+                    killed_at = pipeline.kill_after(200, &admin_url, "USER", &user).await;
                     for number in TRANSACTIONS..TRANSACTIONS + 5 {
                         sql(&admin_source_url, &transaction(number)).await;
                     }
