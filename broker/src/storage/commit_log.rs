@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use super::mapped_file::{MappedFile, Pace, list_offset_files, sync_dir};
+use super::mapped_file::{MappedFile, PREALLOCATE_CHUNK_BYTES, Pace, list_offset_files, sync_dir};
 use super::record::{self, Decoded, END_MARKER_BYTES, MessageRecord, NewMessage, Placement};
 use crate::error::{Error, Result};
 
@@ -490,12 +490,26 @@ impl SegmentAllocator {
         }
     }
 
+    /// Unparks the allocator thread (a prefault waiting for its allowance or a cancel).
+    fn wake(&self) {
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+
     /// Has the segment at `base` prepared, now that the writer is `filled_bytes` into the
     /// one before it.
     fn request(&mut self, base: u64, filled_bytes: u64) {
         let allowed_bytes = filled_bytes.saturating_mul(2).saturating_add(self.prefault_ahead_bytes_max);
         match &self.pending {
-            Some((_, preparation)) => preparation.allowed_bytes.store(allowed_bytes, Ordering::Relaxed),
+            Some((_, preparation)) => {
+                let before = preparation.allowed_bytes.swap(allowed_bytes, Ordering::Relaxed);
+                // Wake a prefault waiting for more room (at most once per chunk of room).
+                let chunk = PREALLOCATE_CHUNK_BYTES as u64;
+                if allowed_bytes / chunk != before / chunk {
+                    self.wake();
+                }
+            }
             None => {
                 let Some(requests) = &self.requests else { return };
                 let preparation = Arc::new(Preparation {
@@ -517,6 +531,7 @@ impl SegmentAllocator {
                 Err(_) => {
                     // Not ready: stop it (within one chunk) rather than wait for it.
                     preparation.cancel.store(true, Ordering::Relaxed);
+                    self.wake();
                     self.ready.recv().ok()
                 }
             };
@@ -546,6 +561,7 @@ impl Drop for SegmentAllocator {
         self.requests.take();
         if let Some((pending, preparation)) = self.pending.take() {
             preparation.cancel.store(true, Ordering::Relaxed);
+            self.wake();
             // The prepared segment was never used: remove it so the log has no empty tail.
             if let Ok((_, Ok(unused))) = self.ready.recv() {
                 let _ = std::fs::remove_file(unused.path());

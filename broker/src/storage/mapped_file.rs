@@ -17,10 +17,10 @@ use memmap2::{MmapOptions, MmapRaw};
 use crate::error::{Error, Result};
 
 /// Zero-fill chunk used to preallocate files.
-const PREALLOCATE_CHUNK_BYTES: usize = 1 << 20;
-/// Shortest and longest step of a prefault waiting for its allowance to grow.
-const ALLOWANCE_WAIT_MIN: std::time::Duration = std::time::Duration::from_millis(10);
-const ALLOWANCE_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const PREALLOCATE_CHUNK_BYTES: usize = 1 << 20;
+/// Longest sleep of a prefault waiting for its allowance to grow; whoever grows it past the
+/// next chunk, or cancels, unparks the thread sooner.
+const ALLOWANCE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How fast, and how far, a file being created may be prefaulted.
 #[derive(Clone, Copy)]
@@ -100,7 +100,6 @@ impl MappedFile {
             let mut written = 0u64;
             // The rate is kept from this instant and byte count on.
             let mut paced_from = (std::time::Instant::now(), 0u64);
-            let mut allowance_wait = ALLOWANCE_WAIT_MIN;
             while written < size_bytes {
                 if cancel.load(Ordering::Relaxed) {
                     let cancelled = std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled");
@@ -108,16 +107,13 @@ impl MappedFile {
                 }
                 let chunk = (size_bytes - written).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
                 if written + chunk as u64 > pace.allowed_bytes.load(Ordering::Relaxed) {
-                    // Not that far ahead yet: wait for the allowance to grow, in steps that
-                    // lengthen from 10 to 100 ms while nothing changes (an idle writer leaves
-                    // this thread waking ten times a second, and a cancel is seen within one
-                    // step), and keep to the rate from then on (no burst to make up for it).
-                    std::thread::sleep(allowance_wait);
-                    allowance_wait = (allowance_wait * 2).min(ALLOWANCE_WAIT_MAX);
+                    // Not that far ahead yet: park until the writer grows the allowance past
+                    // the next chunk or cancels (it unparks this thread), and keep to the rate
+                    // from then on (no burst to make up for the wait).
+                    std::thread::park_timeout(ALLOWANCE_WAIT_MAX);
                     paced_from = (std::time::Instant::now(), written);
                     continue;
                 }
-                allowance_wait = ALLOWANCE_WAIT_MIN;
                 file.write_all(&zeros[..chunk]).map_err(|e| Error::io("cannot preallocate", temp_path, e))?;
                 start_writeback(&file, written, chunk as u64);
                 written += chunk as u64;
@@ -300,6 +296,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(100)); // time to overstep, if it would
             assert_eq!(std::fs::metadata(&temp_path).unwrap().len(), chunk, "stopped at its allowance");
             allowed_bytes.store(u64::MAX, Ordering::Relaxed);
+            preparing.thread().unpark();
             let made = preparing.join().unwrap().unwrap();
             assert_eq!(made.len() as u64, 4 * chunk);
             assert!(!temp_path.exists());

@@ -56,7 +56,7 @@ pub struct StoreConfig {
     /// segment than twice how far the writer has filled the current one, plus
     /// `segment_prefault_ahead_bytes_max`. A
     /// segment not ready when the writer needs it is cancelled (the writer waits for the step
-    /// in progress: one 1 MiB chunk, a wait of at most 100 ms, or the final fdatasync) and
+    /// in progress: one 1 MiB chunk or the final fdatasync; a waiting prefault is woken) and
     /// created sparse instead.
     pub segment_prefault_bytes_per_sec_max: u64,
     /// How far the background prefault may run ahead of twice the writer's place in its
