@@ -64,6 +64,14 @@ fn row_sql(n: u32, v: u32) -> String {
     format!("({})", values.join(", "))
 }
 
+/// Creates the source and replica databases, each with the `everything` table (the replica
+/// keeps binary columns as base64 text).
+async fn create_source_and_replica(server: &weir_testsvc::MariaDb, database: &str, replica: &str) {
+    sql(&server.url(""), &[format!("CREATE DATABASE `{database}`"), format!("CREATE DATABASE `{replica}`")]).await;
+    sql(&server.url(database), &[create_table("bl BLOB, vb VARBINARY(8)")]).await;
+    sql(&server.url(replica), &[create_table("bl TEXT, vb TEXT")]).await;
+}
+
 async fn sql(url: &str, statements: &[String]) {
     let mut conn = mysql_async::Conn::from_url(url).await.unwrap();
     for statement in statements {
@@ -252,9 +260,7 @@ fn snapshot_and_streaming_replay_into_an_identical_table_across_restarts_and_ddl
     let (source_url, replica_url) = (server.url(&database), server.url(&replica));
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        sql(&server.url(""), &[format!("CREATE DATABASE `{database}`"), format!("CREATE DATABASE `{replica}`")]).await;
-        sql(&source_url, &[create_table("bl BLOB, vb VARBINARY(8)")]).await;
-        sql(&replica_url, &[create_table("bl TEXT, vb TEXT")]).await;
+        create_source_and_replica(server, &database, &replica).await;
         // Rows before the source starts: the snapshot's.
         let initial: Vec<String> =
             (0..40).map(|n| format!("INSERT INTO everything ({NAMES}) VALUES {}", row_sql(n, 0))).collect();
@@ -343,9 +349,7 @@ fn a_snapshot_whose_connections_are_killed_starts_again_and_converges() {
     let dir = tempfile::tempdir().unwrap();
     const ROWS: u32 = 3000;
     runtime().block_on(async {
-        sql(&server.url(""), &[format!("CREATE DATABASE `{database}`"), format!("CREATE DATABASE `{replica}`")]).await;
-        sql(&source_url, &[create_table("bl BLOB, vb VARBINARY(8)")]).await;
-        sql(&replica_url, &[create_table("bl TEXT, vb TEXT")]).await;
+        create_source_and_replica(server, &database, &replica).await;
         let inserts: Vec<String> = (0..ROWS)
             .collect::<Vec<_>>()
             .chunks(500)
@@ -402,19 +406,16 @@ fn a_stream_whose_connections_are_killed_reopens_where_it_handed_out_and_converg
     let replica_url = server.url(&replica);
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
+        create_source_and_replica(server, &database, &replica).await;
         sql(
             &admin_url,
             &[
-                format!("CREATE DATABASE `{database}`"),
-                format!("CREATE DATABASE `{replica}`"),
                 format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'secret'"),
                 format!("GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{user}'@'%'"),
             ],
         )
         .await;
         let admin_source_url = server.url(&database);
-        sql(&admin_source_url, &[create_table("bl BLOB, vb VARBINARY(8)")]).await;
-        sql(&replica_url, &[create_table("bl TEXT, vb TEXT")]).await;
         let pipeline = Pipeline::open(dir.path(), &source_url, &replica_url, &database);
         let topic = format!("cdc_{database}_everything");
         // Transactions of 100 new rows each: every row is written once, so a lost one shows in
