@@ -147,6 +147,9 @@ struct Pipeline {
     source_url: String,
     replica_url: String,
     database: String,
+    /// Its own replica server id: tests run side by side on one server, and a replica that
+    /// registers with another's id makes the server end the other's binlog stream.
+    server_id: u32,
 }
 
 impl Pipeline {
@@ -164,6 +167,10 @@ impl Pipeline {
             source_url: source_url.into(),
             replica_url: replica_url.into(),
             database: database.into(),
+            server_id: {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(7000);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 
@@ -193,6 +200,7 @@ impl Pipeline {
 
     async fn run(&self, until: impl std::future::Future<Output = ()>, abrupt: bool) {
         let mut config = MySqlCdcConfig::new(&self.source_url);
+        config.server_id = Some(self.server_id);
         config.include = vec![format!("{}\\.everything", self.database)];
         config.heartbeat_interval_ms = 200;
         config.snapshot_chunk_rows = 7;
