@@ -6,7 +6,9 @@
 //! `[DATA_QUALITY_ERROR]too many filtered rows` with an `ErrorURL`, as `max_filter_ratio` is
 //! 0) and without it loads such values as NULL, applies
 //! `__DORIS_DELETE_SIGN__` from `hidden_columns` on unique-key tables, and pre-commits with
-//! `two_phase_commit` until `PUT /api/{db}/_stream_load_2pc` commits. The frontend also
+//! `two_phase_commit` until `PUT /api/{db}/_stream_load_2pc` commits (a commit of an aborted
+//! transaction is refused, and an aborted load's label may be loaded again). The frontend
+//! refuses a load without `Expect: 100-continue` as Doris does and also
 //! answers `GET /api/{db}/{table}/_schema`. Injected faults: `Publish Timeout` answers,
 //! answers lost after the load applied, and transient `Fail`s.
 
@@ -47,8 +49,8 @@ pub struct DorisTable {
     pub rows: Vec<Value>,
 }
 
-/// A pre-committed load: its table and rows.
-type PendingLoad = (String, Vec<Value>);
+/// A pre-committed load: its table, rows, and whether the delete sign applies.
+type PendingLoad = (String, Vec<Value>, bool);
 
 #[derive(Default)]
 pub struct DorisState {
@@ -101,6 +103,9 @@ impl DorisServer {
                         if !authorized(&load_state.lock().unwrap(), &headers) {
                             return unauthorized();
                         }
+                        if !headers.contains_key(header::EXPECT) {
+                            return reply(json!({"status": "FAILED", "msg": "There is no 100-continue header"}));
+                        }
                         let location = format!("{backend_url}/api/{db}/{table}/_stream_load");
                         (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response()
                     }),
@@ -116,6 +121,16 @@ impl DorisServer {
     /// A table's rows.
     pub fn rows(&self, table: &str) -> Vec<Value> {
         self.state.lock().unwrap().tables[table].rows.clone()
+    }
+
+    /// Aborts every pre-committed load (as a pre-commit timeout or an operator would).
+    pub fn abort_precommitted(&self) {
+        for (status, pending) in self.state.lock().unwrap().labels.values_mut() {
+            if status == "PRECOMMITTED" {
+                *status = "ABORTED".into();
+                *pending = None;
+            }
+        }
     }
 }
 
@@ -158,7 +173,9 @@ fn stream_load(state: &Mutex<DorisState>, table_name: &str, headers: &HeaderMap,
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let label = header("label");
-    if let Some((status, _)) = state.labels.get(&label) {
+    if let Some((status, _)) = state.labels.get(&label)
+        && status != "ABORTED"
+    {
         return reply(json!({"Status": "Label Already Exists", "ExistingJobStatus": status, "Label": label,
             "Message": format!("Label [{label}] has already been used")}));
     }
@@ -194,7 +211,8 @@ fn stream_load(state: &Mutex<DorisState>, table_name: &str, headers: &HeaderMap,
     let txn_id = 1000 + load;
     let two_phase = header("two_phase_commit") == "true";
     if two_phase {
-        state.labels.insert(label.clone(), ("PRECOMMITTED".into(), Some((table_name.to_string(), rows.clone()))));
+        let pending = (table_name.to_string(), rows.clone(), delete_sign);
+        state.labels.insert(label.clone(), ("PRECOMMITTED".into(), Some(pending)));
         state.txn_labels.insert(txn_id, label.clone());
     } else {
         apply(state.tables.get_mut(table_name).unwrap(), rows.clone(), delete_sign);
@@ -274,12 +292,19 @@ fn commit(state: &Mutex<DorisState>, headers: &HeaderMap) -> Response {
     let Some((status, pending)) = state.labels.get_mut(&label) else {
         return reply(json!({"status": "ANALYSIS_ERROR", "msg": format!("transaction with label {label} not found")}));
     };
-    if status == "FINISHED" {
-        return reply(json!({"status": "Success", "msg": format!("transaction {label} is already visible")}));
+    match status.as_str() {
+        "FINISHED" => {
+            return reply(json!({"status": "Success", "msg": format!("transaction {label} is already visible")}));
+        }
+        "ABORTED" => {
+            return reply(json!({"status": "ANALYSIS_ERROR",
+                "msg": format!("transaction [{label}] is already aborted. abort reason: User Abort")}));
+        }
+        _ => {}
     }
     *status = "FINISHED".into();
-    if let Some((table, rows)) = pending.take() {
-        apply(state.tables.get_mut(&table).unwrap(), rows, false);
+    if let Some((table, rows, delete_sign)) = pending.take() {
+        apply(state.tables.get_mut(&table).unwrap(), rows, delete_sign);
     }
     reply(json!({"status": "Success", "msg": format!("transaction {label} commit successfully.")}))
 }

@@ -131,6 +131,32 @@ fn cdc_deletes_use_the_delete_sign_and_two_phase_commit_shows_rows_only_after_fl
         sink.write(&batch).await.expect("a retried pre-committed load finds its label");
         sink.flush().await.unwrap();
         assert_eq!(server.rows("db.items").len(), 2, "committed in flush");
+
+        // Doris aborts a pre-committed load: the commit fails, and the write before the next
+        // flush loads the rows again under the same label.
+        let batch = [
+            support::record(0, 1, None, r#"{"id":6,"name":"f","qty":6}"#),
+            support::record(0, 2, None, r#"{"id":7,"name":"g","qty":7}"#),
+        ];
+        sink.write(&batch).await.unwrap();
+        server.abort_precommitted();
+        let error = sink.flush().await.expect_err("an aborted load is not committed");
+        assert!(error.to_string().contains("aborted"), "{error}");
+        assert_eq!(server.rows("db.items").len(), 2, "nothing of the aborted load is visible");
+        sink.write(&batch).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(server.rows("db.items").len(), 4, "the aborted rows loaded again");
+
+        // CDC deletes under two-phase commit apply the delete sign at commit.
+        let mut cdc_two_phase = config(&server, "items");
+        cdc_two_phase.cdc = true;
+        cdc_two_phase.two_phase_commit = true;
+        let mut sink = DorisSink::connect("cdc-2pc", cdc_two_phase).await.unwrap();
+        let delete = r#"{"op":"d","before":{"id":6,"name":"f","qty":6},"after":null}"#;
+        sink.write(&[support::record(0, 0, Some("k"), delete)]).await.unwrap();
+        sink.flush().await.unwrap();
+        let ids: Vec<i64> = server.rows("db.items").iter().map(|row| row["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids, [1, 5, 7]);
     });
 }
 

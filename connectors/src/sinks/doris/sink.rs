@@ -36,10 +36,27 @@ pub enum DorisSinkError {
 pub struct DorisSink {
     loader: Arc<Loader>,
     /// Pre-committed loads waiting for `flush` (two-phase commit), in load order (commit order
-    /// decides which version of a key wins): label, transaction id.
-    precommitted: VecDeque<(String, Option<u64>)>,
+    /// decides which version of a key wins).
+    precommitted: VecDeque<Precommitted>,
     /// The (queue, offset) of every record in those loads.
     precommitted_records: std::collections::BTreeSet<(u32, u64)>,
+}
+
+/// A pre-committed load (two-phase commit) waiting for its commit.
+struct Precommitted {
+    label: String,
+    txn_id: Option<u64>,
+    queue_id: u32,
+    offsets: Vec<u64>,
+}
+
+/// What a commit of a pre-committed load ended as.
+enum CommitOutcome {
+    /// Committed now or earlier.
+    Committed,
+    /// Doris aborted the transaction (its pre-commit timed out, a backend failed, or an
+    /// operator aborted it): its rows are not in the table and must be loaded again.
+    Aborted(String),
 }
 
 /// What loads use: one per sink, shared by the queues loading in parallel.
@@ -164,6 +181,8 @@ impl Loader {
                 .client
                 .request(Method::PUT, &url)
                 .basic_auth(&self.config.username, Some(&self.config.password))
+                // The frontend refuses a load without it ("There is no 100-continue header").
+                .header(header::EXPECT, "100-continue")
                 .header("label", label)
                 .header("format", "json")
                 .header("strip_outer_array", "true")
@@ -234,12 +253,16 @@ impl Loader {
                     Err(SinkError::retryable(format!("doris stream load {label} failed: {message}")))
                 }
             }
-            other => Err(SinkError::retryable(format!("doris stream load {label}: unexpected Status {other:?}"))),
+            // The frontend answers its own refusals as `{"status": "FAILED", "msg": …}`.
+            other => Err(SinkError::retryable(format!(
+                "doris stream load {label}: unexpected Status {other:?}: {}",
+                truncate(&reply.to_string(), 300)
+            ))),
         }
     }
 
     /// Commits a pre-committed load (two-phase commit).
-    async fn commit(&self, label: &str, txn_id: Option<u64>) -> Result<(), SinkError> {
+    async fn commit(&self, label: &str, txn_id: Option<u64>) -> Result<CommitOutcome, SinkError> {
         let url = format!("{}/api/{}/_stream_load_2pc", self.config.url.trim_end_matches('/'), self.config.database);
         let mut request = self
             .client
@@ -256,10 +279,10 @@ impl Loader {
         let reply: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
         let outcome = reply.get("status").or_else(|| reply.get("Status")).and_then(Json::as_str).unwrap_or_default();
         let message = reply.get("msg").or_else(|| reply.get("Message")).and_then(Json::as_str).unwrap_or_default();
-        if status.is_success() && (outcome.eq_ignore_ascii_case("success") || message.contains("already")) {
-            return Ok(());
+        match commit_outcome(status, outcome, message) {
+            Some(outcome) => Ok(outcome),
+            None => Err(SinkError::retryable(format!("doris commit {label}: HTTP {status}: {}", truncate(&text, 300)))),
         }
-        Err(SinkError::retryable(format!("doris commit {label}: HTTP {status}: {}", truncate(&text, 300))))
     }
 
     fn label(&self, queue_id: u32, first: u64, last: u64) -> String {
@@ -311,6 +334,21 @@ fn default_label_prefix(connector: &str) -> String {
     let hash =
         connector.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("weir_{readable}_{:08x}", hash as u32)
+}
+
+/// What a commit answer means: committed (now, or already — a retried commit), aborted, or
+/// `None` for anything else (retried).
+fn commit_outcome(status: StatusCode, outcome: &str, message: &str) -> Option<CommitOutcome> {
+    if !status.is_success() {
+        return None;
+    }
+    let message_lower = message.to_ascii_lowercase();
+    if message_lower.contains("abort") {
+        return Some(CommitOutcome::Aborted(message.to_string()));
+    }
+    let already_done =
+        ["already committed", "already visible", "already finished"].iter().any(|done| message_lower.contains(done));
+    (outcome.eq_ignore_ascii_case("success") || already_done).then_some(CommitOutcome::Committed)
 }
 
 /// Whether a failed load's message blames the data rather than the cluster.
@@ -374,10 +412,10 @@ impl Sink for DorisSink {
                         loaded += outcome.loaded;
                         refused.extend(outcome.refused);
                         for (label, txn_id, offsets) in outcome.precommitted {
-                            if !self.precommitted.iter().any(|(known, _)| *known == label) {
-                                self.precommitted.push_back((label, txn_id));
+                            self.precommitted_records.extend(offsets.iter().map(|offset| (queue_id, *offset)));
+                            if !self.precommitted.iter().any(|known| known.label == label) {
+                                self.precommitted.push_back(Precommitted { label, txn_id, queue_id, offsets });
                             }
-                            self.precommitted_records.extend(offsets.into_iter().map(|offset| (queue_id, offset)));
                         }
                     }
                     Err(error) => failure = Some(error),
@@ -399,10 +437,24 @@ impl Sink for DorisSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        while let Some((label, txn_id)) = self.precommitted.pop_front() {
-            if let Err(error) = self.loader.commit(&label, txn_id).await {
-                self.precommitted.push_front((label, txn_id));
-                return Err(error);
+        while let Some(load) = self.precommitted.pop_front() {
+            match self.loader.commit(&load.label, load.txn_id).await {
+                Ok(CommitOutcome::Committed) => {}
+                Ok(CommitOutcome::Aborted(reason)) => {
+                    // Forget the load: the write before the next flush loads its rows again,
+                    // under the same label (Doris lets an aborted load's label be reused).
+                    for offset in &load.offsets {
+                        self.precommitted_records.remove(&(load.queue_id, *offset));
+                    }
+                    return Err(SinkError::retryable(format!(
+                        "doris commit {}: Doris aborted the pre-committed load ({reason}); loading it again",
+                        load.label
+                    )));
+                }
+                Err(error) => {
+                    self.precommitted.push_front(load);
+                    return Err(error);
+                }
             }
         }
         self.precommitted_records.clear();
