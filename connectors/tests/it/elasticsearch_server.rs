@@ -125,6 +125,29 @@ fn info(state: &Mutex<EsState>, headers: &HeaderMap) -> Response {
         .into_response()
 }
 
+/// The first `_id` Elasticsearch refuses in a `_bulk` body: empty, or over 512 bytes.
+fn invalid_id(text: &str) -> Option<String> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    while let Some(line) = lines.next() {
+        let action: Value = serde_json::from_str(line).ok()?;
+        let (kind, meta) = action.as_object()?.iter().next()?;
+        match meta.get("_id").and_then(Value::as_str) {
+            Some("") => return Some("Validation Failed: 1: if _id is specified it must not be empty;".into()),
+            Some(id) if id.len() > 512 => {
+                return Some(format!(
+                    "Validation Failed: 1: id [{id}] is too long, must be no longer than 512 bytes but was: {};",
+                    id.len()
+                ));
+            }
+            _ => {}
+        }
+        if kind != "delete" {
+            lines.next();
+        }
+    }
+    None
+}
+
 fn bulk(state: &Mutex<EsState>, headers: &HeaderMap, body: &[u8]) -> Response {
     let mut state = state.lock().unwrap();
     if !authorized(&state, headers) {
@@ -141,6 +164,10 @@ fn bulk(state: &Mutex<EsState>, headers: &HeaderMap, body: &[u8]) -> Response {
         );
     }
     let text = String::from_utf8_lossy(body);
+    // Elasticsearch validates every action before running any: one bad `_id` fails it all.
+    if let Some(reason) = invalid_id(&text) {
+        return error_body(StatusCode::BAD_REQUEST, "action_request_validation_exception", &reason);
+    }
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let mut items = Vec::new();
     let mut errors = false;

@@ -106,12 +106,24 @@ fn create_counts_an_existing_id_as_written_and_start_up_errors_are_actionable() 
         sink.write(&tombstone).await.unwrap();
         sink.write(&tombstone).await.expect("deleting a deleted document is not an error");
         assert_eq!(server.documents("docs").keys().collect::<Vec<_>>(), ["k2"]);
+        // An id Elasticsearch would refuse the whole request for is the one record's fault.
+        let long_key = "k".repeat(513);
+        let batch =
+            [support::record(0, 3, Some(&long_key), r#"{"v":3}"#), support::record(0, 4, Some("k4"), r#"{"v":4}"#)];
+        let error = sink.write(&batch).await.expect_err("the long id is refused");
+        assert_eq!(error.failed_records, [0]);
+        assert!(error.record_errors[&0].contains("513 bytes"), "{error:?}");
+        assert_eq!(server.documents("docs").keys().collect::<Vec<_>>(), ["k2", "k4"]);
         let wrong = ElasticsearchSinkConfig { password: Some("nope".into()), ..config.clone() };
         let closed = ElasticsearchSinkConfig::new(format!("http://127.0.0.1:{}", weir_testsvc::free_port()), "docs");
         let cases = [
             (wrong, "refused the credentials (HTTP 401)"),
             (closed, "cannot use Elasticsearch"),
             (ElasticsearchSinkConfig::new(&server.url, "logs-%Q"), "invalid % date pattern"),
+            (
+                ElasticsearchSinkConfig { cdc: true, ..ElasticsearchSinkConfig::new(&server.url, "rows-%Y") },
+                "timestamp_field",
+            ),
             (ElasticsearchSinkConfig { username: Some("x".into()), password: None, ..config.clone() }, "go together"),
         ];
         for (config, expected) in cases {

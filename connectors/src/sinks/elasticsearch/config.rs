@@ -115,6 +115,17 @@ impl ElasticsearchSinkConfig {
         }
         crate::template::validate(&self.index).map_err(|reason| ("index", reason))?;
         date_pattern_valid(&self.index).map_err(|reason| ("index", reason))?;
+        if self.cdc && self.timestamp_field.is_none() && has_date_pattern(&self.index) {
+            // A change's record time is when the change happened: a row's update would land
+            // in a new dated index beside its first version, and its delete would miss both.
+            return Err((
+                "timestamp_field",
+                format!(
+                    "is required with `cdc` and the dated index {:?}: name a field of the row that never changes (a creation time)",
+                    self.index
+                ),
+            ));
+        }
         if let Some(id) = &self.id {
             crate::template::validate(id).map_err(|reason| ("id", reason))?;
         }
@@ -138,6 +149,12 @@ impl ElasticsearchSinkConfig {
         }
         Ok(())
     }
+}
+
+/// Whether a template names a date (`%Y`…; `%%` is a literal percent sign).
+pub(crate) fn has_date_pattern(template: &str) -> bool {
+    use chrono::format::{Item, StrftimeItems};
+    StrftimeItems::new(template).any(|item| matches!(item, Item::Numeric(..) | Item::Fixed(_)))
 }
 
 /// Checks the strftime patterns of a template (chrono fails at format time otherwise).

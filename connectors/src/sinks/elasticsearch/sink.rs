@@ -126,6 +126,14 @@ impl ElasticsearchSink {
             if self.shared.config.cdc {
                 return Ok(None); // a tombstone after a delete: the delete already ran
             }
+            if super::config::has_date_pattern(&self.shared.config.index) {
+                // Its document's date is unknown: a delete by the tombstone's own time would
+                // miss it and count as done.
+                return Err(format!(
+                    "a tombstone cannot name its document's dated index (index {:?}); use cdc change records",
+                    self.shared.config.index
+                ));
+            }
             (None, true)
         } else {
             let json: Json =
@@ -153,6 +161,10 @@ impl ElasticsearchSink {
                 None => format!("{}-{}-{}", record.record.topic, record.queue_id, record.queue_offset),
             },
         };
+        // Elasticsearch refuses the whole `_bulk` request for one such id.
+        if id.is_empty() || id.len() > ID_BYTES_MAX {
+            return Err(format!("the document id is {} bytes; Elasticsearch takes 1..={ID_BYTES_MAX}", id.len()));
+        }
         let meta = json!({"_index": index_name, "_id": id});
         let target = (index_name, id);
         Ok(Some(match json {
@@ -240,15 +252,18 @@ impl Shared {
                 );
             }
         }
-        metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.connector.clone(), "result" => "written")
-            .increment(written.len() as u64);
         Ok(Answered { retry, written })
     }
 
     /// Writes one lane's actions in order, re-sending the ones refused with 429/5xx; returns
     /// the records refused for good.
-    async fn write_lane(self: Arc<Self>, mut actions: Vec<Action>) -> Result<BTreeMap<usize, String>, SinkError> {
+    /// Writes one lane's actions: the records refused, and how many records were written.
+    async fn write_lane(
+        self: Arc<Self>,
+        mut actions: Vec<Action>,
+    ) -> Result<(BTreeMap<usize, String>, usize), SinkError> {
         let mut refused = BTreeMap::new();
+        let mut written_records = std::collections::BTreeSet::new();
         let mut backoff = Duration::from_millis(self.config.item_backoff_initial_ms);
         let mut sends = 0u32;
         // The latest record written per target: an item to retry that a later record of the
@@ -266,6 +281,7 @@ impl Shared {
                     Ok(answered) => {
                         retry.extend(answered.retry);
                         for (target, record) in answered.written {
+                            written_records.insert(record);
                             let latest = latest_written.entry(target).or_insert(record);
                             *latest = (*latest).max(record);
                         }
@@ -302,7 +318,7 @@ impl Shared {
             tokio::time::sleep(backoff).await; // backoff before re-sending refused items
             backoff = (backoff * 2).min(ITEM_BACKOFF_MAX);
         }
-        Ok(refused)
+        Ok((refused, written_records.len()))
     }
 }
 
@@ -331,6 +347,9 @@ fn render_index(template: &str, record: &SinkRecord, json: Option<&Json>, timest
         .ok_or_else(|| format!("the record lacks a field the index template {template:?} names"))?;
     Ok(name.to_lowercase())
 }
+
+/// Elasticsearch's limit on `_id`.
+const ID_BYTES_MAX: usize = 512;
 
 fn truncate(text: &str, bytes_max: usize) -> &str {
     let mut cut = text.len().min(bytes_max);
@@ -366,9 +385,13 @@ impl Sink for ElasticsearchSink {
             tasks.spawn(self.shared.clone().write_lane(lane));
         }
         let mut failure = None;
+        let mut written = 0;
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(Ok(lane_refused)) => refused.extend(lane_refused),
+                Ok(Ok((lane_refused, lane_written))) => {
+                    refused.extend(lane_refused);
+                    written += lane_written;
+                }
                 Ok(Err(error)) => failure = Some(error),
                 Err(error) => {
                     failure = Some(SinkError::retryable(format!("elasticsearch sink writer failed: {error}")))
@@ -378,6 +401,10 @@ impl Sink for ElasticsearchSink {
         if let Some(error) = failure {
             return Err(error); // every action is idempotent by `_id`: the batch is retried whole
         }
+        // Counted once the whole batch is answered: a batch retried after a failed lane
+        // counts its documents once, not once per attempt.
+        metrics::counter!("weir_elasticsearch_sink_documents_total", "connector" => self.shared.connector.clone(), "result" => "written")
+            .increment(written as u64);
         if refused.is_empty() {
             return Ok(());
         }
