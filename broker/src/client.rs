@@ -25,10 +25,16 @@ pub trait Messaging: Send + Sync {
     /// The first offset of a queue stored at or after `timestamp_ms` (RocketMQ's
     /// `searchOffset`).
     async fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64>;
+    /// The largest message the broker stores, encoded with its properties (RocketMQ's
+    /// `maxMessageSize`): a client refuses a larger one before sending anything.
+    fn message_size_max_bytes(&self) -> usize;
 }
 
 #[async_trait]
 impl Messaging for Broker {
+    fn message_size_max_bytes(&self) -> usize {
+        self.config().store.message_size_max_bytes
+    }
     async fn ensure_topic(&self, config: TopicConfig) -> Result<TopicConfig> {
         if let Some(existing) = Broker::topic(self, &config.name) {
             return Ok(existing);

@@ -363,6 +363,9 @@ const INJECTED_BUSY: weir_broker::Error = weir_broker::Error::Busy { requests_ma
 
 #[async_trait]
 impl Messaging for FaultyMessaging {
+    fn message_size_max_bytes(&self) -> usize {
+        Messaging::message_size_max_bytes(&self.broker)
+    }
     async fn ensure_topic(&self, config: TopicConfig) -> weir_broker::Result<TopicConfig> {
         Messaging::ensure_topic(&self.broker, config).await
     }
@@ -535,6 +538,9 @@ impl CheckedCommits {
 
 #[async_trait]
 impl Messaging for CheckedCommits {
+    fn message_size_max_bytes(&self) -> usize {
+        Messaging::message_size_max_bytes(&self.broker)
+    }
     async fn ensure_topic(&self, config: TopicConfig) -> weir_broker::Result<TopicConfig> {
         Messaging::ensure_topic(&self.broker, config).await
     }

@@ -35,9 +35,10 @@ pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 64;
 pub const REQUEST_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default most events in one request.
 pub const EVENTS_PER_REQUEST_MAX_DEFAULT: usize = 100_000;
-/// Largest event accepted: the broker's default message maximum less room for the header and
-/// properties, so an event the store would refuse is refused with 400 before anything is sent.
-pub const EVENT_BYTES_MAX: usize = (4 << 20) - (64 << 10);
+/// Room left in a message for its header and properties: an event may be as large as the
+/// broker's message maximum less this, so an event the store would refuse is refused with 400
+/// before anything of the request is sent (tags and keys are capped by `RENDERED_BYTES_MAX`).
+pub const EVENT_HEADROOM_BYTES: usize = 64 << 10;
 /// Longest tag or key a template may render (both fit the broker's property maximum, so an
 /// event checked here is never refused by the broker halfway through a request).
 pub const RENDERED_BYTES_MAX: usize = 8 << 10;
@@ -99,6 +100,8 @@ struct SourceState {
     in_flight: Arc<Semaphore>,
     events_per_request_max: usize,
     body_bytes_max: usize,
+    /// The broker's message maximum less `EVENT_HEADROOM_BYTES`.
+    event_bytes_max: usize,
     auth_token: Option<String>,
     request_timeout: std::time::Duration,
     paused: Arc<std::sync::atomic::AtomicBool>,
@@ -122,9 +125,11 @@ pub async fn serve(
     config: HttpSourceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let event_bytes_max = broker.message_size_max_bytes().saturating_sub(EVENT_HEADROOM_BYTES);
     let state = Arc::new(SourceState {
         name: config.name.clone(),
         broker,
+        event_bytes_max,
         in_flight: Arc::new(Semaphore::new(config.requests_in_flight_max.max(1))),
         events_per_request_max: config.events_per_request_max,
         body_bytes_max: config.body_bytes_max,
@@ -265,14 +270,14 @@ async fn handle_inner(state: &SourceState, prepared: &PreparedRoute, headers: &H
         Err(bad) => {
             // An earlier line may be bad in another way (a missing timestamp field): the
             // first bad line is the one to name.
-            let earlier = first_bad_line_before(route, &body, bad.line, &prepared.fields);
+            let earlier = first_bad_line_before(route, &body, bad.line, &prepared.fields, state.event_bytes_max);
             let bad = earlier.unwrap_or(bad);
             return reply(StatusCode::BAD_REQUEST, format!("line {}: {}", bad.line, bad.reason));
         }
     };
     let mut messages = Vec::with_capacity(events.len());
     for event in events {
-        match to_message(route, event) {
+        match to_message(route, event, state.event_bytes_max) {
             Ok(message) => messages.push(message),
             Err(bad) => return reply(StatusCode::BAD_REQUEST, format!("line {}: {}", bad.line, bad.reason)),
         }
@@ -328,19 +333,32 @@ fn decompress(coding: &str, body: &[u8], limit: usize) -> Result<Bytes, (StatusC
 }
 
 /// For line formats: the first line before `line` whose event `to_message` refuses.
-fn first_bad_line_before(route: &HttpRoute, body: &[u8], line: usize, fields: &[String]) -> Option<BadLine> {
+fn first_bad_line_before(
+    route: &HttpRoute,
+    body: &[u8],
+    line: usize,
+    fields: &[String],
+    event_bytes_max: usize,
+) -> Option<BadLine> {
     if !matches!(route.format, Format::Ndjson | Format::Text | Format::Influx) || line <= 1 {
         return None;
     }
     let prefix_end = body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(line - 2).map(|(at, _)| at + 1)?;
-    let events = parse::parse(route.format, &body[..prefix_end], usize::MAX, fields).ok()?;
-    events.into_iter().find_map(|event| to_message(route, event).err())
+    // The lines before may fail to parse themselves (a bad JSON line before a non-UTF-8 one).
+    let events = match parse::parse(route.format, &body[..prefix_end], usize::MAX, fields) {
+        Ok(events) => events,
+        Err(bad) => return Some(bad),
+    };
+    events.into_iter().find_map(|event| to_message(route, event, event_bytes_max).err())
 }
 
-fn to_message(route: &HttpRoute, event: parse::Event) -> Result<Message, BadLine> {
+fn to_message(route: &HttpRoute, event: parse::Event, event_bytes_max: usize) -> Result<Message, BadLine> {
     let bad = |reason: String| BadLine { line: event.line, reason };
-    if event.body.len() > EVENT_BYTES_MAX {
-        return Err(bad(format!("an event of {} bytes exceeds the maximum of {EVENT_BYTES_MAX}", event.body.len())));
+    if event.body.len() > event_bytes_max {
+        return Err(bad(format!(
+            "an event of {} bytes exceeds the broker's maximum of {event_bytes_max}",
+            event.body.len()
+        )));
     }
     let mut message = Message::new(&route.topic, event.body);
     if let Some(json) = &event.json {
@@ -372,6 +390,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn events_over_the_brokers_maximum_are_refused_by_line() {
+        let route = HttpRoute {
+            path: "/v1/logs".into(),
+            topic: "logs".into(),
+            format: Format::Text,
+            tag: None,
+            key: None,
+            timestamp_field: None,
+        };
+        let event = |body: &[u8]| parse::Event { line: 7, json: None, body: body.to_vec() };
+        assert!(to_message(&route, event(b"0123456789"), 10).is_ok());
+        let bad = to_message(&route, event(b"0123456789a"), 10).unwrap_err();
+        assert_eq!(bad.line, 7);
+        assert!(bad.reason.contains("11 bytes exceeds the broker's maximum of 10"), "{}", bad.reason);
+    }
+
+    #[test]
     fn the_first_bad_line_is_named_whatever_makes_it_bad() {
         let route = HttpRoute {
             path: "/v1/logs".into(),
@@ -387,11 +422,12 @@ mod tests {
             (b"{\"ts\":1}\n{\"id\":\"a\"}\n{bad", 3, Some(2)),
             (b"{\"ts\":1}\n{\"ts\":2}\n{bad", 3, None),
             (b"{bad", 1, None),
+            (b"{\"id\":\"a\",\"ts\":1}\n{bad\n\xff", 3, Some(2)),
         ];
         for (body, parse_line, expected) in cases {
             let parsed = parse::parse(route.format, body, 100, &fields).unwrap_err();
             assert_eq!(parsed.line, *parse_line, "{body:?}");
-            let earlier = first_bad_line_before(&route, body, parsed.line, &fields);
+            let earlier = first_bad_line_before(&route, body, parsed.line, &fields, usize::MAX);
             assert_eq!(earlier.map(|bad| bad.line), *expected, "{body:?}");
         }
     }
