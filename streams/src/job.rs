@@ -129,6 +129,11 @@ impl TableRuntime {
         }
     }
 
+    /// Every declared queue is idle: the table holds nothing back.
+    fn is_idle(&self) -> bool {
+        self.declared_queues > 0 && (0..self.declared_queues).all(|queue| self.idle.contains(&queue))
+    }
+
     fn computed_watermark_ms(&self) -> Option<i64> {
         let active = |queue: &u32| !self.idle.contains(queue);
         if (0..self.declared_queues).filter(active).any(|queue| !self.max_event_ms.contains_key(&queue)) {
@@ -136,7 +141,7 @@ impl TableRuntime {
         }
         let active_min = self.max_event_ms.iter().filter(|(queue, _)| active(queue)).map(|(_, max)| *max).min();
         let max = active_min.or_else(|| self.max_event_ms.values().max().copied())?;
-        Some(max - self.spec.watermark_delay_ms)
+        Some(max.saturating_sub(self.spec.watermark_delay_ms))
     }
 }
 
@@ -614,9 +619,15 @@ impl Job {
         let (job, query) = (self.name.clone(), &mut self.queries[query_index]);
         for evaluated in evaluated {
             match (evaluated, &mut query.aggregate) {
-                (Evaluated::Rows(batches), _) => {
-                    output.results.extend(to_messages(&job, query.index, &query.topic, &batches, &[], None)?)
-                }
+                (Evaluated::Rows(batches), _) => output.results.extend(to_messages(
+                    &job,
+                    query.index,
+                    &query.topic,
+                    &batches,
+                    &[],
+                    None,
+                    &mut Occurrences::new(),
+                )?),
                 (Evaluated::Updates(updates), Some(aggregate)) => {
                     for (panes, keys, arguments) in updates {
                         aggregate.aggregator.update(&panes, &keys, &arguments)?;
@@ -648,8 +659,11 @@ impl Job {
         self.fire_joins(table_index, output).await?;
         let Some(watermark) = self.tables[table_index].watermark_ms() else { return Ok(()) };
         self.tables[table_index].watermark_floor_ms = Some(watermark);
+        let mut failed_windows = Vec::new();
         for query in self.queries.iter_mut().filter(|q| q.table == table_index) {
             let Some(aggregate) = &mut query.aggregate else { continue };
+            // One count per query and firing: sessions of different keys may share bounds.
+            let mut occurrences = Occurrences::new();
             for result in aggregate.aggregator.advance(watermark)? {
                 let rows = result.key_columns.first().map_or(0, |c| c.len());
                 let rows = if result.key_columns.is_empty() {
@@ -676,17 +690,39 @@ impl Job {
                     .collect::<Result<Vec<_>>>()?;
                 let batch = RecordBatch::try_new(aggregate.aggregate_schema.clone(), columns)?;
                 *aggregate.aggregate_slot.write().await = vec![batch];
-                let batches = execute(&self.state, &aggregate.above).await?;
-                let window = Some((result.window_start_ms, result.window_end_ms));
-                output.results.extend(to_messages(
-                    &self.name,
-                    query.index,
-                    &query.topic,
-                    &batches,
-                    &aggregate.key_names,
-                    window,
-                )?);
+                let window = (result.window_start_ms, result.window_end_ms);
+                let messages = match execute(&self.state, &aggregate.above).await {
+                    Ok(batches) => to_messages(
+                        &self.name,
+                        query.index,
+                        &query.topic,
+                        &batches,
+                        &aggregate.key_names,
+                        Some(window),
+                        &mut occurrences,
+                    ),
+                    Err(error) => Err(error),
+                };
+                match messages {
+                    Ok(messages) => output.results.extend(messages),
+                    // The window's values make the part above the aggregate fail (a division
+                    // by zero, a failed cast): report the window and go on, or a restart
+                    // would replay into the same failure forever.
+                    Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) => {
+                        failed_windows.push((window, error.to_string()))
+                    }
+                    Err(error) => return Err(error),
+                }
             }
+        }
+        for ((start, end), error) in failed_windows {
+            let window = serde_json::json!({ "window_start_ms": start, "window_end_ms": end });
+            let reason = format!("the query failed on this window: {error}");
+            output.dead_letters.push(self.side_message(
+                self.dead_letter_topic(),
+                window.to_string().as_bytes(),
+                &reason,
+            ));
         }
         Ok(())
     }
@@ -738,10 +774,18 @@ impl Job {
             if !self.queries[query_index].reads(table_index) {
                 continue;
             }
-            let watermarks: Vec<Option<i64>> = join.sides.iter().map(|s| self.tables[s.table].watermark_ms()).collect();
-            let Some(watermark) =
-                watermarks.iter().copied().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min())
-            else {
+            // The smallest watermark of the sides, leaving out a side whose table is wholly
+            // idle (as Flink leaves out idle inputs): a quiet or empty side must not stall
+            // the join until its buffered rows hit their limit.
+            let sides: Vec<&TableRuntime> = join.sides.iter().map(|side| &self.tables[side.table]).collect();
+            let active: Vec<Option<i64>> =
+                sides.iter().filter(|table| !table.is_idle()).map(|table| table.watermark_ms()).collect();
+            let watermark = if active.is_empty() {
+                sides.iter().filter_map(|table| table.watermark_ms()).max()
+            } else {
+                active.into_iter().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min())
+            };
+            let Some(watermark) = watermark else {
                 continue;
             };
             let join = self.queries[query_index].join.as_mut().expect("checked above");
@@ -757,6 +801,7 @@ impl Job {
                     let query = &self.queries[query_index];
                     (query.plan.clone(), query.index, query.topic.clone())
                 };
+                let mut occurrences = Occurrences::new();
                 let batches = match execute(&self.state, &plan).await {
                     Ok(batches) => batches,
                     Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) => {
@@ -772,7 +817,7 @@ impl Job {
                     Err(error) => return Err(error),
                 };
                 let window = Some((start, start + size));
-                output.results.extend(to_messages(&self.name, index, &topic, &batches, &[], window)?);
+                output.results.extend(to_messages(&self.name, index, &topic, &batches, &[], window, &mut occurrences)?);
             }
             self.queries[query_index].join.as_mut().expect("checked above").drop_done();
         }
@@ -897,7 +942,8 @@ impl Job {
             .map(|query| {
                 let Some(aggregate) = &query.aggregate else { return Ok(None) };
                 let states = aggregate.specs_state_widths.clone();
-                Ok(Some(StateLayout { keys: aggregate.key_exprs.len(), states }))
+                // A keyless query keeps one constant key column (`key_fields_or_constant`).
+                Ok(Some(StateLayout { keys: aggregate.key_exprs.len().max(1), states }))
             })
             .collect()
     }
@@ -1089,6 +1135,49 @@ async fn plan_insert(
     Ok(Query { index, topic: insert.topic.clone(), table, window, aggregate, join: None, plan })
 }
 
+/// HOP and SESSION rows are aggregated per pane or per row, and get their windows' bounds
+/// only when a window closes: below the aggregate, `window_start` and `window_end` hold a
+/// pane's or a row's bounds. So they may only pass through to the GROUP BY, not feed a
+/// filter, an aggregate's argument or another group expression.
+fn refuse_window_columns_below(
+    aggregate: &datafusion::logical_expr::Aggregate,
+    window_start_position: usize,
+    window_end_position: usize,
+) -> Result<()> {
+    let uses_window_column = |expr: &Expr| {
+        expr.column_refs().iter().any(|column| column.name == "window_start" || column.name == "window_end")
+    };
+    let passes_through = |expr: &Expr| matches!(expr.clone().unalias(), Expr::Column(_));
+    let refused = |expr: &Expr| {
+        StreamsError::Plan(format!(
+            "{expr}: with HOP and SESSION windows, window_start and window_end may only be grouped by and selected; a window's bounds are known only when it closes"
+        ))
+    };
+    for (position, expr) in aggregate.group_expr.iter().enumerate() {
+        if position != window_start_position && position != window_end_position && uses_window_column(expr) {
+            return Err(refused(expr));
+        }
+    }
+    if let Some(expr) = aggregate.aggr_expr.iter().find(|expr| uses_window_column(expr)) {
+        return Err(refused(expr));
+    }
+    let mut found = None;
+    aggregate.input.apply(|node| {
+        let passing = matches!(node, LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_));
+        for expr in node.expressions() {
+            if uses_window_column(&expr) && !(passing && passes_through(&expr)) {
+                found = Some(expr);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match found {
+        Some(expr) => Err(refused(&expr)),
+        None => Ok(()),
+    }
+}
+
 fn plan_window_aggregate(
     context: &datafusion::prelude::SessionContext,
     plan: &LogicalPlan,
@@ -1104,6 +1193,9 @@ fn plan_window_aggregate(
     else {
         return Err(StreamsError::Plan("GROUP BY must include window_start and window_end".into()));
     };
+    if window.spec.kind != WindowKind::Tumble {
+        refuse_window_columns_below(aggregate, window_start_position, window_end_position)?;
+    }
     let mut key_positions = Vec::new();
     let mut key_exprs = Vec::new();
     let mut key_fields = Vec::new();
@@ -1204,10 +1296,17 @@ fn plan_window_aggregate(
     })
 }
 
+/// How many results of one firing had each identity (window and key, or window and row).
+type Occurrences = std::collections::HashMap<Vec<u8>, usize>;
+
 /// Result rows → JSON messages for `topic`. The key is a `key` column when the query has
 /// one, else the GROUP BY key columns joined by `|`. A window's results get a deterministic
-/// unique id (job, query, window, the row's JSON and its occurrence among identical rows of
-/// the window), so a replay after a restart can be recognised.
+/// unique id — job, query, window, the result's identity and its occurrence among results of
+/// that identity in the firing — so a replay after a restart can be recognised. The identity
+/// is the key when the result carries it, so a replay that computes another value for a
+/// window and key (rows that were late before the crash arrive in one batch after it, or
+/// queues interleave differently) still matches the result already sent; only a result
+/// without its key falls back to its whole row.
 fn to_messages(
     job: &str,
     query: usize,
@@ -1215,9 +1314,9 @@ fn to_messages(
     batches: &[RecordBatch],
     key_names: &[String],
     window: Option<(i64, i64)>,
+    occurrences: &mut Occurrences,
 ) -> Result<Vec<Message>> {
     let mut messages = Vec::new();
-    let mut occurrences: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
     for batch in batches {
         if batch.num_rows() == 0 {
             continue;
@@ -1232,6 +1331,8 @@ fn to_messages(
             Some(index) => vec![index],
             None => key_names.iter().filter_map(|name| schema.index_of(name).ok()).collect(),
         };
+        // The result carries its whole key (or a `key` column): that is its identity.
+        let keyed = key_column.is_some() || key_columns.len() == key_names.len();
         let key_strings: Vec<ArrayRef> =
             key_columns.iter().map(|i| cast(batch.column(*i), &DataType::Utf8)).collect::<Result<_, _>>()?;
         for (row, line) in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
@@ -1247,12 +1348,26 @@ fn to_messages(
                 message.keys = vec![key.chars().take(128).collect()];
             }
             if let Some((start, end)) = window {
-                // Identical rows of one window (e.g. a SELECT without the key) are told apart
-                // by their order, so every result has its own id.
-                let seen = occurrences.entry(line.to_vec()).or_insert(0usize);
+                let mut identity = format!("{start}\u{1}{end}\u{1}").into_bytes();
+                if keyed {
+                    identity.push(b'k');
+                    for part in &parts {
+                        identity.extend_from_slice(part.as_bytes());
+                        identity.push(1);
+                    }
+                } else {
+                    identity.push(b'r');
+                    identity.extend_from_slice(line);
+                }
+                // Results of one identity (identical rows without their key, sessions of
+                // different keys with the same bounds) are told apart by their order.
+                let seen = occurrences.entry(identity).or_insert(0usize);
                 *seen += 1;
-                message.unique_id = Some(result_id(job, query, start, end, line, *seen));
+                let identity = if keyed { parts.join("\u{1}").into_bytes() } else { line.to_vec() };
+                message.unique_id = Some(result_id(job, query, start, end, keyed, &identity, *seen));
                 message.born_timestamp_ms = Some(end);
+                // The replay check after a restart reads only this job's results.
+                message.properties.insert(PROPERTY_JOB.into(), job.to_string());
             }
             messages.push(message);
         }
@@ -1261,9 +1376,10 @@ fn to_messages(
 }
 
 /// 32 hex digits from FNV-1a 64 over the parts, twice with different seeds.
-fn result_id(job: &str, query: usize, start: i64, end: i64, row: &[u8], occurrence: usize) -> String {
-    let mut text = format!("{job}\u{1}{query}\u{1}{start}\u{1}{end}\u{1}{occurrence}\u{1}").into_bytes();
-    text.extend_from_slice(row);
+fn result_id(job: &str, query: usize, start: i64, end: i64, keyed: bool, identity: &[u8], occurrence: usize) -> String {
+    let kind = if keyed { 'k' } else { 'r' };
+    let mut text = format!("{job}\u{1}{query}\u{1}{start}\u{1}{end}\u{1}{occurrence}\u{1}{kind}").into_bytes();
+    text.extend_from_slice(identity);
     let hash =
         |seed: u64| text.iter().fold(seed, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3));
     format!("{:016X}{:016X}", hash(0xcbf2_9ce4_8422_2325), hash(0x8422_2325_cbf2_9ce4))

@@ -21,7 +21,7 @@ use weir_broker::{Message, Messaging, PullRequest, PullStatus, TopicConfig};
 
 use crate::checkpoint::{self, Offsets};
 use crate::error::{Result, StreamsError};
-use crate::job::Job;
+use crate::job::{Job, PROPERTY_JOB};
 use crate::sql::parse_job;
 
 /// Most result ids remembered from the output topics after a checkpoint.
@@ -106,7 +106,7 @@ pub async fn run_job(
     let mut replayed = HashSet::new();
     if let Some((saved, snapshot)) = loaded {
         job.restore(snapshot)?;
-        replayed = results_after(broker.as_ref(), &saved.sink_end).await?;
+        replayed = results_after(broker.as_ref(), &config.name, &saved.sink_end).await?;
         replayed.extend(saved.replayed_pending.iter().cloned());
         tracing::info!(job = %config.name, replayed = replayed.len(), "resuming from checkpoint");
         offsets = saved;
@@ -130,6 +130,19 @@ pub async fn run_job(
             }
         }
     }
+    // Lookup tables are rebuilt from their topics before any stream row is read: stream rows
+    // wait until every lookup queue has been read up to where it ended at start, so a
+    // replay (or a first start) joins against whole tables, not half-loaded ones.
+    let mut lookup_targets: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let lookup_queues: Vec<(String, u32)> = sources
+        .iter()
+        .filter(|(topic, _)| job.is_lookup_topic(topic))
+        .flat_map(|(topic, _)| offsets.source[topic].keys().map(|queue_id| (topic.clone(), *queue_id)))
+        .collect();
+    for (topic, queue_id) in lookup_queues {
+        let end = broker.queue_range(&topic, queue_id).await?.max_offset;
+        lookup_targets.insert((topic, queue_id), end);
+    }
     let mut stats = JobStats::default();
     // A first checkpoint before anything is sent: a crash before the next one replays from
     // here and still recognises the results it already sent.
@@ -141,7 +154,11 @@ pub async fn run_job(
     let mut lag_by_queue: BTreeMap<(String, u32), u64> = BTreeMap::new();
     while !*stop.borrow() {
         let mut progressed = false;
+        lookup_targets.retain(|(topic, queue_id), target| offsets.source[topic][queue_id] < *target);
         for (topic, tag_expression) in &sources {
+            if !lookup_targets.is_empty() && !job.is_lookup_topic(topic) {
+                continue; // lookup tables still loading
+            }
             let queues: Vec<(u32, u64)> = offsets.source[topic].iter().map(|(q, o)| (*q, *o)).collect();
             for (queue_id, offset) in queues {
                 let mut request = PullRequest::new(&group, topic, queue_id, offset);
@@ -259,8 +276,13 @@ async fn save_checkpoint(
     Ok(())
 }
 
-/// Unique ids of the messages the output topics received after `ends`.
-async fn results_after(broker: &dyn Messaging, ends: &BTreeMap<String, BTreeMap<u32, u64>>) -> Result<HashSet<String>> {
+/// Unique ids of `job`'s results the output topics received after `ends` (other producers'
+/// messages in a shared output topic are neither remembered nor counted).
+async fn results_after(
+    broker: &dyn Messaging,
+    job: &str,
+    ends: &BTreeMap<String, BTreeMap<u32, u64>>,
+) -> Result<HashSet<String>> {
     let mut ids = HashSet::new();
     for (topic, queues) in ends {
         for (queue_id, end) in queues {
@@ -273,6 +295,9 @@ async fn results_after(broker: &dyn Messaging, ends: &BTreeMap<String, BTreeMap<
                     break;
                 }
                 for message in pulled.messages {
+                    if message.properties.get(PROPERTY_JOB).map(String::as_str) != Some(job) {
+                        continue;
+                    }
                     if ids.len() >= REPLAYED_RESULT_IDS_MAX {
                         return Err(StreamsError::Checkpoint(format!(
                             "more than {REPLAYED_RESULT_IDS_MAX} results after the checkpoint"

@@ -314,7 +314,12 @@ fn parse_watermark(text: &str) -> std::result::Result<(String, i64), String> {
     match rest {
         [same] if unquote_identifier(same) == column => Ok((column, 0)),
         [same, "-", interval @ ..] if unquote_identifier(same) == column => {
-            Ok((column, parse_interval_ms(&interval.join(" "))?))
+            let delay_ms = parse_interval_ms(&interval.join(" "))?;
+            // Bounded so watermark arithmetic cannot overflow, whatever the event times.
+            if !(0..=WINDOW_MS_MAX).contains(&delay_ms) {
+                return Err(format!("the watermark delay must be 0 to 7 days, found {text:?}"));
+            }
+            Ok((column, delay_ms))
         }
         _ => Err(format!("the watermark must be `{column}` or `{column} - INTERVAL 'n' UNIT`, found {text:?}")),
     }

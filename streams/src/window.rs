@@ -280,7 +280,8 @@ impl WindowAggregator {
                     let next_live = self.live.keys().next().copied();
                     // The first window still open: a jump never passes it, so a row for an
                     // open window is never taken for late.
-                    let open = (watermark_ms - self.size_ms).div_euclid(self.slide_ms) * self.slide_ms + self.slide_ms;
+                    let open = watermark_ms.saturating_sub(self.size_ms).div_euclid(self.slide_ms) * self.slide_ms
+                        + self.slide_ms;
                     if let Some(pane) = next_pane.into_iter().chain(next_live).min() {
                         // The first window that holds that pane.
                         let jump = (pane - self.size_ms + self.slide_ms).min(open);

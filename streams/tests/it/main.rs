@@ -5,7 +5,8 @@
 //! File format: sections start with `== sql`, `== input` (one micro-batch: lines of
 //! `<queue id> <json body>`; several sections are several batches, in order) and
 //! `== queues N` (the topic has N queues: one that has delivered nothing holds the watermark
-//! back), `== idle Q` (queue Q is idle: it stops holding the watermark back),
+//! back), `== idle Q` (queue Q is idle: it stops holding the watermark back; both take a
+//! `topic/` prefix for another table's topic, as input lines do),
 //! `== restart` (checkpoint the job to a file, plan it anew and restore it: state must
 //! survive) and `== expected` (one line per produced message: `<kind> <topic> key=<key>
 //! <body>`, with the reason for dead-lettered and late rows).
@@ -46,10 +47,12 @@ async fn check(file: &Path) -> Result<(), String> {
                 "input" => batches.push(Step::Input(Vec::new())),
                 "restart" => batches.push(Step::Restart),
                 other if other.starts_with("queues ") => {
-                    batches.push(Step::Queues(other[7..].trim().parse().expect("== queues <count>")))
+                    let (topic, count) = topic_prefixed(&other[7..]);
+                    batches.push(Step::Queues(topic, count.parse().expect("== queues [topic/]<count>")))
                 }
                 other if other.starts_with("idle ") => {
-                    batches.push(Step::Idle(other[5..].trim().parse().expect("== idle <queue id>")))
+                    let (topic, queue) = topic_prefixed(&other[5..]);
+                    batches.push(Step::Idle(topic, queue.parse().expect("== idle [topic/]<queue id>")))
                 }
                 "expected" => expected = Some(String::new()),
                 "sql" => {}
@@ -98,10 +101,19 @@ enum Step {
     Input(Vec<(Option<String>, u32, String)>),
     /// Checkpoint to a file, plan the job anew and restore it from the file.
     Restart,
-    /// Declare the topic's queue count: unseen queues hold the watermark back.
-    Queues(u32),
+    /// Declare a topic's queue count (default: the first table's): unseen queues hold the
+    /// watermark back.
+    Queues(Option<String>, u32),
     /// Report a queue idle, then let the job emit what the watermark closed.
-    Idle(u32),
+    Idle(Option<String>, u32),
+}
+
+/// `topic/rest` → (Some(topic), rest); `rest` → (None, rest).
+fn topic_prefixed(text: &str) -> (Option<String>, &str) {
+    match text.trim().split_once('/') {
+        Some((topic, rest)) => (Some(topic.to_string()), rest),
+        None => (None, text.trim()),
+    }
 }
 
 /// Plans the job and feeds it the batches; every produced message as one line.
@@ -115,13 +127,14 @@ async fn run(sql: &str, steps: &[Step]) -> Result<String, String> {
     for step in steps {
         let batch = match step {
             Step::Input(batch) => batch,
-            Step::Queues(count) => {
-                job.declare_queues(&topic, *count);
+            Step::Queues(step_topic, count) => {
+                job.declare_queues(step_topic.as_ref().unwrap_or(&topic), *count);
                 continue;
             }
-            Step::Idle(queue) => {
-                job.set_queue_idle(&topic, *queue, true);
-                let output = job.advance(&topic).await.map_err(|e| e.to_string())?;
+            Step::Idle(step_topic, queue) => {
+                let step_topic = step_topic.as_ref().unwrap_or(&topic);
+                job.set_queue_idle(step_topic, *queue, true);
+                let output = job.advance(step_topic).await.map_err(|e| e.to_string())?;
                 print_output(&mut out, &output);
                 continue;
             }

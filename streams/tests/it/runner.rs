@@ -144,3 +144,73 @@ async fn a_second_crash_during_the_replay_still_writes_each_result_once() {
     let rows = output(&broker).await;
     assert_eq!(rows, minutes(&[("00:00:00", 2), ("00:01:00", 1), ("00:02:00", 1)]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_computes_another_value_for_a_window_does_not_send_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, mut config) = setup(dir.path());
+    config.checkpoint_interval = Duration::from_secs(3600); // only the checkpoint at start
+    // Run 1: minute 0 closes with one click (5 s), then a click at 30 s arrives late.
+    let (_stop, task) = start(&broker, &config);
+    send(&broker, &[5, 65]).await;
+    assert_eq!(wait_for_rows(&broker, 1).await, minutes(&[("00:00:00", 1)]));
+    send(&broker, &[30]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = PullRequest::new("test-reader", "%LATE%per_minute", 0, 0);
+        if broker.topic("%LATE%per_minute").is_some() && !broker.pull(request).await.unwrap().messages.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the click at 30 s was not reported late");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of the late topic
+    }
+    task.abort();
+    let _ = task.await;
+    // Run 2 replays all three clicks in one batch: nothing is late before its watermark
+    // moves, so minute 0 counts two. Its result is the same window and key as the one
+    // already sent, and is not sent again.
+    config.checkpoint_interval = Duration::from_millis(20);
+    let (stop, task) = start(&broker, &config);
+    send(&broker, &[130]).await; // closes minute 1
+    wait_for_rows(&broker, 2).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(output(&broker).await, minutes(&[("00:00:00", 1), ("00:01:00", 1)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_tables_are_loaded_before_stream_rows_are_joined() {
+    const LOOKUP_SQL: &str = "
+CREATE TABLE customers (id TEXT, name TEXT) WITH (topic = 'customers', lookup_key = 'id');
+CREATE TABLE orders (id BIGINT, customer_id TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (topic = 'orders');
+INSERT INTO enriched
+SELECT o.id AS key, c.name FROM orders o JOIN customers c ON o.customer_id = c.id;
+";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(&dir.path().join("data"));
+    for topic in ["customers", "orders", "enriched"] {
+        broker.create_topic(TopicConfig::new(topic, 1)).unwrap();
+    }
+    // Far more customers than one pull reads: an order read in the first round must still
+    // find its customer.
+    for i in 0..50 {
+        let body = format!(r#"{{"id":"c{i}","name":"n{i}"}}"#);
+        broker.send(Message::new("customers", body)).await.unwrap();
+    }
+    for i in 0..50 {
+        let body = format!(r#"{{"id":{i},"customer_id":"c{i}","ts":{}}}"#, i * 1000);
+        broker.send(Message::new("orders", body)).await.unwrap();
+    }
+    let mut config = JobRunConfig::new("lookup", LOOKUP_SQL, dir.path().join("checkpoints"));
+    config.idle_wait = Duration::from_millis(10);
+    config.batch_messages_max = 8;
+    let (stop, task) = start(&broker, &config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.queue_range("enriched", 0).max_offset < 50 {
+        assert!(Instant::now() < deadline, "{} of 50 orders joined", broker.queue_range("enriched", 0).max_offset);
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of the output topic
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(broker.queue_range("enriched", 0).max_offset, 50, "every order joined once");
+}
