@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::error::{Error, Result};
 use crate::filter::TagExpression;
@@ -185,6 +185,14 @@ impl Broker {
         std::fs::create_dir_all(&config_dir).map_err(|e| Error::io("cannot create", &config_dir, e))?;
         let topics = TopicTable::load(config_dir.join("topics.json"))?;
         let offsets = Arc::new(OffsetTable::load(config_dir.join("consumer_offsets.json"))?);
+        // Offsets of a topic deleted just before a crash (they are persisted on an interval):
+        // a topic re-created under that name must start its groups afresh.
+        for (_, topic) in offsets.groups() {
+            if topics.get(&topic).is_none() {
+                tracing::info!(topic, "dropping consumer offsets of a deleted topic");
+                offsets.remove_topic(&topic);
+            }
+        }
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let persist_offsets = offsets.clone();
         let interval = Duration::from_millis(config.offset_persist_interval_ms.max(10));
@@ -275,9 +283,12 @@ impl Broker {
             self.inner.deleting.lock().expect("deleting lock").insert(name.to_string());
         }
         let result = self.delete_topic_steps(name).await;
+        if result.is_ok() {
+            // Before sends may re-create the topic: its groups start afresh.
+            self.inner.offsets.remove_topic(name);
+        }
         self.inner.deleting.lock().expect("deleting lock").remove(name);
         result?;
-        self.inner.offsets.remove_topic(name);
         // Wake long polls on the deleted topic: they see it gone and return.
         let waiters: Vec<Arc<Notify>> = {
             let mut waiters = self.inner.waiters.lock().expect("waiters lock");
@@ -293,6 +304,9 @@ impl Broker {
     /// The store first (tombstone, queues), then `topics.json`: a crash in between leaves an
     /// empty topic to delete again, never a deleted topic whose old messages come back.
     async fn delete_topic_steps(&self, name: &str) -> Result<()> {
+        // The delete command takes a slot of the append queue like an append: with a permit,
+        // so an append holding one never finds the queue full.
+        let _permit = self.inner.append_permits.clone().acquire_owned().await.map_err(|_| Error::StoreClosed)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let broker = self.clone();
         let topic = name.to_string();
@@ -372,7 +386,7 @@ impl Broker {
         }
         let born_timestamp_ms = now_ms();
         // Held until the append is queued (see `topic_gate`).
-        let _gate = self.inner.topic_gate.read().await;
+        let gate = self.inner.topic_gate.read().await;
         let mut stored = Vec::with_capacity(messages.len());
         let mut message_ids = Vec::with_capacity(messages.len());
         let mut last_topic: Option<Arc<TopicEntry>> = None;
@@ -412,7 +426,9 @@ impl Broker {
             message_ids.push(message_id);
         }
         metrics::counter!("weir_broker_send_requests_total").increment(1);
-        let appended = self.append(stored).await?;
+        let appended = self.enqueue(stored).await?;
+        drop(gate);
+        let appended = appended.await.map_err(|_| Error::StoreClosed)??;
         metrics::counter!("weir_broker_sent_messages_total").increment(appended.len() as u64);
         Ok(appended
             .into_iter()
@@ -428,8 +444,16 @@ impl Broker {
 
     /// Appends store-ready messages, waiting for room in the append queue (backpressure).
     pub async fn append(&self, messages: Vec<NewMessage>) -> Result<Vec<crate::storage::AppendedMessage>> {
+        self.enqueue(messages).await?.await.map_err(|_| Error::StoreClosed)?
+    }
+
+    /// Queues an append once there is room in the append queue; the receiver gets its outcome.
+    async fn enqueue(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<oneshot::Receiver<Result<Vec<crate::storage::AppendedMessage>>>> {
         let permit = self.inner.append_permits.clone().acquire_owned().await.map_err(|_| Error::StoreClosed)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         self.inner.store.append(
             messages,
             Box::new(move |result| {
@@ -437,7 +461,7 @@ impl Broker {
                 let _ = tx.send(result);
             }),
         )?;
-        rx.await.map_err(|_| Error::StoreClosed)?
+        Ok(rx)
     }
 
     // ----- pull -----

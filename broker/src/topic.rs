@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +96,11 @@ pub(crate) struct TopicEntry {
 /// The topic table, persisted atomically to `config/topics.json` on every change.
 pub(crate) struct TopicTable {
     path: PathBuf,
+    /// Readers (every send and pull) never wait for a write's fsyncs: a change is built and
+    /// persisted beside the table, then swapped in.
     topics: RwLock<BTreeMap<String, Arc<TopicEntry>>>,
+    /// Serialises changes.
+    writer: Mutex<()>,
 }
 
 fn entry(config: TopicConfig) -> Arc<TopicEntry> {
@@ -118,7 +122,7 @@ impl TopicTable {
             }
         }
         let topics = file.topics.into_iter().map(|(name, config)| (name, entry(config))).collect();
-        Ok(TopicTable { path, topics: RwLock::new(topics) })
+        Ok(TopicTable { path, topics: RwLock::new(topics), writer: Mutex::new(()) })
     }
 
     pub fn get(&self, name: &str) -> Option<TopicConfig> {
@@ -142,23 +146,23 @@ impl TopicTable {
     /// Inserts or replaces; `must_be_new` refuses an existing name.
     pub fn put(&self, config: TopicConfig, must_be_new: bool) -> Result<()> {
         config.validate()?;
-        let mut topics = self.topics.write().expect("topics lock");
-        if must_be_new && topics.contains_key(&config.name) {
+        let _writer = self.writer.lock().expect("topic writer lock");
+        let mut next = self.topics.read().expect("topics lock").clone();
+        if must_be_new && next.contains_key(&config.name) {
             return Err(Error::TopicExists { topic: config.name });
         }
-        let mut next = topics.clone();
         next.insert(config.name.clone(), entry(config));
         self.persist(&next)?;
-        *topics = next;
+        *self.topics.write().expect("topics lock") = next;
         Ok(())
     }
 
     pub fn remove(&self, name: &str) -> Result<TopicConfig> {
-        let mut topics = self.topics.write().expect("topics lock");
-        let mut next = topics.clone();
+        let _writer = self.writer.lock().expect("topic writer lock");
+        let mut next = self.topics.read().expect("topics lock").clone();
         let removed = next.remove(name).ok_or_else(|| Error::TopicNotFound { topic: name.to_string() })?;
         self.persist(&next)?;
-        *topics = next;
+        *self.topics.write().expect("topics lock") = next;
         Ok(removed.config.clone())
     }
 }

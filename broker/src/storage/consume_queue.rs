@@ -320,6 +320,12 @@ impl ConsumeQueue {
             if entry.physical_offset >= log_min {
                 break;
             }
+            // Readers see the new minimum before the file's entries go: never an empty read
+            // in the middle of the queue.
+            let next_base = last_of_first + 1;
+            if next_base > self.min_offset() {
+                self.min_offset.store(next_base, Ordering::Release);
+            }
             files = self.files.write().expect("files lock");
             files.remove(0);
             drop(files);

@@ -514,7 +514,23 @@ impl MessageStore {
                 if !messages.is_empty() && bytes + entry.size_bytes as usize > bytes_max {
                     break 'read;
                 }
-                let message = self.read_entry(&queue, next, entry, &mut segment_cache)?;
+                let message = match self.read_entry(&queue, next, entry, &mut segment_cache) {
+                    Ok(message) => message,
+                    // Retention removed the entry's segment while this read ran: what was
+                    // read stands, and a read from here finds the offset below the minimum.
+                    Err(_) if entry.physical_offset < self.shared.commit_log.min_offset() && !messages.is_empty() => {
+                        break 'read;
+                    }
+                    Err(_) if entry.physical_offset < self.shared.commit_log.min_offset() => {
+                        return Err(Error::OffsetBelowMinimum {
+                            topic: topic.to_string(),
+                            queue_id,
+                            offset: next,
+                            min_offset: queue.min_offset().max(next + 1),
+                        });
+                    }
+                    Err(error) => return Err(error),
+                };
                 next += 1;
                 scanned += 1;
                 if filter.matches(&message) {
