@@ -515,53 +515,187 @@ pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}`; `$${` stands for a literal `${`.
+///
+/// Values are text, never YAML: inside a double-quoted scalar a value is escaped (`"`, `\`,
+/// line breaks), inside a single-quoted one its `'` are doubled, and a value that would not
+/// read back as itself in a plain scalar (a line break, ` #`, `: `, a leading indicator, a
+/// flow character inside `{ }` or `[ ]`, surrounding spaces) is refused with a hint to quote
+/// it. Comments are copied as they are, so `# export ${X}` needs no `X`.
 fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, PipelineError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Scalar {
+        Plain,
+        Double,
+        Single,
+    }
     let mut out = String::with_capacity(text.len());
+    let mut scalar = Scalar::Plain;
+    let mut flow_depth = 0usize;
     for (index, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        while let Some(start) = rest.find('$') {
-            out.push_str(&rest[..start]);
-            let after = &rest[start..];
-            if let Some(literal) = after.strip_prefix("$${") {
+        let error = |column: usize, message: String| PipelineError {
+            file: path.to_path_buf(),
+            line: index as u64 + 1,
+            column: column as u64 + 1,
+            field: None,
+            message,
+        };
+        // The last character that was not a space, in plain context: a quote starts a quoted
+        // scalar only where a scalar may start.
+        let mut last_significant: Option<char> = None;
+        let mut at = 0;
+        while at < line.len() {
+            let rest = &line[at..];
+            if let Some(literal) = rest.strip_prefix("$${") {
                 out.push_str("${");
-                rest = literal;
+                at = line.len() - literal.len();
+                last_significant = Some('{');
                 continue;
             }
-            let Some(body) = after.strip_prefix("${") else {
-                out.push('$');
-                rest = &after[1..];
+            if let Some(body) = rest.strip_prefix("${") {
+                let end = body.find('}').ok_or_else(|| error(at, "`${` without a closing `}`".into()))?;
+                let (name, default) = match body[..end].split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (&body[..end], None),
+                };
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(error(at, format!("`${{{}}}` is not a valid environment variable name", &body[..end])));
+                }
+                let value = match (env(name), default) {
+                    (Some(value), _) => value,
+                    (None, Some(default)) => default.to_string(),
+                    (None, None) => {
+                        return Err(error(
+                            at,
+                            format!(
+                                "environment variable {name} is not set (give a default with `${{{name}:-value}}`)"
+                            ),
+                        ));
+                    }
+                };
+                match scalar {
+                    Scalar::Double => {
+                        for c in value.chars() {
+                            match c {
+                                '"' => out.push_str("\\\""),
+                                '\\' => out.push_str("\\\\"),
+                                '\n' => out.push_str("\\n"),
+                                '\r' => out.push_str("\\r"),
+                                '\t' => out.push_str("\\t"),
+                                other => out.push(other),
+                            }
+                        }
+                    }
+                    Scalar::Single if value.contains(['\n', '\r']) => {
+                        return Err(error(
+                            at,
+                            format!("environment variable {name} holds a line break; use it in a double-quoted string"),
+                        ));
+                    }
+                    Scalar::Single => out.push_str(&value.replace('\'', "''")),
+                    Scalar::Plain => {
+                        let starts_scalar =
+                            last_significant.is_none_or(|c| matches!(c, ':' | '-' | '[' | '{' | ',' | '?'));
+                        if let Some(reason) = plain_value_problem(&value, starts_scalar, flow_depth > 0) {
+                            return Err(error(
+                                at,
+                                format!(
+                                    "environment variable {name} {reason}, so it would not read back as itself here; quote it: \"${{{name}}}\""
+                                ),
+                            ));
+                        }
+                        out.push_str(&value);
+                        last_significant = value.chars().last().or(last_significant);
+                    }
+                }
+                at = line.len() - body.len() + end + 1;
                 continue;
-            };
-            let column = (line.len() - rest.len() + start + 1) as u64;
-            let error = |message: String| PipelineError {
-                file: path.to_path_buf(),
-                line: index as u64 + 1,
-                column,
-                field: None,
-                message,
-            };
-            let end = body.find('}').ok_or_else(|| error("`${` without a closing `}`".into()))?;
-            let (name, default) = match body[..end].split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (&body[..end], None),
-            };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(error(format!("`${{{}}}` is not a valid environment variable name", &body[..end])));
             }
-            match (env(name), default) {
-                (Some(value), _) => out.push_str(&value),
-                (None, Some(default)) => out.push_str(default),
-                (None, None) => {
-                    return Err(error(format!(
-                        "environment variable {name} is not set (give a default with `${{{name}:-value}}`)"
-                    )));
+            let c = rest.chars().next().expect("not at the end");
+            let width = c.len_utf8();
+            match scalar {
+                Scalar::Plain => {
+                    let after_space = at == 0 || line[..at].ends_with([' ', '\t']);
+                    if c == '#' && after_space {
+                        out.push_str(rest); // a comment, copied as it is
+                        break;
+                    }
+                    let starts_scalar = last_significant.is_none_or(|c| matches!(c, ':' | '-' | '[' | '{' | ',' | '?'));
+                    match c {
+                        '"' if starts_scalar => scalar = Scalar::Double,
+                        '\'' if starts_scalar => scalar = Scalar::Single,
+                        '{' | '[' => flow_depth += 1,
+                        '}' | ']' => flow_depth = flow_depth.saturating_sub(1),
+                        _ => {}
+                    }
+                    if !c.is_whitespace() {
+                        last_significant = Some(c);
+                    }
+                    out.push(c);
+                }
+                Scalar::Double => {
+                    out.push(c);
+                    if c == '\\' {
+                        // An escaped character (an escaped line break ends the line).
+                        if let Some(next) = line[at + width..].chars().next() {
+                            out.push(next);
+                            at += next.len_utf8();
+                        }
+                    } else if c == '"' {
+                        scalar = Scalar::Plain;
+                        last_significant = Some('"');
+                    }
+                }
+                Scalar::Single => {
+                    out.push(c);
+                    if c == '\'' {
+                        if line[at + width..].starts_with('\'') {
+                            out.push('\'');
+                            at += 1;
+                        } else {
+                            scalar = Scalar::Plain;
+                            last_significant = Some('\'');
+                        }
+                    }
                 }
             }
-            rest = &body[end + 1..];
+            at += width;
         }
-        out.push_str(rest);
     }
     Ok(out)
+}
+
+/// Why `value` would not read back as itself in a plain YAML scalar, if it would not.
+fn plain_value_problem(value: &str, starts_scalar: bool, in_flow: bool) -> Option<&'static str> {
+    if value.contains(['\n', '\r']) {
+        return Some("holds a line break");
+    }
+    if value.contains(" #") || value.contains('\t') {
+        return Some("holds ` #` or a tab");
+    }
+    if value.contains(": ") || value.ends_with(':') {
+        return Some("holds `: `");
+    }
+    if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        return Some("starts or ends with a space");
+    }
+    if in_flow && value.contains([',', '[', ']', '{', '}']) {
+        return Some("holds a flow character (`,[]{}`) inside `{ }` or `[ ]`");
+    }
+    if starts_scalar {
+        let mut chars = value.chars();
+        let first = chars.next();
+        let indicator = match first {
+            Some(',' | '[' | ']' | '{' | '}' | '#' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%' | '@' | '`') => {
+                true
+            }
+            Some('-' | '?' | ':') => chars.next().is_none_or(char::is_whitespace),
+            _ => false,
+        };
+        if indicator {
+            return Some("starts with a YAML indicator");
+        }
+    }
+    None
 }
 
 /// Where `key:` first appears as a mapping key in `text` (1-based line and column).
@@ -694,6 +828,27 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                     position_of_key(text, name),
                     format!("{section}.{name}"),
                     "a name is 1 to 100 letters, digits, `_` or `-`".into(),
+                ));
+            }
+        }
+    }
+    // One name space for every connector and job: the admin API, statuses and controls are
+    // keyed by name, so two of one name would replace each other's control.
+    let mut seen_names: BTreeMap<&str, &str> = BTreeMap::new();
+    let named = [
+        ("sources", pipeline.sources.keys().collect::<Vec<_>>()),
+        ("sinks", pipeline.sinks.keys().collect()),
+        ("streams", pipeline.streams.keys().collect()),
+    ];
+    for (section, names) in named {
+        for name in names {
+            if let Some(first) = seen_names.insert(name, section) {
+                let section_line = position_of_key(text, section).0;
+                let at = position_of_key_after(text, name, section_line).unwrap_or_else(|| position_of_key(text, name));
+                return Err(fail(
+                    at,
+                    format!("{section}.{name}"),
+                    format!("the name is already used in {first}; sources, sinks and streams need distinct names"),
                 ));
             }
         }

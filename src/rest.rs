@@ -256,7 +256,16 @@ fn alterable(context: &AdminContext, name: &str) -> Result<ConnectorStatus, Box<
         let message = format!("{name} is a stream job: its offsets are part of its checkpoint, with its window state");
         return Err(Box::new(error(StatusCode::CONFLICT, message)));
     }
-    if !matches!(status.state, ConnectorState::Paused | ConnectorState::Stopped) {
+    // The control, not only the status: after a resume the status reads Paused until the
+    // supervisor wakes, while the task it is about to start may already read its offsets.
+    let pause_requested =
+        context.controls.lock().expect("controls lock").get(name).is_some_and(|control| control.borrow().paused);
+    let alterable = match status.state {
+        ConnectorState::Stopped => true,
+        ConnectorState::Paused => pause_requested,
+        _ => false,
+    };
+    if !alterable {
         return Err(Box::new(error(
             StatusCode::CONFLICT,
             format!("{name} is not paused; pause it first (PUT /connectors/{name}/pause)"),

@@ -396,27 +396,30 @@ async fn supervise(
 ) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        // Paused: wait for resume (or the end).
-        if control.borrow().paused {
+        // One read of the control per pass: a change after it is seen by the watcher below.
+        let seen = *control.borrow_and_update();
+        // Paused: wait for resume (or the end), then look again.
+        if seen.paused && !*stopped.borrow() {
             rest::set_state(&statuses, &name, ConnectorState::Paused);
             tokio::select! {
-                _ = control.wait_for(|c| !c.paused) => {}
+                // A closed control (the admin tables dropped) changes nothing.
+                Ok(_) = control.wait_for(|c| !c.paused) => {}
                 _ = stopped.wait_for(|stop| *stop) => {}
             }
+            continue;
         }
         if *stopped.borrow() {
             rest::set_state(&statuses, &name, ConnectorState::Stopped);
             return;
         }
         // This run stops when the pipeline stops or the admin API changes the control.
-        let seen = *control.borrow();
         let (run_stop, run_stopped) = watch::channel(false);
         let watcher = tokio::spawn({
             let (mut stopped, mut control) = (stopped.clone(), control.clone());
             async move {
                 tokio::select! {
                     _ = stopped.wait_for(|stop| *stop) => {}
-                    _ = control.wait_for(|c| *c != seen) => {}
+                    Ok(_) = control.wait_for(|c| *c != seen) => {}
                 }
                 let _ = run_stop.send(true);
                 // Keep the sender alive until the run notices, so a dropped sender never
@@ -425,7 +428,21 @@ async fn supervise(
             }
         });
         rest::set_state(&statuses, &name, ConnectorState::Running);
-        let outcome = run_once(run_stopped).await;
+        // Its own task: a panic in a connector is a failure like any other (reported,
+        // restarted with backoff), not the end of its supervisor.
+        let outcome = match tokio::spawn(run_once(run_stopped)).await {
+            Ok(outcome) => outcome,
+            Err(join) if join.is_panic() => {
+                let panic = join.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| text.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                Err(anyhow::anyhow!("the task panicked: {message}"))
+            }
+            Err(join) => Err(anyhow::anyhow!("the task ended abnormally: {join}")),
+        };
         watcher.abort();
         match outcome {
             Ok(()) => {
@@ -441,7 +458,7 @@ async fn supervise(
         let before = *control.borrow();
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {} // restart backoff
-            _ = control.wait_for(|c| *c != before) => {} // a restart or pause from the admin API
+            Ok(_) = control.wait_for(|c| *c != before) => {} // a restart or pause from the admin API
             _ = stopped.wait_for(|stop| *stop) => {}
         }
         backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);

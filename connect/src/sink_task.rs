@@ -534,27 +534,78 @@ async fn dead_letter(
         .collect();
     let count = messages.len();
     for chunk in messages.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
-        // A busy broker is waited out like any retry (bounded); other errors stop the task.
-        let mut backoff = config.backoff_initial;
-        let mut retries = 0;
-        loop {
-            match broker.send_batch(chunk.to_vec()).await {
-                Ok(_) => break,
-                Err(error) if error.is_transient() && retries < config.retries_max => {
-                    retries += 1;
-                    tracing::warn!(connector = %config.connector, %error, "dead-letter send failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(jitter(backoff)) => {} // backoff between retries
-                        _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+        match send_dead_letters(broker, config, chunk.to_vec(), shutdown).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            // Some dead letter is refused as it is (the record was near the size limit, and
+            // its context made it too large, or its own properties are): each alone, and a
+            // refused one cut down to its context and the start of its body.
+            Err(error) if error.is_message_rejected() => {
+                for message in chunk {
+                    let sent = match send_dead_letters(broker, config, vec![message.clone()], shutdown).await {
+                        Err(error) if error.is_message_rejected() => {
+                            let body_max =
+                                crate::source_task::DEAD_LETTER_BODY_BYTES_MAX.min(broker.message_size_max_bytes() / 2);
+                            send_dead_letters(broker, config, vec![cut_down(message, body_max)], shutdown).await
+                        }
+                        other => other,
+                    };
+                    match sent {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(None),
+                        Err(error) => return Err(error.into()),
                     }
-                    backoff = (backoff * 2).min(config.backoff_max);
                 }
-                Err(error) => return Err(error.into()),
             }
+            Err(error) => return Err(error.into()),
         }
     }
     tracing::warn!(connector = %config.connector, records = count, error = %reason, "records sent to the dead-letter topic");
     metrics::counter!("weir_connect_sink_dead_lettered_total", "connector" => config.connector.clone())
         .increment(count as u64);
     Ok(Some(count))
+}
+
+/// Sends dead letters, waiting out a busy broker (bounded); `Ok(false)` when the task is
+/// stopped meanwhile.
+async fn send_dead_letters(
+    broker: &dyn Messaging,
+    config: &SinkTaskConfig,
+    messages: Vec<Message>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> std::result::Result<bool, weir_broker::Error> {
+    let mut backoff = config.backoff_initial;
+    let mut retries = 0;
+    loop {
+        match broker.send_batch(messages.clone()).await {
+            Ok(_) => return Ok(true),
+            Err(error) if error.is_transient() && retries < config.retries_max => {
+                retries += 1;
+                tracing::warn!(connector = %config.connector, %error, "dead-letter send failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(backoff)) => {} // backoff between retries
+                    _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
+                }
+                backoff = (backoff * 2).min(config.backoff_max);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A dead letter the broker refused as it was: only its `DLQ_*` context, and its body cut to
+/// `body_max` bytes (with `DLQ_BODY_TRUNCATED` = the original length).
+fn cut_down(message: &Message, body_max: usize) -> Message {
+    let mut reduced = Message::new(message.topic.clone(), message.body.clone());
+    reduced.properties = message
+        .properties
+        .iter()
+        .filter(|(name, _)| name.starts_with("DLQ_"))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    if reduced.body.len() > body_max {
+        reduced.properties.insert("DLQ_BODY_TRUNCATED".to_string(), reduced.body.len().to_string());
+        reduced.body.truncate(body_max);
+    }
+    reduced
 }

@@ -393,7 +393,7 @@ async fn send_with_retry(
 }
 
 /// A body too large for the broker is dead-lettered cut to this many bytes.
-const DEAD_LETTER_BODY_BYTES_MAX: usize = 64 << 10;
+pub(crate) const DEAD_LETTER_BODY_BYTES_MAX: usize = 64 << 10;
 
 async fn dead_letter(
     broker: &dyn Messaging,

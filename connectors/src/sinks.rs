@@ -36,6 +36,17 @@ pub(crate) fn change_image(json: &serde_json::Value) -> Result<(bool, serde_json
     }
 }
 
+/// An update's `before` image when the change has one (the row as it was: a sink keyed by a
+/// template renders the old key from it, and removes it when the key changed).
+#[cfg(any(feature = "redis", feature = "elasticsearch", feature = "doris"))]
+pub(crate) fn previous_image(json: &serde_json::Value) -> Option<&serde_json::Value> {
+    let envelope = json.get("payload").filter(|p| p.is_object()).unwrap_or(json);
+    if envelope.get("op").and_then(serde_json::Value::as_str) != Some("u") {
+        return None;
+    }
+    envelope.get("before").filter(|before| before.is_object())
+}
+
 /// The JSON line a record becomes in line-oriented sinks: the record's place and metadata,
 /// and its value (as JSON when it parses, else as a string).
 pub fn json_line(record: &SinkRecord) -> String {

@@ -61,6 +61,7 @@ fn bad_pipelines_name_file_line_and_field() {
     let cases: &[Case] = &[
         ("pipeline: p", "pipeline: p", &[], None),
         ("pipeline: p", "pipeline: p\nbogus: 1", &[], Some(":2:1: bogus: unknown field `bogus`")),
+        ("sinks:\n  out:", "sinks:\n  web:", &[], Some(":14:3: sinks.web: the name is already used in sources")),
         ("    path: ./out.jsonl", "    path: ./out.jsonl\n    colour: red", &[], Some(":19:5: colour: unknown field")),
         ("    type: http", "    type: kafka", &[], Some(":6:5: type: unknown variant `kafka`")),
         (
@@ -108,6 +109,21 @@ fn bad_pipelines_name_file_line_and_field() {
             Some(":7:13: environment variable UNSET_WEIR_TEST_VAR is not set"),
         ),
         ("127.0.0.1:8080", "${BAD-NAME}", &[], Some(":7:13: `${BAD-NAME}` is not a valid environment variable name")),
+        // Values are text: escaped in quoted scalars, refused where YAML would read them
+        // otherwise, never looked for in comments.
+        ("pipeline: p", "pipeline: p # export ${UNSET_WEIR_TEST_VAR} first", &[], None),
+        (
+            "127.0.0.1:8080",
+            "${WEB_LISTEN}",
+            &[("WEB_LISTEN", "127.0.0.1:1 #x")],
+            Some(
+                ":7:13: environment variable WEB_LISTEN holds ` #` or a tab, so it would not read back as itself here; quote it",
+            ),
+        ),
+        ("127.0.0.1:8080", "${WEB_LISTEN}", &[("WEB_LISTEN", "*anchor")], Some("starts with a YAML indicator")),
+        ("    path: ./out.jsonl", "    path: \"${OUT_PATH}\"", &[("OUT_PATH", "./a \"b\" \\c #d.jsonl")], None),
+        ("    path: ./out.jsonl", "    path: '${OUT_PATH}'", &[("OUT_PATH", "./it's.jsonl")], None),
+        ("    path: ./out.jsonl", "    path: \"${OUT_PATH}\"", &[("OUT_PATH", "./a\nb.jsonl")], None),
         ("    path: ./out.jsonl", "    path: ./out.jsonl\n    errors: { tolerance: all }", &[], None),
         (
             "    path: ./out.jsonl",

@@ -226,6 +226,33 @@ async fn poison_records_go_to_the_dead_letter_topic_with_the_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_too_large_to_dead_letter_whole_is_dead_lettered_cut_down() {
+    let (_dir, broker) = topic_with_events(1, 0).await;
+    // The largest body the broker takes (within 16 bytes): its dead letter, with the error
+    // context added, is over the limit.
+    let mut size = 1 << 19;
+    let big = loop {
+        let body = "x".repeat(size);
+        if broker.send(Message::new("events", body.clone())).await.is_ok() {
+            break body;
+        }
+        size -= 16;
+    };
+    send(&broker, ["after".to_string()]).await;
+    let sink = MemorySink::default();
+    sink.0.lock().unwrap().poison = [big.clone()].into();
+    let stats =
+        run_until(&broker, sink.clone(), config("big", ErrorTolerance::All), |t| t.durable.len() == 1).await.unwrap();
+    assert_eq!(stats.records_dead_lettered, 1);
+    let messages = broker.pull(PullRequest::new("inspect", "%DLQ%big", 0, 0)).await.unwrap().messages;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].properties["DLQ_BODY_TRUNCATED"], big.len().to_string());
+    assert_eq!(messages[0].properties["DLQ_ERROR"], "injected: type error in column `n`");
+    assert_eq!(messages[0].body.len(), 64 << 10);
+    assert_eq!(committed(&broker, "connect-big").values().sum::<u64>(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tolerance_a_poison_record_stops_the_task_before_its_offsets() {
     let (_dir, broker) = topic_with_events(1, 10).await;
     let sink = MemorySink::default();

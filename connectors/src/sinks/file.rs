@@ -69,7 +69,16 @@ fn open(config: &FileSinkConfig) -> Result<OpenFile, SinkError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| io_error("create", parent, e))?;
     }
+    let existed = path.exists();
     let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| io_error("open", path, e))?;
+    if !existed {
+        // The new name (and a rotation's rename just before it) must survive a power loss
+        // before any line in it counts as flushed.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| io_error("sync the directory of", path, e))?;
+    }
     let size_bytes = file.metadata().map_err(|e| io_error("stat", path, e))?.len();
     let mut next_suffix = 1;
     while rotated_path(path, next_suffix).exists() {

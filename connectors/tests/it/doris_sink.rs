@@ -157,6 +157,27 @@ fn cdc_deletes_use_the_delete_sign_and_two_phase_commit_shows_rows_only_after_fl
         sink.flush().await.unwrap();
         let ids: Vec<i64> = server.rows("db.items").iter().map(|row| row["id"].as_i64().unwrap()).collect();
         assert_eq!(ids, [1, 5, 7]);
+
+        // An update that changes the key removes the old row; one that keeps it replaces it.
+        let mut cdc = config(&server, "items");
+        cdc.cdc = true;
+        cdc.label_prefix = Some("key_change".into());
+        let mut sink = DorisSink::connect("cdc-keys", cdc).await.unwrap();
+        let updates = [
+            r#"{"op":"u","before":{"id":7,"name":"g","qty":7},"after":{"id":8,"name":"g","qty":7}}"#,
+            r#"{"op":"u","before":{"id":5,"name":"e","qty":5},"after":{"id":5,"name":"e","qty":50}}"#,
+        ];
+        let batch: Vec<_> =
+            updates.iter().enumerate().map(|(i, u)| support::record(0, i as u64, Some("k"), u)).collect();
+        sink.write(&batch).await.unwrap();
+        sink.flush().await.unwrap();
+        let mut rows: Vec<(i64, i64)> = server
+            .rows("db.items")
+            .iter()
+            .map(|row| (row["id"].as_i64().unwrap(), row["qty"].as_i64().unwrap()))
+            .collect();
+        rows.sort_unstable();
+        assert_eq!(rows, [(1, 9), (5, 50), (8, 7)]);
     });
 }
 

@@ -121,7 +121,15 @@ fn create_counts_an_existing_id_as_written_and_start_up_errors_are_actionable() 
             (closed, "cannot use Elasticsearch"),
             (ElasticsearchSinkConfig::new(&server.url, "logs-%Q"), "invalid % date pattern"),
             (
-                ElasticsearchSinkConfig { cdc: true, ..ElasticsearchSinkConfig::new(&server.url, "rows-%Y") },
+                ElasticsearchSinkConfig { cdc: true, ..ElasticsearchSinkConfig::new(&server.url, "rows") },
+                "`id` is required",
+            ),
+            (
+                ElasticsearchSinkConfig {
+                    cdc: true,
+                    id: Some("{{id}}".into()),
+                    ..ElasticsearchSinkConfig::new(&server.url, "rows-%Y")
+                },
                 "timestamp_field",
             ),
             (ElasticsearchSinkConfig { username: Some("x".into()), password: None, ..config.clone() }, "go together"),
@@ -181,4 +189,29 @@ fn a_retried_item_never_overwrites_a_later_record_of_its_document() {
         sink.write(&batch).await.unwrap();
     });
     assert_eq!(server.documents("docs")["x"]["v"], 2, "the refused older version was not re-sent over the newer one");
+}
+
+#[test]
+fn cdc_changes_keep_one_document_per_row_also_when_the_key_changes() {
+    let server = EsServer::start(EsFaults::default(), None);
+    support::runtime().block_on(async {
+        let mut config = ElasticsearchSinkConfig::new(&server.url, "products");
+        config.cdc = true;
+        config.id = Some("{{id}}".into());
+        config.concurrency = 1;
+        let mut sink = ElasticsearchSink::connect("cdc", config).await.unwrap();
+        let changes = [
+            r#"{"op":"r","after":{"id":1,"name":"pen"}}"#,
+            r#"{"op":"c","after":{"id":2,"name":"ink"}}"#,
+            r#"{"op":"u","before":{"id":1,"name":"pen"},"after":{"id":10,"name":"pen"}}"#,
+            r#"{"op":"u","before":{"id":2,"name":"ink"},"after":{"id":2,"name":"blue ink"}}"#,
+            r#"{"op":"d","before":{"id":10,"name":"pen"},"after":null}"#,
+            "",
+        ];
+        let batch: Vec<_> = changes.iter().enumerate().map(|(i, c)| support::record(0, i as u64, None, c)).collect();
+        sink.write(&batch).await.unwrap();
+    });
+    let documents = server.documents("products");
+    assert_eq!(documents.keys().collect::<Vec<_>>(), ["2"], "the key change deleted id 1; the delete removed 10");
+    assert_eq!(documents["2"]["name"], "blue ink");
 }

@@ -333,3 +333,21 @@ fn concurrent_partitions_keep_each_rows_changes_in_order() {
         assert_eq!(rows(&url, "SELECT id, v FROM rows_by_tenant ORDER BY id").await, expected);
     });
 }
+
+#[test]
+fn a_column_added_while_the_sink_runs_is_written_and_zero_keys_stay_zero() {
+    let Some(url) = fresh_database() else { return };
+    runtime().block_on(async {
+        execute(&url, &["CREATE TABLE grown (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(8))"]).await;
+        let mut sink = MySqlSink::connect("grown", config(&url, "grown", MySqlMode::Cdc)).await.unwrap();
+        let create = |offset: u64, row: &str| record(0, offset, None, &format!(r#"{{"op":"c","after":{row}}}"#));
+        // Row 0 of an AUTO_INCREMENT key is replicated as 0, not given a new id.
+        sink.write(&[create(0, r#"{"id":0,"name":"zero"}"#)]).await.unwrap();
+        // The source and the target gain a column (the CDC source replays the DDL): the sink
+        // reads the columns again instead of refusing the new field.
+        execute(&url, &["ALTER TABLE grown ADD COLUMN extra INT"]).await;
+        sink.write(&[create(1, r#"{"id":1,"name":"one","extra":7}"#)]).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(rows(&url, "SELECT id, name, extra FROM grown ORDER BY id").await, ["0|zero|∅", "1|one|7"]);
+    });
+}

@@ -244,3 +244,31 @@ fn one_keys_commands_keep_their_order_across_pipelines_and_lanes() {
         }
     });
 }
+
+#[test]
+fn cdc_updates_that_change_the_key_remove_the_old_key() {
+    let Some(server) = weir_testsvc::redis() else { return };
+    let url = server.url();
+    runtime().block_on(async {
+        let mut config = RedisSinkConfig::new(&url, RedisCommand::Hset, "user:{{id}}");
+        config.cdc = true;
+        let mut sink = RedisSink::connect("cdc", config.clone()).await.unwrap();
+        let changes = [
+            r#"{"op":"c","after":{"id":1,"name":"ann"}}"#,
+            r#"{"op":"u","before":{"id":1,"name":"ann"},"after":{"id":2,"name":"ann"}}"#,
+            r#"{"op":"c","after":{"id":3,"name":"cy"}}"#,
+            r#"{"op":"u","before":{"id":3,"name":"cy"},"after":{"id":3,"name":"cyd"}}"#,
+        ];
+        let batch: Vec<_> = changes.iter().enumerate().map(|(i, c)| support::record(0, i as u64, None, c)).collect();
+        sink.write(&batch).await.unwrap();
+        let mut keys: Vec<String> = query(&url, redis::cmd("KEYS").arg("user:*")).await;
+        keys.sort();
+        assert_eq!(keys, ["user:2", "user:3"], "the row's old key went with its key change");
+        let name: String = query(&url, redis::cmd("HGET").arg("user:3").arg("name")).await;
+        assert_eq!(name, "cyd");
+        // A delete would remove the one stream every row goes to.
+        config.command = RedisCommand::Xadd;
+        let error = RedisSink::connect("cdc-xadd", config).await.err().expect("cdc with xadd is refused");
+        assert!(error.to_string().contains("set or hset"), "{error}");
+    });
+}

@@ -144,23 +144,35 @@ impl DorisSink {
     }
 
     /// The row a record loads; `Ok(None)` for a skipped tombstone, `Err` why it is poison.
-    fn row(&self, record: &SinkRecord) -> Result<Option<Json>, String> {
+    /// The rows a record loads, in order; `Err` is why it is poison.
+    fn rows(&self, record: &SinkRecord) -> Result<Vec<Json>, String> {
         let value = &record.record.value;
         if value.is_empty() {
-            return if self.loader.config.cdc { Ok(None) } else { Err("the record's value is empty".into()) };
+            return if self.loader.config.cdc { Ok(Vec::new()) } else { Err("the record's value is empty".into()) };
         }
         let json: Json = serde_json::from_slice(value).map_err(|e| format!("the record's value is not JSON: {e}"))?;
         if !self.loader.config.cdc {
             return if json.is_object() {
-                Ok(Some(json))
+                Ok(vec![json])
             } else {
                 Err("the record's value is not a JSON object".into())
             };
         }
+        let signed = |image: &Json, delete: bool| {
+            let mut row = image.as_object().cloned().unwrap_or_default();
+            row.insert(DELETE_SIGN.to_string(), json!(i32::from(delete)));
+            Json::Object(row)
+        };
         let (delete, image) = crate::sinks::change_image(&json)?;
-        let Json::Object(mut row) = image else { unreachable!("change_image returns objects") };
-        row.insert(DELETE_SIGN.to_string(), json!(i32::from(delete)));
-        Ok(Some(Json::Object(row)))
+        let mut rows = Vec::with_capacity(2);
+        // An update deletes the row as it was first: when it changed the key the old row goes,
+        // and when it did not, the later row of the same key in the load wins (the sink does
+        // not know the table's key columns).
+        if let Some(before) = crate::sinks::previous_image(&json) {
+            rows.push(signed(before, true));
+        }
+        rows.push(signed(&image, delete));
+        Ok(rows)
     }
 }
 
@@ -371,9 +383,8 @@ impl Sink for DorisSink {
         // Rows per queue, in offset order: one load (one label) per queue.
         let mut queues: BTreeMap<u32, Vec<(usize, Json)>> = BTreeMap::new();
         for (index, record) in batch.iter().enumerate() {
-            match self.row(record) {
-                Ok(Some(row)) => queues.entry(record.queue_id).or_default().push((index, row)),
-                Ok(None) => {}
+            match self.rows(record) {
+                Ok(rows) => queues.entry(record.queue_id).or_default().extend(rows.into_iter().map(|row| (index, row))),
                 Err(reason) => {
                     refused.insert(index, reason);
                 }

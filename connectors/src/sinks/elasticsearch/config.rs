@@ -115,6 +115,14 @@ impl ElasticsearchSinkConfig {
         }
         crate::template::validate(&self.index).map_err(|reason| ("index", reason))?;
         date_pattern_valid(&self.index).map_err(|reason| ("index", reason))?;
+        if self.cdc && self.id.is_none() {
+            // The record's key is the row's new key: an update that changes it must find the
+            // old document from the `before` row.
+            return Err((
+                "id",
+                "is required with `cdc`: a template of the row's primary key (\"{{id}}\"), so an update that changes the key deletes the old document".into(),
+            ));
+        }
         if self.cdc && self.timestamp_field.is_none() && has_date_pattern(&self.index) {
             // A change's record time is when the change happened: a row's update would land
             // in a new dated index beside its first version, and its delete would miss both.

@@ -118,13 +118,14 @@ impl ElasticsearchSink {
         })
     }
 
-    /// The bulk action for a record; `Err` is why it is poison.
-    fn action(&self, index: usize, record: &SinkRecord) -> Result<Option<Action>, String> {
+    /// The bulk actions for a record, in order (none: nothing to do); `Err` is why it is
+    /// poison.
+    fn actions(&self, index: usize, record: &SinkRecord) -> Result<Vec<Action>, String> {
         let value = &record.record.value;
         // The document (its fields feed the templates) and whether the record deletes it.
         let (json, delete): (Option<Json>, bool) = if value.is_empty() {
             if self.shared.config.cdc {
-                return Ok(None); // a tombstone after a delete: the delete already ran
+                return Ok(Vec::new()); // a tombstone after a delete: the delete already ran
             }
             if super::config::has_date_pattern(&self.shared.config.index) {
                 // Its document's date is unknown: a delete by the tombstone's own time would
@@ -143,18 +144,32 @@ impl ElasticsearchSink {
             }
             if self.shared.config.cdc {
                 let (delete, image) = crate::sinks::change_image(&json)?;
-                (Some(image), delete)
-            } else {
-                (Some(json), false)
+                let mut actions = Vec::with_capacity(2);
+                // An update that changed the row's key (or its dated index): the document at
+                // the old place goes first.
+                if let Some(before) = crate::sinks::previous_image(&json) {
+                    let old = self.target(record, Some(before))?;
+                    if old != self.target(record, Some(&image))? {
+                        actions.push(delete_action(index, old));
+                    }
+                }
+                actions.push(self.action(index, record, Some(image), delete)?);
+                return Ok(actions);
             }
+            (Some(json), false)
         };
-        let timestamp_ms = match (&self.shared.config.timestamp_field, &json) {
+        Ok(vec![self.action(index, record, json, delete)?])
+    }
+
+    /// Where a record's document goes: its index and `_id`.
+    fn target(&self, record: &SinkRecord, json: Option<&Json>) -> Result<(String, String), String> {
+        let timestamp_ms = match (&self.shared.config.timestamp_field, json) {
             (Some(field), Some(json)) => event_time_ms(json, field)?,
             _ => record.record.timestamp_ms,
         };
-        let index_name = render_index(&self.shared.config.index, record, json.as_ref(), timestamp_ms)?;
+        let index_name = render_index(&self.shared.config.index, record, json, timestamp_ms)?;
         let id = match &self.shared.config.id {
-            Some(id) => template::render_record(id, record, json.as_ref())
+            Some(id) => template::render_record(id, record, json)
                 .ok_or_else(|| format!("the record lacks a field the id template {id:?} names"))?,
             None => match &record.record.key {
                 Some(key) => key.clone(),
@@ -165,27 +180,33 @@ impl ElasticsearchSink {
         if id.is_empty() || id.len() > ID_BYTES_MAX {
             return Err(format!("the document id is {} bytes; Elasticsearch takes 1..={ID_BYTES_MAX}", id.len()));
         }
-        let meta = json!({"_index": index_name, "_id": id});
-        let target = (index_name, id);
-        Ok(Some(match json {
-            _ if delete => Action {
-                record: index,
-                lines: vec![json!({"delete": meta}).to_string().into_bytes()],
-                kind: "delete",
-                target,
-            },
+        Ok((index_name, id))
+    }
+
+    /// The action writing (or deleting) one document.
+    fn action(&self, index: usize, record: &SinkRecord, json: Option<Json>, delete: bool) -> Result<Action, String> {
+        let target = self.target(record, json.as_ref())?;
+        Ok(match json {
+            _ if delete => delete_action(index, target),
             None => unreachable!("only a delete has no document"),
             Some(source) => {
                 let kind = match self.shared.config.action {
                     ElasticsearchAction::Index => "index",
                     ElasticsearchAction::Create => "create",
                 };
+                let meta = json!({"_index": target.0, "_id": target.1});
                 // Re-serialised: a pretty-printed value would break the NDJSON framing.
                 let lines = vec![json!({kind: meta}).to_string().into_bytes(), source.to_string().into_bytes()];
                 Action { record: index, lines, kind, target }
             }
-        }))
+        })
     }
+}
+
+/// The action deleting the document at `target` for record `index`.
+fn delete_action(index: usize, target: (String, String)) -> Action {
+    let meta = json!({"_index": target.0, "_id": target.1});
+    Action { record: index, lines: vec![json!({"delete": meta}).to_string().into_bytes()], kind: "delete", target }
 }
 
 impl Shared {
@@ -365,9 +386,8 @@ impl Sink for ElasticsearchSink {
         let mut refused = BTreeMap::new();
         let mut actions = Vec::with_capacity(batch.len());
         for (index, record) in batch.iter().enumerate() {
-            match self.action(index, record) {
-                Ok(Some(action)) => actions.push(action),
-                Ok(None) => {}
+            match self.actions(index, record) {
+                Ok(built) => actions.extend(built),
                 Err(reason) => {
                     refused.insert(index, reason);
                 }

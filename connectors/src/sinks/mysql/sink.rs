@@ -51,19 +51,28 @@ pub struct MySqlSink {
     hasher: std::collections::hash_map::RandomState,
     /// The server reported an unknown column: reread the table's columns before writing.
     columns_stale: bool,
+    /// When a record's unknown field last made the sink read the columns and they had not
+    /// changed: it reads them again for such a field only `COLUMNS_RECHECK_INTERVAL` later.
+    fruitless_recheck_at: Option<std::time::Instant>,
     /// Partitions deadlocked on each other: the next write runs as one transaction.
     serial_next: bool,
 }
+
+/// How often at most a record's field that is not a known column reads the columns again.
+const COLUMNS_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a pooled connection may sit idle before it is closed.
 const POOL_IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 /// The session settings every connection gets: strict mode, so a value that does not fit its
-/// column is an error (poison) rather than silently truncated; and autocommit, which a batch
-/// of one statement relies on (a server configured with `autocommit=0` would otherwise leave
-/// it in an open transaction that nothing commits).
-const SESSION_INIT: &str = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', \
-     autocommit = 1";
+/// column is an error (poison) rather than silently truncated; a zero written to an
+/// AUTO_INCREMENT key is stored as zero (a replicated row 0 is not given a new id); times
+/// are UTC, as the CDC source writes TIMESTAMP values (so they are not shifted by the
+/// target's zone); and autocommit, which a batch of one statement relies on (a server
+/// configured with `autocommit=0` would otherwise leave it in an open transaction that
+/// nothing commits).
+const SESSION_INIT: &str = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO', \
+     time_zone = '+00:00', autocommit = 1";
 
 impl MySqlSink {
     /// Connects, checks the table (creating it from declared `columns` when allowed), and
@@ -173,6 +182,7 @@ impl MySqlSink {
             table,
             hasher: Default::default(),
             columns_stale: false,
+            fruitless_recheck_at: None,
             serial_next: false,
         })
     }
@@ -382,14 +392,17 @@ struct Decoded {
     changes: Vec<(usize, RowChange)>,
     refused: Refused,
     statements: Option<Vec<Statement>>,
+    /// Some record had a field that is not a known column.
+    unknown_seen: bool,
 }
 
 impl RowDecoder {
     fn decode(&self, batch: &[SinkRecord]) -> Decoded {
         let mut refused: Refused = Vec::new();
         let mut changes = Vec::with_capacity(batch.len());
+        let mut unknown_seen = false;
         for (index, record) in batch.iter().enumerate() {
-            match statement::changes(record, self.mode, &self.table) {
+            match statement::changes_noting_unknown(record, self.mode, &self.table, &mut unknown_seen) {
                 Ok(record_changes) => changes.extend(record_changes.into_iter().map(|change| (index, change))),
                 Err(reason) => refused.push((index, reason)),
             }
@@ -397,7 +410,7 @@ impl RowDecoder {
         // Without a table yet, the batch is decoded again once it exists.
         let statements = (self.single_partition && self.table.columns.is_some())
             .then(|| statement::statements(&changes, &self.table, self.mode));
-        Decoded { table: self.table.clone(), changes, refused, statements }
+        Decoded { table: self.table.clone(), changes, refused, statements, unknown_seen }
     }
 }
 
@@ -415,8 +428,25 @@ impl MySqlSink {
     /// Writes a decoded batch: creates the table first when it is missing (auto-create), then
     /// writes the changes by partition, each in one transaction.
     async fn write_decoded(&mut self, batch: &[SinkRecord], decoded: Decoded) -> Result<(), SinkError> {
-        let Decoded { table, changes, mut refused, mut statements } = decoded;
+        let Decoded { table, changes, mut refused, mut statements, unknown_seen } = decoded;
         debug_assert!(Arc::ptr_eq(&table, &self.table), "decoded against the current shape");
+        let recheck_due = self.fruitless_recheck_at.is_none_or(|at| at.elapsed() >= COLUMNS_RECHECK_INTERVAL);
+        if unknown_seen && table.columns.is_some() && recheck_due {
+            // A field the known columns lack: the table may have gained that column since
+            // they were read (a DDL the CDC source replayed). Read them again and decode
+            // again if they changed, before refusing or dropping the field; a read that
+            // finds nothing new waits an interval before the next (a pipeline that ignores
+            // extra fields sends them in every batch).
+            let mut conn = self.pool.get_conn().await.map_err(transient)?;
+            let columns = table_columns(&mut conn, &self.table.name).await.map_err(transient)?;
+            if columns != self.table.columns {
+                tracing::info!(connector = %self.connector, table = %self.table.name, "mysql sink: the table's columns changed; decoding the batch again");
+                self.table = Arc::new(TableShape { columns, ..TableShape::clone(&self.table) });
+                self.fruitless_recheck_at = None;
+                return Box::pin(self.write(batch)).await;
+            }
+            self.fruitless_recheck_at = Some(std::time::Instant::now());
+        }
         if table.columns.is_none()
             && let Some((_, first)) = changes.iter().find(|(_, change)| matches!(change, RowChange::Write { .. }))
         {

@@ -43,7 +43,19 @@ pub(super) struct Statement {
 }
 
 /// The changes a record makes; `Err` is why it is poison.
+#[cfg(test)]
 pub(super) fn changes(record: &SinkRecord, mode: MySqlMode, table: &TableShape) -> Result<Vec<RowChange>, String> {
+    changes_noting_unknown(record, mode, table, &mut false)
+}
+
+/// `changes`, setting `unknown_seen` when the record has a field that is not one of the
+/// table's known columns (refused or ignored by `unknown_fields`).
+pub(super) fn changes_noting_unknown(
+    record: &SinkRecord,
+    mode: MySqlMode,
+    table: &TableShape,
+    unknown_seen: &mut bool,
+) -> Result<Vec<RowChange>, String> {
     let value = &record.record.value;
     if value.is_empty() {
         return match mode {
@@ -53,17 +65,20 @@ pub(super) fn changes(record: &SinkRecord, mode: MySqlMode, table: &TableShape) 
     }
     let json: Json = serde_json::from_slice(value).map_err(|e| format!("the record's value is not JSON: {e}"))?;
     match mode {
-        MySqlMode::Insert | MySqlMode::Upsert => Ok(vec![write(&json, table, mode)?]),
-        MySqlMode::Cdc => cdc_changes(&json, table),
+        MySqlMode::Insert | MySqlMode::Upsert => Ok(vec![write(&json, table, mode, unknown_seen)?]),
+        MySqlMode::Cdc => cdc_changes(&json, table, unknown_seen),
     }
 }
 
-fn cdc_changes(json: &Json, table: &TableShape) -> Result<Vec<RowChange>, String> {
+fn cdc_changes(json: &Json, table: &TableShape, unknown_seen: &mut bool) -> Result<Vec<RowChange>, String> {
     let envelope = json.get("payload").filter(|p| p.is_object()).unwrap_or(json);
     let op = envelope.get("op").and_then(Json::as_str).ok_or("the change has no `op` (c, r, u or d)")?;
     let present = |name: &str| envelope.get(name).filter(|v| !v.is_null());
     match op {
-        "c" | "r" => Ok(vec![write(present("after").ok_or("a create has no `after`")?, table, MySqlMode::Upsert)?]),
+        "c" | "r" => {
+            let after = present("after").ok_or("a create has no `after`")?;
+            Ok(vec![write(after, table, MySqlMode::Upsert, unknown_seen)?])
+        }
         "u" => {
             let after = present("after").ok_or("an update has no `after`")?;
             let mut out = Vec::new();
@@ -73,7 +88,7 @@ fn cdc_changes(json: &Json, table: &TableShape) -> Result<Vec<RowChange>, String
                     out.push(RowChange::Delete { key: old_key }); // the key itself changed
                 }
             }
-            out.push(write(after, table, MySqlMode::Upsert)?);
+            out.push(write(after, table, MySqlMode::Upsert, unknown_seen)?);
             Ok(out)
         }
         "d" => {
@@ -97,7 +112,7 @@ fn check_key(object: &serde_json::Map<String, Json>, table: &TableShape) -> Resu
     }
 }
 
-fn write(row: &Json, table: &TableShape, mode: MySqlMode) -> Result<RowChange, String> {
+fn write(row: &Json, table: &TableShape, mode: MySqlMode, unknown_seen: &mut bool) -> Result<RowChange, String> {
     let object = row.as_object().ok_or("the record is not a JSON object")?;
     if mode != MySqlMode::Insert {
         check_key(object, table)?;
@@ -109,6 +124,7 @@ fn write(row: &Json, table: &TableShape, mode: MySqlMode) -> Result<RowChange, S
         if let Some(known) = &table.columns
             && !known.contains(name)
         {
+            *unknown_seen = true;
             match table.unknown_fields {
                 UnknownFields::Ignore => continue,
                 UnknownFields::Error => return Err(format!("field {name:?} is not a column of table {}", table.name)),

@@ -98,6 +98,14 @@ impl RedisSinkConfig {
         if self.ttl_seconds == Some(0) {
             return Err(("ttl_seconds", "must be at least 1 (leave it out for no expiry)".into()));
         }
+        if self.cdc && !matches!(self.command, RedisCommand::Set | RedisCommand::Hset) {
+            // A row's delete would DEL the one stream, list or channel-named key every row
+            // goes to.
+            return Err((
+                "cdc",
+                "keeps one key per row, so it takes command set or hset (xadd, lpush, rpush and publish append change events: leave cdc off and write the envelopes as they are)".into(),
+            ));
+        }
         if self.ttl_seconds.is_some() && !matches!(self.command, RedisCommand::Set | RedisCommand::Hset) {
             return Err(("ttl_seconds", "applies to set and hset only".into()));
         }

@@ -200,57 +200,72 @@ impl CommandBuilder {
         let mut refused = BTreeMap::new();
         let mut lanes: Vec<Vec<Chunk>> = (0..lanes_count).map(|_| Vec::new()).collect();
         for (index, record) in batch.iter().enumerate() {
-            let (key, command) = match self.command(record) {
-                Ok(Some(built)) => built,
-                Ok(None) => continue,
+            let built = match self.commands(record) {
+                Ok(built) => built,
                 Err(reason) => {
                     refused.insert(index, reason);
                     continue;
                 }
             };
-            let lane = &mut lanes[self.hasher.hash_one(&key) as usize % lanes_count];
-            if lane.last().is_none_or(|chunk| chunk.records.len() >= self.config.pipeline_commands_max) {
-                let mut pipeline = redis::pipe();
-                pipeline.ignore_errors();
-                lane.push(Chunk { pipeline, records: Vec::new() });
+            for (key, command) in built {
+                let lane = &mut lanes[self.hasher.hash_one(&key) as usize % lanes_count];
+                if lane.last().is_none_or(|chunk| chunk.records.len() >= self.config.pipeline_commands_max) {
+                    let mut pipeline = redis::pipe();
+                    pipeline.ignore_errors();
+                    lane.push(Chunk { pipeline, records: Vec::new() });
+                }
+                let chunk = lane.last_mut().expect("pushed above");
+                chunk.pipeline.add_command(command);
+                chunk.records.push(index);
             }
-            let chunk = lane.last_mut().expect("pushed above");
-            chunk.pipeline.add_command(command);
-            chunk.records.push(index);
         }
         Commands { lanes, refused }
     }
 
-    /// The key and the command a record becomes (`None`: nothing to do); `Err` is why it is
-    /// poison.
-    fn command(&self, record: &SinkRecord) -> Result<Option<(String, Cmd)>, String> {
+    /// The keys and commands a record becomes, in order (none: nothing to do); `Err` is why
+    /// it is poison.
+    fn commands(&self, record: &SinkRecord) -> Result<Vec<(String, Cmd)>, String> {
         let raw = &record.record.value;
+        let delete = |key: String| (key.clone(), redis::cmd("DEL").arg(key).to_owned());
         if self.config.cdc {
             if raw.is_empty() {
-                return Ok(None); // a tombstone after a delete: the delete already removed the key
+                return Ok(Vec::new()); // a tombstone after a delete: the delete already removed the key
             }
             let envelope: Json =
                 serde_json::from_slice(raw).map_err(|e| format!("the record's value is not JSON: {e}"))?;
-            let (delete, image) = crate::sinks::change_image(&envelope)?;
-            let key = template::render_record(&self.config.key, record, Some(&image))
-                .ok_or_else(|| format!("the row lacks a field key template {:?} names", self.config.key))?;
-            if delete {
-                return Ok(Some((key.clone(), redis::cmd("DEL").arg(key).to_owned())));
+            let (deleted, image) = crate::sinks::change_image(&envelope)?;
+            let render = |row: &Json| {
+                template::render_record(&self.config.key, record, Some(row))
+                    .ok_or_else(|| format!("the row lacks a field key template {:?} names", self.config.key))
+            };
+            let key = render(&image)?;
+            if deleted {
+                return Ok(vec![delete(key)]);
+            }
+            let mut commands = Vec::with_capacity(2);
+            // An update that changed the row's key: the old key goes (its own lane keeps it
+            // in order with later changes of that key).
+            if let Some(before) = crate::sinks::previous_image(&envelope) {
+                let old_key = render(before)?;
+                if old_key != key {
+                    commands.push(delete(old_key));
+                }
             }
             let value = image.to_string().into_bytes();
             let object = image.as_object().map(FlatObject::from_map);
-            return self.write_command(key, &value, object.as_ref()).map(Some);
+            commands.push(self.write_command(key, &value, object.as_ref())?);
+            return Ok(commands);
         }
         if raw.is_empty() && self.config.deletes_on_tombstone() {
             let key = template::render_record(&self.config.key, record, None).ok_or_else(|| {
                 format!("a tombstone has no fields to render key {:?}; use $key or other $ names", self.config.key)
             })?;
-            return Ok(Some((key.clone(), redis::cmd("DEL").arg(key).to_owned())));
+            return Ok(vec![delete(key)]);
         }
         let object = FlatObject::parse(raw);
         let key = template::render_record_with(&self.config.key, record, |name| object.as_ref()?.lookup(name))
             .ok_or_else(|| format!("the record lacks a field key template {:?} names", self.config.key))?;
-        self.write_command(key, raw, object.as_ref()).map(Some)
+        Ok(vec![self.write_command(key, raw, object.as_ref())?])
     }
 
     /// The configured command writing `value` (and `object`'s fields, when it is a JSON
