@@ -703,12 +703,28 @@ fn position_of_key(text: &str, key: &str) -> (u64, u64) {
     position_of_key_after(text, key, 1).unwrap_or((0, 0))
 }
 
-/// Where `key:` first appears after the mapping key `block:` (a connector's own settings),
-/// or the block itself.
-fn position_in(text: &str, block: &str, key: &str) -> (u64, u64) {
-    let block_at = position_of_key(text, block);
+/// Where the mapping key `block:` (a connector or job) is under the top-level `section:`.
+fn block_position(text: &str, section: &str, block: &str) -> (u64, u64) {
+    let section_line = position_of_key(text, section).0.max(1);
+    position_of_key_after(text, block, section_line).unwrap_or_else(|| position_of_key(text, block))
+}
+
+/// Where `key:` first appears in the body of `section.block` (a connector's own settings:
+/// the lines indented under it, or its flow mapping), or the block itself.
+fn position_in(text: &str, section: &str, block: &str, key: &str) -> (u64, u64) {
+    let block_at = block_position(text, section, block);
+    if block_at.0 == 0 {
+        return block_at;
+    }
+    let block_indent = block_at.1.saturating_sub(1) as usize;
     let needle = format!("{key}:");
-    for (index, line) in text.lines().enumerate().skip(block_at.0.saturating_sub(1) as usize) {
+    for (index, line) in text.lines().enumerate().skip(block_at.0 as usize - 1) {
+        let trimmed = line.trim_start();
+        let below_block = index + 1 > block_at.0 as usize;
+        if below_block && !trimmed.is_empty() && !trimmed.starts_with('#') && line.len() - trimmed.len() <= block_indent
+        {
+            break; // the next block: the key is not in this one
+        }
         // Block (`key:` leading the line) or flow (`{ a: 1, key: 2 }`) style.
         let found = line
             .match_indices(&needle)
@@ -749,13 +765,24 @@ fn position_of_key_after(text: &str, key: &str, from_line: u64) -> Option<(u64, 
     None
 }
 
-/// Where `key: value` first appears in `text`.
+/// Where the entry `key: value` first appears in `text`: `key` a whole mapping key (block
+/// or flow style) and `value` its whole value (quoted or not).
 fn position_of_entry(text: &str, key: &str, value: &str) -> (u64, u64) {
+    let needle = format!("{key}:");
     for (index, line) in text.lines().enumerate() {
-        if let Some(at) = line.find(&format!("{key}:"))
-            && line[at..].contains(value)
-        {
-            return (index as u64 + 1, at as u64 + 1);
+        for (at, _) in line.match_indices(&needle) {
+            let whole_key = line[..at]
+                .trim_end_matches(['"', '\''])
+                .chars()
+                .next_back()
+                .is_none_or(|c| c.is_whitespace() || c == '{' || c == ',' || c == '-');
+            let rest = line[at + needle.len()..].trim_start().trim_start_matches(['"', '\'']);
+            let whole_value = rest.strip_prefix(value).is_some_and(|after| {
+                after.chars().next().is_none_or(|c| matches!(c, ',' | '}' | ']' | '"' | '\'' | ' ' | '\t' | '#'))
+            });
+            if whole_key && whole_value {
+                return (index as u64 + 1, at as u64 + 1);
+            }
         }
     }
     position_of_key(text, key)
@@ -825,7 +852,7 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !valid {
                 return Err(fail(
-                    position_of_key(text, name),
+                    block_position(text, section, name),
                     format!("{section}.{name}"),
                     "a name is 1 to 100 letters, digits, `_` or `-`".into(),
                 ));
@@ -843,10 +870,8 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
     for (section, names) in named {
         for name in names {
             if let Some(first) = seen_names.insert(name, section) {
-                let section_line = position_of_key(text, section).0;
-                let at = position_of_key_after(text, name, section_line).unwrap_or_else(|| position_of_key(text, name));
                 return Err(fail(
-                    at,
+                    block_position(text, section, name),
                     format!("{section}.{name}"),
                     format!("the name is already used in {first}; sources, sinks and streams need distinct names"),
                 ));
@@ -874,7 +899,7 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                     let path = setting_path(field);
                     let key = path.rsplit('.').next().unwrap_or(path);
                     return Err(fail(
-                        position_in(text, source_name, key),
+                        position_in(text, "sources", source_name, key),
                         format!("sources.{source_name}.{path}"),
                         reason,
                     ));
@@ -895,9 +920,10 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                     Ok(topics)
                 });
                 let topics = checked.map_err(|(field, reason)| {
-                    let at = field
-                        .as_deref()
-                        .map_or_else(|| position_of_key(text, source_name), |f| position_in(text, source_name, f));
+                    let at = field.as_deref().map_or_else(
+                        || block_position(text, "sources", source_name),
+                        |f| position_in(text, "sources", source_name, f),
+                    );
                     fail(at, format!("sources.{source_name}.{}", field.as_deref().unwrap_or("type")), reason)
                 })?;
                 for (field, topic) in topics {
@@ -907,7 +933,7 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
                     let path = setting_path(field);
                     let key = path.rsplit('.').next().unwrap_or(path);
                     return Err(fail(
-                        position_in(text, source_name, key),
+                        position_in(text, "sources", source_name, key),
                         format!("sources.{source_name}.{path}"),
                         reason,
                     ));
@@ -924,28 +950,28 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         }
         if http.body_bytes_max.is_some_and(|max| max == 0 || max > HTTP_BODY_BYTES_MAX) {
             return Err(fail(
-                position_of_key(text, "body_bytes_max"),
+                position_in(text, "sources", source_name, "body_bytes_max"),
                 format!("sources.{source_name}.body_bytes_max"),
                 format!("must be in 1..={HTTP_BODY_BYTES_MAX}"),
             ));
         }
         if http.request_timeout_ms.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
             return Err(fail(
-                position_of_key(text, "request_timeout_ms"),
+                position_in(text, "sources", source_name, "request_timeout_ms"),
                 format!("sources.{source_name}.request_timeout_ms"),
                 "must be in 1..=3600000".into(),
             ));
         }
         if http.auth_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
             return Err(fail(
-                position_of_key(text, "auth_token"),
+                position_in(text, "sources", source_name, "auth_token"),
                 format!("sources.{source_name}.auth_token"),
                 "the token is empty (leave the field out for no authentication)".into(),
             ));
         }
         if http.routes.is_empty() {
             return Err(fail(
-                position_of_key(text, source_name),
+                block_position(text, "sources", source_name),
                 format!("sources.{source_name}.routes"),
                 "an HTTP source needs at least one route".into(),
             ));
@@ -983,13 +1009,13 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         }
     }
     for (job, stream) in &pipeline.streams {
-        let at = position_in(text, job, "sql");
+        let at = position_in(text, "streams", job, "sql");
         if stream.sql.trim().is_empty() {
             return Err(fail(at, format!("streams.{job}.sql"), "the SQL is empty".into()));
         }
         if stream.checkpoint_interval_ms.is_some_and(|ms| !(10..=3_600_000).contains(&ms)) {
             return Err(fail(
-                position_in(text, job, "checkpoint_interval_ms"),
+                position_in(text, "streams", job, "checkpoint_interval_ms"),
                 format!("streams.{job}.checkpoint_interval_ms"),
                 "must be in 10..=3600000".into(),
             ));
@@ -1013,14 +1039,14 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
             SinkSection::File(file) => {
                 if file.rotate_bytes == Some(0) {
                     return Err(fail(
-                        position_in(text, sink_name, "rotate_bytes"),
+                        position_in(text, "sinks", sink_name, "rotate_bytes"),
                         format!("sinks.{sink_name}.rotate_bytes"),
                         "must be positive".into(),
                     ));
                 }
                 if file.path.as_os_str().is_empty() {
                     return Err(fail(
-                        position_of_key(text, sink_name),
+                        block_position(text, "sinks", sink_name),
                         format!("sinks.{sink_name}.path"),
                         "the path is empty".into(),
                     ));
@@ -1034,8 +1060,8 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
             | SinkSection::Doris(external) => {
                 if let Err((field, reason)) = validate_external_sink(sink) {
                     let at = match &field {
-                        Some(field) => position_in(text, sink_name, field),
-                        None => position_of_key(text, sink_name),
+                        Some(field) => position_in(text, "sinks", sink_name, field),
+                        None => block_position(text, "sinks", sink_name),
                     };
                     let path = format!("sinks.{sink_name}.{}", field.as_deref().unwrap_or("type"));
                     return Err(fail(at, path, reason));
@@ -1047,7 +1073,7 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         if let Err(ConnectError::Config { field, reason, .. }) = sink.task_config(sink_name).validate() {
             let path = setting_path(field);
             let key = path.rsplit('.').next().unwrap_or(path);
-            return Err(fail(position_in(text, sink_name, key), format!("sinks.{sink_name}.{path}"), reason));
+            return Err(fail(position_in(text, "sinks", sink_name, key), format!("sinks.{sink_name}.{path}"), reason));
         }
         if let Some(tags) = tags
             && let Err(error) = TagExpression::parse(tags)
@@ -1082,12 +1108,16 @@ fn validate_external_sink(sink: &SinkSection) -> Result<(), (Option<String>, Str
 /// A file source's own fields: `(position, field, message)` of the first problem.
 fn validate_file_source(text: &str, name: &str, file: &FileSource) -> Result<(), ((u64, u64), String, String)> {
     if file.path.as_os_str().is_empty() {
-        return Err((position_of_key(text, name), format!("sources.{name}.path"), "the path is empty".into()));
+        return Err((
+            block_position(text, "sources", name),
+            format!("sources.{name}.path"),
+            "the path is empty".into(),
+        ));
     }
     let line_max = weir_connectors::sources::file::LINE_BYTES_MAX as u64;
     if file.line_bytes_max.is_some_and(|max| max == 0 || max > line_max) {
         return Err((
-            position_in(text, name, "line_bytes_max"),
+            position_in(text, "sources", name, "line_bytes_max"),
             format!("sources.{name}.line_bytes_max"),
             format!("must be in 1..={line_max}"),
         ));

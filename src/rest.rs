@@ -302,6 +302,16 @@ async fn alter_offsets(
             if entry["offset"].is_null() {
                 return bad("offsets[0].offset is missing (use DELETE to forget the position)".into());
             }
+            // Positions are objects (a file's inode and offset, a binlog file and position):
+            // anything else could only fail the source's next start.
+            if !entry["offset"].is_object() {
+                return bad("offsets[0].offset must be a JSON object, as GET shows it".into());
+            }
+            let bytes = entry["offset"].to_string().len();
+            if bytes > weir_connect::positions::POSITION_BYTES_MAX {
+                let max = weir_connect::positions::POSITION_BYTES_MAX;
+                return bad(format!("offsets[0].offset is {bytes} bytes; a position holds at most {max}"));
+            }
             if let Err(e) = context.positions.save(&name, Some(&entry["offset"])).await {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }

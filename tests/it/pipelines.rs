@@ -62,6 +62,8 @@ fn bad_pipelines_name_file_line_and_field() {
         ("pipeline: p", "pipeline: p", &[], None),
         ("pipeline: p", "pipeline: p\nbogus: 1", &[], Some(":2:1: bogus: unknown field `bogus`")),
         ("sinks:\n  out:", "sinks:\n  web:", &[], Some(":14:3: sinks.web: the name is already used in sources")),
+        // Positions match whole keys and values: `topic: ord` is not the route's `topic: orders`.
+        ("    topic: orders\n    tags", "    topic: ord\n    tags", &[], Some(":16:5: sinks.out.topic: topic \"ord\"")),
         ("    path: ./out.jsonl", "    path: ./out.jsonl\n    colour: red", &[], Some(":19:5: colour: unknown field")),
         ("    type: http", "    type: kafka", &[], Some(":6:5: type: unknown variant `kafka`")),
         (

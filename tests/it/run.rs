@@ -350,6 +350,10 @@ sinks:
     wait_until("the paused source lets its position be reset", || {
         http(admin_port, "DELETE", "/connectors/app/offsets", &[], b"").0 == 200
     });
+    let (status, text) =
+        http(admin_port, "PATCH", "/connectors/app/offsets", &[], br#"{"offsets":[{"offset":"abc"}]}"#);
+    assert_eq!(status, 400, "a position that is not an object is refused: {text}");
+    assert!(text.contains("must be a JSON object"), "{text}");
     assert_eq!(http(admin_port, "PUT", "/connectors/app/resume", &[], b"").0, 202);
     wait_for_lines(&out, 6);
     stop(running);

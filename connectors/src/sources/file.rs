@@ -163,12 +163,26 @@ impl FileSource {
                 if length < self.offset {
                     tracing::warn!(source = %self.config.name, path = %self.config.path.display(), "file truncated; reading it from the start");
                     self.offset = 0;
+                    self.skipping = false;
                 }
             }
-            Some(_) => {
+            Some((old, _)) => {
+                // Lines the writer appended to the old file after our last read and before
+                // it renamed it are read first (through the open handle); only a last line
+                // without its newline is left behind, with a warning.
+                let old_length = old.metadata().map_err(|e| self.io_error("cannot stat", e))?.len();
+                if old_length > self.offset {
+                    let mut tail = vec![0; (old_length - self.offset).min(READ_CHUNK_BYTES as u64) as usize];
+                    let read = old.read_at(&mut tail, self.offset).map_err(|e| self.io_error("cannot read", e))?;
+                    if tail[..read].contains(&b'\n') {
+                        return Ok(());
+                    }
+                    tracing::warn!(source = %self.config.name, path = %self.config.path.display(), bytes = old_length - self.offset, "the rotated file ends in a line without a newline; it is not read");
+                }
                 tracing::info!(source = %self.config.name, path = %self.config.path.display(), "file rotated; reading the new one");
                 self.file = Some((file, inode));
                 self.offset = 0;
+                self.skipping = false;
             }
             None => {
                 self.file = Some((file, inode));
@@ -238,5 +252,40 @@ impl Source for FileSource {
             tokio::time::sleep(wait.min(Duration::from_millis(250))).await;
         }
         Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn append(path: &std::path::Path, text: &str) {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn values(records: Vec<SourceRecord>) -> Vec<String> {
+        records.into_iter().map(|r| String::from_utf8(r.record.value).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn lines_written_to_the_old_file_just_before_a_rotation_are_read_before_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        append(&path, "a\n");
+        let mut source = FileSource::new(FileSourceConfig::new("tail", &path, "logs"));
+        source.open(None).await.unwrap();
+        assert_eq!(values(source.read_lines(10).unwrap()), ["a"]);
+        // Between a read that found nothing and the rotation check, the writer finishes a
+        // line and a half into the old file and renames it; a new file starts.
+        append(&path, "b\nc-without-newline");
+        std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+        append(&path, "d\n");
+        source.check_rotation().unwrap();
+        assert_eq!(values(source.read_lines(10).unwrap()), ["b"], "the old file first");
+        source.check_rotation().unwrap();
+        assert_eq!(values(source.read_lines(10).unwrap()), ["d"], "then the new one (the unfinished line is left)");
     }
 }

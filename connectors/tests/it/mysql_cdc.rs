@@ -17,7 +17,7 @@ use weir_connectors::sources::mysql_cdc::{MySqlCdcConfig, MySqlCdcSource};
 
 use crate::support::runtime;
 
-/// Every column type the source maps (the replica keeps BLOB/VARBINARY as base64 TEXT).
+/// Every column type the source maps.
 const COLUMNS: &str = "id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, mu MEDIUMINT UNSIGNED,
   bi BIGINT, bu BIGINT UNSIGNED, de DECIMAL(12,3), fl FLOAT, db DOUBLE, dt DATE, dtt DATETIME(3),
   ts TIMESTAMP(6) NULL DEFAULT NULL, tm TIME(6), yr YEAR, ch CHAR(4), vc VARCHAR(20), tx TEXT, {binary},
@@ -64,12 +64,11 @@ fn row_sql(n: u32, v: u32) -> String {
     format!("({})", values.join(", "))
 }
 
-/// Creates the source and replica databases, each with the `everything` table (the replica
-/// keeps binary columns as base64 text).
+/// Creates the source and replica databases, each with the same `everything` table.
 async fn create_source_and_replica(server: &weir_testsvc::MariaDb, database: &str, replica: &str) {
     sql(&server.url(""), &[format!("CREATE DATABASE `{database}`"), format!("CREATE DATABASE `{replica}`")]).await;
     sql(&server.url(database), &[create_table("bl BLOB, vb VARBINARY(8)")]).await;
-    sql(&server.url(replica), &[create_table("bl TEXT, vb TEXT")]).await;
+    sql(&server.url(replica), &[create_table("bl BLOB, vb VARBINARY(8)")]).await;
 }
 
 async fn sql(url: &str, statements: &[String]) {
@@ -105,7 +104,6 @@ async fn scan(url: &str, database: &str) -> Vec<serde_json::Value> {
             let mut object = serde_json::Map::new();
             for (index, column) in columns.iter().enumerate() {
                 let value = row.as_ref(index).cloned().unwrap_or(mysql_async::Value::NULL);
-                // The replica holds binary columns as base64 text already.
                 let json = match (column.name.as_str(), to_json(column, &value, Origin::Query)) {
                     ("fl", serde_json::Value::Number(n)) => serde_json::json!((n.as_f64().unwrap() as f32).to_string()),
                     (_, json) => json,

@@ -1,6 +1,6 @@
 //! The MySQL sink: connection pool, start-up checks, and the transactional write path.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Tx
 use weir_connect::{BatchPreparer, PreparedBatch, Sink, SinkError, SinkRecord};
 
 use super::config::{MySqlMode, MySqlSinkConfig};
-use super::statement::{self, RowChange, Statement, TableShape};
+use super::statement::{self, ColumnKind, RowChange, Statement, TableShape};
 
 /// Why the sink cannot start, by who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +158,7 @@ impl MySqlSink {
                 });
             }
             Some(known) => {
-                if let Some(missing) = config.key_columns.iter().find(|key| !known.contains(*key)) {
+                if let Some(missing) = config.key_columns.iter().find(|key| !known.contains_key(*key)) {
                     return Err(fail_config((
                         "key_columns",
                         format!("names {missing:?}, which is not a column of `{}`", config.table),
@@ -173,6 +173,7 @@ impl MySqlSink {
             key_columns: config.key_columns.clone(),
             columns,
             unknown_fields: config.unknown_fields,
+            binary_as_base64: config.mode == MySqlMode::Cdc,
         });
         tracing::info!(connector, %address, %database, table = %config.table, mode = ?config.mode, "mysql sink connected");
         Ok(MySqlSink {
@@ -194,7 +195,10 @@ impl MySqlSink {
     fn partition(&self, changes: Vec<(usize, RowChange)>) -> Vec<Vec<(usize, RowChange)>> {
         let partitions = self.config.concurrency;
         let changes_key = changes.windows(2).any(|pair| pair[0].0 == pair[1].0);
-        if partitions == 1 || changes_key || self.serial_next {
+        // Insert mode is one transaction per batch: a retry after some partitions committed
+        // would find their rows as duplicates (1062) and take them for poison.
+        let inserts = self.config.mode == MySqlMode::Insert;
+        if partitions == 1 || changes_key || inserts || self.serial_next {
             return vec![changes];
         }
         let mut parts: Vec<Vec<(usize, RowChange)>> = vec![Vec::new(); partitions];
@@ -232,18 +236,22 @@ impl MySqlSink {
     }
 }
 
-/// The table's columns, or `None` when it does not exist.
+/// The table's columns and what they hold, or `None` when it does not exist.
 async fn table_columns(
     conn: &mut mysql_async::Conn,
     table: &str,
-) -> Result<Option<BTreeSet<String>>, mysql_async::Error> {
-    let names: Vec<String> = conn
+) -> Result<Option<BTreeMap<String, ColumnKind>>, mysql_async::Error> {
+    let columns: Vec<(String, String)> = conn
         .exec(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
             (table,),
         )
         .await?;
-    Ok(if names.is_empty() { None } else { Some(names.into_iter().collect()) })
+    Ok(if columns.is_empty() {
+        None
+    } else {
+        Some(columns.into_iter().map(|(name, data_type)| (name, ColumnKind::from_data_type(&data_type))).collect())
+    })
 }
 
 fn transient(error: mysql_async::Error) -> SinkError {
@@ -461,6 +469,7 @@ impl MySqlSink {
             return Box::pin(self.write(batch)).await;
         }
         let parts = self.partition(changes);
+        let partitions = parts.iter().filter(|part| !part.is_empty()).count();
         if parts.len() != 1 {
             statements = None; // built for one partition
         }
@@ -469,11 +478,12 @@ impl MySqlSink {
             let statements = statements.take();
             tasks.spawn(write_partition(self.pool.clone(), table.clone(), self.config.mode, part, statements));
         }
-        let (mut failure, mut rows) = (None, 0);
+        let (mut failure, mut rows, mut server_refused) = (None, 0, false);
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(Ok((part_rows, part_refused))) => {
                     rows += part_rows;
+                    server_refused |= !part_refused.is_empty();
                     refused.extend(part_refused);
                 }
                 Ok(Err(Failed { error, unknown_column, lock_conflict })) => {
@@ -488,6 +498,16 @@ impl MySqlSink {
         metrics::counter!("weir_mysql_sink_rows_total", "connector" => self.connector.clone()).increment(rows);
         if let Some(error) = failure {
             return Err(error); // upserts rewrite idempotently; the whole batch is retried
+        }
+        if server_refused && partitions > 1 && !self.serial_next {
+            // Refusals in parallel partitions may be an order across keys (a child row before
+            // its parent's, 1452; two rows swapping a unique value, 1062): one serial
+            // transaction decides which records really are at fault.
+            self.serial_next = true;
+            return Err(SinkError::retryable(format!(
+                "mysql: {} record(s) refused across parallel partitions; writing the batch again in one transaction",
+                refused.len()
+            )));
         }
         self.serial_next = false;
         if refused.is_empty() {

@@ -1,6 +1,6 @@
 //! Records → row changes → multi-row SQL statements with bound parameters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mysql_async::Value;
 use serde_json::Value as Json;
@@ -30,9 +30,35 @@ pub(super) enum RowChange {
 pub(super) struct TableShape {
     pub name: String,
     pub key_columns: Vec<String>,
-    /// Known columns; `None` until the table exists (auto-create from the first record).
-    pub columns: Option<BTreeSet<String>>,
+    /// Known columns and what they hold; `None` until the table exists (auto-create from the
+    /// first record).
+    pub columns: Option<BTreeMap<String, ColumnKind>>,
     pub unknown_fields: UnknownFields,
+    /// Values of binary columns arrive as base64 (CDC envelopes, as the CDC source writes
+    /// them) and are written as the bytes they stand for.
+    pub binary_as_base64: bool,
+}
+
+/// What a column holds, as far as binding a JSON value to it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ColumnKind {
+    /// Bytes (BINARY, VARBINARY, BLOBs).
+    Binary,
+    /// A JSON column: every non-null value is written as JSON text (a JSON string scalar
+    /// keeps its quotes).
+    Json,
+    Other,
+}
+
+impl ColumnKind {
+    /// From `information_schema.COLUMNS.DATA_TYPE`.
+    pub fn from_data_type(data_type: &str) -> ColumnKind {
+        match data_type.to_ascii_lowercase().as_str() {
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnKind::Binary,
+            "json" => ColumnKind::Json,
+            _ => ColumnKind::Other,
+        }
+    }
 }
 
 /// A statement and its parameters.
@@ -101,7 +127,14 @@ fn cdc_changes(json: &Json, table: &TableShape, unknown_seen: &mut bool) -> Resu
 fn key_of(row: &Json, table: &TableShape) -> Result<Vec<Value>, String> {
     let object = row.as_object().ok_or("a row image is not a JSON object")?;
     check_key(object, table)?;
-    Ok(table.key_columns.iter().map(|column| bind(&object[column])).collect())
+    table
+        .key_columns
+        .iter()
+        .map(|column| {
+            let kind = table.columns.as_ref().and_then(|known| known.get(column)).copied().unwrap_or(ColumnKind::Other);
+            bind_to(&object[column], kind, table.binary_as_base64).map_err(|reason| format!("key {column:?}: {reason}"))
+        })
+        .collect()
 }
 
 /// Every key column has a non-null value in `object`.
@@ -122,7 +155,7 @@ fn write(row: &Json, table: &TableShape, mode: MySqlMode, unknown_seen: &mut boo
     let mut types = Vec::with_capacity(object.len());
     for (name, value) in object {
         if let Some(known) = &table.columns
-            && !known.contains(name)
+            && !known.contains_key(name)
         {
             *unknown_seen = true;
             match table.unknown_fields {
@@ -135,14 +168,55 @@ fn write(row: &Json, table: &TableShape, mode: MySqlMode, unknown_seen: &mut boo
             // columns are names the server already accepted.
             super::config::check_identifier(name).map_err(|reason| format!("field name {reason}"))?;
         }
+        let kind = table.columns.as_ref().and_then(|known| known.get(name)).copied().unwrap_or(ColumnKind::Other);
+        values
+            .push(bind_to(value, kind, table.binary_as_base64).map_err(|reason| format!("field {name:?}: {reason}"))?);
         columns.push(name.clone());
-        values.push(bind(value));
         types.push(column_type(value, table.key_columns.contains(name)));
     }
     if columns.is_empty() {
         return Err("the record has no field that is a column".into());
     }
     Ok(RowChange::Write { columns, values, types })
+}
+
+/// A JSON value as the parameter for a column of `kind`.
+fn bind_to(value: &Json, kind: ColumnKind, binary_as_base64: bool) -> Result<Value, String> {
+    Ok(match (kind, value) {
+        (_, Json::Null) => Value::NULL,
+        (ColumnKind::Json, value) => Value::Bytes(value.to_string().into_bytes()),
+        (ColumnKind::Binary, Json::String(text)) if binary_as_base64 => {
+            Value::Bytes(base64_decode(text).ok_or("a binary column's value is not base64")?)
+        }
+        (_, value) => bind(value),
+    })
+}
+
+/// Standard base64 (with or without padding) → bytes; `None` when it is not base64.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let trimmed = text.trim_end_matches('=');
+    if text.len() - trimmed.len() > 2 || trimmed.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    let (mut bits, mut count) = (0u32, 0);
+    for c in trimmed.bytes() {
+        bits = (bits << 6) | u32::from(digit(c)?);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Some(out)
 }
 
 /// A JSON value as a statement parameter.
@@ -293,6 +367,7 @@ pub(super) fn create_table_sql<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use weir_connect::Record;
 
     fn record(value: &str) -> SinkRecord {
@@ -308,8 +383,9 @@ mod tests {
         TableShape {
             name: "users".into(),
             key_columns: vec!["id".into()],
-            columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            columns: columns.map(|c| c.iter().map(|s| (s.to_string(), ColumnKind::Other)).collect()),
             unknown_fields: UnknownFields::Error,
+            binary_as_base64: false,
         }
     }
 
@@ -365,6 +441,29 @@ mod tests {
         let delete = changes(&record(r#"{"op":"d","before":{"id":5}}"#), MySqlMode::Cdc, &table).unwrap();
         let built = statements(&[(0, delete[0].clone())], &table, MySqlMode::Cdc);
         assert_eq!(built[0].sql, "DELETE FROM `users` WHERE `id` IN (?)");
+    }
+
+    #[test]
+    fn values_bind_by_column_kind() {
+        let bytes = |b: &[u8]| Ok(Value::Bytes(b.to_vec()));
+        let cases: [(ColumnKind, bool, Json, Result<Value, &str>); 7] = [
+            (ColumnKind::Json, false, json!("abc"), bytes(b"\"abc\"")),
+            (ColumnKind::Json, false, json!(true), bytes(b"true")),
+            (ColumnKind::Json, false, json!({"k": [1]}), bytes(b"{\"k\":[1]}")),
+            (ColumnKind::Json, false, Json::Null, Ok(Value::NULL)),
+            (ColumnKind::Binary, true, json!("AP9h"), bytes(b"\0\xffa")),
+            (ColumnKind::Binary, true, json!("not base64!"), Err("not base64")),
+            (ColumnKind::Binary, false, json!("AP9h"), bytes(b"AP9h")),
+        ];
+        for (kind, base64, value, expected) in cases {
+            match (bind_to(&value, kind, base64), expected) {
+                (Ok(bound), Ok(expected)) => assert_eq!(bound, expected, "{value}"),
+                (Err(error), Err(expected)) => assert!(error.contains(expected), "{error}"),
+                (other, expected) => panic!("{value}: {other:?}, expected {expected:?}"),
+            }
+        }
+        assert_eq!(base64_decode("AP9hYg==").unwrap(), b"\0\xffab");
+        assert_eq!(base64_decode("").unwrap(), b"");
     }
 
     #[test]
