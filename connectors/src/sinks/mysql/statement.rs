@@ -1,6 +1,6 @@
 //! Records → row changes → multi-row SQL statements with bound parameters.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use mysql_async::Value;
 use serde_json::Value as Json;
