@@ -154,21 +154,26 @@ fn write(row: &Json, table: &TableShape, mode: MySqlMode, unknown_seen: &mut boo
     let mut values = Vec::with_capacity(object.len());
     let mut types = Vec::with_capacity(object.len());
     for (name, value) in object {
-        if let Some(known) = &table.columns
-            && !known.contains_key(name)
-        {
-            *unknown_seen = true;
-            match table.unknown_fields {
-                UnknownFields::Ignore => continue,
-                UnknownFields::Error => return Err(format!("field {name:?} is not a column of table {}", table.name)),
+        let kind = match &table.columns {
+            Some(known) => match known.get(name) {
+                Some(kind) => *kind,
+                None => {
+                    *unknown_seen = true;
+                    match table.unknown_fields {
+                        UnknownFields::Ignore => continue,
+                        UnknownFields::Error => {
+                            return Err(format!("field {name:?} is not a column of table {}", table.name));
+                        }
+                    }
+                }
+            },
+            None => {
+                // Only a name that may become a column (auto-create) needs checking; known
+                // columns are names the server already accepted.
+                super::config::check_identifier(name).map_err(|reason| format!("field name {reason}"))?;
+                ColumnKind::Other
             }
-        }
-        if table.columns.is_none() {
-            // Only a name that may become a column (auto-create) needs checking; known
-            // columns are names the server already accepted.
-            super::config::check_identifier(name).map_err(|reason| format!("field name {reason}"))?;
-        }
-        let kind = table.columns.as_ref().and_then(|known| known.get(name)).copied().unwrap_or(ColumnKind::Other);
+        };
         values
             .push(bind_to(value, kind, table.binary_as_base64).map_err(|reason| format!("field {name:?}: {reason}"))?);
         columns.push(name.clone());
