@@ -43,11 +43,12 @@ pub async fn run(args: CdcArgs, segment_size_bytes: u64) -> Result<()> {
     conn.query_drop(format!("CREATE DATABASE `{database}`")).await?;
     conn.query_drop(format!(
         "CREATE TABLE `{database}`.rows_600 (id BIGINT PRIMARY KEY, customer VARCHAR(64), email VARCHAR(128), \
-         address VARCHAR(200), note VARCHAR(200), amount DECIMAL(12,2), quantity INT, created DATETIME(6))"
+         address VARCHAR(300), note VARCHAR(300), amount DECIMAL(12,2), quantity INT, created DATETIME(6))"
     ))
     .await?;
     let start = master_status(&mut conn).await?;
-    let filler = "x".repeat(150);
+    // About 600 bytes of column data per row: 8 + 19 + ~21 + ~270 + ~261 + 6 + 4 + 8.
+    let filler = "x".repeat(250);
     for first in (0..args.rows).step_by(INSERT_ROWS as usize) {
         let last = (first + INSERT_ROWS).min(args.rows);
         let values: Vec<String> = (first..last)
@@ -160,9 +161,8 @@ async fn drain(
     rows: u64,
 ) -> Result<(Duration, f64)> {
     let mut source = MySqlCdcSource::new(connector, config)?;
-    let mut task = SourceTaskConfig::new(connector);
-    task.batch_records_max = weir_connect::source_task::SOURCE_BATCH_RECORDS_MAX;
-    task.poll_wait = Duration::from_millis(20);
+    // The worker's defaults, as a pipeline without a `batch` section runs it.
+    let task = SourceTaskConfig::new(connector);
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
     let (stop, mut stopped) = watch::channel(false);
     let (started, cpu_before) = (Instant::now(), cpu_seconds());
@@ -181,5 +181,25 @@ async fn drain(
     let (elapsed, cores) = (started.elapsed(), (cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64());
     stop.send(true).ok();
     run.await?;
+    // Every row once: as many distinct keys (primary keys) as rows, and no more messages.
+    let mut keys = std::collections::HashSet::new();
+    let mut messages = 0u64;
+    for queue_id in 0..4 {
+        let mut offset = 0;
+        loop {
+            let mut request = weir_broker::PullRequest::new("bench-check", topic, queue_id, offset);
+            request.messages_max = weir_broker::PULL_MESSAGES_MAX;
+            let pulled = broker.pull(request).await?;
+            if pulled.messages.is_empty() {
+                break;
+            }
+            messages += pulled.messages.len() as u64;
+            keys.extend(pulled.messages.into_iter().filter_map(|m| m.keys.into_iter().next()));
+            offset = pulled.next_offset;
+        }
+    }
+    if messages != rows || keys.len() as u64 != rows {
+        bail!("{topic} holds {messages} messages with {} distinct keys; expected {rows} rows once each", keys.len());
+    }
     Ok((elapsed, cores))
 }

@@ -202,9 +202,8 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
     let tables: Vec<&str> =
         TABLES.iter().filter(|(name, _)| query.tables.contains(name)).map(|(_, ddl)| *ddl).collect();
     let sql = format!("{}\nINSERT INTO nexmark_out {};", tables.join("\n"), query.streaming);
-    let mut job_config = weir_streams::JobRunConfig::new("nexmark", sql, root.join("checkpoints"));
-    job_config.checkpoint_interval = Duration::from_secs(1);
-    job_config.idle_wait = Duration::from_millis(1);
+    // The job's defaults, as `weir run` runs a stream job.
+    let job_config = weir_streams::JobRunConfig::new("nexmark", sql, root.join("checkpoints"));
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let cpu_before = cpu_seconds();
@@ -230,6 +229,14 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
     let cores = (cpu_seconds() - cpu_before) / elapsed.as_secs_f64();
     let _ = stop.send(true);
     job.await??;
+    // Exactly the baseline's number of results, and no row late or dead-lettered.
+    let held = |topic: &str| {
+        broker.topic(topic).map_or(0, |t| (0..t.queue_count).map(|q| broker.queue_range(topic, q).max_offset).sum())
+    };
+    let (written, late, dead) = (held("nexmark_out"), held("%LATE%nexmark"), held("%DLQ%nexmark"));
+    if written as usize != expected || late != 0 || dead != 0 {
+        bail!("the job wrote {written} results (expected {expected}), {late} late rows, {dead} dead letters");
+    }
     tokio::task::spawn_blocking(move || broker.close()).await??;
     let _ = std::fs::remove_dir_all(&root);
 

@@ -151,7 +151,6 @@ async fn drain(broker: &Broker, sink: &mut dyn Sink, args: &SinkArgs) -> Result<
     let mut config = SinkTaskConfig::new("bench", "bench-sink");
     config.batch_records_max = args.batch;
     config.batch_bytes_max = weir_connect::sink_task::BATCH_BYTES_MAX;
-    config.linger = Duration::from_millis(1);
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
     let (stop, mut stopped) = watch::channel(false);
     let (started, cpu_before) = (Instant::now(), cpu_seconds());
