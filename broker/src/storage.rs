@@ -79,7 +79,11 @@
 //! - The commitlog is written with `pwrite` and made durable with `fdatasync`. `flush: async`
 //!   syncs every `flush_interval_ms`; `flush: sync` acknowledges an append only after its
 //!   bytes are synced, and one sync serves every append written before it (group commit).
-//!   After a failed sync nothing more is acknowledged.
+//!   After a failed sync nothing more is acknowledged: the failure is sticky in the commitlog
+//!   (whichever thread's sync saw it), because Linux reports a writeback error once per file
+//!   and a later sync that succeeds says nothing about the pages the failed one dropped.
+//!   Consume-queue entries trimmed at recovery are zeroed and synced, so a second crash
+//!   cannot bring them back.
 //! - Every `checkpoint_interval_ms` the maintenance thread syncs the commitlog, the consume
 //!   queues and the index up to the dispatched offset `D`, then writes `checkpoint`
 //!   atomically with `D`, the flushed offset `F` and every queue's durable max offset.
@@ -112,8 +116,8 @@ pub use record::{
     tag_hash,
 };
 pub use store::{
-    AppendDone, AppendedMessage, DispatchListener, FlushMode, MessageFilter, MessageStore, QueueRange, QueueRead,
-    ReadLimits, StoreConfig,
+    AppendDone, AppendedMessage, DispatchListener, FlushMode, MESSAGE_SIZE_MAX_BYTES_LIMIT, MessageFilter,
+    MessageStore, QueueRange, QueueRead, ReadLimits, StoreConfig,
 };
 
 /// FNV-1a 64-bit hash: stable across versions and processes, so it can live in files.

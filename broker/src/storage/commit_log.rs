@@ -31,6 +31,8 @@ pub(crate) struct CommitLog {
     write_offset: AtomicU64,
     flushed_offset: AtomicU64,
     flush_lock: Mutex<()>,
+    /// An fdatasync failed: nothing more is ever counted as flushed (set under `flush_lock`).
+    sync_failed: std::sync::atomic::AtomicBool,
     /// Set when the last segment file was shorter than a segment: where its bytes ended.
     truncated_at: Option<u64>,
 }
@@ -94,6 +96,7 @@ impl CommitLog {
             write_offset: AtomicU64::new(min),
             flushed_offset: AtomicU64::new(min),
             flush_lock: Mutex::new(()),
+            sync_failed: std::sync::atomic::AtomicBool::new(false),
             truncated_at,
         })
     }
@@ -270,13 +273,21 @@ impl CommitLog {
     /// Returns the new flushed offset.
     pub fn flush_to(&self, offset: u64) -> Result<u64> {
         let _guard = self.flush_lock.lock().expect("flush lock");
+        // A failed fdatasync may have dropped dirty pages, and Linux reports the error once
+        // per file: a later sync that succeeds proves nothing, so none counts again.
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(Error::StoreClosed);
+        }
         let target = offset.min(self.max_offset());
         // Retention may have removed segments below the flushed offset's segment.
         let mut from = self.flushed_offset().max(self.min_offset());
         while from < target {
             let Some(segment) = self.segment_for(from) else { break };
             let segment_end = segment.base_offset() + segment.len() as u64;
-            segment.sync_data()?;
+            if let Err(error) = segment.sync_data() {
+                self.sync_failed.store(true, Ordering::Release);
+                return Err(error);
+            }
             from = target.min(segment_end);
         }
         if from > self.flushed_offset() {

@@ -279,6 +279,16 @@ impl ConsumeQueue {
         }
         if max < self.max_offset() {
             tracing::warn!(topic = %self.topic, queue_id = self.queue_id, max_offset = max, "trimmed consume queue to the commitlog end");
+            // The zeroed entries may have been durable: sync the zeros, or a second crash
+            // before writeback would bring the trimmed entries back.
+            let mut from = max;
+            while from < self.max_offset() {
+                let file = self.file_for(from).expect("entry exists");
+                let to = self.max_offset().min(file.base_offset() + self.entries_per_file);
+                let position = (from - file.base_offset()) as usize * ENTRY_BYTES;
+                file.flush(position, (to - from) as usize * ENTRY_BYTES)?;
+                from = to;
+            }
             self.max_offset.store(max, Ordering::Release);
             self.flushed_offset.store(self.flushed_offset.load(Ordering::Acquire).min(max), Ordering::Release);
         }

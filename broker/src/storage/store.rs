@@ -40,6 +40,9 @@ pub enum FlushMode {
     Sync,
 }
 
+/// The largest `message_size_max_bytes`: a record's length is a `u32` (1 GiB leaves room).
+pub const MESSAGE_SIZE_MAX_BYTES_LIMIT: usize = 1 << 30;
+
 /// Storage settings. Defaults follow RocketMQ where it has one.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -136,8 +139,12 @@ impl StoreConfig {
     /// Checks ranges and relations between settings.
     pub fn validate(&self) -> Result<()> {
         let invalid = |field, reason: String| Err(Error::ConfigInvalid { field, reason });
-        if self.message_size_max_bytes < 1024 {
-            return invalid("message_size_max_bytes", "must be at least 1024".into());
+        // Record lengths and consume-queue sizes are 32-bit.
+        if self.message_size_max_bytes < 1024 || self.message_size_max_bytes > MESSAGE_SIZE_MAX_BYTES_LIMIT {
+            return invalid(
+                "message_size_max_bytes",
+                format!("must be between 1024 and {MESSAGE_SIZE_MAX_BYTES_LIMIT}"),
+            );
         }
         if self.segment_size_bytes < (self.message_size_max_bytes as u64 + 8) || self.segment_size_bytes > (1 << 40) {
             return invalid(

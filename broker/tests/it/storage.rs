@@ -535,3 +535,13 @@ fn the_next_segment_is_prefaulted_only_as_far_as_the_writer_has_come() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn message_size_limit_fits_the_32_bit_record_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small_config(dir.path(), FlushMode::Async);
+    config.segment_size_bytes = 1 << 32;
+    config.message_size_max_bytes = weir_broker::storage::MESSAGE_SIZE_MAX_BYTES_LIMIT + 1;
+    let error = config.validate().unwrap_err();
+    assert!(matches!(error, Error::ConfigInvalid { field: "message_size_max_bytes", .. }), "{error}");
+}
