@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use super::mapped_file::{MappedFile, PREALLOCATE_CHUNK_BYTES, Pace, list_offset_files, sync_dir};
+use super::mapped_file::{Blocks, MappedFile, PREALLOCATE_CHUNK_BYTES, Pace, list_offset_files, sync_dir};
 use super::record::{self, Decoded, END_MARKER_BYTES, MessageRecord, NewMessage, Placement};
 use crate::error::{Error, Result};
 
@@ -85,7 +85,7 @@ impl CommitLog {
         if segments.is_empty() {
             let path = dir.join(super::offset_file_name(0));
             tracing::info!(path = %path.display(), segment_size_bytes, prefault, "creating the first commitlog segment");
-            segments.push(Arc::new(MappedFile::create(&path, 0, segment_size_bytes, prefault)?));
+            segments.push(Arc::new(MappedFile::create(&path, 0, segment_size_bytes, blocks_for(prefault))?));
         }
         let min = segments[0].base_offset();
         Ok(CommitLog {
@@ -483,7 +483,8 @@ impl SegmentAllocator {
                         allowed_bytes: &preparation.allowed_bytes,
                     };
                     let cancel = &preparation.cancel;
-                    let made = MappedFile::create_paced(&path, base, segment_size_bytes, prefault, cancel, pace);
+                    let made =
+                        MappedFile::create_paced(&path, base, segment_size_bytes, blocks_for(prefault), cancel, pace);
                     if ready_tx.send((base, made)).is_err() {
                         break;
                     }
@@ -563,8 +564,14 @@ impl SegmentAllocator {
         metrics::counter!("weir_store_segments_sparse_total").increment(1);
         tracing::debug!(base, "next segment not prepared in time; creating a sparse one");
         let path = self.dir.join(super::offset_file_name(base));
-        MappedFile::create(&path, base, self.segment_size_bytes, false)
+        MappedFile::create(&path, base, self.segment_size_bytes, Blocks::Sparse)
     }
+}
+
+/// Segments are prefaulted when the store is configured so, else sparse (the commitlog is
+/// written with `pwrite`, which reports a full disk as an error).
+fn blocks_for(prefault: bool) -> Blocks {
+    if prefault { Blocks::Prefaulted } else { Blocks::Sparse }
 }
 
 impl Drop for SegmentAllocator {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::mapped_file::{MappedFile, list_offset_files, sync_dir};
+use super::mapped_file::{Blocks, MappedFile, list_offset_files, sync_dir};
 use super::record::RECORD_BYTES_MIN;
 use crate::error::{Error, Result};
 
@@ -246,7 +246,8 @@ impl ConsumeQueue {
     fn add_file(&self, queue_offset: u64) -> Result<Arc<MappedFile>> {
         let base = queue_offset - queue_offset % self.entries_per_file;
         let path = self.dir.join(super::offset_file_name(base));
-        let file = Arc::new(MappedFile::create(&path, base, self.entries_per_file * ENTRY_BYTES as u64, false)?);
+        let file =
+            Arc::new(MappedFile::create(&path, base, self.entries_per_file * ENTRY_BYTES as u64, Blocks::Reserved)?);
         let mut files = self.files.write().expect("files lock");
         if let Some(last) = files.last() {
             assert_eq!(last.base_offset() + self.entries_per_file, base, "consume queue files are contiguous");

@@ -10,7 +10,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::mapped_file::{MappedFile, list_offset_files};
+use super::mapped_file::{Blocks, MappedFile, list_offset_files};
 use crate::error::{Error, Result};
 
 const HEADER_BYTES: usize = 40;
@@ -115,7 +115,7 @@ impl IndexService {
                 &path,
                 physical_offset,
                 Self::file_bytes(self.slots, self.entries_max),
-                false,
+                Blocks::Reserved,
             )?);
             self.files.push(IndexFile {
                 file,

@@ -47,15 +47,28 @@ impl std::fmt::Debug for MappedFile {
     }
 }
 
+/// How a new file's blocks are prepared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocks {
+    /// Sparse: allocated as they are written. For the commitlog, written with `pwrite`, which
+    /// reports a full disk as an error.
+    Sparse,
+    /// Reserved with `fallocate` (no zeros written): for files written through the mapping
+    /// (consume queues, index), where a full disk would otherwise be a SIGBUS at the first
+    /// write of a page.
+    Reserved,
+    /// Written with zeros and synced, so later writes overwrite allocated blocks instead of
+    /// allocating (several times faster on virtual disks), and the mapping populated.
+    Prefaulted,
+}
+
 impl MappedFile {
-    /// Creates a new file of `size_bytes`. With `prefault`, every block is written with zeros
-    /// and synced first, so later writes overwrite allocated blocks instead of allocating
-    /// (several times faster on virtual disks), and the mapping is populated.
+    /// Creates a new file of `size_bytes` with its blocks prepared as `blocks` says.
     /// The file is prepared under a `.tmp` name and renamed into place, so a crash never
     /// leaves a short file under a real name.
-    pub fn create(path: &Path, base_offset: u64, size_bytes: u64, prefault: bool) -> Result<Self> {
+    pub fn create(path: &Path, base_offset: u64, size_bytes: u64, blocks: Blocks) -> Result<Self> {
         let unpaced = Pace { bytes_per_sec_max: None, allowed_bytes: &AtomicU64::new(u64::MAX) };
-        Self::create_paced(path, base_offset, size_bytes, prefault, &AtomicBool::new(false), unpaced)
+        Self::create_paced(path, base_offset, size_bytes, blocks, &AtomicBool::new(false), unpaced)
     }
 
     /// `create`, writing the zeros as `pace` allows and giving up (with an error, leaving
@@ -64,13 +77,13 @@ impl MappedFile {
         path: &Path,
         base_offset: u64,
         size_bytes: u64,
-        prefault: bool,
+        blocks: Blocks,
         cancel: &AtomicBool,
         pace: Pace<'_>,
     ) -> Result<Self> {
         let temp_path = path.with_extension("tmp");
         let _ = std::fs::remove_file(&temp_path);
-        let prepared = Self::prepare(&temp_path, size_bytes, prefault, cancel, pace);
+        let prepared = Self::prepare(&temp_path, size_bytes, blocks, cancel, pace);
         let file = match prepared {
             Ok(file) => file,
             Err(error) => {
@@ -84,18 +97,18 @@ impl MappedFile {
         }
         // A writer waiting for this file (a cancel came during the final sync) gets it without
         // the page-table population, which would make it wait longer still.
-        let populate = prefault && !cancel.load(Ordering::Relaxed);
+        let populate = blocks == Blocks::Prefaulted && !cancel.load(Ordering::Relaxed);
         Self::map(path, file, base_offset, size_bytes, populate)
     }
 
-    fn prepare(temp_path: &Path, size_bytes: u64, prefault: bool, cancel: &AtomicBool, pace: Pace<'_>) -> Result<File> {
+    fn prepare(temp_path: &Path, size_bytes: u64, blocks: Blocks, cancel: &AtomicBool, pace: Pace<'_>) -> Result<File> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(temp_path)
             .map_err(|e| Error::io("cannot create", temp_path, e))?;
-        if prefault {
+        if blocks == Blocks::Prefaulted {
             let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
             let mut written = 0u64;
             // The rate is kept from this instant and byte count on.
@@ -135,6 +148,8 @@ impl MappedFile {
             }
             // Small: the zeros were sent to disk chunk by chunk (below).
             file.sync_data().map_err(|e| Error::io("cannot sync", temp_path, e))?;
+        } else if blocks == Blocks::Reserved {
+            allocate(&file, size_bytes).map_err(|e| Error::io("cannot allocate", temp_path, e))?;
         } else {
             file.set_len(size_bytes).map_err(|e| Error::io("cannot size", temp_path, e))?;
         }
@@ -266,9 +281,48 @@ pub(crate) fn list_offset_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
+/// Sizes a new file with its blocks reserved (`fallocate`, no zeros written), so a full disk
+/// is an error here rather than a SIGBUS when a page of the mapping is first written;
+/// filesystems without `fallocate` get a sparse file.
+fn allocate(file: &File, size_bytes: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let length =
+        libc::off_t::try_from(size_bytes).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: the descriptor is open for writing and owned by `file` for the call.
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) } == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => file.set_len(size_bytes),
+        _ => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_files_have_their_blocks_and_sparse_ones_do_not() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4 << 20;
+        for (name, blocks, reserved) in [("reserved", Blocks::Reserved, true), ("sparse", Blocks::Sparse, false)] {
+            let path = dir.path().join(name);
+            let file = MappedFile::create(&path, 0, size, blocks).unwrap();
+            let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+            assert_eq!(file.len() as u64, size);
+            // A filesystem without fallocate gets a sparse file for both: only check where
+            // the reservation took.
+            if reserved && allocated > 0 {
+                assert!(allocated >= size, "{name}: {allocated} of {size} bytes allocated");
+            }
+            if !reserved {
+                assert!(allocated < size, "{name}: {allocated} of {size} bytes allocated");
+            }
+        }
+    }
 
     /// Waits (10 ms poll interval, 10 s deadline) until `path` is `len` bytes long.
     fn wait_for_len(path: &Path, len: u64) {
@@ -289,7 +343,7 @@ mod tests {
         std::thread::scope(|scope| {
             let preparing = scope.spawn(|| {
                 let pace = Pace { bytes_per_sec_max: None, allowed_bytes: &allowed_bytes };
-                MappedFile::create_paced(&path, 0, 4 * chunk, true, &cancel, pace)
+                MappedFile::create_paced(&path, 0, 4 * chunk, Blocks::Prefaulted, &cancel, pace)
             });
             let temp_path = path.with_extension("tmp");
             wait_for_len(&temp_path, chunk);
