@@ -520,7 +520,9 @@ pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
 /// line breaks), inside a single-quoted one its `'` are doubled, and a value that would not
 /// read back as itself in a plain scalar (a line break, ` #`, `: `, a leading indicator, a
 /// flow character inside `{ }` or `[ ]`, surrounding spaces) is refused with a hint to quote
-/// it. Comments are copied as they are, so `# export ${X}` needs no `X`.
+/// it. Comments are copied as they are, so `# export ${X}` needs no `X`. The lines of a
+/// block scalar (`sql: |`, `>`) are text: values go in as they are (a line break refused),
+/// and no quote or comment is looked for there.
 fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, PipelineError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Scalar {
@@ -531,6 +533,8 @@ fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
     let mut out = String::with_capacity(text.len());
     let mut scalar = Scalar::Plain;
     let mut flow_depth = 0usize;
+    // The indentation of the line that opened a block scalar, while its lines last.
+    let mut block_indent: Option<usize> = None;
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let error = |column: usize, message: String| PipelineError {
             file: path.to_path_buf(),
@@ -539,6 +543,15 @@ fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
             field: None,
             message,
         };
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if let Some(opener) = block_indent {
+            if line.trim().is_empty() || indent > opener {
+                out.push_str(&interpolate_raw(line, env).map_err(|(at, message)| error(at, message))?);
+                continue;
+            }
+            block_indent = None;
+        }
+        let mut comment_at = None;
         // The last character that was not a space, in plain context: a quote starts a quoted
         // scalar only where a scalar may start.
         let mut last_significant: Option<char> = None;
@@ -552,26 +565,7 @@ fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
                 continue;
             }
             if let Some(body) = rest.strip_prefix("${") {
-                let end = body.find('}').ok_or_else(|| error(at, "`${` without a closing `}`".into()))?;
-                let (name, default) = match body[..end].split_once(":-") {
-                    Some((name, default)) => (name, Some(default)),
-                    None => (&body[..end], None),
-                };
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    return Err(error(at, format!("`${{{}}}` is not a valid environment variable name", &body[..end])));
-                }
-                let value = match (env(name), default) {
-                    (Some(value), _) => value,
-                    (None, Some(default)) => default.to_string(),
-                    (None, None) => {
-                        return Err(error(
-                            at,
-                            format!(
-                                "environment variable {name} is not set (give a default with `${{{name}:-value}}`)"
-                            ),
-                        ));
-                    }
-                };
+                let (value, name, end) = resolve_reference(body, env).map_err(|message| error(at, message))?;
                 match scalar {
                     Scalar::Double => {
                         for c in value.chars() {
@@ -617,6 +611,7 @@ fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
                     let after_space = at == 0 || line[..at].ends_with([' ', '\t']);
                     if c == '#' && after_space {
                         out.push_str(rest); // a comment, copied as it is
+                        comment_at = Some(at);
                         break;
                     }
                     let starts_scalar = last_significant.is_none_or(|c| matches!(c, ':' | '-' | '[' | '{' | ',' | '?'));
@@ -660,7 +655,82 @@ fn interpolate(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
             }
             at += width;
         }
+        if scalar == Scalar::Plain && opens_block_scalar(&line[..comment_at.unwrap_or(line.len())]) {
+            block_indent = Some(indent);
+        }
     }
+    Ok(out)
+}
+
+/// The reference at the start of `body` (just after `${`): its value, its name, and where its
+/// `}` is in `body`.
+fn resolve_reference<'a>(
+    body: &'a str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, &'a str, usize), String> {
+    let end = body.find('}').ok_or_else(|| "`${` without a closing `}`".to_string())?;
+    let (name, default) = match body[..end].split_once(":-") {
+        Some((name, default)) => (name, Some(default)),
+        None => (&body[..end], None),
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!("`${{{}}}` is not a valid environment variable name", &body[..end]));
+    }
+    match (env(name), default) {
+        (Some(value), _) => Ok((value, name, end)),
+        (None, Some(default)) => Ok((default.to_string(), name, end)),
+        (None, None) => {
+            Err(format!("environment variable {name} is not set (give a default with `${{{name}:-value}}`)"))
+        }
+    }
+}
+
+/// Whether a line (its comment cut off) ends in a block scalar header: `key: |`, `- >-`,
+/// `key: |2+`.
+fn opens_block_scalar(line: &str) -> bool {
+    let content = line.trim_end();
+    let Some(header) = content.rsplit([' ', '\t']).next() else { return false };
+    let mut chars = header.chars();
+    if !matches!(chars.next(), Some('|' | '>'))
+        || header.len() > 3
+        || !chars.all(|c| matches!(c, '+' | '-' | '1'..='9'))
+    {
+        return false;
+    }
+    let before = content[..content.len() - header.len()].trim_end();
+    before.is_empty() || before.ends_with(':') || before.ends_with('-')
+}
+
+/// A block scalar's line with its references replaced verbatim (`$${` for a literal `${`);
+/// `Err` is the column and the message.
+fn interpolate_raw(line: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(line.len());
+    let mut at = 0;
+    while let Some(found) = line[at..].find('$') {
+        let start = at + found;
+        out.push_str(&line[at..start]);
+        let rest = &line[start..];
+        if rest.starts_with("$${") {
+            out.push_str("${");
+            at = start + 3;
+            continue;
+        }
+        let Some(body) = rest.strip_prefix("${") else {
+            out.push('$');
+            at = start + 1;
+            continue;
+        };
+        let (value, name, end) = resolve_reference(body, env).map_err(|message| (start, message))?;
+        if value.contains(['\n', '\r']) {
+            return Err((
+                start,
+                format!("environment variable {name} holds a line break, which a block scalar's line cannot take"),
+            ));
+        }
+        out.push_str(&value);
+        at = start + 2 + end + 1;
+    }
+    out.push_str(&line[at..]);
     Ok(out)
 }
 

@@ -624,7 +624,7 @@ impl Job {
                     query.index,
                     &query.topic,
                     &batches,
-                    &[],
+                    ResultIdentity::Row,
                     None,
                     &mut Occurrences::new(),
                 )?),
@@ -697,7 +697,7 @@ impl Job {
                         query.index,
                         &query.topic,
                         &batches,
-                        &aggregate.key_names,
+                        ResultIdentity::GroupKey(&aggregate.key_names),
                         Some(window),
                         &mut occurrences,
                     ),
@@ -817,7 +817,15 @@ impl Job {
                     Err(error) => return Err(error),
                 };
                 let window = Some((start, start + size));
-                output.results.extend(to_messages(&self.name, index, &topic, &batches, &[], window, &mut occurrences)?);
+                output.results.extend(to_messages(
+                    &self.name,
+                    index,
+                    &topic,
+                    &batches,
+                    ResultIdentity::Row,
+                    window,
+                    &mut occurrences,
+                )?);
             }
             self.queries[query_index].join.as_mut().expect("checked above").drop_done();
         }
@@ -1296,6 +1304,14 @@ fn plan_window_aggregate(
     })
 }
 
+/// What identifies a window result besides its window: a windowed aggregate's GROUP BY key
+/// (its output names; none for a keyless aggregate, one result per window), or the row.
+#[derive(Clone, Copy)]
+enum ResultIdentity<'a> {
+    GroupKey(&'a [String]),
+    Row,
+}
+
 /// How many results of one firing had each identity (window and key, or window and row).
 type Occurrences = std::collections::HashMap<Vec<u8>, usize>;
 
@@ -1312,10 +1328,14 @@ fn to_messages(
     query: usize,
     topic: &str,
     batches: &[RecordBatch],
-    key_names: &[String],
+    identity: ResultIdentity<'_>,
     window: Option<(i64, i64)>,
     occurrences: &mut Occurrences,
 ) -> Result<Vec<Message>> {
+    let (key_names, by_key) = match identity {
+        ResultIdentity::GroupKey(key_names) => (key_names, true),
+        ResultIdentity::Row => (&[][..], false),
+    };
     let mut messages = Vec::new();
     for batch in batches {
         if batch.num_rows() == 0 {
@@ -1331,8 +1351,10 @@ fn to_messages(
             Some(index) => vec![index],
             None => key_names.iter().filter_map(|name| schema.index_of(name).ok()).collect(),
         };
-        // The result carries its whole key (or a `key` column): that is its identity.
-        let keyed = key_column.is_some() || key_columns.len() == key_names.len();
+        // A windowed aggregate's result that carries its whole GROUP BY key (none for a keyless
+        // one: one result per window) or a `key` column is identified by it; any other result
+        // (a window join's) by its row.
+        let keyed = by_key && (key_column.is_some() || key_columns.len() == key_names.len());
         let key_strings: Vec<ArrayRef> =
             key_columns.iter().map(|i| cast(batch.column(*i), &DataType::Utf8)).collect::<Result<_, _>>()?;
         for (row, line) in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {

@@ -201,3 +201,39 @@ fn bad_pipelines_name_file_line_and_field() {
         }
     }
 }
+
+#[test]
+fn block_scalars_are_text_and_do_not_change_how_later_values_are_quoted() {
+    // The SQL has quotes after `,` and `-` and a `#`, which a YAML scanner must not take for
+    // the start of a quoted scalar or a comment: the value after it still gets escaped.
+    let pipeline = r#"pipeline: p
+topics:
+  logs: { queues: 1 }
+  stats: { queues: 1 }
+sources:
+  web:
+    type: http
+    listen: 127.0.0.1:8080
+    routes:
+      - { path: /v1/logs, topic: logs, format: ndjson, timestamp_field: ts }
+streams:
+  counts:
+    sql: |
+      CREATE TABLE logs (domain TEXT, ts TIMESTAMP, WATERMARK FOR ts AS ts) WITH (topic = 'logs');
+      INSERT INTO stats
+      SELECT concat_ws(',', domain, '-') AS d, window_start, count(*) AS n # ${TAG_PART}
+      FROM TUMBLE(logs, ts, INTERVAL '1' MINUTE) WHERE domain <> '-'
+      GROUP BY domain, window_start, window_end;
+sinks:
+  out:
+    type: file
+    topic: stats
+    path: "${OUT_PATH}"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("block.yaml");
+    std::fs::write(&file, pipeline).unwrap();
+    let env = [("TAG_PART", "x"), ("OUT_PATH", r#"./a "b" \c.jsonl"#)];
+    let (ok, stdout, stderr) = validate(&file, &env);
+    assert!(ok, "{stdout}{stderr}");
+}

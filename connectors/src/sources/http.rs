@@ -35,8 +35,8 @@ pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 64;
 pub const REQUEST_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Default most events in one request.
 pub const EVENTS_PER_REQUEST_MAX_DEFAULT: usize = 100_000;
-/// Room left in a message for its header and properties: an event may be as large as the
-/// broker's message maximum less this, so an event the store would refuse is refused with 400
+/// Room left in a message for its header and properties (a quarter of the maximum when that
+/// is smaller): an event may be as large as the broker's message maximum less this, so an event the store would refuse is refused with 400
 /// before anything of the request is sent (tags and keys are capped by `RENDERED_BYTES_MAX`).
 pub const EVENT_HEADROOM_BYTES: usize = 64 << 10;
 /// Longest tag or key a template may render (both fit the broker's property maximum, so an
@@ -125,7 +125,8 @@ pub async fn serve(
     config: HttpSourceConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let event_bytes_max = broker.message_size_max_bytes().saturating_sub(EVENT_HEADROOM_BYTES);
+    let message_max = broker.message_size_max_bytes();
+    let event_bytes_max = message_max - EVENT_HEADROOM_BYTES.min(message_max / 4);
     let state = Arc::new(SourceState {
         name: config.name.clone(),
         broker,

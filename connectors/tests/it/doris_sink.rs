@@ -161,6 +161,7 @@ fn cdc_deletes_use_the_delete_sign_and_two_phase_commit_shows_rows_only_after_fl
         // An update that changes the key removes the old row; one that keeps it replaces it.
         let mut cdc = config(&server, "items");
         cdc.cdc = true;
+        cdc.key_columns = vec!["id".into()];
         cdc.label_prefix = Some("key_change".into());
         let mut sink = DorisSink::connect("cdc-keys", cdc).await.unwrap();
         let updates = [

@@ -23,6 +23,12 @@ pub struct DorisSinkConfig {
     /// Records are Debezium change envelopes; deletes use the delete sign column.
     #[serde(default)]
     pub cdc: bool,
+    /// With `cdc`: the table's unique key columns. An update whose `before` and `after`
+    /// differ in them deletes the old row first; without them such an update leaves the old
+    /// row (Doris does not order two rows of one key within a load, so the sink never sends
+    /// a delete and an upsert of the same key together).
+    #[serde(default)]
+    pub key_columns: Vec<String>,
     /// Pre-commit in `write`, commit in `flush`.
     #[serde(default)]
     pub two_phase_commit: bool,
@@ -72,6 +78,7 @@ impl DorisSinkConfig {
             password: String::new(),
             label_prefix: None,
             cdc: false,
+            key_columns: Vec::new(),
             two_phase_commit: false,
             concurrency: Self::concurrency_default(),
             redirects_max: Self::redirects_max_default(),
@@ -81,6 +88,9 @@ impl DorisSinkConfig {
 
     /// Checks the settings without connecting: `(field, reason)` of the first bad one.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.key_columns.is_empty() && !self.cdc {
+            return Err(("key_columns", "only means something with `cdc`".into()));
+        }
         match reqwest::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             Ok(url) => return Err(("url", format!("has scheme {:?}; use http", url.scheme()))),

@@ -165,10 +165,13 @@ impl DorisSink {
         };
         let (delete, image) = crate::sinks::change_image(&json)?;
         let mut rows = Vec::with_capacity(2);
-        // An update deletes the row as it was first: when it changed the key the old row goes,
-        // and when it did not, the later row of the same key in the load wins (the sink does
-        // not know the table's key columns).
-        if let Some(before) = crate::sinks::previous_image(&json) {
+        // An update that changed the key deletes the old row first (a different key: the
+        // order of the two rows in the load does not matter).
+        let key_columns = &self.loader.config.key_columns;
+        if let Some(before) = crate::sinks::previous_image(&json)
+            && !key_columns.is_empty()
+            && key_columns.iter().any(|column| before.get(column) != image.get(column))
+        {
             rows.push(signed(before, true));
         }
         rows.push(signed(&image, delete));
@@ -324,10 +327,26 @@ impl Loader {
                         outcome.precommitted.push((label, txn_id, part.iter().map(|(_, offset, _)| *offset).collect()));
                     }
                 }
-                LoadOutcome::DataRefused(reason) if part.len() == 1 => outcome.refused.push((part[0].0, reason)),
+                // One record (its rows share an offset, so they are never split apart: a part
+                // is a range of records, and its label their offsets).
+                LoadOutcome::DataRefused(reason) if part.iter().all(|row| row.0 == part[0].0) => {
+                    outcome.refused.push((part[0].0, reason))
+                }
                 LoadOutcome::DataRefused(reason) => {
                     tracing::debug!(connector = %self.connector, %label, %reason, "doris refused a load's data; splitting it");
-                    let middle = start + part.len() / 2;
+                    // Cut at a record boundary near the middle: a record's rows stay together.
+                    let mut middle = start + part.len() / 2;
+                    while middle > start && rows[middle].0 == rows[middle - 1].0 {
+                        middle -= 1;
+                    }
+                    if middle == start {
+                        // The first record runs past the middle: cut after it (the part holds
+                        // more than one record, so there is a boundary).
+                        middle = start + 1;
+                        while rows[middle].0 == rows[start].0 {
+                            middle += 1;
+                        }
+                    }
                     parts.push((middle, end));
                     parts.push((start, middle)); // popped first: loads keep offset order
                 }
@@ -452,11 +471,22 @@ impl Sink for DorisSink {
             match self.loader.commit(&load.label, load.txn_id).await {
                 Ok(CommitOutcome::Committed) => {}
                 Ok(CommitOutcome::Aborted(reason)) => {
-                    // Forget the load: the write before the next flush loads its rows again,
-                    // under the same label (Doris lets an aborted load's label be reused).
-                    for offset in &load.offsets {
-                        self.precommitted_records.remove(&(load.queue_id, *offset));
+                    // Forget the load, and the queue's later pre-commits with it: the write
+                    // before the next flush loads its rows again under the same label (Doris
+                    // lets an aborted load's label be reused) and finds the later ones by
+                    // their labels, so the queue's commits stay in offset order.
+                    let mut forgotten = vec![load];
+                    let queue_id = forgotten[0].queue_id;
+                    let (later, kept): (Vec<_>, Vec<_>) =
+                        self.precommitted.drain(..).partition(|other| other.queue_id == queue_id);
+                    self.precommitted = kept.into();
+                    forgotten.extend(later);
+                    for forgotten_load in &forgotten {
+                        for offset in &forgotten_load.offsets {
+                            self.precommitted_records.remove(&(queue_id, *offset));
+                        }
                     }
+                    let load = &forgotten[0];
                     return Err(SinkError::retryable(format!(
                         "doris commit {}: Doris aborted the pre-committed load ({reason}); loading it again",
                         load.label

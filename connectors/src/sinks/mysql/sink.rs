@@ -502,12 +502,11 @@ impl MySqlSink {
         if server_refused && partitions > 1 && !self.serial_next {
             // Refusals in parallel partitions may be an order across keys (a child row before
             // its parent's, 1452; two rows swapping a unique value, 1062): one serial
-            // transaction decides which records really are at fault.
+            // transaction, now, decides which records really are at fault (the committed
+            // partitions rewrite idempotently).
+            tracing::debug!(connector = %self.connector, refused = refused.len(), "mysql sink: refusals across parallel partitions; writing the batch again in one transaction");
             self.serial_next = true;
-            return Err(SinkError::retryable(format!(
-                "mysql: {} record(s) refused across parallel partitions; writing the batch again in one transaction",
-                refused.len()
-            )));
+            return Box::pin(self.write(batch)).await;
         }
         self.serial_next = false;
         if refused.is_empty() {
