@@ -173,7 +173,7 @@ impl MySqlSink {
             key_columns: config.key_columns.clone(),
             columns,
             unknown_fields: config.unknown_fields,
-            binary_as_base64: config.mode == MySqlMode::Cdc,
+            cdc_images: config.mode == MySqlMode::Cdc,
         });
         tracing::info!(connector, %address, %database, table = %config.table, mode = ?config.mode, "mysql sink connected");
         Ok(MySqlSink {

@@ -34,9 +34,11 @@ pub(super) struct TableShape {
     /// first record).
     pub columns: Option<BTreeMap<String, ColumnKind>>,
     pub unknown_fields: UnknownFields,
-    /// Values of binary columns arrive as base64 (CDC envelopes, as the CDC source writes
-    /// them) and are written as the bytes they stand for.
-    pub binary_as_base64: bool,
+    /// Records are CDC row images, with values as the CDC source writes them: a binary
+    /// column's value is base64 (written as the bytes it stands for) and a JSON column's value
+    /// is the JSON itself (written as JSON text, a string scalar with its quotes). Otherwise a
+    /// string for a JSON column is taken as JSON text already (a producer that serialised it).
+    pub cdc_images: bool,
 }
 
 /// What a column holds, as far as binding a JSON value to it goes.
@@ -132,7 +134,7 @@ fn key_of(row: &Json, table: &TableShape) -> Result<Vec<Value>, String> {
         .iter()
         .map(|column| {
             let kind = table.columns.as_ref().and_then(|known| known.get(column)).copied().unwrap_or(ColumnKind::Other);
-            bind_to(&object[column], kind, table.binary_as_base64).map_err(|reason| format!("key {column:?}: {reason}"))
+            bind_to(&object[column], kind, table.cdc_images).map_err(|reason| format!("key {column:?}: {reason}"))
         })
         .collect()
 }
@@ -174,8 +176,7 @@ fn write(row: &Json, table: &TableShape, mode: MySqlMode, unknown_seen: &mut boo
                 ColumnKind::Other
             }
         };
-        values
-            .push(bind_to(value, kind, table.binary_as_base64).map_err(|reason| format!("field {name:?}: {reason}"))?);
+        values.push(bind_to(value, kind, table.cdc_images).map_err(|reason| format!("field {name:?}: {reason}"))?);
         columns.push(name.clone());
         types.push(column_type(value, table.key_columns.contains(name)));
     }
@@ -186,11 +187,12 @@ fn write(row: &Json, table: &TableShape, mode: MySqlMode, unknown_seen: &mut boo
 }
 
 /// A JSON value as the parameter for a column of `kind`.
-fn bind_to(value: &Json, kind: ColumnKind, binary_as_base64: bool) -> Result<Value, String> {
+fn bind_to(value: &Json, kind: ColumnKind, cdc_images: bool) -> Result<Value, String> {
     Ok(match (kind, value) {
         (_, Json::Null) => Value::NULL,
+        (ColumnKind::Json, Json::String(text)) if !cdc_images => Value::Bytes(text.as_bytes().to_vec()),
         (ColumnKind::Json, value) => Value::Bytes(value.to_string().into_bytes()),
-        (ColumnKind::Binary, Json::String(text)) if binary_as_base64 => {
+        (ColumnKind::Binary, Json::String(text)) if cdc_images => {
             Value::Bytes(base64_decode(text).ok_or("a binary column's value is not base64")?)
         }
         (_, value) => bind(value),
@@ -390,7 +392,7 @@ mod tests {
             key_columns: vec!["id".into()],
             columns: columns.map(|c| c.iter().map(|s| (s.to_string(), ColumnKind::Other)).collect()),
             unknown_fields: UnknownFields::Error,
-            binary_as_base64: false,
+            cdc_images: false,
         }
     }
 
@@ -451,10 +453,11 @@ mod tests {
     #[test]
     fn values_bind_by_column_kind() {
         let bytes = |b: &[u8]| Ok(Value::Bytes(b.to_vec()));
-        let cases: [(ColumnKind, bool, Json, Result<Value, &str>); 7] = [
-            (ColumnKind::Json, false, json!("abc"), bytes(b"\"abc\"")),
+        let cases: [(ColumnKind, bool, Json, Result<Value, &str>); 8] = [
+            (ColumnKind::Json, true, json!("abc"), bytes(b"\"abc\"")),
+            (ColumnKind::Json, false, json!("{\"a\":1}"), bytes(b"{\"a\":1}")),
             (ColumnKind::Json, false, json!(true), bytes(b"true")),
-            (ColumnKind::Json, false, json!({"k": [1]}), bytes(b"{\"k\":[1]}")),
+            (ColumnKind::Json, true, json!({"k": [1]}), bytes(b"{\"k\":[1]}")),
             (ColumnKind::Json, false, Json::Null, Ok(Value::NULL)),
             (ColumnKind::Binary, true, json!("AP9h"), bytes(b"\0\xffa")),
             (ColumnKind::Binary, true, json!("not base64!"), Err("not base64")),
