@@ -40,6 +40,9 @@ pub enum FlushMode {
     Sync,
 }
 
+/// Most bytes of records one key or id lookup returns (at least one record).
+pub const LOOKUP_RESULT_BYTES_MAX: usize = 64 << 20;
+
 /// The largest `message_size_max_bytes`: a record's length is a `u32` (1 GiB leaves room).
 pub const MESSAGE_SIZE_MAX_BYTES_LIMIT: usize = 1 << 30;
 
@@ -633,8 +636,13 @@ impl MessageStore {
         let candidates_max = results_max.saturating_mul(4).max(16);
         let candidates = self.shared.index.lock().expect("index lock").lookup(hash, candidates_max, store_time_ms);
         let log = &self.shared.commit_log;
-        let mut found = Vec::new();
+        let mut found: Vec<MessageRecord> = Vec::new();
+        let mut found_bytes = 0usize;
         for offset in candidates {
+            // Bounded in bytes as a pull is (the newest come first; at least one is returned).
+            if found_bytes >= LOOKUP_RESULT_BYTES_MAX {
+                break;
+            }
             if offset < log.min_offset() || offset >= log.max_offset() {
                 continue;
             }
@@ -642,7 +650,10 @@ impl MessageStore {
                 continue; // a deleted incarnation of the topic
             }
             match log.read(offset, None) {
-                Ok(message) if message.topic == topic && is_match(&message) => found.push(message),
+                Ok(message) if message.topic == topic && is_match(&message) => {
+                    found_bytes += message.size_bytes as usize;
+                    found.push(message);
+                }
                 Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(offset, %error, "index points at an unreadable record")
