@@ -17,6 +17,7 @@
 //!   topic_tombstones.json                 deleted topics and the log end at their deletion
 //!   commitlog/<20-digit start offset>     preallocated segments, `segment_size_bytes` each
 //!   consumequeue/<topic>/<queue id>/<20-digit first queue offset>
+//!   consumequeue/<topic>/<queue id>/start.json   an entry-less queue's first offset (below)
 //!   index/<20-digit first physical offset>
 //!   config/topics.json, config/consumer_offsets.json   (written atomically)
 //! ```
@@ -96,7 +97,9 @@
 //!   segment is zeroed and later segments are removed. Consume queue entries that point at or
 //!   past the end are trimmed. When a queue fails validation, is missing, or holds fewer
 //!   entries than the checkpoint recorded, all queues and the index are rebuilt from the
-//!   first segment. Index hits are verified on read.
+//!   first segment; a queue the checkpoint knew whose records all expired (nothing in the log
+//!   names it) is recreated empty at its durable max offset, recorded in its `start.json`, so
+//!   its offsets go on where they were. Index hits are verified on read.
 //! - Reads check the CRC again and that the record belongs to the queue and offset the
 //!   consume queue claims; a mismatch is reported as corruption, never returned as data.
 

@@ -97,6 +97,12 @@ impl ConsumeQueue {
         let mut first_entry = 0u64;
         loop {
             let Some(last) = files.last().cloned() else {
+                // No entries: the queue starts at its start marker's offset (every record of
+                // it expired before a full rebuild), or at 0.
+                let start = read_start_marker(dir)?;
+                queue.min_offset.store(start, Ordering::Release);
+                queue.max_offset.store(start, Ordering::Release);
+                queue.flushed_offset.store(start, Ordering::Release);
                 return Ok(Some(queue));
             };
             count = 0u64;
@@ -149,6 +155,13 @@ impl ConsumeQueue {
         queue.max_offset.store(max, Ordering::Release);
         queue.flushed_offset.store(max, Ordering::Release);
         Ok(Some(queue))
+    }
+
+    /// Makes the queue in `dir` (which holds no entry files) start at `offset` when opened:
+    /// a full rebuild keeps a queue whose records all expired where it was.
+    pub fn write_start_marker(dir: &Path, offset: u64) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        crate::storage::metadata::write_json_atomic(&dir.join(START_MARKER), &offset)
     }
 
     pub fn topic(&self) -> &str {
@@ -360,5 +373,23 @@ impl ConsumeQueue {
 
     fn first_file_base(&self) -> u64 {
         self.files.read().expect("files lock").first().map_or(0, |f| f.base_offset())
+    }
+}
+
+/// The file holding an entry-less queue's first offset.
+const START_MARKER: &str = "start.json";
+
+/// An entry-less queue's first offset: its start marker's, else 0.
+fn read_start_marker(dir: &Path) -> Result<u64> {
+    let path = dir.join(START_MARKER);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::ConsumeQueueCorrupt {
+            topic: String::new(),
+            queue_id: 0,
+            queue_offset: 0,
+            reason: format!("{}: {e}", path.display()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io("cannot read", &path, e)),
     }
 }

@@ -982,6 +982,30 @@ fn recover(
     if let Some(failure) = failure {
         return Err(failure);
     }
+    if full_rebuild && let Some(checkpoint) = checkpoint {
+        // A queue whose records all expired has nothing in the log to rebuild it from: it
+        // keeps the offsets the last checkpoint knew (its consumers' committed offsets stay
+        // valid, and its next message does not start again at 0).
+        for (key, durable_max) in &checkpoint.queue_max_offsets {
+            let Some((topic, queue_id)) = key.rsplit_once('/') else { continue };
+            let Ok(queue_id) = queue_id.parse::<u32>() else { continue };
+            let rebuilt = queues.get(topic).is_some_and(|by_id| by_id.contains_key(&queue_id));
+            if *durable_max == 0 || rebuilt || tombstones.topics.contains_key(topic) {
+                continue;
+            }
+            let dir = config.data_dir.join("consumequeue").join(topic).join(queue_id.to_string());
+            ConsumeQueue::write_start_marker(&dir, *durable_max)?;
+            let queue = open_new_queue(config, topic, queue_id)?;
+            *cursor_mut(&mut cursors, topic, queue_id, 0) = queue.max_offset();
+            queues.entry(topic.to_string()).or_default().insert(queue_id, Arc::new(queue));
+            tracing::info!(
+                topic,
+                queue_id,
+                offset = durable_max,
+                "kept an expired queue's offsets through the rebuild"
+            );
+        }
+    }
     Ok(Recovery { queues, cursors, index, outcome, start })
 }
 

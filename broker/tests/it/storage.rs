@@ -545,3 +545,28 @@ fn message_size_limit_fits_the_32_bit_record_length() {
     let error = config.validate().unwrap_err();
     assert!(matches!(error, Error::ConfigInvalid { field: "message_size_max_bytes", .. }), "{error}");
 }
+
+#[test]
+fn a_fully_expired_queue_keeps_its_offsets_through_a_full_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
+    for i in 0..3 {
+        store.append_blocking(vec![new_message("old", 0, format!("o{i}").as_bytes(), None, None)]).unwrap();
+    }
+    fill(&store, "m", 120);
+    store.remove_expired(SystemTime::now() + Duration::from_secs(73 * 3600)).unwrap();
+    assert_eq!(store.queue_range("old", 0), QueueRange { min_offset: 3, max_offset: 3 }, "every record expired");
+    store.close().unwrap();
+    drop(store);
+    // Force a full rebuild: nothing in the log names queue old/0 any more.
+    std::fs::write(dir.path().join("consumequeue/t/1").join(format!("{:020}", 48)), b"garbage").unwrap();
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
+    assert_eq!(store.queue_range("old", 0), QueueRange { min_offset: 3, max_offset: 3 });
+    let appended = store.append_blocking(vec![new_message("old", 0, b"o3", None, None)]).unwrap();
+    assert_eq!(appended[0].queue_offset, 3, "the next message continues the queue's offsets");
+    store.close().unwrap();
+    drop(store);
+    let store = MessageStore::open(small_config(dir.path(), FlushMode::Sync), None).unwrap();
+    assert_eq!(store.queue_range("old", 0), QueueRange { min_offset: 3, max_offset: 4 });
+    assert_eq!(bodies(&read_all(&store, "old", 0).unwrap()), ["o3"]);
+}
