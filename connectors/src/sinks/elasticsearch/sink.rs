@@ -145,15 +145,16 @@ impl ElasticsearchSink {
             if self.shared.config.cdc {
                 let (delete, image) = crate::sinks::change_image(&json)?;
                 let mut actions = Vec::with_capacity(2);
+                let target = self.target(record, Some(&image))?;
                 // An update that changed the row's key (or its dated index): the document at
                 // the old place goes first.
                 if let Some(before) = crate::sinks::previous_image(&json) {
                     let old = self.target(record, Some(before))?;
-                    if old != self.target(record, Some(&image))? {
+                    if old != target {
                         actions.push(delete_action(index, old));
                     }
                 }
-                actions.push(self.action(index, record, Some(image), delete)?);
+                actions.push(self.action_at(index, target, Some(image), delete));
                 return Ok(actions);
             }
             (Some(json), false)
@@ -186,7 +187,12 @@ impl ElasticsearchSink {
     /// The action writing (or deleting) one document.
     fn action(&self, index: usize, record: &SinkRecord, json: Option<Json>, delete: bool) -> Result<Action, String> {
         let target = self.target(record, json.as_ref())?;
-        Ok(match json {
+        Ok(self.action_at(index, target, json, delete))
+    }
+
+    /// The action writing (or deleting) one document at `target`.
+    fn action_at(&self, index: usize, target: (String, String), json: Option<Json>, delete: bool) -> Action {
+        match json {
             _ if delete => delete_action(index, target),
             None => unreachable!("only a delete has no document"),
             Some(source) => {
@@ -199,7 +205,7 @@ impl ElasticsearchSink {
                 let lines = vec![json!({kind: meta}).to_string().into_bytes(), source.to_string().into_bytes()];
                 Action { record: index, lines, kind, target }
             }
-        })
+        }
     }
 }
 
