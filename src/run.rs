@@ -41,6 +41,8 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
     let broker = open_broker(&StoreArgs { data_dir: data_dir.clone(), segment_size_bytes })?;
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
     let positions = FilePositionStore::open(data_dir.join("connect/source-positions.json"))?;
+    // Sinks' own durable state (the Doris sink's load journal), by connector name.
+    let sink_state = FilePositionStore::open(data_dir.join("connect/sink-state.json"))?;
     println!("pipeline {}: broker on {}", pipeline.pipeline, data_dir.display());
     for (name, topic) in &pipeline.topics {
         let config = messaging.ensure_topic(TopicConfig::new(name, topic.queues)).await?;
@@ -48,7 +50,8 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
     }
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
-    let started = Started { messaging, positions, metrics, statuses, controls, stopped, data_dir: data_dir.clone() };
+    let started =
+        Started { messaging, positions, sink_state, metrics, statuses, controls, stopped, data_dir: data_dir.clone() };
     // Whatever happens once tasks run (a listener that cannot bind, a signal), they are
     // stopped and the store is closed before returning.
     let outcome = start_and_wait(&pipeline, admin_listen, started, &mut tasks).await;
@@ -70,6 +73,8 @@ pub async fn run(file: &std::path::Path, segment_size_bytes: u64, admin_listen: 
 struct Started {
     messaging: Arc<dyn Messaging>,
     positions: FilePositionStore,
+    /// Sinks' own durable state, by connector (`<data_dir>/connect/sink-state.json`).
+    sink_state: FilePositionStore,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     statuses: Statuses,
     controls: Controls,
@@ -86,7 +91,7 @@ async fn start_and_wait(
     started: Started,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
-    let Started { messaging, positions, metrics, statuses, controls, stopped, data_dir } = started;
+    let Started { messaging, positions, sink_state, metrics, statuses, controls, stopped, data_dir } = started;
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("admin API: cannot listen on {admin_listen}"))?;
@@ -223,17 +228,18 @@ async fn start_and_wait(
     for (name, sink) in &pipeline.sinks {
         let (config, describe) = (sink.task_config(name), describe_sink(sink));
         // Refuse a sink that cannot be built or reach its target before anything runs.
-        drop(make_sink(name, sink).await?);
+        drop(make_sink(name, sink, &sink_state).await?);
         println!("  sink {name}: topic {} -> {describe}", config.topic);
         let status = ConnectorStatus::new(ConnectorKind::Sink { group: config.group() }, &config.topic);
         let control = register(&statuses, &controls, name, status);
         let run_once = {
-            let (messaging, section, name) = (messaging.clone(), sink.clone(), name.clone());
+            let (messaging, section, name, sink_state) =
+                (messaging.clone(), sink.clone(), name.clone(), sink_state.clone());
             move |mut stop: watch::Receiver<bool>| -> RunFuture {
-                let (messaging, config, section, name) =
-                    (messaging.clone(), config.clone(), section.clone(), name.clone());
+                let (messaging, config, section, name, sink_state) =
+                    (messaging.clone(), config.clone(), section.clone(), name.clone(), sink_state.clone());
                 Box::pin(async move {
-                    let mut sink = make_sink(&name, &section).await?;
+                    let mut sink = make_sink(&name, &section, &sink_state).await?;
                     run_sink_task(messaging, sink.as_mut(), &config, &mut stop).await?;
                     Ok(())
                 })
@@ -318,7 +324,7 @@ fn describe_sink(sink: &SinkSection) -> String {
 }
 
 /// Builds a sink; external ones connect and check their target first.
-async fn make_sink(name: &str, sink: &SinkSection) -> Result<Box<dyn Sink>> {
+async fn make_sink(name: &str, sink: &SinkSection, sink_state: &FilePositionStore) -> Result<Box<dyn Sink>> {
     use weir_connectors::sinks::{doris, elasticsearch, mysql, redis};
     let bad = |(field, reason): (Option<String>, String)| {
         anyhow::anyhow!("sink {name:?}: `{}` {reason}", field.unwrap_or_default())
@@ -347,7 +353,8 @@ async fn make_sink(name: &str, sink: &SinkSection) -> Result<Box<dyn Sink>> {
         }
         SinkSection::Doris(external) => {
             let config = external.settings().map_err(bad)?;
-            Box::new(doris::DorisSink::connect(name, config).await?)
+            let journal = Arc::new(sink_state.clone());
+            Box::new(doris::DorisSink::connect(name, config).await?.with_load_journal(journal).await?)
         }
     })
 }

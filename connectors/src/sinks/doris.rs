@@ -14,9 +14,20 @@
 //! (the queue offsets it carries) and is reused on every retry of that load, so Doris refuses
 //! a second copy: `Label Already Exists` with a `FINISHED` load counts as success, a
 //! `RUNNING` one is retried later, and `Publish Timeout` is success (the data is committed,
-//! only not yet visible). After a crash between a finished load and the offset commit the
-//! re-read batch may end at another offset, get another label and load rows again — use a
-//! unique-key table (the model CDC needs anyway) where a repeated row replaces itself.
+//! only not yet visible).
+//!
+//! **Across restarts: the load journal.** After a crash between a finished load and the offset
+//! commit, the re-read batch may end at another offset and so get another label. Under `weir
+//! run` the sink therefore saves each queue's load ranges durably before loading them
+//! (`<data_dir>/connect/sink-state.json`, `{"<connector>": {"doris_loads": {"<queue>":
+//! [[first, last], …]}}}`, at most a few ranges per queue). A restarted sink loads a journaled
+//! range its batch holds whole under the range's own label again; for part of one it asks
+//! `GET /api/{db}/get_load_state?label=…` first: `VISIBLE`/`COMMITTED` rows are there already
+//! (skipped and counted), `PRECOMMITTED` ones are committed in `flush`, `UNKNOWN`/`ABORTED`
+//! ones load as usual, anything else is retried. So a duplicate-key table gets each record
+//! once too. Limits: Doris forgets labels after `label_keep_max_second` (3 days by default),
+//! and resetting the sink's offsets back over journaled ranges replays nothing Doris already
+//! holds under those labels (use a new `label_prefix` to replay).
 //!
 //! **Bad records.** Loads are sent with `strict_mode: true` (otherwise Doris loads a value
 //! that does not fit its column as NULL). A record that is not a JSON object (or, in CDC

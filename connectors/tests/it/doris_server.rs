@@ -7,7 +7,8 @@
 //! 0) and without it loads such values as NULL, applies
 //! `__DORIS_DELETE_SIGN__` from `hidden_columns` on unique-key tables, and pre-commits with
 //! `two_phase_commit` until `PUT /api/{db}/_stream_load_2pc` commits (a commit of an aborted
-//! transaction is refused, and an aborted load's label may be loaded again). The frontend
+//! transaction is refused, and an aborted load's label may be loaded again), and answers
+//! `GET /api/{db}/get_load_state?label=…` with the label's transaction state. The frontend
 //! refuses a load without `Expect: 100-continue` as Doris does and also
 //! answers `GET /api/{db}/{table}/_schema`. Injected faults: `Publish Timeout` answers,
 //! answers lost after the load applied, and transient `Fail`s.
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::Path;
+use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -88,8 +89,8 @@ impl DorisServer {
         });
         let frontend_state = state.clone();
         let frontend_url = crate::support::serve_in_background(move || {
-            let (schema_state, load_state, commit_state) =
-                (frontend_state.clone(), frontend_state.clone(), frontend_state);
+            let (schema_state, load_state, commit_state, label_state) =
+                (frontend_state.clone(), frontend_state.clone(), frontend_state.clone(), frontend_state);
             Router::new()
                 .route(
                     "/api/{db}/{table}/_schema",
@@ -114,6 +115,15 @@ impl DorisServer {
                     "/api/{db}/_stream_load_2pc",
                     put(move |headers: HeaderMap| async move { commit(&commit_state, &headers) }),
                 )
+                .route(
+                    "/api/{db}/get_load_state",
+                    get(move |RawQuery(query): RawQuery, headers: HeaderMap| async move {
+                        // Labels are letters, digits, `_` and `-`: nothing is escaped.
+                        let query = query.unwrap_or_default();
+                        let label = query.split('&').find_map(|pair| pair.strip_prefix("label=")).unwrap_or("");
+                        load_state_of(&label_state, label, &headers)
+                    }),
+                )
         });
         DorisServer { frontend_url, state }
     }
@@ -121,6 +131,11 @@ impl DorisServer {
     /// A table's rows.
     pub fn rows(&self, table: &str) -> Vec<Value> {
         self.state.lock().unwrap().tables[table].rows.clone()
+    }
+
+    /// Replaces the injected faults (counting goes on over all loads).
+    pub fn set_faults(&self, faults: DorisFaults) {
+        self.state.lock().unwrap().faults = faults;
     }
 
     /// Aborts every pre-committed load (as a pre-commit timeout or an operator would).
@@ -277,6 +292,21 @@ fn apply(table: &mut DorisTable, rows: Vec<Value>, delete_sign: bool) {
             None => table.rows.push(row),
         }
     }
+}
+
+/// `get_load_state`: the transaction state of a label, as Doris names it (a finished load is
+/// `VISIBLE`; a label never seen is `UNKNOWN`).
+fn load_state_of(state: &Mutex<DorisState>, label: &str, headers: &HeaderMap) -> Response {
+    let state = state.lock().unwrap();
+    if !authorized(&state, headers) {
+        return unauthorized();
+    }
+    let data = match state.labels.get(label).map(|(status, _)| status.as_str()) {
+        None => "UNKNOWN",
+        Some("FINISHED") => "VISIBLE",
+        Some(other) => other,
+    };
+    reply(json!({"msg": "success", "code": 0, "data": data, "count": 0}))
 }
 
 fn commit(state: &Mutex<DorisState>, headers: &HeaderMap) -> Response {

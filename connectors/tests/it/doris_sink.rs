@@ -2,9 +2,11 @@
 //! quality failures to the dead-letter topic, CDC deletes, two-phase commit, start-up
 //! errors.
 
+use std::sync::Arc;
+
 use serde_json::json;
-use weir_connect::Sink;
 use weir_connect::conformance::{Faults, check_sink, connect_lazily};
+use weir_connect::{FilePositionStore, PositionStore, Sink, SinkRecord};
 use weir_connectors::sinks::doris::{DorisSink, DorisSinkConfig};
 
 use crate::doris_server::{ColumnType, DorisFaults, DorisServer, DorisTable};
@@ -63,6 +65,69 @@ fn a_retried_load_reuses_its_label_so_lost_answers_load_nothing_twice() {
         assert_eq!(ids, (0..900).collect::<Vec<_>>(), "every row exactly once");
         assert!(support::dead_letters(&broker, &task).await.is_empty());
     });
+}
+
+/// How the run a crash interrupts fails: its one load's answer is lost after Doris applied
+/// it, or the load fails before applying anything.
+#[derive(Clone, Copy, Debug)]
+enum FirstRun {
+    AnswerLost,
+    LoadFailed,
+}
+
+/// Batches are half-open offset ranges `(start, end)`. A run that writes `first_batch` and dies (`first_run`), then later runs (each with its
+/// batches, written and flushed) over the same journal: each record must be in the
+/// duplicate-key table exactly once, whatever offsets the later batches end at.
+fn check_restart(first_run: FirstRun, first_batch: (u64, u64), later_runs: &[&[(u64, u64)]], two_phase_commit: bool) {
+    let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let case = format!("{first_run:?} {first_batch:?} then {later_runs:?}, two-phase commit {two_phase_commit}");
+    runtime().block_on(async {
+        let store: Arc<dyn PositionStore> =
+            Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
+        let records: Vec<SinkRecord> = (0..100)
+            .map(|i| support::record(0, i, None, &json!({"id": i, "name": "e", "qty": i}).to_string()))
+            .collect();
+        let batch = |(start, end): &(u64, u64)| records[*start as usize..*end as usize].to_vec();
+        let connect = || async {
+            let mut config = config(&server, "events");
+            config.two_phase_commit = two_phase_commit;
+            DorisSink::connect("journal", config).await.unwrap().with_load_journal(store.clone()).await.unwrap()
+        };
+        server.set_faults(match first_run {
+            FirstRun::AnswerLost => DorisFaults { lost_after_apply_every: 1, ..DorisFaults::default() },
+            FirstRun::LoadFailed => DorisFaults { transient_fail_every: 1, ..DorisFaults::default() },
+        });
+        let mut sink = connect().await;
+        sink.write(&batch(&first_batch)).await.expect_err("the first run's load fails");
+        drop(sink); // the process dies: nothing committed
+        server.set_faults(DorisFaults::default());
+        for run in later_runs {
+            let mut sink = connect().await;
+            for range in *run {
+                sink.write(&batch(range)).await.unwrap_or_else(|e| panic!("{case}: {range:?}: {e}"));
+                sink.flush().await.unwrap_or_else(|e| panic!("{case}: {range:?}: {e}"));
+            }
+        }
+        let mut ids: Vec<i64> = server.rows("db.events").iter().map(|row| row["id"].as_i64().unwrap()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>(), "{case}: every record exactly once");
+    });
+}
+
+#[test]
+fn a_restarted_sink_loads_nothing_twice_whatever_its_batches_end_at() {
+    for two_phase_commit in [false, true] {
+        // The re-read batch is shorter than the lost load, then runs past it.
+        check_restart(FirstRun::AnswerLost, (0, 60), &[&[(0, 30), (30, 100)]], two_phase_commit);
+        // It holds the lost load whole, and more.
+        check_restart(FirstRun::AnswerLost, (0, 60), &[&[(0, 100)]], two_phase_commit);
+        // A second restart inside the lost load's range (the first restart committed 0..30).
+        check_restart(FirstRun::AnswerLost, (0, 60), &[&[(0, 30)], &[(30, 45), (45, 100)]], two_phase_commit);
+        // The load never happened: the shorter batch loads.
+        check_restart(FirstRun::LoadFailed, (0, 60), &[&[(0, 30), (30, 100)]], two_phase_commit);
+        check_restart(FirstRun::LoadFailed, (0, 60), &[&[(0, 30)], &[(30, 100)]], two_phase_commit);
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value as Json, json};
-use weir_connect::{Sink, SinkError, SinkRecord};
+use weir_connect::{PositionStore, Sink, SinkError, SinkRecord};
 
 use super::config::{DorisSinkConfig, label_char};
 
@@ -30,6 +30,9 @@ pub enum DorisSinkError {
     /// The table is not there.
     #[error("doris sink {connector:?}: table `{database}`.`{table}` is not available: {reason}")]
     MissingTable { connector: String, database: String, table: String, reason: String },
+    /// The load journal cannot be read (a local file or store problem).
+    #[error("doris sink {connector:?}: cannot read its load journal: {reason}")]
+    Journal { connector: String, reason: String },
 }
 
 /// Loads records into one table.
@@ -40,6 +43,40 @@ pub struct DorisSink {
     precommitted: VecDeque<Precommitted>,
     /// The (queue, offset) of every record in those loads.
     precommitted_records: std::collections::BTreeSet<(u32, u64)>,
+    /// Where each queue's load ranges are saved before they load (see `LoadJournal`).
+    journal: Option<LoadJournal>,
+}
+
+/// Each queue's latest load ranges (the first and last offset of a load's records: its
+/// label), saved durably *before* the loads start. After a restart the re-read batch may end
+/// at another offset than the batch a crash interrupted, and so get another label; the
+/// journal tells the sink which ranges an earlier run may have loaded, so it loads such a
+/// range again only under its own label (when the batch holds it whole, Doris refuses the
+/// copy) and otherwise asks Doris for the label's state before loading any part of it.
+struct LoadJournal {
+    store: Arc<dyn PositionStore>,
+    /// The key in `store`: the connector's name.
+    key: String,
+    /// What is saved: queue → its ranges, in offset order, never overlapping.
+    saved: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// Ranges from an earlier run that are not yet behind the records this run writes.
+    inherited: BTreeMap<u32, Vec<(u64, u64)>>,
+}
+
+/// The journal's field in the store's JSON object.
+const JOURNAL_FIELD: &str = "doris_loads";
+
+/// One record's row (a CDC update that changed the key has two rows, sharing the record's
+/// index and offset): `(batch index, queue offset, row)`.
+type Row = (usize, u64, Json);
+
+/// A stretch of one queue's rows, as a journaled range from an earlier run decides it.
+enum Segment {
+    /// Loaded under the label of its first and last offset.
+    Load(Vec<Row>),
+    /// An earlier run's load under `label` holds these records already: visible, or
+    /// pre-committed (then committed in `flush`, by label).
+    Loaded { label: String, offsets: Vec<u64>, rows: u64, precommitted: bool },
 }
 
 /// A pre-committed load (two-phase commit) waiting for its commit.
@@ -140,7 +177,36 @@ impl DorisSink {
             loader: Arc::new(Loader { connector: connector.into(), config, client, label_prefix }),
             precommitted: VecDeque::new(),
             precommitted_records: Default::default(),
+            journal: None,
         })
+    }
+
+    /// Saves load ranges in `store` under the connector's name before each load, and
+    /// honours the ranges an earlier run saved there (see `LoadJournal`), so a load whose
+    /// answer was lost before a restart is never loaded again under another label. Without
+    /// a journal only a retry of the same batch is protected.
+    pub async fn with_load_journal(mut self, store: Arc<dyn PositionStore>) -> Result<DorisSink, DorisSinkError> {
+        let connector = self.loader.connector.clone();
+        let invalid = |reason: String| DorisSinkError::Journal { connector: connector.clone(), reason };
+        let saved: BTreeMap<u32, Vec<(u64, u64)>> =
+            match store.load(&connector).await.map_err(|e| invalid(e.to_string()))? {
+                None => BTreeMap::new(),
+                Some(state) => match state.get(JOURNAL_FIELD) {
+                    None => BTreeMap::new(),
+                    Some(loads) => serde_json::from_value(loads.clone())
+                        .map_err(|e| invalid(format!("`{JOURNAL_FIELD}` is not queue → [[first, last], …]: {e}")))?,
+                },
+            };
+        for (queue_id, ranges) in &saved {
+            let ordered =
+                ranges.iter().all(|(first, last)| first <= last) && ranges.windows(2).all(|pair| pair[0].1 < pair[1].0);
+            if !ordered {
+                return Err(invalid(format!("queue {queue_id}'s ranges {ranges:?} overlap or are out of order")));
+            }
+        }
+        tracing::info!(connector = %connector, queues = saved.len(), "doris sink load journal read");
+        self.journal = Some(LoadJournal { store, key: connector, inherited: saved.clone(), saved });
+        Ok(self)
     }
 
     /// The row a record loads; `Ok(None)` for a skipped tombstone, `Err` why it is poison.
@@ -300,6 +366,120 @@ impl Loader {
         }
     }
 
+    /// The state of the load under `label` (`GET /api/{db}/get_load_state`): `UNKNOWN`,
+    /// `PREPARE`, `PRECOMMITTED`, `COMMITTED`, `VISIBLE` or `ABORTED`.
+    async fn load_state(&self, label: &str) -> Result<String, SinkError> {
+        // A label is letters, digits, `_` and `-`: nothing to escape in the query.
+        let url = format!(
+            "{}/api/{}/get_load_state?label={label}",
+            self.config.url.trim_end_matches('/'),
+            self.config.database
+        );
+        let failed = |reason: String| SinkError::retryable(format!("doris load state of {label}: {reason}"));
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(&self.config.username, Some(&self.config.password))
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| failed(e.to_string()))?;
+        let reply: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
+        match (status.is_success(), reply.get("code").and_then(Json::as_i64), reply.get("data").and_then(Json::as_str))
+        {
+            (true, Some(0), Some(state)) => Ok(state.to_ascii_uppercase()),
+            _ => Err(failed(format!("HTTP {status}: {}", truncate(&text, 300)))),
+        }
+    }
+
+    /// Splits one queue's rows (offset order) by the `ranges` an earlier run journaled. Rows
+    /// outside them load as usual. A range the rows hold whole loads under its own label
+    /// again (Doris refuses a second copy). Part of a range is looked up: a visible or
+    /// committed load holds those rows already, a pre-committed one is committed in `flush`,
+    /// and an unknown or aborted one never loaded them (they load as usual). Returns the
+    /// segments and the ranges that stay in force.
+    async fn resolve(
+        &self,
+        queue_id: u32,
+        mut rows: Vec<Row>,
+        ranges: &[(u64, u64)],
+    ) -> Result<(Vec<Segment>, Vec<(u64, u64)>), SinkError> {
+        let mut segments = Vec::new();
+        let mut kept = Vec::new();
+        for &(first, last) in ranges {
+            let Some(front) = rows.first() else {
+                kept.push((first, last));
+                continue;
+            };
+            if last < front.1 {
+                continue; // behind what is written now: its offsets were committed
+            }
+            let before = rows.iter().take_while(|row| row.1 < first).count();
+            if before > 0 {
+                segments.push(Segment::Load(rows.drain(..before).collect()));
+            }
+            let inside = rows.iter().take_while(|row| row.1 <= last).count();
+            if inside == 0 {
+                kept.push((first, last));
+                continue;
+            }
+            let part: Vec<Row> = rows.drain(..inside).collect();
+            if part[0].1 == first && part[part.len() - 1].1 == last {
+                segments.push(Segment::Load(part));
+                continue;
+            }
+            let label = self.label(queue_id, first, last);
+            let state = self.load_state(&label).await?;
+            tracing::info!(connector = %self.connector, %label, %state, rows = part.len(), "doris sink: part of an earlier run's load");
+            let rows_in_part = part.len() as u64;
+            let mut offsets: Vec<u64> = part.iter().map(|row| row.1).collect();
+            offsets.dedup();
+            match state.as_str() {
+                "VISIBLE" | "COMMITTED" | "FINISHED" => {
+                    segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: false });
+                    kept.push((first, last));
+                }
+                "PRECOMMITTED" => {
+                    segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: true });
+                    kept.push((first, last));
+                }
+                "UNKNOWN" | "ABORTED" => segments.push(Segment::Load(part)),
+                other => {
+                    return Err(SinkError::retryable(format!(
+                        "doris: an earlier run's load {label} is {other}; waiting for it to end"
+                    )));
+                }
+            }
+        }
+        if !rows.is_empty() {
+            segments.push(Segment::Load(rows));
+        }
+        Ok((segments, kept))
+    }
+
+    /// Loads one queue's segments in order.
+    async fn load_segments(self: Arc<Self>, queue_id: u32, segments: Vec<Segment>) -> Result<QueueLoad, SinkError> {
+        let mut outcome = QueueLoad::default();
+        for segment in segments {
+            match segment {
+                Segment::Load(rows) => {
+                    let part = self.clone().load_queue(queue_id, rows).await?;
+                    outcome.loaded += part.loaded;
+                    outcome.refused.extend(part.refused);
+                    outcome.precommitted.extend(part.precommitted);
+                }
+                Segment::Loaded { label, offsets, rows, precommitted } => {
+                    outcome.loaded += rows;
+                    if precommitted {
+                        outcome.precommitted.push((label, None, offsets));
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
     fn label(&self, queue_id: u32, first: u64, last: u64) -> String {
         let label = format!("{}_{queue_id}_{first}_{last}", self.label_prefix);
         // A prefix is at most 64 characters, the rest at most 3 + 10 + 20 + 20.
@@ -310,7 +490,7 @@ impl Loader {
     /// Loads one queue's rows (`(batch index, offset, row)`, in offset order); a load refused
     /// for data quality is split in halves until the refused records are alone, each part
     /// under the deterministic label of its offset range.
-    async fn load_queue(self: Arc<Self>, queue_id: u32, rows: Vec<(usize, u64, Json)>) -> Result<QueueLoad, SinkError> {
+    async fn load_queue(self: Arc<Self>, queue_id: u32, rows: Vec<Row>) -> Result<QueueLoad, SinkError> {
         let mut outcome = QueueLoad::default();
         let mut parts = vec![(0, rows.len())];
         while let Some((start, end)) = parts.pop() {
@@ -353,6 +533,41 @@ impl Loader {
             }
         }
         Ok(outcome)
+    }
+}
+
+impl LoadJournal {
+    /// Saves, durably, the ranges this write is about to load with the earlier ranges still
+    /// in force, for the queues in `plans` (unless nothing changed: a retry of the batch).
+    async fn save_before_loading(
+        &mut self,
+        plans: &[(u32, Vec<Segment>)],
+        kept_ranges: &BTreeMap<u32, Vec<(u64, u64)>>,
+    ) -> Result<(), SinkError> {
+        let mut next = self.saved.clone();
+        for (queue_id, segments) in plans {
+            let mut ranges = kept_ranges.get(queue_id).cloned().unwrap_or_default();
+            ranges.extend(segments.iter().filter_map(|segment| match segment {
+                Segment::Load(rows) if !rows.is_empty() => Some((rows[0].1, rows[rows.len() - 1].1)),
+                _ => None,
+            }));
+            ranges.sort_unstable();
+            debug_assert!(ranges.windows(2).all(|pair| pair[0].1 < pair[1].0), "journal ranges overlap: {ranges:?}");
+            if ranges.is_empty() {
+                next.remove(queue_id);
+            } else {
+                next.insert(*queue_id, ranges);
+            }
+        }
+        if next == self.saved {
+            return Ok(());
+        }
+        let state = json!({ JOURNAL_FIELD: next });
+        self.store.save(&self.key, Some(&state)).await.map_err(|e| {
+            SinkError::retryable(format!("doris sink {:?}: cannot save its load journal: {e}", self.key))
+        })?;
+        self.saved = next;
+        Ok(())
     }
 }
 
@@ -399,31 +614,46 @@ fn truncate(text: &str, bytes_max: usize) -> &str {
 impl Sink for DorisSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
         let mut refused = BTreeMap::new();
-        // Rows per queue, in offset order: one load (one label) per queue.
-        let mut queues: BTreeMap<u32, Vec<(usize, Json)>> = BTreeMap::new();
+        // Rows per queue, in offset order. Two-phase commit: rows already pre-committed by an
+        // earlier write of this batch (before a failed flush) are not loaded again.
+        let mut queues: BTreeMap<u32, Vec<Row>> = BTreeMap::new();
         for (index, record) in batch.iter().enumerate() {
             match self.rows(record) {
-                Ok(rows) => queues.entry(record.queue_id).or_default().extend(rows.into_iter().map(|row| (index, row))),
+                Ok(rows) => {
+                    let (queue_id, offset) = (record.queue_id, record.queue_offset);
+                    if !self.precommitted_records.contains(&(queue_id, offset)) {
+                        queues.entry(queue_id).or_default().extend(rows.into_iter().map(|row| (index, offset, row)));
+                    }
+                }
                 Err(reason) => {
                     refused.insert(index, reason);
                 }
             }
         }
+        // What an earlier run journaled decides how each queue's rows load; the ranges about
+        // to load are saved before any of them starts.
+        let mut plans: Vec<(u32, Vec<Segment>)> = Vec::with_capacity(queues.len());
+        let mut kept_ranges = BTreeMap::new();
+        for (queue_id, rows) in queues {
+            let inherited = self.journal.as_ref().and_then(|journal| journal.inherited.get(&queue_id));
+            let (segments, kept) = match inherited {
+                Some(ranges) => self.loader.resolve(queue_id, rows, ranges).await?,
+                None => (vec![Segment::Load(rows)], Vec::new()),
+            };
+            kept_ranges.insert(queue_id, kept);
+            plans.push((queue_id, segments));
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.save_before_loading(&plans, &kept_ranges).await?;
+        }
         // Queues load in parallel, `concurrency` at a time; one queue's loads stay in order.
         let mut loaded = 0u64;
-        let mut pending = queues.into_iter();
+        let mut pending = plans.into_iter();
         loop {
             let mut tasks = tokio::task::JoinSet::new();
-            for (queue_id, rows) in pending.by_ref().take(self.loader.config.concurrency) {
-                // Two-phase commit: rows already pre-committed by an earlier write of this
-                // batch (before a failed flush) are not loaded again.
-                let rows: Vec<(usize, u64, Json)> = rows
-                    .into_iter()
-                    .map(|(index, row)| (index, batch[index].queue_offset, row))
-                    .filter(|(_, offset, _)| !self.precommitted_records.contains(&(queue_id, *offset)))
-                    .collect();
+            for (queue_id, segments) in pending.by_ref().take(self.loader.config.concurrency) {
                 let loader = self.loader.clone();
-                tasks.spawn(async move { (queue_id, loader.load_queue(queue_id, rows).await) });
+                tasks.spawn(async move { (queue_id, loader.load_segments(queue_id, segments).await) });
             }
             if tasks.is_empty() {
                 break;
@@ -453,6 +683,17 @@ impl Sink for DorisSink {
             }
             if let Some(error) = failure {
                 return Err(error); // finished loads keep their labels: the retry skips them
+            }
+        }
+        // Written: the earlier run's ranges behind these records no longer matter (a retry of
+        // this batch decided the same, as Doris's answers for them cannot change).
+        if let Some(journal) = &mut self.journal {
+            for (queue_id, kept) in kept_ranges {
+                if kept.is_empty() {
+                    journal.inherited.remove(&queue_id);
+                } else {
+                    journal.inherited.insert(queue_id, kept);
+                }
             }
         }
         metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone()).increment(loaded);
