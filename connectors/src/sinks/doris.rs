@@ -6,8 +6,11 @@
 //! `strip_outer_array: true` and a JSON array of the records' objects. The frontend answers
 //! `307` with a backend's address; the sink follows it itself (at most `redirects_max` hops)
 //! so the credentials go along, which an HTTP client's own redirect handling drops when the
-//! host changes. (`Expect: 100-continue` is not sent: the client cannot wait for it, so the
-//! body also travels to the frontend once.)
+//! host changes. The load is sent with `Expect: 100-continue` (the frontend refuses a load
+//! without it) and its body only after the server's `100 Continue` — or 1 s without any
+//! answer, as curl does — so the frontend, which answers 307 without reading the body and
+//! resets a connection that sends one anyway, never gets it (`expect_continue.rs`: hyper's
+//! HTTP/1.1 connection, since reqwest cannot wait for a `100`). Plain `http://` only.
 //!
 //! **Exactly once per label.** Each load's label is `<label_prefix>_<queue>_<first>_<last>`
 //! (default prefix `weir_<connector, cut to 32>_<hash of the name>`)
@@ -18,16 +21,19 @@
 //!
 //! **Across restarts: the load journal.** After a crash between a finished load and the offset
 //! commit, the re-read batch may end at another offset and so get another label. Under `weir
-//! run` the sink therefore saves each queue's load ranges durably before loading them
+//! run` the sink therefore saves every load range durably before its load is sent — a refused
+//! load's split halves too — until the queue's committed offset passes it
 //! (`<data_dir>/connect/sink-state.json`, `{"<connector>": {"doris_loads": {"<queue>":
-//! [[first, last], …]}}}`, at most a few ranges per queue). A restarted sink loads a journaled
-//! range its batch holds whole under the range's own label again; for part of one it asks
-//! `GET /api/{db}/get_load_state?label=…` first: `VISIBLE`/`COMMITTED` rows are there already
-//! (skipped and counted), `PRECOMMITTED` ones are committed in `flush`, `UNKNOWN`/`ABORTED`
-//! ones load as usual, anything else is retried. So a duplicate-key table gets each record
-//! once too. Limits: Doris forgets labels after `label_keep_max_second` (3 days by default),
-//! and resetting the sink's offsets back over journaled ranges replays nothing Doris already
-//! holds under those labels (use a new `label_prefix` to replay).
+//! [[first, last], …]}}}`; a queue's ranges are disjoint or nested). A restarted sink loads a
+//! journaled range its batch holds whole under the range's own label again; for part of one
+//! it asks `GET /api/{db}/get_load_state?label=…` first: `VISIBLE`/`COMMITTED` rows are there
+//! already (skipped and counted), `PRECOMMITTED` ones are committed (with two-phase commit in
+//! `flush`, else at once, before the queue's later loads), for `UNKNOWN`/`ABORTED` the ranges
+//! inside it decide the same way and rows in none load as usual; anything else is retried.
+//! So a duplicate-key table gets each record once too. Limits: Doris forgets labels after
+//! `label_keep_max_second` (3 days by default), and resetting the sink's offsets back over
+//! journaled ranges replays nothing Doris already holds under those labels (use a new
+//! `label_prefix` to replay).
 //!
 //! **Bad records.** Loads are sent with `strict_mode: true` (otherwise Doris loads a value
 //! that does not fit its column as NULL). A record that is not a JSON object (or, in CDC
@@ -46,6 +52,7 @@
 //! are committed only after the data is visible.
 
 mod config;
+mod expect_continue;
 mod sink;
 
 pub use config::DorisSinkConfig;

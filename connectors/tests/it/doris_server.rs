@@ -10,7 +10,10 @@
 //! transaction is refused, and an aborted load's label may be loaded again), and answers
 //! `GET /api/{db}/get_load_state?label=…` with the label's transaction state. The frontend
 //! refuses a load without `Expect: 100-continue` as Doris does and also
-//! answers `GET /api/{db}/{table}/_schema`. Injected faults: `Publish Timeout` answers,
+//! answers `GET /api/{db}/{table}/_schema`. A gate in front of the frontend refuses (HTTP
+//! 400, counted in `body_before_continue`) a load whose body comes before the frontend
+//! answered: Doris's frontend answers 307 without reading the body and resets a connection
+//! that sends one, so a client must wait for `100 Continue`. Injected faults: `Publish Timeout` answers,
 //! answers lost after the load applied, and transient `Fail`s.
 
 use std::collections::BTreeMap;
@@ -60,6 +63,8 @@ pub struct DorisState {
     labels: BTreeMap<String, (String, Option<PendingLoad>)>,
     txn_labels: BTreeMap<u64, String>,
     pub loads: u64,
+    /// Loads whose body reached the frontend (see the module doc).
+    pub body_before_continue: u64,
     faults: DorisFaults,
     credentials: (String, String),
 }
@@ -80,15 +85,18 @@ impl DorisServer {
         }));
         let backend_state = state.clone();
         let backend_url = crate::support::serve_in_background(move || {
-            Router::new().route(
-                "/api/{db}/{table}/_stream_load",
-                put(move |Path((db, table)): Path<(String, String)>, headers: HeaderMap, body: Bytes| async move {
-                    stream_load(&backend_state, &format!("{db}.{table}"), &headers, &body)
-                }),
-            )
+            Router::new()
+                .route(
+                    "/api/{db}/{table}/_stream_load",
+                    put(move |Path((db, table)): Path<(String, String)>, headers: HeaderMap, body: Bytes| async move {
+                        stream_load(&backend_state, &format!("{db}.{table}"), &headers, &body)
+                    }),
+                )
+                // Doris takes loads of gigabytes; axum's default limit is 2 MB.
+                .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         });
         let frontend_state = state.clone();
-        let frontend_url = crate::support::serve_in_background(move || {
+        let router_url = crate::support::serve_in_background(move || {
             let (schema_state, load_state, commit_state, label_state) =
                 (frontend_state.clone(), frontend_state.clone(), frontend_state.clone(), frontend_state);
             Router::new()
@@ -125,6 +133,7 @@ impl DorisServer {
                     }),
                 )
         });
+        let frontend_url = gate_in_background(router_url, state.clone());
         DorisServer { frontend_url, state }
     }
 
@@ -147,6 +156,90 @@ impl DorisServer {
             }
         }
     }
+}
+
+/// Starts the frontend's gate (see the module doc) in front of `router_url`; returns its URL.
+fn gate_in_background(router_url: String, state: Arc<Mutex<DorisState>>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = router_url.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                tokio::spawn(gate(client, router.clone(), state.clone()));
+            }
+        });
+    });
+    url
+}
+
+/// One connection through the gate: its first request head is checked, then bytes flow both
+/// ways unchanged.
+async fn gate(mut client: tokio::net::TcpStream, router: String, state: Arc<Mutex<DorisState>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 16 << 10];
+    let head_end = loop {
+        match client.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() > 64 << 10 {
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..head_end]).to_ascii_lowercase();
+    let load = text.starts_with("put ") && text.contains("/_stream_load ") && text.contains("expect: 100-continue");
+    let Ok(mut server) = tokio::net::TcpStream::connect(&router).await else { return };
+    let refuse = |state: &Mutex<DorisState>| {
+        state.lock().unwrap().body_before_continue += 1;
+        "HTTP/1.1 400 Bad Request\r\ncontent-length: 43\r\nconnection: close\r\n\r\nthe body came before the frontend answered\n"
+    };
+    if load {
+        if head.len() > head_end {
+            let _ = client.write_all(refuse(&state).as_bytes()).await;
+            return;
+        }
+        if server.write_all(&head).await.is_err() {
+            return;
+        }
+        // Until the connection ends, the frontend's answer goes to the client and any byte
+        // from the client is a body the frontend never asked for (Doris resets then).
+        let mut answer = [0u8; 16 << 10];
+        loop {
+            tokio::select! {
+                read = server.read(&mut answer) => match read {
+                    Ok(n) if n > 0 => {
+                        if client.write_all(&answer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => break,
+                },
+                read = client.read(&mut buffer) => {
+                    if matches!(read, Ok(n) if n > 0) {
+                        let _ = client.write_all(refuse(&state).as_bytes()).await;
+                    }
+                    return;
+                }
+            }
+        }
+        // The frontend closed after answering: a body sent now is refused too.
+        if matches!(client.read(&mut buffer).await, Ok(n) if n > 0) {
+            refuse(&state);
+        }
+        return;
+    } else if server.write_all(&head).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
 }
 
 fn authorized(state: &DorisState, headers: &HeaderMap) -> bool {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use weir_connect::conformance::{Faults, check_sink, connect_lazily};
-use weir_connect::{FilePositionStore, PositionStore, Sink, SinkRecord};
+use weir_connect::{FilePositionStore, PositionStore, RetryHint, Sink, SinkRecord};
 use weir_connectors::sinks::doris::{DorisSink, DorisSinkConfig};
 
 use crate::doris_server::{ColumnType, DorisFaults, DorisServer, DorisTable};
@@ -45,6 +45,29 @@ fn the_doris_sink_passes_the_conformance_kit_with_faults() {
         &Faults::default(),
     );
     assert_eq!(server.rows("db.items").len(), 300, "each key once");
+    assert_eq!(server.state.lock().unwrap().body_before_continue, 0, "bodies wait for 100 Continue");
+}
+
+#[test]
+fn loads_wait_for_100_continue_and_send_their_body_to_the_backend_only() {
+    let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
+    runtime().block_on(async {
+        let mut sink = DorisSink::connect("large", config(&server, "events")).await.unwrap();
+        let record = |i: u64| support::record(0, i, None, &json!({"id": i, "name": "e", "qty": i}).to_string());
+        let started = std::time::Instant::now();
+        // One load of about 2 MB (more than the frontend's socket buffers would take), then
+        // twenty small ones: a load that waited out the 1 s fallback instead of the backend's
+        // `100 Continue` would take the whole budget.
+        let large: Vec<SinkRecord> = (0..60_000).map(record).collect();
+        sink.write(&large).await.unwrap();
+        for i in 60_000..60_020 {
+            sink.write(&[record(i)]).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert_eq!(server.rows("db.events").len(), 60_020);
+        assert_eq!(server.state.lock().unwrap().body_before_continue, 0);
+    });
 }
 
 #[test]
@@ -67,67 +90,131 @@ fn a_retried_load_reuses_its_label_so_lost_answers_load_nothing_twice() {
     });
 }
 
-/// How the run a crash interrupts fails: its one load's answer is lost after Doris applied
-/// it, or the load fails before applying anything.
+/// How the run a crash interrupts fails: its loads' answers are lost after Doris applied
+/// them, or the loads fail before applying anything, or (two-phase commit) its loads are
+/// pre-committed and then aborted by Doris.
 #[derive(Clone, Copy, Debug)]
 enum FirstRun {
     AnswerLost,
     LoadFailed,
+    PrecommitAborted,
 }
 
-/// Batches are half-open offset ranges `(start, end)`. A run that writes `first_batch` and dies (`first_run`), then later runs (each with its
-/// batches, written and flushed) over the same journal: each record must be in the
+/// A batch: `(queue, start offset, end offset)` slices, half-open.
+type Batch<'a> = &'a [(u32, u64, u64)];
+
+/// Queues 0 and 1 each hold 100 records; queue 0's record at offset 70 does not fit the table
+/// (Doris refuses its load, which the sink splits until the record stands alone). A run
+/// writes `first_batch` and dies (`first_run`), then later runs (each a list of batches,
+/// written and flushed) go on over the same journal. Each good record must be in the
 /// duplicate-key table exactly once, whatever offsets the later batches end at.
-fn check_restart(first_run: FirstRun, first_batch: (u64, u64), later_runs: &[&[(u64, u64)]], two_phase_commit: bool) {
+fn check_restart(first_run: FirstRun, first_batch: Batch, later_runs: &[&[Batch]], two_phase_commit: bool) {
     let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
     let dir = tempfile::tempdir().unwrap();
     let case = format!("{first_run:?} {first_batch:?} then {later_runs:?}, two-phase commit {two_phase_commit}");
     runtime().block_on(async {
         let store: Arc<dyn PositionStore> =
             Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
-        let records: Vec<SinkRecord> = (0..100)
-            .map(|i| support::record(0, i, None, &json!({"id": i, "name": "e", "qty": i}).to_string()))
-            .collect();
-        let batch = |(start, end): &(u64, u64)| records[*start as usize..*end as usize].to_vec();
+        let record = |queue: u32, offset: u64| {
+            let id = u64::from(queue) * 1000 + offset;
+            let qty = if (queue, offset) == (0, 70) { json!("lots") } else { json!(id) };
+            support::record(queue, offset, None, &json!({"id": id, "name": "e", "qty": qty}).to_string())
+        };
+        let batch = |slices: Batch| -> Vec<SinkRecord> {
+            slices
+                .iter()
+                .flat_map(|&(queue, start, end)| (start..end).map(move |offset| record(queue, offset)))
+                .collect()
+        };
         let connect = || async {
             let mut config = config(&server, "events");
             config.two_phase_commit = two_phase_commit;
             DorisSink::connect("journal", config).await.unwrap().with_load_journal(store.clone()).await.unwrap()
         };
-        server.set_faults(match first_run {
-            FirstRun::AnswerLost => DorisFaults { lost_after_apply_every: 1, ..DorisFaults::default() },
-            FirstRun::LoadFailed => DorisFaults { transient_fail_every: 1, ..DorisFaults::default() },
-        });
         let mut sink = connect().await;
-        sink.write(&batch(&first_batch)).await.expect_err("the first run's load fails");
+        match first_run {
+            FirstRun::AnswerLost | FirstRun::LoadFailed => {
+                server.set_faults(match first_run {
+                    FirstRun::AnswerLost => DorisFaults { lost_after_apply_every: 1, ..DorisFaults::default() },
+                    _ => DorisFaults { transient_fail_every: 1, ..DorisFaults::default() },
+                });
+                sink.write(&batch(first_batch)).await.expect_err("the first run's loads fail");
+                server.set_faults(DorisFaults::default());
+            }
+            FirstRun::PrecommitAborted => {
+                let _ = sink.write(&batch(first_batch)).await; // poison aside, all pre-committed
+                server.abort_precommitted();
+                sink.flush().await.expect_err("Doris aborted the pre-commits");
+            }
+        }
         drop(sink); // the process dies: nothing committed
-        server.set_faults(DorisFaults::default());
         for run in later_runs {
             let mut sink = connect().await;
-            for range in *run {
-                sink.write(&batch(range)).await.unwrap_or_else(|e| panic!("{case}: {range:?}: {e}"));
-                sink.flush().await.unwrap_or_else(|e| panic!("{case}: {range:?}: {e}"));
+            for slices in *run {
+                let records = batch(slices);
+                match sink.write(&records).await {
+                    Ok(()) => {}
+                    Err(error) if error.retry == RetryHint::Permanent => {
+                        let bad: Vec<&SinkRecord> = error.failed_records.iter().map(|&i| &records[i]).collect();
+                        assert!(
+                            bad.iter().all(|r| (r.queue_id, r.queue_offset) == (0, 70)),
+                            "{case}: {slices:?}: only the bad record is poison: {error}"
+                        );
+                    }
+                    Err(error) => panic!("{case}: {slices:?}: {error}"),
+                }
+                sink.flush().await.unwrap_or_else(|e| panic!("{case}: {slices:?}: {e}"));
             }
         }
         let mut ids: Vec<i64> = server.rows("db.events").iter().map(|row| row["id"].as_i64().unwrap()).collect();
         ids.sort_unstable();
-        assert_eq!(ids, (0..100).collect::<Vec<_>>(), "{case}: every record exactly once");
+        let expected: Vec<i64> = (0..100).filter(|&i| i != 70).chain(1000..1100).collect();
+        assert_eq!(ids, expected, "{case}: every good record exactly once");
+        assert_eq!(server.state.lock().unwrap().body_before_continue, 0);
     });
 }
 
 #[test]
 fn a_restarted_sink_loads_nothing_twice_whatever_its_batches_end_at() {
+    // Each later run starts where the one before it committed (after its last flush).
+    let both: &[(u32, u64, u64)] = &[(0, 0, 100), (1, 0, 100)];
     for two_phase_commit in [false, true] {
-        // The re-read batch is shorter than the lost load, then runs past it.
-        check_restart(FirstRun::AnswerLost, (0, 60), &[&[(0, 30), (30, 100)]], two_phase_commit);
-        // It holds the lost load whole, and more.
-        check_restart(FirstRun::AnswerLost, (0, 60), &[&[(0, 100)]], two_phase_commit);
-        // A second restart inside the lost load's range (the first restart committed 0..30).
-        check_restart(FirstRun::AnswerLost, (0, 60), &[&[(0, 30)], &[(30, 45), (45, 100)]], two_phase_commit);
-        // The load never happened: the shorter batch loads.
-        check_restart(FirstRun::LoadFailed, (0, 60), &[&[(0, 30), (30, 100)]], two_phase_commit);
-        check_restart(FirstRun::LoadFailed, (0, 60), &[&[(0, 30)], &[(30, 100)]], two_phase_commit);
+        for first_run in [FirstRun::AnswerLost, FirstRun::LoadFailed] {
+            let lost: &[(u32, u64, u64)] = &[(0, 0, 60), (1, 0, 40)];
+            // The re-read batch is shorter than the lost loads, then runs past them.
+            check_restart(first_run, lost, &[&[&[(0, 0, 30)], &[(0, 30, 100), (1, 0, 100)]]], two_phase_commit);
+            // It holds the lost loads whole, and more.
+            check_restart(first_run, lost, &[&[both]], two_phase_commit);
+            // A second restart inside the lost load's range (the first committed 0..30).
+            check_restart(
+                first_run,
+                &[(0, 0, 60)],
+                &[&[&[(0, 0, 30)]], &[&[(0, 30, 45)], &[(0, 45, 100), (1, 0, 100)]]],
+                two_phase_commit,
+            );
+            // The lost load held the bad record: it was split, and its halves loaded.
+            check_restart(
+                first_run,
+                &[(0, 0, 100)],
+                &[&[&[(0, 0, 55)], &[(0, 55, 80)], &[(0, 80, 100), (1, 0, 100)]]],
+                two_phase_commit,
+            );
+            check_restart(
+                first_run,
+                both,
+                &[&[&[(0, 0, 75), (1, 0, 10)], &[(0, 75, 100), (1, 10, 100)]]],
+                two_phase_commit,
+            );
+        }
     }
+    // Pre-commits Doris aborted: loaded again, once.
+    check_restart(
+        FirstRun::PrecommitAborted,
+        &[(0, 0, 100), (1, 0, 50)],
+        &[&[&[(0, 0, 30)], &[(0, 30, 100), (1, 0, 100)]]],
+        true,
+    );
+    check_restart(FirstRun::PrecommitAborted, &[(0, 0, 60)], &[&[&[(0, 0, 75), (1, 0, 100)], &[(0, 75, 100)]]], true);
 }
 
 #[test]

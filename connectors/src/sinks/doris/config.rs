@@ -6,7 +6,7 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DorisSinkConfig {
-    /// A frontend's HTTP address: `http://fe-host:8030`.
+    /// A frontend's HTTP address: `http://fe-host:8030` (plain HTTP, as Doris serves it).
     pub url: String,
     /// Database of the table.
     pub database: String,
@@ -92,8 +92,10 @@ impl DorisSinkConfig {
             return Err(("key_columns", "only means something with `cdc`".into()));
         }
         match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(url) => return Err(("url", format!("has scheme {:?}; use http", url.scheme()))),
+            Ok(url) if url.scheme() == "http" => {}
+            Ok(url) => {
+                return Err(("url", format!("has scheme {:?}; Doris's HTTP port speaks plain http://", url.scheme())));
+            }
             Err(error) => return Err(("url", format!("is not a URL: {error}"))),
         }
         for (field, name) in [("database", &self.database), ("table", &self.table)] {

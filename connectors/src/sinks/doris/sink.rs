@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::{Method, StatusCode, header};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value as Json, json};
 use weir_connect::{PositionStore, Sink, SinkError, SinkRecord};
 
 use super::config::{DorisSinkConfig, label_char};
+use super::expect_continue;
 
 /// Why the sink cannot start, by who is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -43,24 +44,24 @@ pub struct DorisSink {
     precommitted: VecDeque<Precommitted>,
     /// The (queue, offset) of every record in those loads.
     precommitted_records: std::collections::BTreeSet<(u32, u64)>,
-    /// Where each queue's load ranges are saved before they load (see `LoadJournal`).
-    journal: Option<LoadJournal>,
 }
 
-/// Each queue's latest load ranges (the first and last offset of a load's records: its
-/// label), saved durably *before* the loads start. After a restart the re-read batch may end
-/// at another offset than the batch a crash interrupted, and so get another label; the
-/// journal tells the sink which ranges an earlier run may have loaded, so it loads such a
-/// range again only under its own label (when the batch holds it whole, Doris refuses the
-/// copy) and otherwise asks Doris for the label's state before loading any part of it.
+/// Every load range (the first and last offset of a load's records: its label) not yet
+/// behind a queue's committed offset, saved durably *before* its load is sent — the split
+/// halves of a refused load too. After a restart the re-read batch may end at another offset
+/// than the batch a crash interrupted, and so get other labels; the journal tells the sink
+/// which ranges may already be loaded, so it loads such a range again only under its own
+/// label (when the batch holds it whole, Doris refuses a copy) and otherwise asks Doris for
+/// the label's state before loading any part of it.
+///
+/// **Invariant:** a queue's ranges are laminar — any two are disjoint or one holds the other
+/// (a refused load's halves inside it) — kept sorted by first offset, outer before inner.
 struct LoadJournal {
     store: Arc<dyn PositionStore>,
     /// The key in `store`: the connector's name.
     key: String,
-    /// What is saved: queue → its ranges, in offset order, never overlapping.
+    /// What is saved: queue → its ranges.
     saved: BTreeMap<u32, Vec<(u64, u64)>>,
-    /// Ranges from an earlier run that are not yet behind the records this run writes.
-    inherited: BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 /// The journal's field in the store's JSON object.
@@ -70,12 +71,12 @@ const JOURNAL_FIELD: &str = "doris_loads";
 /// index and offset): `(batch index, queue offset, row)`.
 type Row = (usize, u64, Json);
 
-/// A stretch of one queue's rows, as a journaled range from an earlier run decides it.
+/// A stretch of one queue's rows, as the journaled ranges decide it.
 enum Segment {
     /// Loaded under the label of its first and last offset.
     Load(Vec<Row>),
-    /// An earlier run's load under `label` holds these records already: visible, or
-    /// pre-committed (then committed in `flush`, by label).
+    /// An earlier load under `label` holds these records already: visible, or pre-committed
+    /// (with two-phase commit: committed in `flush`, by label).
     Loaded { label: String, offsets: Vec<u64>, rows: u64, precommitted: bool },
 }
 
@@ -102,6 +103,9 @@ struct Loader {
     config: DorisSinkConfig,
     client: reqwest::Client,
     label_prefix: String,
+    /// Where load ranges are saved before they load (see `LoadJournal`); none without
+    /// `with_load_journal`.
+    journal: Option<tokio::sync::Mutex<LoadJournal>>,
 }
 
 /// What one queue's loads did.
@@ -174,10 +178,9 @@ impl DorisSink {
         let label_prefix = config.label_prefix.clone().unwrap_or_else(|| default_label_prefix(connector));
         tracing::info!(connector, url = %config.url, database = %config.database, table = %config.table, "doris sink connected");
         Ok(DorisSink {
-            loader: Arc::new(Loader { connector: connector.into(), config, client, label_prefix }),
+            loader: Arc::new(Loader { connector: connector.into(), config, client, label_prefix, journal: None }),
             precommitted: VecDeque::new(),
             precommitted_records: Default::default(),
-            journal: None,
         })
     }
 
@@ -198,14 +201,15 @@ impl DorisSink {
                 },
             };
         for (queue_id, ranges) in &saved {
-            let ordered =
-                ranges.iter().all(|(first, last)| first <= last) && ranges.windows(2).all(|pair| pair[0].1 < pair[1].0);
-            if !ordered {
-                return Err(invalid(format!("queue {queue_id}'s ranges {ranges:?} overlap or are out of order")));
+            if !laminar(ranges) {
+                return Err(invalid(format!(
+                    "queue {queue_id}'s ranges {ranges:?} are not sorted outer-first with any two disjoint or nested"
+                )));
             }
         }
         tracing::info!(connector = %connector, queues = saved.len(), "doris sink load journal read");
-        self.journal = Some(LoadJournal { store, key: connector, inherited: saved.clone(), saved });
+        let loader = Arc::get_mut(&mut self.loader).expect("the loader is not shared before the first write");
+        loader.journal = Some(tokio::sync::Mutex::new(LoadJournal { store, key: connector, saved }));
         Ok(self)
     }
 
@@ -246,45 +250,44 @@ impl DorisSink {
 }
 
 impl Loader {
-    /// One Stream Load of `rows` under `label`, following redirects with the credentials.
+    /// One Stream Load of `rows` under `label`, following redirects with the credentials. The
+    /// body goes only where it is asked for (`Expect: 100-continue`, see `expect_continue`):
+    /// the frontend answers 307 to a backend without reading it.
     async fn load(&self, label: &str, rows: &[&Json]) -> Result<LoadOutcome, SinkError> {
-        let body =
-            serde_json::to_vec(rows).map_err(|e| SinkError::retryable(format!("doris: cannot encode rows: {e}")))?;
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(rows).map_err(|e| SinkError::retryable(format!("doris: cannot encode rows: {e}")))?,
+        );
         let mut url = format!(
             "{}/api/{}/{}/_stream_load",
             self.config.url.trim_end_matches('/'),
             self.config.database,
             self.config.table
         );
+        let mut headers = vec![
+            ("label", label.to_string()),
+            ("format", "json".to_string()),
+            ("strip_outer_array", "true".to_string()),
+            // Without strict mode Doris loads a value that does not fit its column as NULL.
+            ("strict_mode", "true".to_string()),
+            ("content-type", "application/json".to_string()),
+        ];
+        if self.config.cdc {
+            headers.push(("hidden_columns", DELETE_SIGN.to_string()));
+        }
+        if self.config.two_phase_commit {
+            headers.push(("two_phase_commit", "true".to_string()));
+        }
+        let credentials = (self.config.username.as_str(), self.config.password.as_str());
+        let timeout = Duration::from_millis(self.config.timeout_ms);
         let mut hops = 0;
         let reply = loop {
-            let mut request = self
-                .client
-                .request(Method::PUT, &url)
-                .basic_auth(&self.config.username, Some(&self.config.password))
-                // The frontend refuses a load without it ("There is no 100-continue header").
-                .header(header::EXPECT, "100-continue")
-                .header("label", label)
-                .header("format", "json")
-                .header("strip_outer_array", "true")
-                // Without strict mode Doris loads a value that does not fit its column as NULL.
-                .header("strict_mode", "true")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            if self.config.cdc {
-                request = request.header("hidden_columns", DELETE_SIGN);
-            }
-            if self.config.two_phase_commit {
-                request = request.header("two_phase_commit", "true");
-            }
-            let response =
-                request.send().await.map_err(|e| SinkError::retryable(format!("doris stream load {label}: {e}")))?;
-            let status = response.status();
+            let answer = expect_continue::put(&url, credentials, &headers, body.clone(), timeout)
+                .await
+                .map_err(|e| SinkError::retryable(format!("doris stream load {label}: {e}")))?;
+            let status = answer.status;
             if status.is_redirection() {
                 hops += 1;
-                let location =
-                    response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-                match location {
+                match answer.location {
                     Some(location) if hops <= self.config.redirects_max => {
                         url = location;
                         continue;
@@ -302,8 +305,7 @@ impl Loader {
                     }
                 }
             }
-            let text =
-                response.text().await.map_err(|e| SinkError::retryable(format!("doris stream load {label}: {e}")))?;
+            let text = String::from_utf8_lossy(&answer.body);
             if !status.is_success() {
                 return Err(SinkError::retryable(format!(
                     "doris stream load {label}: HTTP {status}: {}",
@@ -321,6 +323,14 @@ impl Loader {
             "Label Already Exists" => match field("ExistingJobStatus").as_str() {
                 "FINISHED" | "VISIBLE" | "COMMITTED" => Ok(LoadOutcome::Loaded { txn_id: None }),
                 "PRECOMMITTED" if self.config.two_phase_commit => Ok(LoadOutcome::Loaded { txn_id: None }),
+                // Left by an earlier run with two-phase commit: committed now, before any later
+                // load of the queue, so the later version of a key still wins.
+                "PRECOMMITTED" => match self.commit(label, None).await? {
+                    CommitOutcome::Committed => Ok(LoadOutcome::Loaded { txn_id: None }),
+                    CommitOutcome::Aborted(reason) => Err(SinkError::retryable(format!(
+                        "doris stream load {label}: an earlier run's pre-committed load was aborted ({reason}); loading it again"
+                    ))),
+                },
                 other => Err(SinkError::retryable(format!(
                     "doris stream load {label}: an earlier load with this label is {other:?}; retrying until it ends"
                 ))),
@@ -393,69 +403,91 @@ impl Loader {
         }
     }
 
-    /// Splits one queue's rows (offset order) by the `ranges` an earlier run journaled. Rows
-    /// outside them load as usual. A range the rows hold whole loads under its own label
-    /// again (Doris refuses a second copy). Part of a range is looked up: a visible or
-    /// committed load holds those rows already, a pre-committed one is committed in `flush`,
-    /// and an unknown or aborted one never loaded them (they load as usual). Returns the
-    /// segments and the ranges that stay in force.
-    async fn resolve(
-        &self,
+    /// Splits one queue's rows (offset order) by the journaled `ranges` (laminar, see
+    /// `LoadJournal`). Rows outside them load as usual. A range the rows hold whole loads
+    /// under its own label again (Doris refuses a second copy, and a refused one splits the
+    /// same way again). For part of a range Doris is asked: a visible or committed load holds
+    /// those rows already; a pre-committed one is committed (with two-phase commit, in
+    /// `flush`); for an unknown or aborted one the ranges inside it (a refused load's halves)
+    /// decide, the same way.
+    async fn resolve(&self, queue_id: u32, rows: Vec<Row>, ranges: &[(u64, u64)]) -> Result<Vec<Segment>, SinkError> {
+        let mut segments = Vec::new();
+        self.resolve_within(queue_id, rows, ranges, None, &mut segments).await?;
+        Ok(segments)
+    }
+
+    /// `resolve` for `rows` inside `within` (all of them at the top), against the outermost
+    /// ranges strictly inside it; appends to `segments` in offset order. Recursion is as
+    /// deep as ranges nest (a refused load's halves: about log₂ of a batch).
+    fn resolve_within<'a>(
+        &'a self,
         queue_id: u32,
         mut rows: Vec<Row>,
-        ranges: &[(u64, u64)],
-    ) -> Result<(Vec<Segment>, Vec<(u64, u64)>), SinkError> {
-        let mut segments = Vec::new();
-        let mut kept = Vec::new();
-        for &(first, last) in ranges {
-            let Some(front) = rows.first() else {
-                kept.push((first, last));
-                continue;
+        ranges: &'a [(u64, u64)],
+        within: Option<(u64, u64)>,
+        segments: &'a mut Vec<Segment>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
+        Box::pin(async move {
+            let inside = |range: &(u64, u64)| {
+                within.is_none_or(|outer| *range != outer && outer.0 <= range.0 && range.1 <= outer.1)
             };
-            if last < front.1 {
-                continue; // behind what is written now: its offsets were committed
-            }
-            let before = rows.iter().take_while(|row| row.1 < first).count();
-            if before > 0 {
-                segments.push(Segment::Load(rows.drain(..before).collect()));
-            }
-            let inside = rows.iter().take_while(|row| row.1 <= last).count();
-            if inside == 0 {
-                kept.push((first, last));
-                continue;
-            }
-            let part: Vec<Row> = rows.drain(..inside).collect();
-            if part[0].1 == first && part[part.len() - 1].1 == last {
-                segments.push(Segment::Load(part));
-                continue;
-            }
-            let label = self.label(queue_id, first, last);
-            let state = self.load_state(&label).await?;
-            tracing::info!(connector = %self.connector, %label, %state, rows = part.len(), "doris sink: part of an earlier run's load");
-            let rows_in_part = part.len() as u64;
-            let mut offsets: Vec<u64> = part.iter().map(|row| row.1).collect();
-            offsets.dedup();
-            match state.as_str() {
-                "VISIBLE" | "COMMITTED" | "FINISHED" => {
-                    segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: false });
-                    kept.push((first, last));
-                }
-                "PRECOMMITTED" => {
-                    segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: true });
-                    kept.push((first, last));
-                }
-                "UNKNOWN" | "ABORTED" => segments.push(Segment::Load(part)),
-                other => {
-                    return Err(SinkError::retryable(format!(
-                        "doris: an earlier run's load {label} is {other}; waiting for it to end"
-                    )));
+            let mut outermost: Vec<(u64, u64)> = Vec::new();
+            for range in ranges.iter().filter(|range| inside(range)) {
+                if outermost.last().is_none_or(|outer| outer.1 < range.0) {
+                    outermost.push(*range);
                 }
             }
-        }
-        if !rows.is_empty() {
-            segments.push(Segment::Load(rows));
-        }
-        Ok((segments, kept))
+            for (first, last) in outermost {
+                let before = rows.iter().take_while(|row| row.1 < first).count();
+                if before > 0 {
+                    segments.push(Segment::Load(rows.drain(..before).collect()));
+                }
+                let held = rows.iter().take_while(|row| row.1 <= last).count();
+                if held == 0 {
+                    continue;
+                }
+                let part: Vec<Row> = rows.drain(..held).collect();
+                if part[0].1 == first && part[part.len() - 1].1 == last {
+                    segments.push(Segment::Load(part));
+                    continue;
+                }
+                let label = self.label(queue_id, first, last);
+                let mut state = self.load_state(&label).await?;
+                tracing::info!(connector = %self.connector, %label, %state, rows = part.len(), "doris sink: part of an earlier load");
+                if state == "PRECOMMITTED" && !self.config.two_phase_commit {
+                    // Left by a run with two-phase commit: committed now, before any later
+                    // load of the queue, so the later version of a key still wins.
+                    state = match self.commit(&label, None).await? {
+                        CommitOutcome::Committed => "VISIBLE".into(),
+                        CommitOutcome::Aborted(_) => "ABORTED".into(),
+                    };
+                }
+                let rows_in_part = part.len() as u64;
+                let mut offsets: Vec<u64> = part.iter().map(|row| row.1).collect();
+                offsets.dedup();
+                match state.as_str() {
+                    "VISIBLE" | "COMMITTED" | "FINISHED" => {
+                        segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: false })
+                    }
+                    "PRECOMMITTED" => {
+                        segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: true })
+                    }
+                    // Never loaded whole: its halves (if it was refused) decide.
+                    "UNKNOWN" | "ABORTED" => {
+                        self.resolve_within(queue_id, part, ranges, Some((first, last)), segments).await?
+                    }
+                    other => {
+                        return Err(SinkError::retryable(format!(
+                            "doris: an earlier load {label} is {other}; waiting for it to end"
+                        )));
+                    }
+                }
+            }
+            if !rows.is_empty() {
+                segments.push(Segment::Load(rows));
+            }
+            Ok(())
+        })
     }
 
     /// Loads one queue's segments in order.
@@ -498,7 +530,14 @@ impl Loader {
                 continue;
             }
             let part = &rows[start..end];
-            let label = self.label(queue_id, part[0].1, part[part.len() - 1].1);
+            let range = (part[0].1, part[part.len() - 1].1);
+            let label = self.label(queue_id, range.0, range.1);
+            if let Some(journal) = &self.journal
+                && (start, end) != (0, rows.len())
+            {
+                // A refused load's half: saved before it loads, like the whole was.
+                journal.lock().await.add(queue_id, range).await?;
+            }
             let all: Vec<&Json> = part.iter().map(|(_, _, row)| row).collect();
             match self.load(&label, &all).await? {
                 LoadOutcome::Loaded { txn_id } => {
@@ -537,30 +576,50 @@ impl Loader {
 }
 
 impl LoadJournal {
-    /// Saves, durably, the ranges this write is about to load with the earlier ranges still
-    /// in force, for the queues in `plans` (unless nothing changed: a retry of the batch).
-    async fn save_before_loading(
+    /// The queue's ranges not behind `first_offset` (the first offset of the batch being
+    /// written, at or past the committed offset).
+    fn live(&self, queue_id: u32, first_offset: u64) -> Vec<(u64, u64)> {
+        self.saved
+            .get(&queue_id)
+            .map_or_else(Vec::new, |ranges| ranges.iter().filter(|range| range.1 >= first_offset).copied().collect())
+    }
+
+    /// Before a write's loads: forgets each written queue's ranges behind its `first_offsets`
+    /// entry (their offsets are committed) and adds the `loading` ranges; saves when that
+    /// changed anything (a retried batch changes nothing).
+    async fn prepare(
         &mut self,
-        plans: &[(u32, Vec<Segment>)],
-        kept_ranges: &BTreeMap<u32, Vec<(u64, u64)>>,
+        first_offsets: &BTreeMap<u32, u64>,
+        loading: &[(u32, (u64, u64))],
     ) -> Result<(), SinkError> {
         let mut next = self.saved.clone();
-        for (queue_id, segments) in plans {
-            let mut ranges = kept_ranges.get(queue_id).cloned().unwrap_or_default();
-            ranges.extend(segments.iter().filter_map(|segment| match segment {
-                Segment::Load(rows) if !rows.is_empty() => Some((rows[0].1, rows[rows.len() - 1].1)),
-                _ => None,
-            }));
-            ranges.sort_unstable();
-            debug_assert!(ranges.windows(2).all(|pair| pair[0].1 < pair[1].0), "journal ranges overlap: {ranges:?}");
-            if ranges.is_empty() {
-                next.remove(queue_id);
-            } else {
-                next.insert(*queue_id, ranges);
+        for (queue_id, first_offset) in first_offsets {
+            if let Some(ranges) = next.get_mut(queue_id) {
+                ranges.retain(|range| range.1 >= *first_offset);
+                if ranges.is_empty() {
+                    next.remove(queue_id);
+                }
             }
         }
+        for (queue_id, range) in loading {
+            insert_range(next.entry(*queue_id).or_default(), *range);
+        }
+        self.save(next).await
+    }
+
+    /// Adds one range (a refused load's half) and saves it.
+    async fn add(&mut self, queue_id: u32, range: (u64, u64)) -> Result<(), SinkError> {
+        let mut next = self.saved.clone();
+        insert_range(next.entry(queue_id).or_default(), range);
+        self.save(next).await
+    }
+
+    async fn save(&mut self, next: BTreeMap<u32, Vec<(u64, u64)>>) -> Result<(), SinkError> {
         if next == self.saved {
             return Ok(());
+        }
+        for (queue_id, ranges) in &next {
+            assert!(laminar(ranges), "doris load journal: queue {queue_id}'s ranges {ranges:?} are not laminar");
         }
         let state = json!({ JOURNAL_FIELD: next });
         self.store.save(&self.key, Some(&state)).await.map_err(|e| {
@@ -569,6 +628,57 @@ impl LoadJournal {
         self.saved = next;
         Ok(())
     }
+}
+
+/// Inserts `range` into `ranges` (sorted by first offset, outer before inner) unless it is
+/// there. A range it overlaps without either holding the other is dropped: only offsets reset
+/// back over journaled loads (a replay the user asked for) make such a pair.
+fn insert_range(ranges: &mut Vec<(u64, u64)>, range: (u64, u64)) {
+    let crosses = |other: &(u64, u64)| {
+        let disjoint = other.1 < range.0 || range.1 < other.0;
+        let nested = (other.0 <= range.0 && range.1 <= other.1) || (range.0 <= other.0 && other.1 <= range.1);
+        !disjoint && !nested
+    };
+    ranges.retain(|other| {
+        let keep = !crosses(other);
+        if !keep {
+            tracing::warn!(
+                ?other,
+                ?range,
+                "doris load journal: dropping a range the new load crosses (offsets reset?)"
+            );
+        }
+        keep
+    });
+    let key = |r: &(u64, u64)| (r.0, std::cmp::Reverse(r.1));
+    if let Err(at) = ranges.binary_search_by_key(&key(&range), key) {
+        ranges.insert(at, range);
+    }
+}
+
+/// Whether `ranges` are sorted by first offset (outer before inner, no repeats) and any two
+/// are disjoint or nested.
+fn laminar(ranges: &[(u64, u64)]) -> bool {
+    let mut open: Vec<(u64, u64)> = Vec::new();
+    for (index, range) in ranges.iter().enumerate() {
+        if range.0 > range.1 {
+            return false;
+        }
+        if index > 0 {
+            let previous = ranges[index - 1];
+            if (previous.0, std::cmp::Reverse(previous.1)) >= (range.0, std::cmp::Reverse(range.1)) {
+                return false;
+            }
+        }
+        while open.last().is_some_and(|outer| outer.1 < range.0) {
+            open.pop();
+        }
+        if open.last().is_some_and(|outer| range.1 > outer.1) {
+            return false; // overlaps its neighbour without being inside it
+        }
+        open.push(*range);
+    }
+    true
 }
 
 /// `weir_<connector>_<hash>`: the connector name cut to 32 label characters, and a hash of the
@@ -617,7 +727,11 @@ impl Sink for DorisSink {
         // Rows per queue, in offset order. Two-phase commit: rows already pre-committed by an
         // earlier write of this batch (before a failed flush) are not loaded again.
         let mut queues: BTreeMap<u32, Vec<Row>> = BTreeMap::new();
+        // Each queue's first offset in the batch: offsets before it are committed.
+        let mut first_offsets: BTreeMap<u32, u64> = BTreeMap::new();
         for (index, record) in batch.iter().enumerate() {
+            let first = first_offsets.entry(record.queue_id).or_insert(record.queue_offset);
+            *first = (*first).min(record.queue_offset);
             match self.rows(record) {
                 Ok(rows) => {
                     let (queue_id, offset) = (record.queue_id, record.queue_offset);
@@ -630,21 +744,32 @@ impl Sink for DorisSink {
                 }
             }
         }
-        // What an earlier run journaled decides how each queue's rows load; the ranges about
-        // to load are saved before any of them starts.
+        // The journal decides how each queue's rows load; the ranges about to load are saved
+        // before any of them starts.
         let mut plans: Vec<(u32, Vec<Segment>)> = Vec::with_capacity(queues.len());
-        let mut kept_ranges = BTreeMap::new();
         for (queue_id, rows) in queues {
-            let inherited = self.journal.as_ref().and_then(|journal| journal.inherited.get(&queue_id));
-            let (segments, kept) = match inherited {
-                Some(ranges) => self.loader.resolve(queue_id, rows, ranges).await?,
-                None => (vec![Segment::Load(rows)], Vec::new()),
+            let segments = match &self.loader.journal {
+                Some(journal) => {
+                    let ranges = journal.lock().await.live(queue_id, first_offsets[&queue_id]);
+                    self.loader.resolve(queue_id, rows, &ranges).await?
+                }
+                None => vec![Segment::Load(rows)],
             };
-            kept_ranges.insert(queue_id, kept);
             plans.push((queue_id, segments));
         }
-        if let Some(journal) = &mut self.journal {
-            journal.save_before_loading(&plans, &kept_ranges).await?;
+        if let Some(journal) = &self.loader.journal {
+            let loading: Vec<(u32, (u64, u64))> = plans
+                .iter()
+                .flat_map(|(queue_id, segments)| {
+                    segments.iter().filter_map(move |segment| match segment {
+                        Segment::Load(rows) if !rows.is_empty() => {
+                            Some((*queue_id, (rows[0].1, rows[rows.len() - 1].1)))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect();
+            journal.lock().await.prepare(&first_offsets, &loading).await?;
         }
         // Queues load in parallel, `concurrency` at a time; one queue's loads stay in order.
         let mut loaded = 0u64;
@@ -683,17 +808,6 @@ impl Sink for DorisSink {
             }
             if let Some(error) = failure {
                 return Err(error); // finished loads keep their labels: the retry skips them
-            }
-        }
-        // Written: the earlier run's ranges behind these records no longer matter (a retry of
-        // this batch decided the same, as Doris's answers for them cannot change).
-        if let Some(journal) = &mut self.journal {
-            for (queue_id, kept) in kept_ranges {
-                if kept.is_empty() {
-                    journal.inherited.remove(&queue_id);
-                } else {
-                    journal.inherited.insert(queue_id, kept);
-                }
             }
         }
         metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone()).increment(loaded);
