@@ -7,8 +7,8 @@
 //! `307` with a backend's address; the sink follows it itself (at most `redirects_max` hops)
 //! so the credentials go along, which an HTTP client's own redirect handling drops when the
 //! host changes. The load is sent with `Expect: 100-continue` (the frontend refuses a load
-//! without it) and its body only after the server's `100 Continue` — or 1 s without any
-//! answer, as curl does — so the frontend, which answers 307 without reading the body and
+//! without it) and its body only after the server's `100 Continue` — or 5 s (at most half
+//! of `timeout_ms`) without any answer: curl's rule with a longer wait — so the frontend, which answers 307 without reading the body and
 //! resets a connection that sends one anyway, never gets it (`expect_continue.rs`: hyper's
 //! HTTP/1.1 connection, since reqwest cannot wait for a `100`). Plain `http://` only.
 //!
@@ -24,12 +24,14 @@
 //! run` the sink therefore saves every load range durably before its load is sent — a refused
 //! load's split halves too — until the queue's committed offset passes it
 //! (`<data_dir>/connect/sink-state.json`, `{"<connector>": {"doris_loads": {"<queue>":
-//! [[first, last], …]}}}`; a queue's ranges are disjoint or nested). A restarted sink loads a
-//! journaled range its batch holds whole under the range's own label again; for part of one
-//! it asks `GET /api/{db}/get_load_state?label=…` first: `VISIBLE`/`COMMITTED` rows are there
-//! already (skipped and counted), `PRECOMMITTED` ones are committed (with two-phase commit in
-//! `flush`, else at once, before the queue's later loads), for `UNKNOWN`/`ABORTED` the ranges
-//! inside it decide the same way and rows in none load as usual; anything else is retried.
+//! [[first, last], …]}}}`; a queue's ranges are disjoint or nested). The sink loads a
+//! journaled range its batch holds whole, with no range inside it, under the range's own label
+//! again; for part of one, or one that was split (reloading it whole could now succeed and
+//! repeat its halves' rows), it asks `GET /api/{db}/get_load_state?label=…` first:
+//! `VISIBLE`/`COMMITTED` rows are there already (skipped and counted), `PRECOMMITTED` ones are
+//! committed in their turn (with two-phase commit in `flush`), for `UNKNOWN`/`ABORTED` the
+//! ranges inside it decide the same way and rows in none load as usual; anything else is
+//! retried.
 //! So a duplicate-key table gets each record once too. Limits: Doris forgets labels after
 //! `label_keep_max_second` (3 days by default), and resetting the sink's offsets back over
 //! journaled ranges replays nothing Doris already holds under those labels (use a new
@@ -49,7 +51,10 @@
 //! **Two-phase commit** (`two_phase_commit: true`): loads are pre-committed in `write` and
 //! committed in `flush` (`PUT /api/{db}/_stream_load_2pc`, `txn_operation: commit`, by
 //! transaction id, or by label when a retry found its label pre-committed), so the offsets
-//! are committed only after the data is visible.
+//! are committed only after the data is visible. When Doris aborted a pre-commit, the sink
+//! forgets it and the queue's later pre-commits (the next write loads them again, in order)
+//! and aborts those later ones (`txn_operation: abort`), so none holds a transaction until
+//! Doris's pre-commit timeout.
 
 mod config;
 mod expect_continue;

@@ -6,7 +6,7 @@
 //! `[DATA_QUALITY_ERROR]too many filtered rows` with an `ErrorURL`, as `max_filter_ratio` is
 //! 0) and without it loads such values as NULL, applies
 //! `__DORIS_DELETE_SIGN__` from `hidden_columns` on unique-key tables, and pre-commits with
-//! `two_phase_commit` until `PUT /api/{db}/_stream_load_2pc` commits (a commit of an aborted
+//! `two_phase_commit` until `PUT /api/{db}/_stream_load_2pc` commits or aborts (a commit of an aborted
 //! transaction is refused, and an aborted load's label may be loaded again), and answers
 //! `GET /api/{db}/get_load_state?label=…` with the label's transaction state. The frontend
 //! refuses a load without `Expect: 100-continue` as Doris does and also
@@ -145,6 +145,21 @@ impl DorisServer {
     /// Replaces the injected faults (counting goes on over all loads).
     pub fn set_faults(&self, faults: DorisFaults) {
         self.state.lock().unwrap().faults = faults;
+    }
+
+    /// How many loads are pre-committed (neither committed nor aborted).
+    pub fn precommitted(&self) -> usize {
+        self.state.lock().unwrap().labels.values().filter(|(status, _)| status == "PRECOMMITTED").count()
+    }
+
+    /// Aborts the earliest pre-committed load only (as a pre-commit timeout would).
+    pub fn abort_first_precommitted(&self) {
+        let mut state = self.state.lock().unwrap();
+        let state = &mut *state;
+        let first = state.txn_labels.values().find(|label| state.labels[*label].0 == "PRECOMMITTED").cloned();
+        if let Some(label) = first {
+            state.labels.insert(label, ("ABORTED".into(), None));
+        }
     }
 
     /// Aborts every pre-committed load (as a pre-commit timeout or an operator would).
@@ -415,6 +430,19 @@ fn commit(state: &Mutex<DorisState>, headers: &HeaderMap) -> Response {
     let Some((status, pending)) = state.labels.get_mut(&label) else {
         return reply(json!({"status": "ANALYSIS_ERROR", "msg": format!("transaction with label {label} not found")}));
     };
+    if header("txn_operation") == "abort" {
+        return match status.as_str() {
+            "PRECOMMITTED" => {
+                *status = "ABORTED".into();
+                *pending = None;
+                reply(json!({"status": "Success", "msg": format!("transaction {label} abort successfully.")}))
+            }
+            "ABORTED" => reply(json!({"status": "ANALYSIS_ERROR",
+                "msg": format!("transaction [{label}] is already aborted. abort reason: User Abort")})),
+            _ => reply(json!({"status": "ANALYSIS_ERROR",
+                "msg": format!("transaction [{label}] is already visible, not pre-committed.")})),
+        };
+    }
     match status.as_str() {
         "FINISHED" => {
             return reply(json!({"status": "Success", "msg": format!("transaction {label} is already visible")}));

@@ -1,7 +1,7 @@
 //! A Stream Load `PUT` that honours `Expect: 100-continue`: the body is sent only after the
 //! server's `100 Continue`, so a frontend that answers `307` at once (and never reads the
 //! body, as Doris's Jetty-based frontend does) gets no body; a server that answers neither
-//! within `CONTINUE_WAIT` gets the body anyway (curl's rule, with a longer wait: a Doris
+//! within `CONTINUE_WAIT_MAX` (or half the request's timeout) gets the body anyway (curl's rule, with a longer wait: a Doris
 //! frontend always answers, and a body sent to it resets the connection). A redirect's
 //! `Location` may carry `user:password@` (Doris's does): it never reaches a `Host` header
 //! or an error message. reqwest cannot wait for the
@@ -23,8 +23,8 @@ use hyper::{Method, Request, StatusCode, Uri};
 use tokio::sync::oneshot;
 
 /// How long the body waits for `100 Continue` (or a final answer), from when the request
-/// is sent, before it goes anyway.
-pub(super) const CONTINUE_WAIT: Duration = Duration::from_secs(5);
+/// is sent, before it goes anyway: at most this, and at most half the request's timeout.
+pub(super) const CONTINUE_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Largest answer body read (Doris answers a few hundred bytes of JSON).
 pub(super) const ANSWER_BYTES_MAX: usize = 1 << 20;
 
@@ -45,7 +45,8 @@ pub(super) async fn put(
     body: Bytes,
     timeout: Duration,
 ) -> Result<Answer, String> {
-    tokio::time::timeout(timeout, exchange(url, (username, password), headers, body))
+    let continue_wait = CONTINUE_WAIT_MAX.min(timeout / 2);
+    tokio::time::timeout(timeout, exchange(url, (username, password), headers, body, continue_wait))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }
@@ -55,6 +56,7 @@ async fn exchange(
     (username, password): (&str, &str),
     headers: &[(&'static str, String)],
     body: Bytes,
+    continue_wait: Duration,
 ) -> Result<Answer, String> {
     let uri: Uri = url.parse().map_err(|e| format!("{} is not a URL: {e}", redacted(url)))?;
     let host = uri.host().ok_or_else(|| format!("{} has no host", redacted(url)))?;
@@ -88,8 +90,9 @@ async fn exchange(
     for (name, value) in headers {
         builder = builder.header(*name, HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?);
     }
-    let mut request =
-        builder.body(WithheldBody::new(body, released)).map_err(|e| format!("cannot build the request: {e}"))?;
+    let mut request = builder
+        .body(WithheldBody::new(body, released, continue_wait))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
     hyper::ext::on_informational(&mut request, move |response| {
         if response.status() == StatusCode::CONTINUE
             && let Some(release) = release.lock().expect("release lock").take()
@@ -142,23 +145,25 @@ fn redacted(url: &str) -> String {
 }
 
 /// A request body held back until `released` fires (the server's `100 Continue`) or
-/// `CONTINUE_WAIT` passes from its first poll (when the head is being sent). A dropped
+/// `continue_wait` passes from its first poll (when the head is being sent). A dropped
 /// sender means the server answered without asking for the body: it is never sent.
 struct WithheldBody {
     data: Option<Bytes>,
     length: u64,
     released: Option<oneshot::Receiver<()>>,
+    continue_wait: Duration,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The server answered without asking for the body.
     abandoned: bool,
 }
 
 impl WithheldBody {
-    fn new(data: Bytes, released: oneshot::Receiver<()>) -> Self {
+    fn new(data: Bytes, released: oneshot::Receiver<()>, continue_wait: Duration) -> Self {
         WithheldBody {
             length: data.len() as u64,
             data: Some(data),
             released: Some(released),
+            continue_wait,
             wait: None,
             abandoned: false,
         }
@@ -188,7 +193,8 @@ impl Body for WithheldBody {
                     return Poll::Pending;
                 }
                 Poll::Pending => {
-                    let wait = this.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep(CONTINUE_WAIT)));
+                    let continue_wait = this.continue_wait;
+                    let wait = this.wait.get_or_insert_with(|| Box::pin(tokio::time::sleep(continue_wait)));
                     if wait.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }

@@ -76,8 +76,9 @@ enum Segment {
     /// Loaded under the label of its first and last offset.
     Load(Vec<Row>),
     /// An earlier load under `label` holds these records already: visible, or pre-committed
-    /// (with two-phase commit: committed in `flush`, by label).
-    Loaded { label: String, offsets: Vec<u64>, rows: u64, precommitted: bool },
+    /// (committed by label in its turn among the queue's loads, or with two-phase commit in
+    /// `flush`; if Doris aborted it meanwhile, `rows` load again).
+    Loaded { label: String, rows: Vec<Row>, precommitted: bool },
 }
 
 /// A pre-committed load (two-phase commit) waiting for its commit.
@@ -354,25 +355,57 @@ impl Loader {
 
     /// Commits a pre-committed load (two-phase commit).
     async fn commit(&self, label: &str, txn_id: Option<u64>) -> Result<CommitOutcome, SinkError> {
+        self.finish_precommitted("commit", label, txn_id).await
+    }
+
+    /// Aborts a pre-committed load the sink forgot (its rows load again under their labels),
+    /// so it does not hold one of the database's running transactions until Doris's
+    /// pre-commit timeout. Best effort: a failure is logged.
+    async fn abort(&self, label: &str, txn_id: Option<u64>) {
+        match self.finish_precommitted("abort", label, txn_id).await {
+            Ok(CommitOutcome::Aborted(_)) => {}
+            Ok(CommitOutcome::Committed) => {
+                tracing::warn!(connector = %self.connector, %label, "doris: a forgotten pre-commit answered its abort as committed")
+            }
+            Err(error) => {
+                tracing::warn!(connector = %self.connector, %label, %error, "doris: cannot abort a forgotten pre-commit")
+            }
+        }
+    }
+
+    /// `PUT /api/{db}/_stream_load_2pc` with `txn_operation` `commit` or `abort`, by
+    /// transaction id or label.
+    async fn finish_precommitted(
+        &self,
+        operation: &str,
+        label: &str,
+        txn_id: Option<u64>,
+    ) -> Result<CommitOutcome, SinkError> {
         let url = format!("{}/api/{}/_stream_load_2pc", self.config.url.trim_end_matches('/'), self.config.database);
         let mut request = self
             .client
             .request(Method::PUT, &url)
             .basic_auth(&self.config.username, Some(&self.config.password))
-            .header("txn_operation", "commit");
+            .header("txn_operation", operation);
         request = match txn_id {
             Some(txn_id) => request.header("txn_id", txn_id.to_string()),
             None => request.header("label", label),
         };
-        let response = request.send().await.map_err(|e| SinkError::retryable(format!("doris commit {label}: {e}")))?;
+        let response =
+            request.send().await.map_err(|e| SinkError::retryable(format!("doris {operation} {label}: {e}")))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let reply: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
         let outcome = reply.get("status").or_else(|| reply.get("Status")).and_then(Json::as_str).unwrap_or_default();
         let message = reply.get("msg").or_else(|| reply.get("Message")).and_then(Json::as_str).unwrap_or_default();
+        if operation == "abort" && status.is_success() && outcome.eq_ignore_ascii_case("success") {
+            return Ok(CommitOutcome::Aborted(message.to_string()));
+        }
         match commit_outcome(status, outcome, message) {
             Some(outcome) => Ok(outcome),
-            None => Err(SinkError::retryable(format!("doris commit {label}: HTTP {status}: {}", truncate(&text, 300)))),
+            None => {
+                Err(SinkError::retryable(format!("doris {operation} {label}: HTTP {status}: {}", truncate(&text, 300))))
+            }
         }
     }
 
@@ -447,31 +480,23 @@ impl Loader {
                     continue;
                 }
                 let part: Vec<Row> = rows.drain(..held).collect();
-                if part[0].1 == first && part[part.len() - 1].1 == last {
+                // A range with none inside it, held whole, loads under its own label again:
+                // Doris refuses a copy of a finished load. One with ranges inside was refused
+                // once and split; reloading it whole could now succeed and load its halves'
+                // rows again, so Doris's state of it decides, like for part of a range.
+                let nested = ranges.iter().any(|range| *range != (first, last) && first <= range.0 && range.1 <= last);
+                if !nested && part[0].1 == first && part[part.len() - 1].1 == last {
                     segments.push(Segment::Load(part));
                     continue;
                 }
                 let label = self.label(queue_id, first, last);
-                let mut state = self.load_state(&label).await?;
+                let state = self.load_state(&label).await?;
                 tracing::info!(connector = %self.connector, %label, %state, rows = part.len(), "doris sink: part of an earlier load");
-                if state == "PRECOMMITTED" && !self.config.two_phase_commit {
-                    // Left by a run with two-phase commit: committed now, before any later
-                    // load of the queue, so the later version of a key still wins.
-                    state = match self.commit(&label, None).await? {
-                        CommitOutcome::Committed => "VISIBLE".into(),
-                        CommitOutcome::Aborted(_) => "ABORTED".into(),
-                    };
-                }
-                let rows_in_part = part.len() as u64;
-                let mut offsets: Vec<u64> = part.iter().map(|row| row.1).collect();
-                offsets.dedup();
                 match state.as_str() {
                     "VISIBLE" | "COMMITTED" | "FINISHED" => {
-                        segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: false })
+                        segments.push(Segment::Loaded { label, rows: part, precommitted: false })
                     }
-                    "PRECOMMITTED" => {
-                        segments.push(Segment::Loaded { label, offsets, rows: rows_in_part, precommitted: true })
-                    }
+                    "PRECOMMITTED" => segments.push(Segment::Loaded { label, rows: part, precommitted: true }),
                     // Never loaded whole: its halves (if it was refused) decide.
                     "UNKNOWN" | "ABORTED" => {
                         self.resolve_within(queue_id, part, ranges, Some((first, last)), segments).await?
@@ -501,12 +526,25 @@ impl Loader {
                     outcome.refused.extend(part.refused);
                     outcome.precommitted.extend(part.precommitted);
                 }
-                Segment::Loaded { label, offsets, rows, precommitted } => {
-                    outcome.loaded += rows;
-                    if precommitted {
-                        outcome.precommitted.push((label, None, offsets));
-                    }
+                Segment::Loaded { rows, precommitted: false, .. } => outcome.loaded += rows.len() as u64,
+                Segment::Loaded { label, rows, precommitted: true } if self.config.two_phase_commit => {
+                    outcome.loaded += rows.len() as u64;
+                    let mut offsets: Vec<u64> = rows.iter().map(|row| row.1).collect();
+                    offsets.dedup();
+                    outcome.precommitted.push((label, None, offsets));
                 }
+                // Left pre-committed by a run with two-phase commit: committed in its turn, so
+                // the queue's later loads still win.
+                Segment::Loaded { label, rows, precommitted: true } => match self.commit(&label, None).await? {
+                    CommitOutcome::Committed => outcome.loaded += rows.len() as u64,
+                    CommitOutcome::Aborted(reason) => {
+                        tracing::info!(connector = %self.connector, %label, %reason, "doris sink: an earlier pre-commit was aborted; loading its rows");
+                        let part = self.clone().load_queue(queue_id, rows).await?;
+                        outcome.loaded += part.loaded;
+                        outcome.refused.extend(part.refused);
+                        outcome.precommitted.extend(part.precommitted);
+                    }
+                },
             }
         }
         Ok(outcome)
@@ -840,6 +878,9 @@ impl Sink for DorisSink {
                         for offset in &forgotten_load.offsets {
                             self.precommitted_records.remove(&(queue_id, *offset));
                         }
+                    }
+                    for later in &forgotten[1..] {
+                        self.loader.abort(&later.label, later.txn_id).await;
                     }
                     let load = &forgotten[0];
                     return Err(SinkError::retryable(format!(
