@@ -17,7 +17,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::error::{Error, Result};
 use crate::filter::TagExpression;
-use crate::message::{Message, SendResult, StoredMessage, new_message_id};
+use crate::message::{Message, SendResult, StoredMessage, new_message_id_at};
 use crate::offsets::OffsetTable;
 use crate::storage::{
     DispatchListener, MessageStore, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, QueueRange,
@@ -402,7 +402,8 @@ impl Broker {
                 }
             };
             let queue_id = self.select_queue(&topic, message.sharding_key.as_deref());
-            let message_id = message.unique_id.clone().unwrap_or_else(new_message_id);
+            let message_id =
+                message.unique_id.clone().unwrap_or_else(|| new_message_id_at(born_timestamp_ms.max(0) as u64));
             let mut properties = Vec::with_capacity(message.properties.len() + 3);
             if let Some(tag) = message.tag {
                 properties.push((PROPERTY_TAGS.to_string(), tag));

@@ -149,6 +149,11 @@ impl From<MessageRecord> for StoredMessage {
 /// 48-bit ms timestamp, 16 bits of pid, a 32-bit per-process random nonce and a 32-bit
 /// counter. Unique across processes on a host and across restarts.
 pub fn new_message_id() -> String {
+    new_message_id_at(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// `new_message_id` for a send that already read the clock (`now_ms`, ms since the epoch).
+pub fn new_message_id_at(now_ms: u64) -> String {
     static NONCE: OnceLock<(u32, u16)> = OnceLock::new();
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let (nonce, pid) = *NONCE.get_or_init(|| {
@@ -156,7 +161,6 @@ pub fn new_message_id() -> String {
         hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
         (hasher.finish() as u32, std::process::id() as u16)
     });
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut id = [0u8; 32];
     let fields = [(now_ms & 0xFFFF_FFFF_FFFF, 12), (u64::from(pid), 4), (u64::from(nonce), 8), (u64::from(counter), 8)];

@@ -1161,11 +1161,13 @@ impl Writer {
             let mut completions = Vec::new();
             let mut shutdown = None;
             let mut failed = false;
+            // One clock read per wake-up: the batch is written within microseconds.
+            let store_timestamp_ms = now_ms();
             let mut rest = batch.drain(..);
             for command in rest.by_ref() {
                 match command {
                     Command::Append { messages, done } if !failed => {
-                        let result = self.write(&messages, &mut touched);
+                        let result = self.write(&messages, store_timestamp_ms, &mut touched);
                         if let Err(error) = &result {
                             tracing::error!(%error, "commitlog write failed; the store stops accepting appends");
                             failed = true;
@@ -1237,9 +1239,9 @@ impl Writer {
     fn write(
         &mut self,
         messages: &[NewMessage],
+        store_timestamp_ms: i64,
         touched: &mut Vec<(Arc<ConsumeQueue>, u64)>,
     ) -> Result<Vec<AppendedMessage>> {
-        let store_timestamp_ms = now_ms();
         let mut appended = Vec::with_capacity(messages.len());
         let shared = self.shared.clone();
         // One index lock per request (a roll inside waits at most for one prefault chunk).
