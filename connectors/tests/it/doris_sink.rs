@@ -282,6 +282,33 @@ fn pre_commits_forgotten_after_an_abort_are_aborted_in_doris() {
 }
 
 #[test]
+fn a_batch_doris_refuses_whole_stops_splitting_at_the_limit() {
+    // Every record is too long for the column: without a limit, 2n loads and journal entries.
+    let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let store: Arc<dyn PositionStore> =
+            Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
+        let mut sink = DorisSink::connect("refused", config(&server, "events"))
+            .await
+            .unwrap()
+            .with_load_journal(store)
+            .await
+            .unwrap();
+        let batch: Vec<SinkRecord> = (0..2000)
+            .map(|i| support::record(0, i, None, &json!({"id": i, "name": "far too long", "qty": i}).to_string()))
+            .collect();
+        let error = sink.write(&batch).await.expect_err("every record is refused");
+        assert_eq!(error.retry, RetryHint::Permanent);
+        assert_eq!(error.failed_records.len(), 2000, "every record is poison");
+        assert!(error.record_errors[&0].contains("too many filtered rows"), "{:?}", error.record_errors[&0]);
+        let loads = server.state.lock().unwrap().loads;
+        assert!(loads <= 1 + 2 * 64, "{loads} loads for one refused batch");
+        assert!(server.rows("db.events").is_empty());
+    });
+}
+
+#[test]
 fn rows_doris_filters_are_dead_lettered_and_the_rest_load() {
     let server = DorisServer::start(vec![("db.items", table(Some("id")))], DorisFaults::default());
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,6 +126,11 @@ enum LoadOutcome {
     /// Doris refused the data itself.
     DataRefused(String),
 }
+
+/// Most splits of refused loads per write (each costs a load, and a journal entry with its
+/// fsync): about 2·log₂ n loads find one bad record among n, so 64 finds several; past it a
+/// refused part's records are all dead-lettered with Doris's reason.
+const SPLITS_PER_WRITE_MAX: usize = 64;
 
 /// The delete sign column of unique-key tables.
 const DELETE_SIGN: &str = "__DORIS_DELETE_SIGN__";
@@ -515,13 +521,20 @@ impl Loader {
         })
     }
 
-    /// Loads one queue's segments in order.
-    async fn load_segments(self: Arc<Self>, queue_id: u32, segments: Vec<Segment>) -> Result<QueueLoad, SinkError> {
+    /// Loads one queue's segments in order; `splits_left` is the write's budget of splits of
+    /// refused loads (see `SPLITS_PER_WRITE_MAX`).
+    async fn load_segments(
+        self: Arc<Self>,
+        queue_id: u32,
+        segments: Vec<Segment>,
+        splits_left: Arc<AtomicUsize>,
+    ) -> Result<QueueLoad, SinkError> {
         let mut outcome = QueueLoad::default();
         for segment in segments {
             match segment {
                 Segment::Load(rows) => {
-                    let part = self.clone().load_queue(queue_id, rows).await?;
+                    // Journaled by `prepare` already.
+                    let part = self.clone().load_queue(queue_id, rows, false, &splits_left).await?;
                     outcome.loaded += part.loaded;
                     outcome.refused.extend(part.refused);
                     outcome.precommitted.extend(part.precommitted);
@@ -539,7 +552,8 @@ impl Loader {
                     CommitOutcome::Committed => outcome.loaded += rows.len() as u64,
                     CommitOutcome::Aborted(reason) => {
                         tracing::info!(connector = %self.connector, %label, %reason, "doris sink: an earlier pre-commit was aborted; loading its rows");
-                        let part = self.clone().load_queue(queue_id, rows).await?;
+                        // A range no journal entry covers yet: saved before it loads.
+                        let part = self.clone().load_queue(queue_id, rows, true, &splits_left).await?;
                         outcome.loaded += part.loaded;
                         outcome.refused.extend(part.refused);
                         outcome.precommitted.extend(part.precommitted);
@@ -559,8 +573,16 @@ impl Loader {
 
     /// Loads one queue's rows (`(batch index, offset, row)`, in offset order); a load refused
     /// for data quality is split in halves until the refused records are alone, each part
-    /// under the deterministic label of its offset range.
-    async fn load_queue(self: Arc<Self>, queue_id: u32, rows: Vec<Row>) -> Result<QueueLoad, SinkError> {
+    /// under the deterministic label of its offset range, while `splits_left` lasts (then the
+    /// refused part's records are all refused). Every part but the whole (`journal_whole`:
+    /// that one too) is journaled before it loads.
+    async fn load_queue(
+        self: Arc<Self>,
+        queue_id: u32,
+        rows: Vec<Row>,
+        journal_whole: bool,
+        splits_left: &AtomicUsize,
+    ) -> Result<QueueLoad, SinkError> {
         let mut outcome = QueueLoad::default();
         let mut parts = vec![(0, rows.len())];
         while let Some((start, end)) = parts.pop() {
@@ -571,7 +593,7 @@ impl Loader {
             let range = (part[0].1, part[part.len() - 1].1);
             let label = self.label(queue_id, range.0, range.1);
             if let Some(journal) = &self.journal
-                && (start, end) != (0, rows.len())
+                && (journal_whole || (start, end) != (0, rows.len()))
             {
                 // A refused load's half: saved before it loads, like the whole was.
                 journal.lock().await.add(queue_id, range).await?;
@@ -588,6 +610,20 @@ impl Loader {
                 // is a range of records, and its label their offsets).
                 LoadOutcome::DataRefused(reason) if part.iter().all(|row| row.0 == part[0].0) => {
                     outcome.refused.push((part[0].0, reason))
+                }
+                LoadOutcome::DataRefused(reason)
+                    if splits_left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_err() =>
+                {
+                    let mut indexes: Vec<usize> = part.iter().map(|row| row.0).collect();
+                    indexes.dedup();
+                    let why = format!(
+                        "{reason} (refused in a load of {} records; the sink stops splitting refused loads after \
+                         {SPLITS_PER_WRITE_MAX} splits per batch, so these were not tried one by one)",
+                        indexes.len()
+                    );
+                    outcome.refused.extend(indexes.into_iter().map(|index| (index, why.clone())));
                 }
                 LoadOutcome::DataRefused(reason) => {
                     tracing::debug!(connector = %self.connector, %label, %reason, "doris refused a load's data; splitting it");
@@ -811,12 +847,14 @@ impl Sink for DorisSink {
         }
         // Queues load in parallel, `concurrency` at a time; one queue's loads stay in order.
         let mut loaded = 0u64;
+        let splits_left = Arc::new(AtomicUsize::new(SPLITS_PER_WRITE_MAX));
         let mut pending = plans.into_iter();
         loop {
             let mut tasks = tokio::task::JoinSet::new();
             for (queue_id, segments) in pending.by_ref().take(self.loader.config.concurrency) {
                 let loader = self.loader.clone();
-                tasks.spawn(async move { (queue_id, loader.load_segments(queue_id, segments).await) });
+                let splits_left = splits_left.clone();
+                tasks.spawn(async move { (queue_id, loader.load_segments(queue_id, segments, splits_left).await) });
             }
             if tasks.is_empty() {
                 break;
