@@ -1,6 +1,7 @@
 //! An in-test Doris cluster (one frontend, one backend) with the documented Stream Load
 //! behaviour: the frontend checks basic auth and answers `PUT /api/{db}/{table}/_stream_load`
-//! with 307 to the backend, which checks auth again, loads a JSON array
+//! with 307 to the backend (a Location with `user:password@`, as Doris sends), which checks
+//! auth again (and that the `Host` header carries no credentials), loads a JSON array
 //! (`strip_outer_array`), keeps labels (`Label Already Exists` with `ExistingJobStatus`),
 //! with `strict_mode: true` filters rows whose values do not fit their column (`Fail`,
 //! `[DATA_QUALITY_ERROR]too many filtered rows` with an `ErrorURL`, as `max_filter_ratio` is
@@ -115,7 +116,10 @@ impl DorisServer {
                         if !headers.contains_key(header::EXPECT) {
                             return reply(json!({"status": "FAILED", "msg": "There is no 100-continue header"}));
                         }
-                        let location = format!("{backend_url}/api/{db}/{table}/_stream_load");
+                        // Doris's frontend puts the credentials into the Location
+                        // (`http://user:password@be:8040/…`); they must not reach a Host header.
+                        let backend = backend_url.trim_start_matches("http://");
+                        let location = format!("http://root:pw@{backend}/api/{db}/{table}/_stream_load");
                         (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response()
                     }),
                 )
@@ -295,6 +299,9 @@ fn stream_load(state: &Mutex<DorisState>, table_name: &str, headers: &HeaderMap,
         return unauthorized(); // the redirect must keep the credentials
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if header("host").contains('@') {
+        return (StatusCode::BAD_REQUEST, "Host carries credentials").into_response();
+    }
     let label = header("label");
     if let Some((status, _)) = state.labels.get(&label)
         && status != "ABORTED"
