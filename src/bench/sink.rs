@@ -89,6 +89,8 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
         broker.send_batch(messages).await?;
     }
 
+    // Whether MariaDB had written every dirty page before each phase (see `settle_mysql`).
+    let mut settled = true;
     let (baseline, weir, cores) = match args.sink_type.as_str() {
         "mysql" => {
             let columns = "id BIGINT PRIMARY KEY, user VARCHAR(32), amount DOUBLE, status VARCHAR(16), ts BIGINT, note VARCHAR(64)";
@@ -96,6 +98,7 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
             conn.query_drop(format!("CREATE TABLE bench_baseline ({columns})")).await?;
             conn.query_drop(format!("CREATE TABLE bench_sink ({columns})")).await?;
             conn.disconnect().await?;
+            settled &= settle_mysql(&url).await?;
             let baseline = mysql_baseline(&url, &rows, &args).await?;
             let mut sink_config = MySqlSinkConfig::new(&url, "bench_sink");
             sink_config.mode = MySqlMode::Upsert;
@@ -103,6 +106,7 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
             sink_config.concurrency = args.concurrency;
             sink_config.connections_max = args.concurrency.max(4);
             let mut sink = MySqlSink::connect("bench", sink_config).await?;
+            settled &= settle_mysql(&url).await?;
             let (weir, cores) = drain(&broker, &mut sink, &args).await?;
             let mut conn = mysql_async::Conn::from_url(url.as_str()).await?;
             let written: Option<u64> = conn.query_first("SELECT COUNT(*) FROM bench_sink").await?;
@@ -140,6 +144,7 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
         "cpu_cores_used": (cores * 100.0).round() / 100.0,
         "baseline_rows_per_sec": per_sec(baseline).round(),
         "ratio": (baseline.as_secs_f64() / weir.as_secs_f64() * 10_000.0).round() / 10_000.0,
+        "server_settled": settled,
     });
     println!("{line}");
     Ok(())
@@ -170,6 +175,34 @@ async fn drain(broker: &Broker, sink: &mut dyn Sink, args: &SinkArgs) -> Result<
     stop.send(true).ok();
     task.await?;
     Ok((elapsed, cores))
+}
+
+/// Waits (30 s at most) until InnoDB has written every dirty page, so one phase's writes are
+/// not flushed during the next one's clock (as `weir bench storage` syncs the page cache
+/// between phases). Needs the privilege to set `innodb_max_dirty_pages_pct` (the private
+/// server gives it); returns whether the server settled.
+async fn settle_mysql(url: &str) -> Result<bool> {
+    let mut conn = mysql_async::Conn::from_url(url).await?;
+    let previous: Option<f64> = conn.query_first("SELECT @@GLOBAL.innodb_max_dirty_pages_pct").await?;
+    if conn.query_drop("SET GLOBAL innodb_max_dirty_pages_pct = 0").await.is_err() {
+        conn.disconnect().await?;
+        return Ok(false);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let settled = loop {
+        let dirty: Option<(String, String)> =
+            conn.query_first("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'").await?;
+        if dirty.is_none_or(|(_, pages)| pages.trim() == "0") {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling a server counter
+    };
+    conn.query_drop(format!("SET GLOBAL innodb_max_dirty_pages_pct = {}", previous.unwrap_or(90.0))).await?;
+    conn.disconnect().await?;
+    Ok(settled)
 }
 
 /// The same rows as multi-row upserts of `batch` rows from a plain client loop: one
