@@ -44,6 +44,8 @@ pub struct DorisFaults {
     pub lost_after_apply_every: u64,
     /// Every n-th load fails without applying, for a cluster reason (0: never).
     pub transient_fail_every: u64,
+    /// A commit finds its pre-commit aborted (timed out just before it).
+    pub abort_on_commit: bool,
 }
 
 pub struct DorisTable {
@@ -434,6 +436,7 @@ fn commit(state: &Mutex<DorisState>, headers: &HeaderMap) -> Response {
         Ok(txn_id) => state.txn_labels.get(&txn_id).cloned().unwrap_or_default(),
         Err(_) => header("label"),
     };
+    let abort_on_commit = state.faults.abort_on_commit;
     let Some((status, pending)) = state.labels.get_mut(&label) else {
         return reply(json!({"status": "ANALYSIS_ERROR", "msg": format!("transaction with label {label} not found")}));
     };
@@ -449,6 +452,10 @@ fn commit(state: &Mutex<DorisState>, headers: &HeaderMap) -> Response {
             _ => reply(json!({"status": "ANALYSIS_ERROR",
                 "msg": format!("transaction [{label}] is already visible, not pre-committed.")})),
         };
+    }
+    if abort_on_commit && status == "PRECOMMITTED" {
+        *status = "ABORTED".into();
+        *pending = None;
     }
     match status.as_str() {
         "FINISHED" => {

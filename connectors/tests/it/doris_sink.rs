@@ -28,7 +28,12 @@ fn config(server: &DorisServer, table: &str) -> DorisSinkConfig {
 
 #[test]
 fn the_doris_sink_passes_the_conformance_kit_with_faults() {
-    let faults = DorisFaults { publish_timeout_every: 3, lost_after_apply_every: 4, transient_fail_every: 5 };
+    let faults = DorisFaults {
+        publish_timeout_every: 3,
+        lost_after_apply_every: 4,
+        transient_fail_every: 5,
+        ..DorisFaults::default()
+    };
     let server = DorisServer::start(vec![("db.items", table(Some("id")))], faults);
     let values: Vec<Vec<u8>> =
         (0..300).map(|i| json!({"id": i, "name": format!("n{i}"), "qty": i}).to_string().into_bytes()).collect();
@@ -72,7 +77,7 @@ fn loads_wait_for_100_continue_and_send_their_body_to_the_backend_only() {
 
 #[test]
 fn a_retried_load_reuses_its_label_so_lost_answers_load_nothing_twice() {
-    let faults = DorisFaults { publish_timeout_every: 2, lost_after_apply_every: 3, transient_fail_every: 0 };
+    let faults = DorisFaults { publish_timeout_every: 2, lost_after_apply_every: 3, ..DorisFaults::default() };
     let server = DorisServer::start(vec![("db.events", table(None))], faults); // duplicate model
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
@@ -305,6 +310,46 @@ fn a_batch_doris_refuses_whole_stops_splitting_at_the_limit() {
         let loads = server.state.lock().unwrap().loads;
         assert!(loads <= 1 + 2 * 64, "{loads} loads for one refused batch");
         assert!(server.rows("db.events").is_empty());
+    });
+}
+
+#[test]
+fn an_inherited_pre_commit_found_aborted_is_journaled_before_its_rows_load() {
+    // A run with two-phase commit leaves 0..=59 pre-committed (its answer lost) and dies. A
+    // run without it finds the pre-commit, but the commit finds it aborted (it timed out just
+    // then), so it loads 0..=29 itself and dies before committing offsets. The next run must
+    // find that load in the journal, or it loads 0..=9 again.
+    let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let store: Arc<dyn PositionStore> =
+            Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
+        let records: Vec<SinkRecord> = (0..100)
+            .map(|i| support::record(0, i, None, &json!({"id": i, "name": "e", "qty": i}).to_string()))
+            .collect();
+        let connect = |two_phase_commit: bool| {
+            let store = store.clone();
+            let mut config = config(&server, "events");
+            config.two_phase_commit = two_phase_commit;
+            async move { DorisSink::connect("aborted", config).await.unwrap().with_load_journal(store).await.unwrap() }
+        };
+        server.set_faults(DorisFaults { lost_after_apply_every: 1, ..DorisFaults::default() });
+        connect(true).await.write(&records[..60]).await.expect_err("the answer is lost");
+        assert_eq!(server.precommitted(), 1);
+        server.set_faults(DorisFaults { abort_on_commit: true, ..DorisFaults::default() });
+        let mut sink = connect(false).await;
+        sink.write(&records[..30]).await.unwrap();
+        sink.flush().await.unwrap();
+        drop(sink); // dies before the offset commit
+        server.set_faults(DorisFaults::default());
+        let mut sink = connect(false).await;
+        for batch in [&records[..10], &records[10..]] {
+            sink.write(batch).await.unwrap();
+            sink.flush().await.unwrap();
+        }
+        let mut ids: Vec<i64> = server.rows("db.events").iter().map(|row| row["id"].as_i64().unwrap()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..100).collect::<Vec<_>>(), "every record exactly once");
     });
 }
 
