@@ -89,7 +89,7 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
         broker.send_batch(messages).await?;
     }
 
-    // Whether MariaDB had written every dirty page before each phase (see `settle_mysql`).
+    // Whether MariaDB had settled before each phase (see `settle_mysql`); none for Redis.
     let mut settled = true;
     let (baseline, weir, cores) = match args.sink_type.as_str() {
         "mysql" => {
@@ -144,7 +144,7 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
         "cpu_cores_used": (cores * 100.0).round() / 100.0,
         "baseline_rows_per_sec": per_sec(baseline).round(),
         "ratio": (baseline.as_secs_f64() / weir.as_secs_f64() * 10_000.0).round() / 10_000.0,
-        "server_settled": settled,
+        "server_settled": (args.sink_type == "mysql").then_some(settled),
     });
     println!("{line}");
     Ok(())
@@ -196,26 +196,33 @@ pub(super) async fn settle_mysql(url: &str) -> Result<bool> {
     }
     let started = Instant::now();
     let (mut fewest, mut fewest_at) = (u64::MAX, started);
-    let settled = loop {
-        let dirty: Option<(String, String)> =
-            conn.query_first("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'").await?;
-        let Some(pages) = dirty.and_then(|(_, pages)| pages.trim().parse::<u64>().ok()) else { break false };
-        if pages < fewest {
-            (fewest, fewest_at) = (pages, Instant::now());
+    // The setting is restored whatever the wait ends in (an interrupted run cannot).
+    let settled = async {
+        loop {
+            let dirty: Option<(String, String)> =
+                match conn.query_first("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'").await {
+                    Ok(dirty) => dirty,
+                    Err(error) => break Err(anyhow::Error::from(error)),
+                };
+            let Some(pages) = dirty.and_then(|(_, pages)| pages.trim().parse::<u64>().ok()) else { break Ok(false) };
+            if pages < fewest {
+                (fewest, fewest_at) = (pages, Instant::now());
+            }
+            if pages <= SETTLED_DIRTY_PAGES_MAX
+                || (pages <= STALLED_DIRTY_PAGES_MAX && fewest_at.elapsed() >= Duration::from_secs(2))
+            {
+                break Ok(true);
+            }
+            if started.elapsed() >= Duration::from_secs(30) {
+                break Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling a server counter
         }
-        if pages <= SETTLED_DIRTY_PAGES_MAX
-            || (pages <= STALLED_DIRTY_PAGES_MAX && fewest_at.elapsed() >= Duration::from_secs(2))
-        {
-            break true;
-        }
-        if started.elapsed() >= Duration::from_secs(30) {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling a server counter
-    };
+    }
+    .await;
     conn.query_drop(format!("SET GLOBAL innodb_max_dirty_pages_pct = {}", previous.unwrap_or(90.0))).await?;
     conn.disconnect().await?;
-    Ok(settled)
+    settled
 }
 
 /// The same rows as multi-row upserts of `batch` rows from a plain client loop: one

@@ -42,9 +42,9 @@
 //! mode, not a change envelope) is poison before loading. A load that fails for data quality
 //! (`too many filtered rows`) is split in halves, each loaded under the label of its own
 //! offset range, until the refused records stand alone (about 2·log₂ n loads per bad record);
-//! those are poison, carrying Doris's message and error URL. After 64 splits in one batch a
-//! refused part's records are all poison (so a batch Doris refuses whole costs ~64 loads, not
-//! 2n). Other failures are transient.
+//! those are poison, carrying Doris's message and error URL. After 32 splits of one queue's
+//! loads in a batch, a refused part's records are all poison (so a batch Doris refuses whole
+//! costs ~64 loads per queue, not 2n). Other failures are transient.
 //!
 //! **CDC.** With `cdc: true`, records are Debezium envelopes: creates, reads and updates load
 //! `after` with `__DORIS_DELETE_SIGN__ = 0`, deletes load `before` with `1` (header

@@ -127,10 +127,12 @@ enum LoadOutcome {
     DataRefused(String),
 }
 
-/// Most splits of refused loads per write (each costs a load, and a journal entry with its
-/// fsync): about 2·log₂ n loads find one bad record among n, so 64 finds several; past it a
-/// refused part's records are all dead-lettered with Doris's reason.
-const SPLITS_PER_WRITE_MAX: usize = 64;
+/// Most splits of one queue's refused loads per write (each costs a load, and a journal entry
+/// with its fsync): about 2·log₂ n loads find one bad record among n, so 32 find a few among
+/// thousands; past it a refused part's records are all dead-lettered with Doris's reason.
+/// Per queue, so one queue's refusals never spend another's, and the same batch splits the
+/// same way on every retry (the journal then gains nothing new).
+const SPLITS_PER_QUEUE_MAX: usize = 32;
 
 /// The delete sign column of unique-key tables.
 const DELETE_SIGN: &str = "__DORIS_DELETE_SIGN__";
@@ -521,15 +523,11 @@ impl Loader {
         })
     }
 
-    /// Loads one queue's segments in order; `splits_left` is the write's budget of splits of
-    /// refused loads (see `SPLITS_PER_WRITE_MAX`).
-    async fn load_segments(
-        self: Arc<Self>,
-        queue_id: u32,
-        segments: Vec<Segment>,
-        splits_left: Arc<AtomicUsize>,
-    ) -> Result<QueueLoad, SinkError> {
+    /// Loads one queue's segments in order, with one budget of splits of refused loads (see
+    /// `SPLITS_PER_QUEUE_MAX`).
+    async fn load_segments(self: Arc<Self>, queue_id: u32, segments: Vec<Segment>) -> Result<QueueLoad, SinkError> {
         let mut outcome = QueueLoad::default();
+        let splits_left = AtomicUsize::new(SPLITS_PER_QUEUE_MAX);
         for segment in segments {
             match segment {
                 Segment::Load(rows) => {
@@ -619,8 +617,8 @@ impl Loader {
                     let mut indexes: Vec<usize> = part.iter().map(|row| row.0).collect();
                     indexes.dedup();
                     let why = format!(
-                        "{reason} (refused in a load of {} records; the sink stops splitting refused loads after \
-                         {SPLITS_PER_WRITE_MAX} splits per batch, so these were not tried one by one)",
+                        "{reason} (refused in a load of {} records; the sink stops splitting a queue's refused \
+                         loads after {SPLITS_PER_QUEUE_MAX} splits per batch, so these were not tried one by one)",
                         indexes.len()
                     );
                     outcome.refused.extend(indexes.into_iter().map(|index| (index, why.clone())));
@@ -847,14 +845,12 @@ impl Sink for DorisSink {
         }
         // Queues load in parallel, `concurrency` at a time; one queue's loads stay in order.
         let mut loaded = 0u64;
-        let splits_left = Arc::new(AtomicUsize::new(SPLITS_PER_WRITE_MAX));
         let mut pending = plans.into_iter();
         loop {
             let mut tasks = tokio::task::JoinSet::new();
             for (queue_id, segments) in pending.by_ref().take(self.loader.config.concurrency) {
                 let loader = self.loader.clone();
-                let splits_left = splits_left.clone();
-                tasks.spawn(async move { (queue_id, loader.load_segments(queue_id, segments, splits_left).await) });
+                tasks.spawn(async move { (queue_id, loader.load_segments(queue_id, segments).await) });
             }
             if tasks.is_empty() {
                 break;
