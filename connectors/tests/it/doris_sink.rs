@@ -20,6 +20,11 @@ fn table(unique_key: Option<&'static str>) -> DorisTable {
     }
 }
 
+/// A load journal in `dir`, as `weir run` keeps one in its data directory.
+fn journal_store(dir: &tempfile::TempDir) -> Arc<dyn PositionStore> {
+    Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap())
+}
+
 fn config(server: &DorisServer, table: &str) -> DorisSinkConfig {
     let mut config = DorisSinkConfig::new(&server.frontend_url, "db", table, "root");
     config.password = "pw".into();
@@ -118,8 +123,7 @@ fn check_restart(first_run: FirstRun, first_batch: Batch, later_runs: &[&[Batch]
     let dir = tempfile::tempdir().unwrap();
     let case = format!("{first_run:?} {first_batch:?} then {later_runs:?}, two-phase commit {two_phase_commit}");
     runtime().block_on(async {
-        let store: Arc<dyn PositionStore> =
-            Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
+        let store = journal_store(&dir);
         let record = |queue: u32, offset: u64| {
             let id = u64::from(queue) * 1000 + offset;
             let qty = if (queue, offset) == (0, 70) { json!("lots") } else { json!(id) };
@@ -229,8 +233,7 @@ fn a_refused_load_that_succeeds_later_loads_only_what_its_halves_did_not() {
     let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let store: Arc<dyn PositionStore> =
-            Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
+        let store = journal_store(&dir);
         let batch: Vec<SinkRecord> = (10..=20)
             .map(|i| {
                 let name = if i == 18 { "far too long" } else { "e" };
@@ -292,8 +295,7 @@ fn a_batch_doris_refuses_whole_stops_splitting_at_the_limit() {
     let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let store: Arc<dyn PositionStore> =
-            Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
+        let store = journal_store(&dir);
         let mut sink = DorisSink::connect("refused", config(&server, "events"))
             .await
             .unwrap()
@@ -326,8 +328,7 @@ fn an_inherited_pre_commit_found_aborted_is_journaled_before_its_rows_load() {
     let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let store: Arc<dyn PositionStore> =
-            Arc::new(FilePositionStore::open(dir.path().join("sink-state.json")).unwrap());
+        let store = journal_store(&dir);
         let records: Vec<SinkRecord> = (0..100)
             .map(|i| support::record(0, i, None, &json!({"id": i, "name": "e", "qty": i}).to_string()))
             .collect();
