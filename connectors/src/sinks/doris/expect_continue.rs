@@ -1,13 +1,13 @@
 //! A Stream Load `PUT` that honours `Expect: 100-continue`: the body is sent only after the
 //! server's `100 Continue`, so a frontend that answers `307` at once (and never reads the
-//! body, as Doris's Jetty-based frontend does) gets no body; a server that answers neither
-//! within `CONTINUE_WAIT_MAX` (or half the request's timeout) gets the body anyway (curl's rule, with a longer wait: a Doris
-//! frontend always answers, and a body sent to it resets the connection). A redirect's
-//! `Location` may carry `user:password@` (Doris's does): it never reaches a `Host` header
-//! or an error message. reqwest cannot wait for the
-//! `100` (hyper's client only reports it through a request extension reqwest does not pass
-//! on), so this exchange runs on hyper's HTTP/1.1 connection directly, one connection per
-//! load (a load is seconds of data: the handshake is noise).
+//! body, as Doris's Jetty-based frontend does) gets no body. A server that answers neither
+//! within `CONTINUE_WAIT_MAX` (or half the request's timeout) gets the body anyway — curl's
+//! rule with a longer wait, as a Doris frontend always answers and a body sent to it resets
+//! the connection. A redirect's `Location` may carry `user:password@` (Doris's does): it never
+//! reaches a `Host` header or an error message. reqwest cannot wait for the `100` (hyper's
+//! client reports it only through a request extension reqwest does not pass on), so this
+//! exchange runs on hyper's HTTP/1.1 connection directly, one connection per load (a load is
+//! seconds of data: the handshake is noise).
 
 use std::pin::Pin;
 use std::sync::Mutex;
