@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -527,12 +526,12 @@ impl Loader {
     /// `SPLITS_PER_QUEUE_MAX`).
     async fn load_segments(self: Arc<Self>, queue_id: u32, segments: Vec<Segment>) -> Result<QueueLoad, SinkError> {
         let mut outcome = QueueLoad::default();
-        let splits_left = AtomicUsize::new(SPLITS_PER_QUEUE_MAX);
+        let mut splits_left = SPLITS_PER_QUEUE_MAX;
         for segment in segments {
             match segment {
                 Segment::Load(rows) => {
                     // Journaled by `prepare` already.
-                    let part = self.clone().load_queue(queue_id, rows, false, &splits_left).await?;
+                    let part = self.clone().load_queue(queue_id, rows, false, &mut splits_left).await?;
                     outcome.loaded += part.loaded;
                     outcome.refused.extend(part.refused);
                     outcome.precommitted.extend(part.precommitted);
@@ -551,7 +550,7 @@ impl Loader {
                     CommitOutcome::Aborted(reason) => {
                         tracing::info!(connector = %self.connector, %label, %reason, "doris sink: an earlier pre-commit was aborted; loading its rows");
                         // A range no journal entry covers yet: saved before it loads.
-                        let part = self.clone().load_queue(queue_id, rows, true, &splits_left).await?;
+                        let part = self.clone().load_queue(queue_id, rows, true, &mut splits_left).await?;
                         outcome.loaded += part.loaded;
                         outcome.refused.extend(part.refused);
                         outcome.precommitted.extend(part.precommitted);
@@ -579,7 +578,7 @@ impl Loader {
         queue_id: u32,
         rows: Vec<Row>,
         journal_whole: bool,
-        splits_left: &AtomicUsize,
+        splits_left: &mut usize,
     ) -> Result<QueueLoad, SinkError> {
         let mut outcome = QueueLoad::default();
         let mut parts = vec![(0, rows.len())];
@@ -609,11 +608,7 @@ impl Loader {
                 LoadOutcome::DataRefused(reason) if part.iter().all(|row| row.0 == part[0].0) => {
                     outcome.refused.push((part[0].0, reason))
                 }
-                LoadOutcome::DataRefused(reason)
-                    if splits_left
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_err() =>
-                {
+                LoadOutcome::DataRefused(reason) if *splits_left == 0 => {
                     let mut indexes: Vec<usize> = part.iter().map(|row| row.0).collect();
                     indexes.dedup();
                     let why = format!(
@@ -624,6 +619,7 @@ impl Loader {
                     outcome.refused.extend(indexes.into_iter().map(|index| (index, why.clone())));
                 }
                 LoadOutcome::DataRefused(reason) => {
+                    *splits_left -= 1;
                     tracing::debug!(connector = %self.connector, %label, %reason, "doris refused a load's data; splitting it");
                     // Cut at a record boundary near the middle: a record's rows stay together.
                     let mut middle = start + part.len() / 2;
