@@ -1,6 +1,9 @@
 //! Messages → Arrow rows of a table's declared schema (JSON, through arrow-json). A bad
 //! message (not JSON, not one object, a value of the wrong type) is set aside with its reason
-//! instead of failing the batch; the rest decode together.
+//! instead of failing the batch; the rest decode together. Batches of flat objects over
+//! scalar columns take `flat`, a faster reader that gives the same result.
+
+mod flat;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::json::ReaderBuilder;
@@ -28,7 +31,10 @@ pub struct Decoded {
 /// Decodes JSON object bodies into one batch of `schema`; fields not in the schema are
 /// ignored, missing ones are null.
 pub fn decode_json(schema: &SchemaRef, bodies: &[&[u8]]) -> Result<Decoded> {
-    // The fast path: every body at once. Every body opening an object and as many rows as
+    if let Some(batch) = flat::decode(schema, bodies) {
+        return Ok(Decoded { batch, kept: (0..bodies.len()).collect(), bad: Vec::new() });
+    }
+    // arrow-json on every body at once. Every body opening an object and as many rows as
     // bodies means one row per body (a body with two values cannot hide behind an empty one).
     let all_objects = bodies.iter().all(|body| body.trim_ascii_start().starts_with(b"{"));
     if all_objects
