@@ -1,8 +1,9 @@
 //! `weir bench sink --type mysql|redis`: N JSON rows preloaded into an embedded topic and
 //! drained through the real sink task and sink (consumer-group pulls, JSON decoding,
 //! batching, transactions or pipelines, offset commits) into a private MariaDB or Redis (or
-//! `--url`), against a plain client loop writing the same rows with the same batch size in
-//! the same run: multi-row `INSERT … ON DUPLICATE KEY UPDATE` statements, or pipelined HSETs.
+//! `--url`), against a plain client loop writing the same rows in the same order with the
+//! same batch size in the same run: multi-row `INSERT … ON DUPLICATE KEY UPDATE` statements,
+//! or pipelined HSETs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +89,7 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
         let messages = chunk.iter().map(|row| Message::new("bench-sink", row.to_string().into_bytes())).collect();
         broker.send_batch(messages).await?;
     }
+    let rows = read_order(&broker, rows, args.batch).await?;
 
     // Whether MariaDB had settled before each phase (see `settle_mysql`); none for Redis.
     let mut settled = true;
@@ -148,6 +150,40 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// `rows` in the order the sink task reads them: `batch` at a time from one queue, the
+/// queues in turn. The rows go to the queues in turn as they are sent, so the sink writes
+/// each batch's keys between the previous batches' (a B-tree insert in the middle of pages,
+/// not at the end); the baseline writes them in that order too, into the same key ranges.
+async fn read_order(broker: &Broker, mut rows: Vec<serde_json::Value>, batch: usize) -> Result<Vec<serde_json::Value>> {
+    let mut by_queue: Vec<std::collections::VecDeque<u64>> = Vec::with_capacity(QUEUES as usize);
+    for queue_id in 0..QUEUES {
+        let mut ids = std::collections::VecDeque::new();
+        let mut offset = 0;
+        loop {
+            let pulled =
+                broker.pull(weir_broker::PullRequest::new("bench-order", "bench-sink", queue_id, offset)).await?;
+            if pulled.messages.is_empty() {
+                break;
+            }
+            for message in &pulled.messages {
+                let row: serde_json::Value = serde_json::from_slice(&message.body)?;
+                ids.push_back(row["id"].as_u64().context("a preloaded row without its id")?);
+            }
+            offset = pulled.next_offset;
+        }
+        by_queue.push(ids);
+    }
+    let mut ordered = Vec::with_capacity(rows.len());
+    while by_queue.iter().any(|ids| !ids.is_empty()) {
+        for ids in &mut by_queue {
+            for id in ids.drain(..batch.min(ids.len())) {
+                ordered.push(std::mem::take(&mut rows[id as usize]));
+            }
+        }
+    }
+    Ok(ordered)
 }
 
 /// Drains the topic through the sink task; returns the time from start to the last commit

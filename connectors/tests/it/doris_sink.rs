@@ -264,7 +264,11 @@ fn a_refused_load_that_succeeds_later_loads_only_what_its_halves_did_not() {
 #[test]
 fn pre_commits_forgotten_after_an_abort_are_aborted_in_doris() {
     let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
-    runtime().block_on(async {
+    let recorder = weir_connect::conformance::CountingRecorder::default();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    // One thread, so the sink's tasks record into the local recorder too.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
         let mut two_phase = config(&server, "events");
         two_phase.two_phase_commit = true;
         let mut sink = DorisSink::connect("forget", two_phase).await.unwrap();
@@ -287,6 +291,8 @@ fn pre_commits_forgotten_after_an_abort_are_aborted_in_doris() {
         assert_eq!(ids, (10..=20).filter(|&i| i != 18).collect::<Vec<_>>());
         assert_eq!(server.precommitted(), 0, "no pre-commit is left holding a transaction");
     });
+    // Rows count when they commit: the aborted pre-commit's rows, loaded again, count once.
+    assert_eq!(recorder.counter("weir_doris_sink_rows_total", &[("connector", "forget")]), 10);
 }
 
 #[test]

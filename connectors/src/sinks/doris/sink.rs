@@ -87,6 +87,8 @@ struct Precommitted {
     txn_id: Option<u64>,
     queue_id: u32,
     offsets: Vec<u64>,
+    /// Rows it holds, counted as loaded when it commits.
+    rows: u64,
 }
 
 /// What a commit of a pre-committed load ended as.
@@ -112,10 +114,12 @@ struct Loader {
 /// What one queue's loads did.
 #[derive(Default)]
 struct QueueLoad {
+    /// Rows loaded and committed (pre-committed ones count when they commit).
     loaded: u64,
     refused: Vec<(usize, String)>,
-    /// Pre-committed loads (two-phase commit): label, transaction id, and the offsets loaded.
-    precommitted: Vec<(String, Option<u64>, Vec<u64>)>,
+    /// Pre-committed loads (two-phase commit): label, transaction id, the offsets loaded and
+    /// the number of rows.
+    precommitted: Vec<(String, Option<u64>, Vec<u64>, u64)>,
 }
 
 /// What a Stream Load ended as.
@@ -538,10 +542,9 @@ impl Loader {
                 }
                 Segment::Loaded { rows, precommitted: false, .. } => outcome.loaded += rows.len() as u64,
                 Segment::Loaded { label, rows, precommitted: true } if self.config.two_phase_commit => {
-                    outcome.loaded += rows.len() as u64;
                     let mut offsets: Vec<u64> = rows.iter().map(|row| row.1).collect();
                     offsets.dedup();
-                    outcome.precommitted.push((label, None, offsets));
+                    outcome.precommitted.push((label, None, offsets, rows.len() as u64));
                 }
                 // Left pre-committed by a run with two-phase commit: committed in its turn, so
                 // the queue's later loads still win.
@@ -597,12 +600,11 @@ impl Loader {
             }
             let all: Vec<&Json> = part.iter().map(|(_, _, row)| row).collect();
             match self.load(&label, &all).await? {
-                LoadOutcome::Loaded { txn_id } => {
-                    outcome.loaded += part.len() as u64;
-                    if self.config.two_phase_commit {
-                        outcome.precommitted.push((label, txn_id, part.iter().map(|(_, offset, _)| *offset).collect()));
-                    }
+                LoadOutcome::Loaded { txn_id } if self.config.two_phase_commit => {
+                    let offsets = part.iter().map(|(_, offset, _)| *offset).collect();
+                    outcome.precommitted.push((label, txn_id, offsets, part.len() as u64));
                 }
+                LoadOutcome::Loaded { .. } => outcome.loaded += part.len() as u64,
                 // One record (its rows share an offset, so they are never split apart: a part
                 // is a range of records, and its label their offsets).
                 LoadOutcome::DataRefused(reason) if part.iter().all(|row| row.0 == part[0].0) => {
@@ -864,10 +866,10 @@ impl Sink for DorisSink {
                     Ok(outcome) => {
                         loaded += outcome.loaded;
                         refused.extend(outcome.refused);
-                        for (label, txn_id, offsets) in outcome.precommitted {
+                        for (label, txn_id, offsets, rows) in outcome.precommitted {
                             self.precommitted_records.extend(offsets.iter().map(|offset| (queue_id, *offset)));
                             if !self.precommitted.iter().any(|known| known.label == label) {
-                                self.precommitted.push_back(Precommitted { label, txn_id, queue_id, offsets });
+                                self.precommitted.push_back(Precommitted { label, txn_id, queue_id, offsets, rows });
                             }
                         }
                     }
@@ -892,7 +894,10 @@ impl Sink for DorisSink {
     async fn flush(&mut self) -> Result<(), SinkError> {
         while let Some(load) = self.precommitted.pop_front() {
             match self.loader.commit(&load.label, load.txn_id).await {
-                Ok(CommitOutcome::Committed) => {}
+                Ok(CommitOutcome::Committed) => {
+                    metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone())
+                        .increment(load.rows);
+                }
                 Ok(CommitOutcome::Aborted(reason)) => {
                     // Forget the load, and the queue's later pre-commits with it: the write
                     // before the next flush loads its rows again under the same label (Doris
