@@ -152,18 +152,21 @@ pub async fn run(args: SinkArgs, segment_size_bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// `rows` in the order the sink task reads them: `batch` at a time from one queue, the
-/// queues in turn. The rows go to the queues in turn as they are sent, so the sink writes
-/// each batch's keys between the previous batches' (a B-tree insert in the middle of pages,
-/// not at the end); the baseline writes them in that order too, into the same key ranges.
+/// `rows` in the order the sink task reads them (as `weir_connect::sink_task`'s gather
+/// does: each batch starts at the next queue in turn and takes at most
+/// `PULL_MESSAGES_MAX` from a queue before it moves on). The rows go to the queues in turn as
+/// they are sent, so the sink writes each batch's keys between the previous batches' (a
+/// B-tree insert in the middle of pages, not at the end); the baseline writes them in that
+/// order too, into the same key ranges.
 async fn read_order(broker: &Broker, mut rows: Vec<serde_json::Value>, batch: usize) -> Result<Vec<serde_json::Value>> {
     let mut by_queue: Vec<std::collections::VecDeque<u64>> = Vec::with_capacity(QUEUES as usize);
     for queue_id in 0..QUEUES {
         let mut ids = std::collections::VecDeque::new();
         let mut offset = 0;
         loop {
-            let pulled =
-                broker.pull(weir_broker::PullRequest::new("bench-order", "bench-sink", queue_id, offset)).await?;
+            let mut request = weir_broker::PullRequest::new("bench-order", "bench-sink", queue_id, offset);
+            request.messages_max = weir_broker::PULL_MESSAGES_MAX;
+            let pulled = broker.pull(request).await?;
             if pulled.messages.is_empty() {
                 break;
             }
@@ -176,12 +179,23 @@ async fn read_order(broker: &Broker, mut rows: Vec<serde_json::Value>, batch: us
         by_queue.push(ids);
     }
     let mut ordered = Vec::with_capacity(rows.len());
+    let mut first_queue = 0;
     while by_queue.iter().any(|ids| !ids.is_empty()) {
-        for ids in &mut by_queue {
-            for id in ids.drain(..batch.min(ids.len())) {
-                ordered.push(std::mem::take(&mut rows[id as usize]));
+        let mut taken = 0;
+        while taken < batch && by_queue.iter().any(|ids| !ids.is_empty()) {
+            for step in 0..by_queue.len() {
+                let ids = &mut by_queue[(first_queue + step) % QUEUES as usize];
+                let take = (batch - taken).min(weir_broker::PULL_MESSAGES_MAX).min(ids.len());
+                for id in ids.drain(..take) {
+                    ordered.push(std::mem::take(&mut rows[id as usize]));
+                }
+                taken += take;
             }
         }
+        first_queue = (first_queue + 1) % QUEUES as usize;
+    }
+    if ordered.len() != rows.len() || ordered.iter().any(serde_json::Value::is_null) {
+        bail!("read {} of the {} preloaded rows back, or one twice", ordered.len(), rows.len());
     }
     Ok(ordered)
 }

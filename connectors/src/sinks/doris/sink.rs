@@ -42,8 +42,10 @@ pub struct DorisSink {
     /// Pre-committed loads waiting for `flush` (two-phase commit), in load order (commit order
     /// decides which version of a key wins).
     precommitted: VecDeque<Precommitted>,
-    /// The (queue, offset) of every record in those loads.
-    precommitted_records: std::collections::BTreeSet<(u32, u64)>,
+    /// The (queue, offset) of every record whose rows are in Doris since the last flush
+    /// (pre-committed in those loads, or committed): writing the batch again (after a failed
+    /// write or flush) skips them, so they neither load nor count twice.
+    loaded_records: std::collections::BTreeSet<(u32, u64)>,
 }
 
 /// Every load range (the first and last offset of a load's records: its label) not yet
@@ -116,10 +118,28 @@ struct Loader {
 struct QueueLoad {
     /// Rows loaded and committed (pre-committed ones count when they commit).
     loaded: u64,
+    /// Offsets of the records whose rows are committed in Doris now.
+    settled: Vec<u64>,
     refused: Vec<(usize, String)>,
     /// Pre-committed loads (two-phase commit): label, transaction id, the offsets loaded and
     /// the number of rows.
     precommitted: Vec<(String, Option<u64>, Vec<u64>, u64)>,
+}
+
+impl QueueLoad {
+    /// `rows` are committed in Doris.
+    fn settle(&mut self, rows: &[Row]) {
+        self.loaded += rows.len() as u64;
+        self.settled.extend(rows.iter().map(|row| row.1));
+        self.settled.dedup();
+    }
+
+    fn merge(&mut self, part: QueueLoad) {
+        self.loaded += part.loaded;
+        self.settled.extend(part.settled);
+        self.refused.extend(part.refused);
+        self.precommitted.extend(part.precommitted);
+    }
 }
 
 /// What a Stream Load ended as.
@@ -192,7 +212,7 @@ impl DorisSink {
         Ok(DorisSink {
             loader: Arc::new(Loader { connector: connector.into(), config, client, label_prefix, journal: None }),
             precommitted: VecDeque::new(),
-            precommitted_records: Default::default(),
+            loaded_records: Default::default(),
         })
     }
 
@@ -536,11 +556,9 @@ impl Loader {
                 Segment::Load(rows) => {
                     // Journaled by `prepare` already.
                     let part = self.clone().load_queue(queue_id, rows, false, &mut splits_left).await?;
-                    outcome.loaded += part.loaded;
-                    outcome.refused.extend(part.refused);
-                    outcome.precommitted.extend(part.precommitted);
+                    outcome.merge(part);
                 }
-                Segment::Loaded { rows, precommitted: false, .. } => outcome.loaded += rows.len() as u64,
+                Segment::Loaded { rows, precommitted: false, .. } => outcome.settle(&rows),
                 Segment::Loaded { label, rows, precommitted: true } if self.config.two_phase_commit => {
                     let mut offsets: Vec<u64> = rows.iter().map(|row| row.1).collect();
                     offsets.dedup();
@@ -549,14 +567,12 @@ impl Loader {
                 // Left pre-committed by a run with two-phase commit: committed in its turn, so
                 // the queue's later loads still win.
                 Segment::Loaded { label, rows, precommitted: true } => match self.commit(&label, None).await? {
-                    CommitOutcome::Committed => outcome.loaded += rows.len() as u64,
+                    CommitOutcome::Committed => outcome.settle(&rows),
                     CommitOutcome::Aborted(reason) => {
                         tracing::info!(connector = %self.connector, %label, %reason, "doris sink: an earlier pre-commit was aborted; loading its rows");
                         // A range no journal entry covers yet: saved before it loads.
                         let part = self.clone().load_queue(queue_id, rows, true, &mut splits_left).await?;
-                        outcome.loaded += part.loaded;
-                        outcome.refused.extend(part.refused);
-                        outcome.precommitted.extend(part.precommitted);
+                        outcome.merge(part);
                     }
                 },
             }
@@ -604,7 +620,7 @@ impl Loader {
                     let offsets = part.iter().map(|(_, offset, _)| *offset).collect();
                     outcome.precommitted.push((label, txn_id, offsets, part.len() as u64));
                 }
-                LoadOutcome::Loaded { .. } => outcome.loaded += part.len() as u64,
+                LoadOutcome::Loaded { .. } => outcome.settle(part),
                 // One record (its rows share an offset, so they are never split apart: a part
                 // is a range of records, and its label their offsets).
                 LoadOutcome::DataRefused(reason) if part.iter().all(|row| row.0 == part[0].0) => {
@@ -794,8 +810,8 @@ fn truncate(text: &str, bytes_max: usize) -> &str {
 impl Sink for DorisSink {
     async fn write(&mut self, batch: &[SinkRecord]) -> Result<(), SinkError> {
         let mut refused = BTreeMap::new();
-        // Rows per queue, in offset order. Two-phase commit: rows already pre-committed by an
-        // earlier write of this batch (before a failed flush) are not loaded again.
+        // Rows per queue, in offset order. Records an earlier write of this batch loaded
+        // (before a failed write or flush) are not loaded again.
         let mut queues: BTreeMap<u32, Vec<Row>> = BTreeMap::new();
         // Each queue's first offset in the batch: offsets before it are committed.
         let mut first_offsets: BTreeMap<u32, u64> = BTreeMap::new();
@@ -805,7 +821,7 @@ impl Sink for DorisSink {
             match self.rows(record) {
                 Ok(rows) => {
                     let (queue_id, offset) = (record.queue_id, record.queue_offset);
-                    if !self.precommitted_records.contains(&(queue_id, offset)) {
+                    if !self.loaded_records.contains(&(queue_id, offset)) {
                         queues.entry(queue_id).or_default().extend(rows.into_iter().map(|row| (index, offset, row)));
                     }
                 }
@@ -842,7 +858,6 @@ impl Sink for DorisSink {
             journal.lock().await.prepare(&first_offsets, &loading).await?;
         }
         // Queues load in parallel, `concurrency` at a time; one queue's loads stay in order.
-        let mut loaded = 0u64;
         let mut pending = plans.into_iter();
         loop {
             let mut tasks = tokio::task::JoinSet::new();
@@ -864,10 +879,14 @@ impl Sink for DorisSink {
                 };
                 match outcome {
                     Ok(outcome) => {
-                        loaded += outcome.loaded;
+                        // Counted now: a failure of another queue does not undo these loads,
+                        // and the retry skips their records.
+                        metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone())
+                            .increment(outcome.loaded);
+                        self.loaded_records.extend(outcome.settled.iter().map(|offset| (queue_id, *offset)));
                         refused.extend(outcome.refused);
                         for (label, txn_id, offsets, rows) in outcome.precommitted {
-                            self.precommitted_records.extend(offsets.iter().map(|offset| (queue_id, *offset)));
+                            self.loaded_records.extend(offsets.iter().map(|offset| (queue_id, *offset)));
                             if !self.precommitted.iter().any(|known| known.label == label) {
                                 self.precommitted.push_back(Precommitted { label, txn_id, queue_id, offsets, rows });
                             }
@@ -880,7 +899,6 @@ impl Sink for DorisSink {
                 return Err(error); // finished loads keep their labels: the retry skips them
             }
         }
-        metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone()).increment(loaded);
         if refused.is_empty() {
             return Ok(());
         }
@@ -911,7 +929,7 @@ impl Sink for DorisSink {
                     forgotten.extend(later);
                     for forgotten_load in &forgotten {
                         for offset in &forgotten_load.offsets {
-                            self.precommitted_records.remove(&(queue_id, *offset));
+                            self.loaded_records.remove(&(queue_id, *offset));
                         }
                     }
                     for later in &forgotten[1..] {
@@ -929,7 +947,7 @@ impl Sink for DorisSink {
                 }
             }
         }
-        self.precommitted_records.clear();
+        self.loaded_records.clear();
         Ok(())
     }
 }
