@@ -195,14 +195,8 @@ impl<'a> Reader<'a> {
                 }
                 None => self.skip_value(0)?,
             }
-            self.whitespace();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(seen);
-                }
-                _ => return None,
+            if self.closed(b'}')? {
+                return Some(seen);
             }
         }
     }
@@ -433,57 +427,45 @@ impl<'a> Reader<'a> {
             b't' => self.literal(b"true")?,
             b'f' => self.literal(b"false")?,
             b'n' => self.literal(b"null")?,
-            b'[' => {
+            open @ (b'[' | b'{') => {
+                let close = if open == b'[' { b']' } else { b'}' };
                 self.at += 1;
                 self.whitespace();
-                if self.peek()? == b']' {
+                if self.peek()? == close {
                     self.at += 1;
                     return Some(());
                 }
                 loop {
                     self.whitespace();
-                    self.skip_value(depth + 1)?;
-                    self.whitespace();
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if open == b'{' {
+                        self.expect(b'"')?;
+                        self.at -= 1;
+                        self.skip_value(depth + 1)?; // the key, a string
+                        self.whitespace();
+                        self.expect(b':')?;
+                        self.whitespace();
                     }
-                }
-            }
-            b'{' => {
-                self.at += 1;
-                self.whitespace();
-                if self.peek()? == b'}' {
-                    self.at += 1;
-                    return Some(());
-                }
-                loop {
-                    self.whitespace();
-                    self.expect(b'"')?;
-                    self.at -= 1;
-                    self.skip_value(depth + 1)?; // the key, a string
-                    self.whitespace();
-                    self.expect(b':')?;
-                    self.whitespace();
                     self.skip_value(depth + 1)?;
-                    self.whitespace();
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b'}' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.closed(close)? {
+                        return Some(());
                     }
                 }
             }
             _ => return None,
         }
         Some(())
+    }
+
+    /// After a member: `,` (more follow, `false`) or `close` (`true`).
+    fn closed(&mut self, close: u8) -> Option<bool> {
+        self.whitespace();
+        let byte = self.peek()?;
+        self.at += 1;
+        match byte {
+            b',' => Some(false),
+            byte if byte == close => Some(true),
+            _ => None,
+        }
     }
 }
 
