@@ -887,8 +887,16 @@ impl Sink for DorisSink {
                         refused.extend(outcome.refused);
                         for (label, txn_id, offsets, rows) in outcome.precommitted {
                             self.loaded_records.extend(offsets.iter().map(|offset| (queue_id, *offset)));
-                            if !self.precommitted.iter().any(|known| known.label == label) {
-                                self.precommitted.push_back(Precommitted { label, txn_id, queue_id, offsets, rows });
+                            match self.precommitted.iter_mut().find(|known| known.label == label) {
+                                // Another part of an inherited pre-commit (its records are new:
+                                // the known ones are skipped): one commit, all its rows.
+                                Some(known) => {
+                                    known.offsets.extend(offsets);
+                                    known.rows += rows;
+                                }
+                                None => {
+                                    self.precommitted.push_back(Precommitted { label, txn_id, queue_id, offsets, rows })
+                                }
                             }
                         }
                     }
