@@ -6,6 +6,7 @@
 //! connect and streams work the same against an embedded or a remote broker.
 
 mod broker;
+pub mod byte_str;
 pub mod client;
 pub mod error;
 pub mod filter;
@@ -18,6 +19,7 @@ pub use broker::{
     Broker, BrokerConfig, LONG_POLL_TIMEOUT_MAX, OffsetReset, PULL_MESSAGES_MAX, PullRequest, PullResult, PullStatus,
     QUERY_RESULTS_MAX, SEND_BATCH_MESSAGES_MAX,
 };
+pub use byte_str::ByteStr;
 pub use client::Messaging;
 pub use error::{Error, Result};
 pub use message::{Message, SendResult, StoredMessage};

@@ -6,6 +6,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
+use crate::byte_str::ByteStr;
 use crate::error::{Error, Result};
 use crate::storage::{MessageRecord, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID};
 
@@ -94,19 +97,21 @@ pub struct SendResult {
     pub physical_offset: u64,
 }
 
-/// A stored message as consumers see it.
+/// A stored message as consumers see it. Its text and body share the bytes they were read
+/// from (for the embedded broker, the mapped commitlog segment): reading copies nothing,
+/// and the message can be kept for as long as it is needed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {
-    pub topic: String,
+    pub topic: ByteStr,
     pub queue_id: u32,
     pub queue_offset: u64,
     pub physical_offset: u64,
-    pub message_id: String,
-    pub tag: Option<String>,
-    pub keys: Vec<String>,
+    pub message_id: ByteStr,
+    pub tag: Option<ByteStr>,
+    pub keys: Vec<ByteStr>,
     /// User properties only (the reserved ones are in their own fields).
     pub properties: BTreeMap<String, String>,
-    pub body: Vec<u8>,
+    pub body: Bytes,
     pub born_timestamp_ms: i64,
     pub store_timestamp_ms: i64,
     pub reconsume_count: u32,
@@ -114,17 +119,19 @@ pub struct StoredMessage {
 
 impl From<MessageRecord> for StoredMessage {
     fn from(record: MessageRecord) -> Self {
-        let (mut tag, mut keys, mut message_id) = (None, Vec::new(), String::new());
+        let (mut tag, mut keys, mut message_id) = (None, Vec::new(), ByteStr::default());
         let mut properties = BTreeMap::new();
-        // Move the reserved properties into their fields instead of copying them.
-        for (name, value) in record.properties {
-            match name.as_str() {
-                PROPERTY_TAGS => tag = Some(value),
-                PROPERTY_KEYS => keys = value.split(' ').filter(|k| !k.is_empty()).map(str::to_string).collect(),
-                PROPERTY_UNIQUE_ID => message_id = value,
+        // The reserved properties become slices of the record; only user properties are copied.
+        for (name, value) in record.properties.iter() {
+            match name {
+                PROPERTY_TAGS => tag = Some(record.properties.share(value)),
+                PROPERTY_KEYS => {
+                    keys = value.split(' ').filter(|k| !k.is_empty()).map(|k| record.properties.share(k)).collect()
+                }
+                PROPERTY_UNIQUE_ID => message_id = record.properties.share(value),
                 other if RESERVED_PROPERTIES.contains(&other) => {}
                 _ => {
-                    properties.insert(name, value);
+                    properties.insert(name.to_string(), value.to_string());
                 }
             }
         }

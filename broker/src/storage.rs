@@ -115,8 +115,8 @@ mod store;
 
 pub use checkpoint::Checkpoint;
 pub use record::{
-    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, is_name_chars, properties_size,
-    tag_hash,
+    MessageRecord, NewMessage, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQUE_ID, Properties, is_name_chars,
+    properties_size, tag_hash,
 };
 pub use store::{
     AppendDone, AppendedMessage, DispatchListener, FlushMode, MESSAGE_SIZE_MAX_BYTES_LIMIT, MessageFilter,

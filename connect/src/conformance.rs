@@ -338,7 +338,7 @@ impl FaultyMessaging {
                     request.messages_max = weir_broker::PULL_MESSAGES_MAX;
                     let result = self.broker.pull(request).await.expect("read back the topic");
                     offset = result.next_offset.max(offset + 1);
-                    bodies.extend(result.messages.into_iter().map(|m| m.body));
+                    bodies.extend(result.messages.into_iter().map(|m| m.body.to_vec()));
                 }
             }
         }

@@ -74,16 +74,16 @@ pub struct SinkRecord {
 impl From<StoredMessage> for SinkRecord {
     fn from(message: StoredMessage) -> Self {
         let mut properties = message.properties;
-        let key = properties.remove(PROPERTY_RECORD_KEY).or_else(|| message.keys.into_iter().next());
+        let key = properties.remove(PROPERTY_RECORD_KEY).or_else(|| message.keys.into_iter().next().map(String::from));
         SinkRecord {
             queue_id: message.queue_id,
             queue_offset: message.queue_offset,
-            message_id: message.message_id,
+            message_id: message.message_id.into(),
             record: Record {
-                topic: message.topic,
+                topic: message.topic.into(),
                 key,
-                value: message.body,
-                tag: message.tag,
+                value: message.body.to_vec(),
+                tag: message.tag.map(String::from),
                 properties,
                 timestamp_ms: message.born_timestamp_ms,
             },
@@ -104,15 +104,15 @@ mod tests {
             message.validate().unwrap_or_else(|e| panic!("{key:?}: {e}"));
             assert_eq!(message.sharding_key, record.key, "{key:?} still shards");
             let stored = StoredMessage {
-                topic: message.topic,
+                topic: message.topic.into(),
                 queue_id: 0,
                 queue_offset: 0,
                 physical_offset: 0,
                 message_id: "id".into(),
-                tag: message.tag,
-                keys: message.keys,
+                tag: message.tag.map(Into::into),
+                keys: message.keys.into_iter().map(Into::into).collect(),
                 properties: message.properties,
-                body: message.body,
+                body: message.body.into(),
                 born_timestamp_ms: 0,
                 store_timestamp_ms: 0,
                 reconsume_count: 0,

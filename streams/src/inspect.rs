@@ -84,7 +84,7 @@ pub async fn query_topics(
             }
         }
         let objects: Vec<&[u8]> =
-            bodies.iter().map(Vec::as_slice).filter(|b| b.trim_ascii_start().starts_with(b"{")).collect();
+            bodies.iter().map(|b| &b[..]).filter(|b| b.trim_ascii_start().starts_with(b"{")).collect();
         messages_skipped += bodies.len() - objects.len();
         let schema = infer_schema(&objects)?;
         let decoded = decode_json(&schema, &objects)?;

@@ -180,7 +180,7 @@ pub async fn run_job(
                 let output = if pulled.messages.is_empty() {
                     job.advance(topic).await?
                 } else {
-                    let bodies: Vec<&[u8]> = pulled.messages.iter().map(|m| m.body.as_slice()).collect();
+                    let bodies: Vec<&[u8]> = pulled.messages.iter().map(|m| &m.body[..]).collect();
                     stats.messages_read += bodies.len() as u64;
                     metrics::counter!("weir_streams_messages_read_total", "job" => config.name.clone())
                         .increment(bodies.len() as u64);
@@ -303,7 +303,7 @@ async fn results_after(
                             "more than {REPLAYED_RESULT_IDS_MAX} results after the checkpoint"
                         )));
                     }
-                    ids.insert(message.message_id);
+                    ids.insert(String::from(message.message_id));
                 }
                 offset = pulled.next_offset;
             }

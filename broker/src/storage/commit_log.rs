@@ -11,7 +11,11 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use super::mapped_file::{Blocks, MappedFile, PREALLOCATE_CHUNK_BYTES, Pace, list_offset_files, sync_dir};
+use bytes::Bytes;
+
+use super::mapped_file::{
+    Blocks, MappedFile, PREALLOCATE_CHUNK_BYTES, Pace, list_offset_files, shared_prefix, sync_dir,
+};
 use super::record::{self, Decoded, END_MARKER_BYTES, MessageRecord, NewMessage, Placement};
 use crate::error::{Error, Result};
 
@@ -35,6 +39,19 @@ pub(crate) struct CommitLog {
     sync_failed: std::sync::atomic::AtomicBool,
     /// Set when the last segment file was shorter than a segment: where its bytes ended.
     truncated_at: Option<u64>,
+}
+
+/// A reader's view of one segment: the bytes that were published when it was taken, sharing
+/// the mapping, so records decoded from it are slices that can outlive the read.
+pub(crate) struct SegmentView {
+    segment: Arc<MappedFile>,
+    bytes: Bytes,
+}
+
+impl SegmentView {
+    pub(crate) fn base_offset(&self) -> u64 {
+        self.segment.base_offset()
+    }
 }
 
 /// Result of scanning the log during recovery.
@@ -145,14 +162,15 @@ impl CommitLog {
         self.read_with(physical_offset, size_hint, &mut None)
     }
 
-    /// `read`, reusing the segment in `segment_cache` when it holds the offset (sequential
-    /// reads then skip the segment table's lock and reference count), and leaving the
-    /// segment read from there. A cached segment stays readable even if retention removed it.
+    /// `read`, reusing the segment view in `view_cache` when it holds the record (sequential
+    /// reads then skip the segment table's lock and the view's allocation), and leaving the
+    /// view read from there. The record's text and body are slices of the view, which keeps
+    /// its segment mapped — even after retention removed it — until the last slice is dropped.
     pub(crate) fn read_with(
         &self,
         physical_offset: u64,
         size_hint: Option<u32>,
-        segment_cache: &mut Option<Arc<MappedFile>>,
+        view_cache: &mut Option<SegmentView>,
     ) -> Result<MessageRecord> {
         let end = self.max_offset();
         if physical_offset >= end {
@@ -160,37 +178,47 @@ impl CommitLog {
                 what: format!("physical offset {physical_offset} is at or past the log end {end}"),
             });
         }
-        let cached = segment_cache.as_ref().filter(|segment| {
-            physical_offset >= segment.base_offset() && physical_offset < segment.base_offset() + segment.len() as u64
-        });
-        let segment = match cached {
-            Some(segment) => segment.clone(),
+        let holds_record = |view: &SegmentView| {
+            let Some(position) = physical_offset.checked_sub(view.segment.base_offset()) else { return false };
+            size_hint.is_some_and(|size| position + u64::from(size) <= view.bytes.len() as u64)
+        };
+        let view = match view_cache.as_ref().filter(|view| holds_record(view)) {
+            Some(view) => view,
             None => {
-                let segment = self.segment_for(physical_offset).ok_or_else(|| Error::MessageNotFound {
-                    what: format!("physical offset {physical_offset} is below the log start {}", self.min_offset()),
-                })?;
-                *segment_cache = Some(segment.clone());
-                segment
+                let in_cached = view_cache.as_ref().map(|view| view.segment.clone()).filter(|segment| {
+                    physical_offset >= segment.base_offset()
+                        && physical_offset < segment.base_offset() + segment.len() as u64
+                });
+                let segment = match in_cached {
+                    Some(segment) => segment,
+                    None => self.segment_for(physical_offset).ok_or_else(|| Error::MessageNotFound {
+                        what: format!("physical offset {physical_offset} is below the log start {}", self.min_offset()),
+                    })?,
+                };
+                let published = (end - segment.base_offset()).min(segment.len() as u64) as usize;
+                // SAFETY: [0, published) lies below the published write offset; bytes below it
+                // are never written again while the segment file is mapped (segments are
+                // removed whole, and recovery truncates before any reader exists).
+                let bytes = unsafe { shared_prefix(&segment, published) };
+                view_cache.insert(SegmentView { segment, bytes })
             }
         };
+        let segment = &view.segment;
         let position = (physical_offset - segment.base_offset()) as usize;
-        let readable = (end - physical_offset).min((segment.len() - position) as u64) as usize;
+        let readable = view.bytes.len() - position;
         let len = match size_hint {
             Some(size) if (size as usize) <= readable => size as usize,
             Some(size) => {
-                return Err(self.corrupt(&segment, physical_offset, format!("size {size} runs past the log end")));
+                return Err(self.corrupt(segment, physical_offset, format!("size {size} runs past the log end")));
             }
             None => readable,
         };
-        // SAFETY: [position, position + len) lies below the published write offset, and bytes
-        // below it are never written again while the segment is in the list.
-        let bytes = unsafe { segment.slice(position, len) };
-        match record::decode(bytes, physical_offset, self.decode_size_max) {
+        match record::decode(&view.bytes.slice(position..position + len), physical_offset, self.decode_size_max) {
             Decoded::Message(message) => Ok(message),
             Decoded::EndOfSegment => Err(Error::MessageNotFound {
                 what: format!("physical offset {physical_offset} is an end-of-segment marker"),
             }),
-            Decoded::Invalid(reason) => Err(self.corrupt(&segment, physical_offset, reason)),
+            Decoded::Invalid(reason) => Err(self.corrupt(segment, physical_offset, reason)),
         }
     }
 
@@ -204,17 +232,24 @@ impl CommitLog {
         let mut offset = start_offset.max(self.min_offset());
         let last = self.last_segment();
         offset = offset.min(last.base_offset() + self.segment_size_bytes);
+        let mut view: Option<SegmentView> = None;
         loop {
             let Some(segment) = self.segment_for(offset) else {
                 return ScanOutcome { end_offset: offset, stop_reason: None };
             };
+            if view.as_ref().is_none_or(|view| view.segment.base_offset() != segment.base_offset()) {
+                // SAFETY: recovery runs before the writer thread and readers exist, and the
+                // records it hands to `on_message` do not outlive the scan.
+                let bytes = unsafe { shared_prefix(&segment, segment.len()) };
+                view = Some(SegmentView { segment: segment.clone(), bytes });
+            }
+            let segment_bytes = &view.as_ref().expect("set above").bytes;
             let position = (offset - segment.base_offset()) as usize;
-            // SAFETY: recovery runs before the writer thread and readers exist.
-            let bytes = unsafe { segment.slice(position, segment.len() - position) };
+            let bytes = segment_bytes.slice(position..);
             if bytes.len() >= 4 && bytes[..8.min(bytes.len())].iter().all(|b| *b == 0) {
                 return ScanOutcome { end_offset: offset, stop_reason: None };
             }
-            match record::decode(bytes, offset, self.decode_size_max) {
+            match record::decode(&bytes, offset, self.decode_size_max) {
                 Decoded::Message(message) => {
                     on_message(&message);
                     offset += u64::from(message.size_bytes);

@@ -10,8 +10,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
@@ -240,6 +242,30 @@ impl MappedFile {
         }
         self.map.flush_range(position, len).map_err(|e| Error::io("cannot msync", &self.path, e))
     }
+}
+
+/// The first `len` bytes of a mapped file as the owner of a `Bytes`: slices of it keep the
+/// file mapped for as long as any of them lives, after the file's owner dropped it.
+struct MappedPrefix {
+    file: Arc<MappedFile>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedPrefix {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `shared_prefix`'s caller guaranteed these bytes are never written again.
+        unsafe { self.file.slice(0, self.len) }
+    }
+}
+
+/// Bytes `[0, len)` of `file` as shared `Bytes`, without copying them.
+///
+/// # Safety
+/// No thread may write these bytes again while the mapping exists — not only while the
+/// returned `Bytes` (or a slice of it) is alive, since it keeps the mapping alive itself.
+pub(crate) unsafe fn shared_prefix(file: &Arc<MappedFile>, len: usize) -> Bytes {
+    assert!(len <= file.len(), "shared prefix past the end of {}", file.path.display());
+    Bytes::from_owner(MappedPrefix { file: file.clone(), len })
 }
 
 /// Starts writing `[offset, offset + len)` of `file` back to disk without waiting for it, so the

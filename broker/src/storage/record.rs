@@ -2,6 +2,9 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use bytes::Bytes;
+
+use crate::byte_str::ByteStr;
 use crate::error::{Error, Result};
 
 pub(crate) const MAGIC: u16 = 0xE1E7;
@@ -115,10 +118,11 @@ pub fn tag_hash(tag: Option<&str>) -> u64 {
     }
 }
 
-/// A stored message, decoded from the commitlog.
+/// A stored message, decoded from the commitlog. Its text and body are slices of the bytes
+/// it was decoded from (for a read, the mapped segment), so decoding copies nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRecord {
-    pub topic: String,
+    pub topic: ByteStr,
     pub queue_id: u32,
     pub queue_offset: u64,
     pub physical_offset: u64,
@@ -130,14 +134,14 @@ pub struct MessageRecord {
     pub born_host: SocketAddr,
     pub reconsume_count: u32,
     pub prepared_transaction_offset: u64,
-    pub properties: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub properties: Properties,
+    pub body: Bytes,
 }
 
 impl MessageRecord {
     /// The first property with this name.
     pub fn property(&self, name: &str) -> Option<&str> {
-        property(&self.properties, name)
+        self.properties.get(name)
     }
     /// The message tag, if any.
     pub fn tag(&self) -> Option<&str> {
@@ -150,6 +154,67 @@ impl MessageRecord {
     /// The unique message id, if any.
     pub fn unique_id(&self) -> Option<&str> {
         self.property(PROPERTY_UNIQUE_ID)
+    }
+}
+
+/// A record's properties block as stored: `name length (u16), name, value length (u16),
+/// value`, repeated.
+///
+/// **Invariant:** the block is whole — every length lies inside it — and every name and
+/// value is UTF-8 (checked by `parse`, so reading it again cannot fail).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties(Bytes);
+
+impl Properties {
+    /// Checks a stored block.
+    fn parse(block: Bytes) -> Result<Self, String> {
+        let mut reader = Reader { buf: &block, pos: 0 };
+        while reader.pos < block.len() {
+            for _ in 0..2 {
+                let len = reader.u16()? as usize;
+                std::str::from_utf8(reader.bytes(len)?).map_err(|_| "property is not UTF-8".to_string())?;
+            }
+        }
+        Ok(Properties(block))
+    }
+
+    /// Name and value of every property, in stored order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut position = 0;
+        std::iter::from_fn(move || {
+            if position >= self.0.len() {
+                return None;
+            }
+            let mut next_text = || {
+                let len = u16::from_le_bytes([self.0[position], self.0[position + 1]]) as usize;
+                let text = &self.0[position + 2..position + 2 + len];
+                position += 2 + len;
+                // SAFETY: `parse` checked every name and value is UTF-8; the bytes never change.
+                unsafe { std::str::from_utf8_unchecked(text) }
+            };
+            let name = next_text();
+            Some((name, next_text()))
+        })
+    }
+
+    /// The first value of property `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(key, _)| *key == name).map(|(_, value)| value)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `text` (a name or value from `iter`) as a `ByteStr` sharing this block's bytes.
+    pub fn share(&self, text: &str) -> ByteStr {
+        ByteStr::from_utf8(self.0.slice_ref(text.as_bytes())).expect("properties are UTF-8")
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -260,9 +325,10 @@ pub(crate) fn check_frame(bytes: &[u8], message_size_max_bytes: usize) -> Result
     }
 }
 
-/// Decodes the record at the start of `bytes` (which runs to the end of its segment),
-/// which must claim to be at `physical_offset`.
-pub(crate) fn decode(bytes: &[u8], physical_offset: u64, message_size_max_bytes: usize) -> Decoded {
+/// Decodes the record at the start of `bytes` (which runs to the end of its segment, or of
+/// its published part), which must claim to be at `physical_offset`. The record's text and
+/// body are slices of `bytes`.
+pub(crate) fn decode(bytes: &Bytes, physical_offset: u64, message_size_max_bytes: usize) -> Decoded {
     let (kind, total) = match check_frame(bytes, message_size_max_bytes) {
         Ok(frame) => frame,
         Err(reason) => return Decoded::Invalid(reason),
@@ -270,7 +336,7 @@ pub(crate) fn decode(bytes: &[u8], physical_offset: u64, message_size_max_bytes:
     if kind == KIND_END_OF_SEGMENT {
         return Decoded::EndOfSegment;
     }
-    match decode_message(&bytes[..total]) {
+    match decode_message(&bytes.slice(..total)) {
         Ok(record) if record.physical_offset == physical_offset => Decoded::Message(record),
         Ok(record) => Decoded::Invalid(format!(
             "record claims physical offset {} but sits at {physical_offset}",
@@ -281,7 +347,7 @@ pub(crate) fn decode(bytes: &[u8], physical_offset: u64, message_size_max_bytes:
 }
 
 /// Decodes a message record whose frame and CRC were already checked.
-fn decode_message(bytes: &[u8]) -> Result<MessageRecord, String> {
+fn decode_message(bytes: &Bytes) -> Result<MessageRecord, String> {
     let mut reader = Reader { buf: bytes, pos: 12 };
     let flags = reader.u32()?;
     let queue_id = reader.u32()?;
@@ -299,22 +365,13 @@ fn decode_message(bytes: &[u8]) -> Result<MessageRecord, String> {
     let reconsume_count = reader.u32()?;
     let prepared_transaction_offset = reader.u64()?;
     let topic_len = reader.u8()? as usize;
-    let topic = reader.string(topic_len)?;
+    let topic =
+        ByteStr::from_utf8(bytes.slice_ref(reader.bytes(topic_len)?)).map_err(|_| "topic is not UTF-8".to_string())?;
     let properties_len = reader.u16()? as usize;
-    let properties_end = reader.pos + properties_len;
-    let mut properties = Vec::new();
-    while reader.pos < properties_end {
-        let name_len = reader.u16()? as usize;
-        let name = reader.string(name_len)?;
-        let value_len = reader.u16()? as usize;
-        let value = reader.string(value_len)?;
-        properties.push((name, value));
-    }
-    if reader.pos != properties_end {
-        return Err("properties overrun their length".to_string());
-    }
+    let properties = reader.bytes(properties_len).map_err(|_| "properties overrun the record".to_string())?;
+    let properties = Properties::parse(bytes.slice_ref(properties))?;
     let body_len = reader.u32()? as usize;
-    let body = reader.bytes(body_len)?.to_vec();
+    let body = bytes.slice_ref(reader.bytes(body_len)?);
     if reader.pos != bytes.len() {
         return Err(format!("record has {} trailing bytes", bytes.len() - reader.pos));
     }
@@ -384,10 +441,6 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
     }
-    fn string(&mut self, len: usize) -> Result<String, String> {
-        let bytes = self.bytes(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "string field is not UTF-8".to_string())
-    }
 }
 
 #[cfg(test)]
@@ -414,17 +467,42 @@ mod tests {
         let placement = Placement { queue_offset: 9, physical_offset: 4096, store_timestamp_ms: 5 };
         let mut buf = vec![0; message.encoded_len()];
         encode_into(&message, placement, &mut buf);
+        let buf = Bytes::from(buf);
         let Decoded::Message(record) = decode(&buf, 4096, 1 << 20) else { panic!("decodes") };
         assert_eq!(record.topic, "orders");
         assert_eq!(record.queue_offset, 9);
         assert_eq!(record.tag(), Some("TagA"));
         assert_eq!(record.body, message.body);
         assert_eq!(record.born_host, message.born_host);
+        let properties: Vec<(&str, &str)> = record.properties.iter().collect();
+        assert_eq!(properties, [(PROPERTY_TAGS, "TagA"), ("k", "v")]);
+        assert_eq!(record.body.as_ptr(), buf[buf.len() - 100..].as_ptr(), "the body is not copied");
         assert!(matches!(decode(&buf, 4097, 1 << 20), Decoded::Invalid(_)));
         for position in [0, 5, 9, 20, 90, buf.len() - 1] {
-            let mut flipped = buf.clone();
+            let mut flipped = buf.to_vec();
             flipped[position] ^= 0x40;
-            assert!(matches!(decode(&flipped, 4096, 1 << 20), Decoded::Invalid(_)), "{position}");
+            assert!(matches!(decode(&Bytes::from(flipped), 4096, 1 << 20), Decoded::Invalid(_)), "{position}");
+        }
+    }
+
+    #[test]
+    fn properties_that_are_not_utf8_or_overrun_their_block_are_invalid_even_with_a_good_crc() {
+        let message = sample(10);
+        let placement = Placement { queue_offset: 0, physical_offset: 0, store_timestamp_ms: 0 };
+        let mut good = vec![0; message.encoded_len()];
+        encode_into(&message, placement, &mut good);
+        let properties_at = HEADER_FIXED_BYTES + message.topic.len() + 2;
+        // (byte to change, its new value, what the decoder says)
+        let cases = [(properties_at + 2, 0xFF, "not UTF-8"), (properties_at, 0xFF, "overruns")];
+        for (position, value, reason) in cases {
+            let mut bad = good.clone();
+            bad[position] = value;
+            let crc = crc32c(&bad[12..]);
+            bad[8..12].copy_from_slice(&crc.to_le_bytes());
+            match decode(&Bytes::from(bad), 0, 1 << 20) {
+                Decoded::Invalid(message) => assert!(message.contains(reason), "{message}"),
+                other => panic!("byte {position}: {other:?}"),
+            }
         }
     }
 

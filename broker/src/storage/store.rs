@@ -560,10 +560,10 @@ impl MessageStore {
         queue: &ConsumeQueue,
         queue_offset: u64,
         entry: consume_queue::Entry,
-        segment_cache: &mut Option<Arc<super::mapped_file::MappedFile>>,
+        segment_cache: &mut Option<super::commit_log::SegmentView>,
     ) -> Result<MessageRecord> {
         let log = &self.shared.commit_log;
-        let cached = segment_cache.as_ref().is_some_and(|segment| entry.physical_offset >= segment.base_offset());
+        let cached = segment_cache.as_ref().is_some_and(|view| entry.physical_offset >= view.base_offset());
         if !cached && entry.physical_offset < log.min_offset() {
             return Err(Error::OffsetBelowMinimum {
                 topic: queue.topic().to_string(),
@@ -962,7 +962,7 @@ fn recover(
         if failure.is_some() || tombstones.covers(&message.topic, message.physical_offset) {
             return;
         }
-        let known = queues.get(&message.topic).is_some_and(|by_id| by_id.contains_key(&message.queue_id));
+        let known = queues.get(message.topic.as_str()).is_some_and(|by_id| by_id.contains_key(&message.queue_id));
         if !known && !full_rebuild && message.queue_offset > 0 {
             failure = Some(RecoveryError::Rebuild(format!(
                 "queue {}/{} has no files but the log continues it at offset {}",

@@ -141,7 +141,7 @@ async fn long_poll_returns_when_a_message_arrives() {
     broker.send(Message::new("t", "wake")).await.unwrap();
     let result = waiting.await.unwrap().unwrap();
     assert_eq!(result.status, PullStatus::Found);
-    assert_eq!(result.messages[0].body, b"wake");
+    assert_eq!(&result.messages[0].body[..], b"wake");
     assert!(started.elapsed() < Duration::from_secs(15));
     // With nothing arriving, the pull waits for its timeout and reports no new message.
     let mut request = PullRequest::new("g", "t", 0, 1);
@@ -198,7 +198,7 @@ async fn query_by_key_id_and_offset() {
         assert_eq!(found.len(), expected, "between {begin} and {end}");
     }
     let by_id = broker.query_by_id("t", &sent.message_id).await.unwrap();
-    assert_eq!(by_id.body, b"hello");
+    assert_eq!(&by_id.body[..], b"hello");
     assert_eq!(by_id.properties.get("color").map(String::as_str), Some("red"));
     assert_eq!(by_id.keys, vec!["order-1".to_string()]);
     let by_offset = broker.query_by_offset(sent.physical_offset).await.unwrap();

@@ -76,7 +76,7 @@ fn read(store: &MessageStore, topic: &str, queue: u32, start: u64, filter: &TagE
             .expect("read succeeds");
         assert!(read.next_offset > offset);
         offset = read.next_offset;
-        found.extend(read.messages.into_iter().map(|m| (m.queue_offset, m.body)));
+        found.extend(read.messages.into_iter().map(|m| (m.queue_offset, m.body.to_vec())));
     }
     found
 }

@@ -218,7 +218,7 @@ async fn poison_records_go_to_the_dead_letter_topic_with_the_error() {
         assert_eq!(message.properties["DLQ_ERROR"], "injected: type error in column `n`");
         assert_eq!(message.properties["DLQ_ORIGIN_TOPIC"], "events");
         assert_eq!(message.properties["DLQ_CONNECTOR"], "dlq");
-        dead.push(String::from_utf8(message.body).unwrap());
+        dead.push(String::from_utf8(message.body.to_vec()).unwrap());
     }
     dead.sort();
     assert_eq!(dead, vec!["e23".to_string(), "e7".to_string()]);

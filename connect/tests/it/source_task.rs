@@ -92,7 +92,7 @@ async fn topic_bodies(broker: &Broker, topic: &str) -> Vec<Vec<u8>> {
     for queue_id in 0..broker.topic(topic).map_or(0, |t| t.queue_count) {
         let mut request = PullRequest::new("reader", topic, queue_id, 0);
         request.messages_max = 1000;
-        bodies.extend(broker.pull(request).await.unwrap().messages.into_iter().map(|m| m.body));
+        bodies.extend(broker.pull(request).await.unwrap().messages.into_iter().map(|m| m.body.to_vec()));
     }
     bodies
 }

@@ -153,7 +153,7 @@ pub async fn messages_of(broker: &Broker, topic: &str) -> Vec<(Vec<u8>, BTreeMap
                 break;
             }
             offset = result.next_offset;
-            out.extend(result.messages.into_iter().map(|m| (m.body, m.properties)));
+            out.extend(result.messages.into_iter().map(|m| (m.body.to_vec(), m.properties)));
         }
     }
     out
