@@ -21,8 +21,19 @@ impl ByteStr {
 
     /// Wraps `bytes` when they are valid UTF-8.
     pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
-        std::str::from_utf8(&bytes)?;
+        if !bytes.is_ascii() {
+            std::str::from_utf8(&bytes)?;
+        }
         Ok(ByteStr(bytes))
+    }
+
+    /// Wraps `bytes` already checked to be UTF-8.
+    ///
+    /// # Safety
+    /// `bytes` must be valid UTF-8.
+    pub(crate) unsafe fn from_utf8_unchecked(bytes: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&bytes).is_ok());
+        ByteStr(bytes)
     }
 
     /// A part of this text, shared with it; `part` must be a subslice of `self.as_str()`.

@@ -11,13 +11,13 @@
 //! next checkpoints, so a second crash during the replay still skips them. Stateless results
 //! are at-least-once (rows after the checkpoint may be sent twice).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use weir_broker::{Message, Messaging, PullRequest, PullStatus, TopicConfig};
+use weir_broker::{Message, Messaging, PullRequest, PullResult, PullStatus, TopicConfig};
 
 use crate::checkpoint::{self, Offsets};
 use crate::error::{Result, StreamsError};
@@ -144,6 +144,7 @@ pub async fn run_job(
         lookup_targets.insert((topic, queue_id), end);
     }
     let mut stats = JobStats::default();
+    let mut read_ahead = ReadAhead::default();
     // A first checkpoint before anything is sent: a crash before the next one replays from
     // here and still recognises the results it already sent.
     save_checkpoint(broker.as_ref(), &mut job, config, &fingerprint, &mut offsets, &replayed, &group).await?;
@@ -164,7 +165,7 @@ pub async fn run_job(
                 let mut request = PullRequest::new(&group, topic, queue_id, offset);
                 request.messages_max = config.batch_messages_max;
                 request.tag_expression = tag_expression.clone();
-                let pulled = broker.pull(request).await?;
+                let pulled = read_ahead.take(broker.as_ref(), &request).await?;
                 let next = match pulled.status {
                     PullStatus::OffsetTooSmall => {
                         tracing::warn!(job = %config.name, topic, queue_id, offset, min = pulled.min_offset, "input removed by retention; skipping ahead");
@@ -172,6 +173,11 @@ pub async fn run_job(
                     }
                     _ => pulled.next_offset,
                 };
+                if !pulled.messages.is_empty() {
+                    // This queue's next batch is read while this one is processed.
+                    request.queue_offset = next;
+                    read_ahead.start(broker.clone(), request);
+                }
                 let active = last_active.entry((topic.clone(), queue_id)).or_insert_with(Instant::now);
                 if !pulled.messages.is_empty() || next < pulled.max_offset {
                     *active = Instant::now();
@@ -313,6 +319,53 @@ async fn results_after(
 }
 
 /// Sends in broker-sized batches, waiting out a busy broker (bounded by `stop`).
+/// Pulls started ahead, at most one per queue: a queue's next batch is read (on the broker's
+/// read threads) while the job processes its current one, so reading and processing overlap
+/// and the job's thread does not wait for each read. A pull has no side effects, so one whose
+/// request no longer matches (the offset moved, the job skipped the queue) is dropped.
+#[derive(Default)]
+struct ReadAhead {
+    pulls: HashMap<(String, u32), PullAhead>,
+}
+
+/// The offset a pull started ahead reads from, and the pull.
+type PullAhead = (u64, tokio::task::JoinHandle<weir_broker::Result<PullResult>>);
+
+impl ReadAhead {
+    fn start(&mut self, broker: Arc<dyn Messaging>, request: PullRequest) {
+        let key = (request.topic.clone(), request.queue_id);
+        let offset = request.queue_offset;
+        let pull = tokio::spawn(async move { broker.pull(request).await });
+        if let Some((_, stale)) = self.pulls.insert(key, (offset, pull)) {
+            stale.abort();
+        }
+    }
+
+    /// The batch `request` asks for: the pull started ahead for it when that found messages,
+    /// else a pull now (an empty or failed answer read ahead may be stale by now).
+    async fn take(&mut self, broker: &dyn Messaging, request: &PullRequest) -> weir_broker::Result<PullResult> {
+        let key = (request.topic.clone(), request.queue_id);
+        if let Some((offset, pull)) = self.pulls.remove(&key) {
+            if offset != request.queue_offset {
+                pull.abort();
+            } else if let Ok(Ok(pulled)) = pull.await
+                && pulled.status == PullStatus::Found
+            {
+                return Ok(pulled);
+            }
+        }
+        broker.pull(request.clone()).await
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        for (_, pull) in self.pulls.values() {
+            pull.abort();
+        }
+    }
+}
+
 async fn send_all(broker: &dyn Messaging, messages: Vec<Message>, stop: &mut watch::Receiver<bool>) -> Result<()> {
     for chunk in messages.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
         let mut backoff = Duration::from_millis(10);

@@ -39,6 +39,9 @@ pub(crate) struct CommitLog {
     sync_failed: std::sync::atomic::AtomicBool,
     /// Set when the last segment file was shorter than a segment: where its bytes ended.
     truncated_at: Option<u64>,
+    /// Whether the writer's allocator is preparing a segment now (not waiting for a request,
+    /// nor for the writer to come far enough for its next chunk).
+    segment_preparation_working: Arc<AtomicBool>,
 }
 
 /// A reader's view of one segment: the bytes that were published when it was taken, sharing
@@ -115,6 +118,7 @@ impl CommitLog {
             flush_lock: Mutex::new(()),
             sync_failed: std::sync::atomic::AtomicBool::new(false),
             truncated_at,
+            segment_preparation_working: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -362,6 +366,11 @@ impl CommitLog {
         Ok(removed)
     }
 
+    /// Whether a segment is being prepared (written and synced) in the background now.
+    pub fn segment_preparation_working(&self) -> bool {
+        self.segment_preparation_working.load(Ordering::Relaxed)
+    }
+
     /// Paths of all segments, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
         self.segments.read().expect("segments lock").iter().map(|s| s.path().to_path_buf()).collect()
@@ -389,7 +398,8 @@ pub(crate) struct CommitLogWriter {
 impl CommitLogWriter {
     pub fn new(log: Arc<CommitLog>, config: &super::StoreConfig) -> Self {
         let position = log.max_offset();
-        let allocator = SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, config);
+        let working = log.segment_preparation_working.clone();
+        let allocator = SegmentAllocator::start(log.dir.clone(), log.segment_size_bytes, config, working);
         let segment = log.last_segment();
         CommitLogWriter { log, segment, position, buffer: Vec::new(), buffer_start: position, allocator }
     }
@@ -500,7 +510,7 @@ struct Preparation {
 }
 
 impl SegmentAllocator {
-    fn start(dir: PathBuf, segment_size_bytes: u64, config: &super::StoreConfig) -> Self {
+    fn start(dir: PathBuf, segment_size_bytes: u64, config: &super::StoreConfig, working: Arc<AtomicBool>) -> Self {
         let (prefault, prefault_bytes_per_sec_max) =
             (config.segment_prefault, config.segment_prefault_bytes_per_sec_max);
         let (request_tx, request_rx) = sync_channel::<(u64, Arc<Preparation>)>(1);
@@ -511,15 +521,18 @@ impl SegmentAllocator {
             .spawn(move || {
                 lower_thread_priority();
                 for (base, preparation) in request_rx {
+                    working.store(true, Ordering::Relaxed);
                     let path = thread_dir.join(super::offset_file_name(base));
                     let _ = std::fs::remove_file(&path); // a leftover from a crash mid-allocation
                     let pace = Pace {
                         bytes_per_sec_max: Some(prefault_bytes_per_sec_max).filter(|rate| *rate > 0),
                         allowed_bytes: &preparation.allowed_bytes,
+                        working: Some(&working),
                     };
                     let cancel = &preparation.cancel;
                     let made =
                         MappedFile::create_paced(&path, base, segment_size_bytes, blocks_for(prefault), cancel, pace);
+                    working.store(false, Ordering::Relaxed);
                     if ready_tx.send((base, made)).is_err() {
                         break;
                     }

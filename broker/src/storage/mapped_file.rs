@@ -32,6 +32,8 @@ pub(crate) struct Pace<'a> {
     /// How many bytes from the start may be prefaulted so far; it may grow while the file is
     /// prepared, and preparation waits for it.
     pub allowed_bytes: &'a AtomicU64,
+    /// Cleared while the preparation waits for its allowance to grow, set again after.
+    pub working: Option<&'a AtomicBool>,
 }
 
 pub(crate) struct MappedFile {
@@ -69,7 +71,7 @@ impl MappedFile {
     /// The file is prepared under a `.tmp` name and renamed into place, so a crash never
     /// leaves a short file under a real name.
     pub fn create(path: &Path, base_offset: u64, size_bytes: u64, blocks: Blocks) -> Result<Self> {
-        let unpaced = Pace { bytes_per_sec_max: None, allowed_bytes: &AtomicU64::new(u64::MAX) };
+        let unpaced = Pace { bytes_per_sec_max: None, allowed_bytes: &AtomicU64::new(u64::MAX), working: None };
         Self::create_paced(path, base_offset, size_bytes, blocks, &AtomicBool::new(false), unpaced)
     }
 
@@ -125,7 +127,9 @@ impl MappedFile {
                     // Not that far ahead yet: park until the writer grows the allowance past
                     // the next chunk or cancels (it unparks this thread), and keep to the rate
                     // from then on (no burst to make up for the wait).
+                    pace.working.inspect(|working| working.store(false, Ordering::Relaxed));
                     std::thread::park_timeout(ALLOWANCE_WAIT_MAX);
+                    pace.working.inspect(|working| working.store(true, Ordering::Relaxed));
                     paced_from = (std::time::Instant::now(), written);
                     continue;
                 }
@@ -368,7 +372,7 @@ mod tests {
         let cancel = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let preparing = scope.spawn(|| {
-                let pace = Pace { bytes_per_sec_max: None, allowed_bytes: &allowed_bytes };
+                let pace = Pace { bytes_per_sec_max: None, allowed_bytes: &allowed_bytes, working: None };
                 MappedFile::create_paced(&path, 0, 4 * chunk, Blocks::Prefaulted, &cancel, pace)
             });
             let temp_path = path.with_extension("tmp");

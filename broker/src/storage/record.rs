@@ -168,11 +168,17 @@ pub struct Properties(Bytes);
 impl Properties {
     /// Checks a stored block.
     fn parse(block: Bytes) -> Result<Self, String> {
+        // Short names and values make an all-ASCII block (lengths under 128 included): then
+        // one check covers every text in it.
+        let ascii = block.is_ascii();
         let mut reader = Reader { buf: &block, pos: 0 };
         while reader.pos < block.len() {
             for _ in 0..2 {
                 let len = reader.u16()? as usize;
-                std::str::from_utf8(reader.bytes(len)?).map_err(|_| "property is not UTF-8".to_string())?;
+                let text = reader.bytes(len)?;
+                if !ascii {
+                    std::str::from_utf8(text).map_err(|_| "property is not UTF-8".to_string())?;
+                }
             }
         }
         Ok(Properties(block))
@@ -208,7 +214,8 @@ impl Properties {
 
     /// `text` (a name or value from `iter`) as a `ByteStr` sharing this block's bytes.
     pub fn share(&self, text: &str) -> ByteStr {
-        ByteStr::from_utf8(self.0.slice_ref(text.as_bytes())).expect("properties are UTF-8")
+        // SAFETY: `text` is a `str` inside the block, so the slice is the same UTF-8 bytes.
+        unsafe { ByteStr::from_utf8_unchecked(self.0.slice_ref(text.as_bytes())) }
     }
 }
 

@@ -713,6 +713,13 @@ impl MessageStore {
         (log.min_offset(), log.max_offset(), log.flushed_offset())
     }
 
+    /// Whether the next commitlog segment is being prepared in the background now (it is
+    /// prefaulted at a paced rate, as far ahead as the writer has come): benchmarks wait for
+    /// a preload's preparation to end before they time a phase.
+    pub fn segment_preparation_working(&self) -> bool {
+        self.shared.commit_log.segment_preparation_working()
+    }
+
     /// Sync-mode group commits so far and the appends they acknowledged: with many writers
     /// waiting, one fdatasync serves several appends.
     pub fn group_commit_counts(&self) -> (u64, u64) {

@@ -45,8 +45,14 @@ pub(crate) fn decode(schema: &SchemaRef, bodies: &[&[u8]]) -> Option<RecordBatch
     let all: u64 = if names.len() == 64 { u64::MAX } else { (1u64 << names.len()) - 1 };
     let mut text = String::new();
     for body in bodies {
-        std::str::from_utf8(body).ok()?;
-        let mut reader = Reader { bytes: body, at: 0 };
+        // arrow-json refuses a body that is not UTF-8 anywhere, skipped fields included.
+        let body_text = if body.is_ascii() {
+            // SAFETY: ASCII is UTF-8.
+            unsafe { std::str::from_utf8_unchecked(body) }
+        } else {
+            std::str::from_utf8(body).ok()?
+        };
+        let mut reader = Reader { bytes: body, text: body_text, at: 0 };
         let seen = reader.object(&names, &mut columns, &mut text)?;
         reader.whitespace();
         if reader.at != body.len() {
@@ -146,6 +152,9 @@ impl Column {
 /// A position in one body. Every method returns `None` to decline the batch.
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// The same bytes as text (the body is checked to be UTF-8 first); slices between ASCII
+    /// delimiters are taken from it without checking again.
+    text: &'a str,
     at: usize,
 }
 
@@ -224,19 +233,12 @@ impl<'a> Reader<'a> {
     {
         self.expect(b'"')?;
         let start = self.at;
-        loop {
-            match *self.bytes.get(self.at)? {
-                b'"' => {
-                    self.at += 1;
-                    return std::str::from_utf8(&self.bytes[start..self.at - 1]).ok();
-                }
-                b'\\' => break,
-                byte if byte < 0x20 => return None,
-                _ => self.at += 1,
-            }
+        if self.plain_run()? == b'"' {
+            self.at += 1;
+            return self.text.get(start..self.at - 1);
         }
         text.clear();
-        text.push_str(std::str::from_utf8(&self.bytes[start..self.at]).ok()?);
+        text.push_str(self.text.get(start..self.at)?);
         loop {
             match *self.bytes.get(self.at)? {
                 b'"' => {
@@ -258,7 +260,7 @@ impl<'a> Reader<'a> {
                     {
                         self.at += 1;
                     }
-                    text.push_str(std::str::from_utf8(&self.bytes[run..self.at]).ok()?);
+                    text.push_str(self.text.get(run..self.at)?);
                 }
             }
         }
@@ -335,8 +337,7 @@ impl<'a> Reader<'a> {
             }
             self.some_digits()?;
         }
-        let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
-        Some((text, integral))
+        Some((self.text.get(start..self.at)?, integral))
     }
 
     fn digits(&mut self) {
@@ -400,6 +401,18 @@ impl<'a> Reader<'a> {
         Some(())
     }
 
+    /// Moves to the next `"` or `\\` inside a string and returns it; `None` at the end of the
+    /// input or at a control character before it (JSON strings hold none).
+    fn plain_run(&mut self) -> Option<u8> {
+        let rest = &self.bytes[self.at..];
+        let stop = memchr::memchr2(b'"', b'\\', rest)?;
+        if rest[..stop].iter().any(|byte| *byte < 0x20) {
+            return None;
+        }
+        self.at += stop;
+        Some(rest[stop])
+    }
+
     /// Passes over an undeclared field's value, checking its syntax.
     fn skip_value(&mut self, depth: usize) -> Option<()> {
         if depth > SKIP_DEPTH_MAX {
@@ -408,16 +421,9 @@ impl<'a> Reader<'a> {
         match self.peek()? {
             b'"' => {
                 self.at += 1;
-                loop {
-                    match *self.bytes.get(self.at)? {
-                        b'"' => break,
-                        b'\\' => {
-                            self.at += 1;
-                            self.escape()?;
-                        }
-                        byte if byte < 0x20 => return None,
-                        _ => self.at += 1,
-                    }
+                while self.plain_run()? == b'\\' {
+                    self.at += 1;
+                    self.escape()?;
                 }
                 self.at += 1;
             }
