@@ -10,8 +10,16 @@ use bytes::Bytes;
 /// Immutable UTF-8 text in shared bytes; cloning and slicing never copy the text.
 ///
 /// **Invariant:** the bytes are valid UTF-8 (checked by every constructor).
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteStr(Bytes);
+
+/// Hashes as the `str` it holds (which `Bytes` does not), as `Borrow<str>` requires: a
+/// `HashMap<ByteStr, _>` is looked up by `&str`.
+impl std::hash::Hash for ByteStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 impl ByteStr {
     /// Text that lives for the whole program, without an allocation.
@@ -156,5 +164,7 @@ mod tests {
         assert_eq!(part.as_bytes().as_ptr(), text.as_bytes()[6..].as_ptr());
         assert_eq!(String::from(part.clone()), "é");
         assert_eq!(format!("{part:?} {part}"), "\"é\" é");
+        let set: std::collections::HashSet<ByteStr> = [part].into_iter().collect();
+        assert!(set.contains("é"), "looked up by str");
     }
 }

@@ -199,7 +199,7 @@ async fn drain(
                 break;
             }
             messages += pulled.messages.len() as u64;
-            keys.extend(pulled.messages.into_iter().filter_map(|m| m.keys.into_iter().next()));
+            keys.extend(pulled.messages.into_iter().filter_map(|m| m.keys.into_iter().next().map(String::from)));
             offset = pulled.next_offset;
         }
     }

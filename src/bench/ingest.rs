@@ -57,11 +57,15 @@ const SETTLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(120)
 /// between phases. Returns whether it ended within `SETTLE_WAIT_MAX`.
 pub(super) async fn settle_store(store: &weir_broker::storage::MessageStore) -> bool {
     let deadline = std::time::Instant::now() + SETTLE_WAIT_MAX;
-    while store.segment_preparation_working() {
+    // Idle in three polls in a row: the flag drops for an instant when the preparation
+    // parks just as the writer wakes it.
+    let mut idle_polls = 0;
+    while idle_polls < 3 {
         if std::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll of a background flag
+        idle_polls = if store.segment_preparation_working() { 0 } else { idle_polls + 1 };
     }
     true
 }

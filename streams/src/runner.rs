@@ -318,7 +318,6 @@ async fn results_after(
     Ok(ids)
 }
 
-/// Sends in broker-sized batches, waiting out a busy broker (bounded by `stop`).
 /// Pulls started ahead, at most one per queue: a queue's next batch is read (on the broker's
 /// read threads) while the job processes its current one, so reading and processing overlap
 /// and the job's thread does not wait for each read. A pull has no side effects, so one whose
@@ -366,6 +365,7 @@ impl Drop for ReadAhead {
     }
 }
 
+/// Sends in broker-sized batches, waiting out a busy broker (bounded by `stop`).
 async fn send_all(broker: &dyn Messaging, messages: Vec<Message>, stop: &mut watch::Receiver<bool>) -> Result<()> {
     for chunk in messages.chunks(weir_broker::SEND_BATCH_MESSAGES_MAX) {
         let mut backoff = Duration::from_millis(10);

@@ -499,6 +499,8 @@ struct SegmentAllocator {
     pending: Option<(u64, Arc<Preparation>)>,
     /// How far ahead of twice the writer's place in its segment the next one may be prepared.
     prefault_ahead_bytes_max: u64,
+    /// Whether a preparation is under way (`CommitLog::segment_preparation_working`).
+    working: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -516,23 +518,24 @@ impl SegmentAllocator {
         let (request_tx, request_rx) = sync_channel::<(u64, Arc<Preparation>)>(1);
         let (ready_tx, ready_rx) = sync_channel(1);
         let thread_dir = dir.clone();
+        let thread_working = working.clone();
         let thread = std::thread::Builder::new()
             .name("weir-segment-alloc".into())
             .spawn(move || {
                 lower_thread_priority();
                 for (base, preparation) in request_rx {
-                    working.store(true, Ordering::Relaxed);
+                    thread_working.store(true, Ordering::Relaxed);
                     let path = thread_dir.join(super::offset_file_name(base));
                     let _ = std::fs::remove_file(&path); // a leftover from a crash mid-allocation
                     let pace = Pace {
                         bytes_per_sec_max: Some(prefault_bytes_per_sec_max).filter(|rate| *rate > 0),
                         allowed_bytes: &preparation.allowed_bytes,
-                        working: Some(&working),
+                        working: Some(&thread_working),
                     };
                     let cancel = &preparation.cancel;
                     let made =
                         MappedFile::create_paced(&path, base, segment_size_bytes, blocks_for(prefault), cancel, pace);
-                    working.store(false, Ordering::Relaxed);
+                    thread_working.store(false, Ordering::Relaxed);
                     if ready_tx.send((base, made)).is_err() {
                         break;
                     }
@@ -546,6 +549,7 @@ impl SegmentAllocator {
             ready: ready_rx,
             pending: None,
             prefault_ahead_bytes_max: config.segment_prefault_ahead_bytes_max,
+            working,
             thread: Some(thread),
         }
     }
@@ -567,6 +571,8 @@ impl SegmentAllocator {
                 // Wake a prefault waiting for more room (at most once per chunk of room).
                 let chunk = PREALLOCATE_CHUNK_BYTES as u64;
                 if allowed_bytes / chunk != before / chunk {
+                    // Set here, not only by the thread, so it reads true from now on.
+                    self.working.store(true, Ordering::Relaxed);
                     self.wake();
                 }
             }
@@ -576,6 +582,7 @@ impl SegmentAllocator {
                     cancel: AtomicBool::new(false),
                     allowed_bytes: AtomicU64::new(allowed_bytes),
                 });
+                self.working.store(true, Ordering::Relaxed);
                 if requests.send((base, preparation.clone())).is_ok() {
                     self.pending = Some((base, preparation));
                 }

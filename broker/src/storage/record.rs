@@ -174,8 +174,9 @@ impl Properties {
         let mut reader = Reader { buf: &block, pos: 0 };
         while reader.pos < block.len() {
             for _ in 0..2 {
-                let len = reader.u16()? as usize;
-                let text = reader.bytes(len)?;
+                let overrun = |_| "a property overruns the properties block".to_string();
+                let len = reader.u16().map_err(overrun)? as usize;
+                let text = reader.bytes(len).map_err(overrun)?;
                 if !ascii {
                     std::str::from_utf8(text).map_err(|_| "property is not UTF-8".to_string())?;
                 }
