@@ -469,13 +469,18 @@ mod tests {
         }
     }
 
+    /// `message` encoded as placed at `queue_offset` / `physical_offset`.
+    fn encoded(message: &NewMessage, queue_offset: u64, physical_offset: u64) -> Vec<u8> {
+        let placement = Placement { queue_offset, physical_offset, store_timestamp_ms: 5 };
+        let mut buf = vec![0; message.encoded_len()];
+        encode_into(message, placement, &mut buf);
+        buf
+    }
+
     #[test]
     fn round_trip_and_crc_detects_flips() {
         let message = sample(100);
-        let placement = Placement { queue_offset: 9, physical_offset: 4096, store_timestamp_ms: 5 };
-        let mut buf = vec![0; message.encoded_len()];
-        encode_into(&message, placement, &mut buf);
-        let buf = Bytes::from(buf);
+        let buf = Bytes::from(encoded(&message, 9, 4096));
         let Decoded::Message(record) = decode(&buf, 4096, 1 << 20) else { panic!("decodes") };
         assert_eq!(record.topic, "orders");
         assert_eq!(record.queue_offset, 9);
@@ -496,9 +501,7 @@ mod tests {
     #[test]
     fn properties_that_are_not_utf8_or_overrun_their_block_are_invalid_even_with_a_good_crc() {
         let message = sample(10);
-        let placement = Placement { queue_offset: 0, physical_offset: 0, store_timestamp_ms: 0 };
-        let mut good = vec![0; message.encoded_len()];
-        encode_into(&message, placement, &mut good);
+        let good = encoded(&message, 0, 0);
         let properties_at = HEADER_FIXED_BYTES + message.topic.len() + 2;
         // (byte to change, its new value, what the decoder says)
         let cases = [(properties_at + 2, 0xFF, "not UTF-8"), (properties_at, 0xFF, "overruns")];
