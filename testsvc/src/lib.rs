@@ -16,7 +16,7 @@
 //! replication included. `mariadb_private` starts one of the caller's own (with or without a
 //! binary log) that stops on drop.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -75,13 +75,34 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// Waits until `port` accepts TCP connections, or `child` exits, or the timeout passes.
-fn wait_until_listening(child: &mut Child, port: u16, log: &Path, service: &str) -> Result<(), String> {
+/// How a server shows it is the server we started and ready: it answers on a fresh
+/// connection as its protocol says (a bare TCP connect could reach another process that took
+/// the port, or a server still running its init file).
+type Greets = fn(&mut TcpStream) -> bool;
+
+/// MariaDB sends its handshake first: packet sequence 0, protocol version 10.
+fn mariadb_greets(stream: &mut TcpStream) -> bool {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).is_ok() && head[3] == 0 && head[4] == 10
+}
+
+/// Redis answers `PING` with `+PONG`.
+fn redis_greets(stream: &mut TcpStream) -> bool {
+    let mut answer = [0u8; 5];
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG"
+}
+
+/// Waits until `port` accepts a connection on which the server `greets`, or `child` exits,
+/// or the timeout passes.
+fn wait_until_listening(child: &mut Child, port: u16, log: &Path, service: &str, greets: Greets) -> Result<(), String> {
     let started = Instant::now();
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     loop {
-        if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-            return Ok(());
+        if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
+            let answered = stream.set_read_timeout(Some(Duration::from_secs(2))).is_ok() && greets(&mut stream);
+            if answered {
+                return Ok(());
+            }
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -92,7 +113,7 @@ fn wait_until_listening(child: &mut Child, port: u16, log: &Path, service: &str)
         }
         if started.elapsed() > STARTUP_TIMEOUT {
             return Err(format!(
-                "{service} not listening on port {port} after {STARTUP_TIMEOUT:?}; log:\n{}",
+                "{service} not answering on port {port} after {STARTUP_TIMEOUT:?}; log:\n{}",
                 tail(log)
             ));
         }
@@ -149,6 +170,7 @@ fn start_on_free_port(
     server: &Path,
     name: &str,
     log: &Path,
+    greets: Greets,
     mut command_for: impl FnMut(u16) -> Command,
 ) -> Result<(u16, Child), String> {
     let mut last_error = String::new();
@@ -156,7 +178,7 @@ fn start_on_free_port(
         let port = free_port();
         let mut child =
             spawn_tied_to_process(command_for(port)).map_err(|e| format!("cannot run {}: {e}", server.display()))?;
-        match wait_until_listening(&mut child, port, log, name) {
+        match wait_until_listening(&mut child, port, log, name, greets) {
             Ok(()) => return Ok((port, child)),
             Err(error) => {
                 let _ = child.kill();
@@ -267,7 +289,7 @@ impl MariaDb {
         )
         .map_err(|e| e.to_string())?;
         let error_log = dir.join("error.log");
-        let (port, child) = start_on_free_port(&server, "mariadbd", &error_log, |port| {
+        let (port, child) = start_on_free_port(&server, "mariadbd", &error_log, mariadb_greets, |port| {
             let mut command = Command::new(&server);
             command
                 .arg("--no-defaults")
@@ -361,7 +383,7 @@ impl Redis {
             .ok_or("no `redis-server` binary (Debian package redis-server)")?;
         let dir = tempfile::Builder::new().prefix("weir-redis-").tempdir().map_err(|e| e.to_string())?;
         let log = dir.path().join("redis.log");
-        let (port, child) = start_on_free_port(&server, "redis-server", &log, |port| {
+        let (port, child) = start_on_free_port(&server, "redis-server", &log, redis_greets, |port| {
             let mut command = Command::new(&server);
             command
                 .arg("--port")
