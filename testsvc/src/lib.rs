@@ -75,9 +75,9 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// How a server shows it is the server we started and ready: it answers on a fresh
-/// connection as its protocol says (a bare TCP connect could reach another process that took
-/// the port, or a server still running its init file).
+/// How a server shows it is ready: it answers on a fresh connection as its protocol says (a
+/// bare TCP connect succeeds while MariaDB still runs its init file, and could reach another
+/// kind of process that took the port).
 type Greets = fn(&mut TcpStream) -> bool;
 
 /// MariaDB sends its handshake first: packet sequence 0, protocol version 10.
@@ -100,7 +100,9 @@ fn wait_until_listening(child: &mut Child, port: u16, log: &Path, service: &str,
     loop {
         if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
             let answered = stream.set_read_timeout(Some(Duration::from_secs(2))).is_ok() && greets(&mut stream);
-            if answered {
+            // And our child still running: one whose bind failed because another process took
+            // the port has exited by now, unless it has not tried to bind yet.
+            if answered && matches!(child.try_wait(), Ok(None)) {
                 return Ok(());
             }
         }

@@ -568,11 +568,12 @@ impl SegmentAllocator {
         match &self.pending {
             Some((_, preparation)) => {
                 let before = preparation.allowed_bytes.swap(allowed_bytes, Ordering::Relaxed);
-                // Wake a prefault waiting for more room (at most once per chunk of room).
+                // Wake a prefault waiting for more room: at most once per chunk of room, and
+                // once when the room first covers the whole segment (whose size need not be a
+                // whole number of chunks). The thread marks itself working when it wakes.
                 let chunk = PREALLOCATE_CHUNK_BYTES as u64;
-                if allowed_bytes / chunk != before / chunk {
-                    // Set here, not only by the thread, so it reads true from now on.
-                    self.working.store(true, Ordering::Relaxed);
+                let size = self.segment_size_bytes;
+                if allowed_bytes / chunk != before / chunk || (before < size && allowed_bytes >= size) {
                     self.wake();
                 }
             }
@@ -582,9 +583,12 @@ impl SegmentAllocator {
                     cancel: AtomicBool::new(false),
                     allowed_bytes: AtomicU64::new(allowed_bytes),
                 });
+                // Working from the request on (the thread may not have taken it yet).
                 self.working.store(true, Ordering::Relaxed);
                 if requests.send((base, preparation.clone())).is_ok() {
                     self.pending = Some((base, preparation));
+                } else {
+                    self.working.store(false, Ordering::Relaxed); // the thread is gone
                 }
             }
         }

@@ -503,6 +503,7 @@ fn the_next_segment_is_prefaulted_only_as_far_as_the_writer_has_come() {
     }
     std::thread::sleep(Duration::from_millis(200)); // time to run past the allowance, if it would
     assert_eq!(std::fs::metadata(&next).unwrap().len(), MIB, "the prefault stopped at its allowance");
+    assert!(!store.segment_preparation_working(), "a prefault waiting for its allowance is not working");
     // Past the middle of the segment the allowance covers all of the next one: it is prepared
     // and the writer rolls into it.
     let body = vec![b'x'; 800];
@@ -521,7 +522,16 @@ fn the_next_segment_is_prefaulted_only_as_far_as_the_writer_has_come() {
         assert_eq!(prepared.len(), 8 * MIB);
         assert!(prepared.blocks() * 512 >= 8 * MIB, "prepared, not sparse: {} blocks", prepared.blocks());
     }
-    for _ in 0..5 {
+    let idle_by = std::time::Instant::now() + Duration::from_secs(5);
+    while store.segment_preparation_working() {
+        assert!(std::time::Instant::now() < idle_by, "the finished preparation still counts as working");
+        std::thread::sleep(Duration::from_millis(10)); // poll interval
+    }
+    // Appends before the writer rolls grow an allowance nothing is left to use: still idle.
+    let batch: Vec<_> = (0..1000).map(|i| new_message("t", i % 2, &body, None, None)).collect();
+    store.append_blocking(batch).unwrap();
+    assert!(!store.segment_preparation_working(), "idle once the next segment is prepared");
+    for _ in 0..4 {
         let batch: Vec<_> = (0..1000).map(|i| new_message("t", i % 2, &body, None, None)).collect();
         store.append_blocking(batch).unwrap();
     }
