@@ -1093,7 +1093,7 @@ fn validate(path: &Path, text: &str, pipeline: &Pipeline) -> Result<(), Pipeline
         let sql = weir_streams::parse_job(&stream.sql)
             .map_err(|error| fail(at, format!("streams.{job}.sql"), error.to_string()))?;
         let read = sql.tables.iter().map(|t| &t.topic);
-        let written = sql.inserts.iter().map(|i| &i.topic);
+        let written = sql.inserts.iter().map(|i| &i.topic).filter(|target| !sql.is_blackhole(target));
         for topic in read.chain(written) {
             if !pipeline.topics.contains_key(topic) {
                 return Err(fail(

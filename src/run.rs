@@ -210,7 +210,7 @@ async fn start_and_wait(
             config.checkpoint_interval = Duration::from_millis(ms);
         }
         let reads: Vec<String> = job.source_topics().into_iter().map(|(topic, _)| topic).collect();
-        println!("  stream job {name}: {} -> {}", reads.join(","), job.sink_topics().join(","));
+        println!("  stream job {name}: {} -> {}", reads.join(","), job.sink_names().join(","));
         let control =
             register(&statuses, &controls, name, ConnectorStatus::new(ConnectorKind::Stream, &reads.join(",")));
         let run_once = {

@@ -28,6 +28,17 @@ pub struct NexmarkArgs {
     /// Queues of the events topic.
     #[arg(long, default_value_t = 4)]
     queues: u32,
+    /// Where the results go: `blackhole` (a blackhole table, as Nexmark runs its queries:
+    /// computed, counted, dropped) or `topic` (JSON messages in an output topic, the path of
+    /// `INSERT INTO <topic>`).
+    #[arg(long, value_enum, default_value_t = ResultSinkArg::Blackhole)]
+    sink: ResultSinkArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ResultSinkArg {
+    Blackhole,
+    Topic,
 }
 
 /// The three event tables, each over its own topic.
@@ -200,12 +211,21 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
     let baseline_elapsed = baseline_started.elapsed();
     let expected: usize = baseline.iter().map(RecordBatch::num_rows).sum();
 
-    // The streams job, from its first read to its last result in the output topic.
-    let tables: Vec<&str> =
+    // The streams job, from its first read to its last result in its sink.
+    let mut tables: Vec<&str> =
         TABLES.iter().filter(|(name, _)| query.tables.contains(name)).map(|(_, ddl)| *ddl).collect();
+    if args.sink == ResultSinkArg::Blackhole {
+        tables.push("CREATE TABLE nexmark_out WITH (connector = 'blackhole');");
+    }
     let sql = format!("{}\nINSERT INTO nexmark_out {};", tables.join("\n"), query.streaming);
     // The job's defaults, as `weir run` runs a stream job.
     let job_config = weir_streams::JobRunConfig::new("nexmark", sql, root.join("checkpoints"));
+    let progress = job_config.progress.clone();
+    // Results so far: counted by the blackhole, or held by the output topic.
+    let results = |broker: &Broker| match args.sink {
+        ResultSinkArg::Blackhole => progress.results_discarded.load(std::sync::atomic::Ordering::Relaxed),
+        ResultSinkArg::Topic => held(broker, "nexmark_out"),
+    };
     let messaging: Arc<dyn Messaging> = Arc::new(broker.clone());
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let cpu_before = cpu_seconds();
@@ -213,31 +233,23 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
     let job = tokio::spawn(async move { weir_streams::run_job(messaging, &job_config, &mut stopped).await });
     let deadline = started + Duration::from_secs(600);
     loop {
-        let mut written = 0;
-        if let Some(topic) = broker.topic("nexmark_out") {
-            for queue_id in 0..topic.queue_count {
-                written += broker.queue_range("nexmark_out", queue_id).max_offset;
-            }
-        }
+        let written = results(&broker);
         if written as usize >= expected {
             break;
         }
         if job.is_finished() || Instant::now() > deadline {
-            bail!("the job wrote {written} of {expected} results");
+            bail!("the job gave {written} of {expected} results");
         }
-        tokio::time::sleep(Duration::from_millis(1)).await; // poll interval of the output topic
+        tokio::time::sleep(Duration::from_millis(1)).await; // poll interval of the job's result count
     }
     let elapsed = started.elapsed();
     let cores = (cpu_seconds() - cpu_before) / elapsed.as_secs_f64();
     let _ = stop.send(true);
     job.await??;
     // Exactly the baseline's number of results, and no row late or dead-lettered.
-    let held = |topic: &str| {
-        broker.topic(topic).map_or(0, |t| (0..t.queue_count).map(|q| broker.queue_range(topic, q).max_offset).sum())
-    };
-    let (written, late, dead) = (held("nexmark_out"), held("%LATE%nexmark"), held("%DLQ%nexmark"));
+    let (written, late, dead) = (results(&broker), held(&broker, "%LATE%nexmark"), held(&broker, "%DLQ%nexmark"));
     if written as usize != expected || late != 0 || dead != 0 {
-        bail!("the job wrote {written} results (expected {expected}), {late} late rows, {dead} dead letters");
+        bail!("the job gave {written} results (expected {expected}), {late} late rows, {dead} dead letters");
     }
     tokio::task::spawn_blocking(move || broker.close()).await??;
     let _ = std::fs::remove_dir_all(&root);
@@ -251,6 +263,7 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
         "events": args.events,
         "events_read": events_read,
         "results": expected,
+        "sink": format!("{:?}", args.sink).to_lowercase(),
         "elapsed_s": round(elapsed.as_secs_f64()),
         "events_per_sec": round(events_per_sec),
         "cpu_cores_used": round(cores),
@@ -262,4 +275,9 @@ pub async fn run(args: NexmarkArgs, segment_size_bytes: u64) -> Result<()> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// Messages `topic` holds over all its queues (0 when it does not exist).
+fn held(broker: &Broker, topic: &str) -> u64 {
+    broker.topic(topic).map_or(0, |t| (0..t.queue_count).map(|q| broker.queue_range(topic, q).max_offset).sum())
 }

@@ -73,6 +73,8 @@ pub struct JobSnapshot {
 pub struct JobOutput {
     /// Query results, for the `INSERT INTO` topics.
     pub results: Vec<Message>,
+    /// Result rows of queries into blackhole tables: computed, counted, not kept.
+    pub discarded_rows: u64,
     /// Rows that did not decode, for `%DLQ%<job>`, with the reason.
     pub dead_letters: Vec<Message>,
     /// Rows whose windows had closed, for `%LATE%<job>`.
@@ -276,9 +278,18 @@ struct WindowedAggregate {
     key_names: Vec<String>,
 }
 
+/// Where a query's results go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ResultSink {
+    /// JSON messages in this topic.
+    Topic(String),
+    /// Counted and dropped (a table declared `WITH (connector = 'blackhole')`, named here).
+    Blackhole(String),
+}
+
 struct Query {
     index: usize,
-    topic: String,
+    sink: ResultSink,
     table: usize,
     window: Option<Windowed>,
     /// `None`: stateless; the whole plan runs per micro-batch.
@@ -348,13 +359,16 @@ impl Job {
         }
         let mut queries = Vec::new();
         for (index, insert) in sql.inserts.iter().enumerate() {
-            let query = plan_insert(&context, &tables, index, insert).await.map_err(|error| {
+            let mut query = plan_insert(&context, &tables, index, insert).await.map_err(|error| {
                 let reason = match error {
                     StreamsError::Plan(reason) => reason,
                     other => other.to_string(),
                 };
                 StreamsError::Plan(format!("INSERT INTO {}: {reason}", insert.topic))
             })?;
+            if sql.is_blackhole(&insert.topic) {
+                query.sink = ResultSink::Blackhole(insert.topic.clone());
+            }
             queries.push(query);
         }
         // Decode only the columns something refers to (by name: over-inclusion is harmless).
@@ -418,9 +432,22 @@ impl Job {
         self.tables.iter().any(|t| t.spec.topic == topic && t.lookup.is_some())
     }
 
-    /// Topics the job writes.
+    /// Topics the job writes results to (blackhole tables are not topics).
     pub fn sink_topics(&self) -> Vec<String> {
-        self.queries.iter().map(|q| q.topic.clone()).collect()
+        let topics = self.queries.iter().filter_map(|q| match &q.sink {
+            ResultSink::Topic(topic) => Some(topic.clone()),
+            ResultSink::Blackhole(_) => None,
+        });
+        topics.collect()
+    }
+
+    /// Every `INSERT INTO` target, a blackhole table marked as such, for display.
+    pub fn sink_names(&self) -> Vec<String> {
+        let name = |q: &Query| match &q.sink {
+            ResultSink::Topic(topic) => topic.clone(),
+            ResultSink::Blackhole(table) => format!("{table} (blackhole)"),
+        };
+        self.queries.iter().map(name).collect()
     }
 
     pub fn dead_letter_topic(&self) -> String {
@@ -619,15 +646,16 @@ impl Job {
         let (job, query) = (self.name.clone(), &mut self.queries[query_index]);
         for evaluated in evaluated {
             match (evaluated, &mut query.aggregate) {
-                (Evaluated::Rows(batches), _) => output.results.extend(to_messages(
+                (Evaluated::Rows(batches), _) => emit(
                     &job,
                     query.index,
-                    &query.topic,
+                    &query.sink,
                     &batches,
                     ResultIdentity::Row,
                     None,
                     &mut Occurrences::new(),
-                )?),
+                    output,
+                )?,
                 (Evaluated::Updates(updates), Some(aggregate)) => {
                     for (panes, keys, arguments) in updates {
                         aggregate.aggregator.update(&panes, &keys, &arguments)?;
@@ -691,20 +719,21 @@ impl Job {
                 let batch = RecordBatch::try_new(aggregate.aggregate_schema.clone(), columns)?;
                 *aggregate.aggregate_slot.write().await = vec![batch];
                 let window = (result.window_start_ms, result.window_end_ms);
-                let messages = match execute(&self.state, &aggregate.above).await {
-                    Ok(batches) => to_messages(
+                let emitted = match execute(&self.state, &aggregate.above).await {
+                    Ok(batches) => emit(
                         &self.name,
                         query.index,
-                        &query.topic,
+                        &query.sink,
                         &batches,
                         ResultIdentity::GroupKey(&aggregate.key_names),
                         Some(window),
                         &mut occurrences,
+                        output,
                     ),
                     Err(error) => Err(error),
                 };
-                match messages {
-                    Ok(messages) => output.results.extend(messages),
+                match emitted {
+                    Ok(()) => {}
                     // The window's values make the part above the aggregate fail (a division
                     // by zero, a failed cast): report the window and go on, or a restart
                     // would replay into the same failure forever.
@@ -797,9 +826,9 @@ impl Job {
                     *side.slot.write().await = vec![batch];
                 }
                 // Owned copies across the await: a query's window state is not `Sync`.
-                let (plan, index, topic) = {
+                let (plan, index, sink) = {
                     let query = &self.queries[query_index];
-                    (query.plan.clone(), query.index, query.topic.clone())
+                    (query.plan.clone(), query.index, query.sink.clone())
                 };
                 let mut occurrences = Occurrences::new();
                 let batches = match execute(&self.state, &plan).await {
@@ -817,15 +846,7 @@ impl Job {
                     Err(error) => return Err(error),
                 };
                 let window = Some((start, start + size));
-                output.results.extend(to_messages(
-                    &self.name,
-                    index,
-                    &topic,
-                    &batches,
-                    ResultIdentity::Row,
-                    window,
-                    &mut occurrences,
-                )?);
+                emit(&self.name, index, &sink, &batches, ResultIdentity::Row, window, &mut occurrences, output)?;
             }
             self.queries[query_index].join.as_mut().expect("checked above").drop_done();
         }
@@ -1120,7 +1141,7 @@ async fn plan_insert(
         let join = WindowJoin::new(specs[0].size_ms, specs[0].slide_ms, join_sides);
         return Ok(Query {
             index,
-            topic: insert.topic.clone(),
+            sink: ResultSink::Topic(insert.topic.clone()),
             table,
             window: None,
             aggregate: None,
@@ -1140,7 +1161,7 @@ async fn plan_insert(
         ([aggregate], Some(window)) => Some(plan_window_aggregate(context, &plan, aggregate, window)?),
         _ => return Err(StreamsError::Plan("one GROUP BY per query for now".into())),
     };
-    Ok(Query { index, topic: insert.topic.clone(), table, window, aggregate, join: None, plan })
+    Ok(Query { index, sink: ResultSink::Topic(insert.topic.clone()), table, window, aggregate, join: None, plan })
 }
 
 /// HOP and SESSION rows are aggregated per pane or per row, and get their windows' bounds
@@ -1314,6 +1335,30 @@ enum ResultIdentity<'a> {
 
 /// How many results of one firing had each identity (window and key, or window and row).
 type Occurrences = std::collections::HashMap<Vec<u8>, usize>;
+
+/// Result rows into their sink: messages for a topic (see `to_messages`), a count for a
+/// blackhole table. On error `output` holds none of `batches`' results.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    job: &str,
+    query: usize,
+    sink: &ResultSink,
+    batches: &[RecordBatch],
+    identity: ResultIdentity<'_>,
+    window: Option<(i64, i64)>,
+    occurrences: &mut Occurrences,
+    output: &mut JobOutput,
+) -> Result<()> {
+    match sink {
+        ResultSink::Topic(topic) => {
+            output.results.extend(to_messages(job, query, topic, batches, identity, window, occurrences)?);
+        }
+        ResultSink::Blackhole(_) => {
+            output.discarded_rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        }
+    }
+    Ok(())
+}
 
 /// Result rows → JSON messages for `topic`. The key is a `key` column when the query has
 /// one, else the GROUP BY key columns joined by `|`. A window's results get a deterministic

@@ -29,5 +29,5 @@ pub mod window;
 pub use datafusion;
 pub use error::{Result, StreamsError};
 pub use job::{Job, JobOutput, JobSnapshot};
-pub use runner::{JobRunConfig, JobStats, run_job};
+pub use runner::{JobProgress, JobRunConfig, JobStats, run_job};
 pub use sql::{JobSql, parse_job};

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -48,6 +49,8 @@ pub struct JobRunConfig {
     pub idle_timeout: Duration,
     /// Scalar UDFs the queries may call, besides DataFusion's and `functions::builtin`.
     pub udfs: Vec<datafusion::logical_expr::ScalarUDF>,
+    /// Live counts of the run, for whoever holds a clone (the metrics carry the same).
+    pub progress: Arc<JobProgress>,
 }
 
 impl JobRunConfig {
@@ -62,8 +65,17 @@ impl JobRunConfig {
             output_queues: 4,
             idle_timeout: Duration::from_secs(5),
             udfs: Vec::new(),
+            progress: Arc::default(),
         }
     }
+}
+
+/// A running job's counts so far, updated after every micro-batch.
+#[derive(Debug, Default)]
+pub struct JobProgress {
+    pub messages_read: AtomicU64,
+    pub results_sent: AtomicU64,
+    pub results_discarded: AtomicU64,
 }
 
 /// What a run did.
@@ -71,6 +83,8 @@ impl JobRunConfig {
 pub struct JobStats {
     pub messages_read: u64,
     pub results_sent: u64,
+    /// Result rows of queries into blackhole tables.
+    pub results_discarded: u64,
     pub results_skipped_as_replayed: u64,
     pub dead_lettered: u64,
     pub late: u64,
@@ -188,6 +202,7 @@ pub async fn run_job(
                 } else {
                     let bodies: Vec<&[u8]> = pulled.messages.iter().map(|m| &m.body[..]).collect();
                     stats.messages_read += bodies.len() as u64;
+                    config.progress.messages_read.fetch_add(bodies.len() as u64, Ordering::Relaxed);
                     metrics::counter!("weir_streams_messages_read_total", "job" => config.name.clone())
                         .increment(bodies.len() as u64);
                     job.process(topic, queue_id, &bodies).await?
@@ -202,18 +217,24 @@ pub async fn run_job(
                     }
                 }
                 stats.results_sent += results.len() as u64;
+                stats.results_discarded += output.discarded_rows;
                 stats.dead_lettered += output.dead_letters.len() as u64;
                 stats.late += output.late.len() as u64;
                 metrics::counter!("weir_streams_results_total", "job" => config.name.clone())
                     .increment(results.len() as u64);
+                metrics::counter!("weir_streams_results_discarded_total", "job" => config.name.clone())
+                    .increment(output.discarded_rows);
                 metrics::counter!("weir_streams_dead_lettered_total", "job" => config.name.clone())
                     .increment(output.dead_letters.len() as u64);
                 metrics::counter!("weir_streams_late_rows_total", "job" => config.name.clone())
                     .increment(output.late.len() as u64);
                 progressed |= !pulled.messages.is_empty();
+                let sent = results.len() as u64;
                 for messages in [results, output.dead_letters, output.late] {
                     send_all(broker.as_ref(), messages, stop).await?;
                 }
+                config.progress.results_sent.fetch_add(sent, Ordering::Relaxed);
+                config.progress.results_discarded.fetch_add(output.discarded_rows, Ordering::Relaxed);
                 if next != offset {
                     offsets.source.get_mut(topic).expect("listed").insert(queue_id, next);
                 }

@@ -63,7 +63,23 @@ pub struct InsertStatement {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobSql {
     pub tables: Vec<SourceTable>,
+    /// Tables declared `WITH (connector = 'blackhole')`: an `INSERT INTO` one computes its
+    /// results, counts them and keeps nothing (Flink's blackhole connector).
+    pub blackholes: Vec<String>,
     pub inserts: Vec<InsertStatement>,
+}
+
+impl JobSql {
+    /// Whether `name` is a blackhole table (table names compare case-insensitively).
+    pub fn is_blackhole(&self, name: &str) -> bool {
+        self.blackholes.iter().any(|b| b.eq_ignore_ascii_case(name))
+    }
+}
+
+/// What a `CREATE TABLE` declares.
+enum CreatedTable {
+    Source(SourceTable),
+    Blackhole(String),
 }
 
 /// Prefix of the relation names that replace window calls.
@@ -86,7 +102,21 @@ pub fn parse_job(text: &str) -> Result<JobSql> {
         let bad = |reason: String| StreamsError::Sql { statement: number, reason };
         let words: Vec<String> = statement.split_whitespace().take(2).map(str::to_ascii_uppercase).collect();
         match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            ["CREATE", "TABLE"] => job.tables.push(parse_create_table(statement).map_err(bad)?),
+            ["CREATE", "TABLE"] => {
+                let created = parse_create_table(statement).map_err(bad)?;
+                let name = match &created {
+                    CreatedTable::Source(table) => &table.name,
+                    CreatedTable::Blackhole(name) => name,
+                };
+                let declared = job.tables.iter().map(|t| &t.name).chain(&job.blackholes);
+                if declared.into_iter().any(|earlier| earlier.eq_ignore_ascii_case(name)) {
+                    return Err(bad(format!("table {name} is declared twice")));
+                }
+                match created {
+                    CreatedTable::Source(table) => job.tables.push(table),
+                    CreatedTable::Blackhole(name) => job.blackholes.push(name),
+                }
+            }
             ["INSERT", "INTO"] => job.inserts.push(parse_insert(statement, &mut windows).map_err(bad)?),
             _ => {
                 let head: String = statement.chars().take(40).collect();
@@ -214,16 +244,29 @@ fn unquote_identifier(name: &str) -> String {
 }
 
 /// `CREATE TABLE name (col TYPE, …, WATERMARK FOR col AS col - INTERVAL '5' SECOND)
-/// WITH (topic = '…', format = 'json', tag = '…')`.
-fn parse_create_table(statement: &str) -> std::result::Result<SourceTable, String> {
+/// WITH (topic = '…', format = 'json', tag = '…')`, or `CREATE TABLE name WITH (connector =
+/// 'blackhole')`.
+fn parse_create_table(statement: &str) -> std::result::Result<CreatedTable, String> {
     let statement = strip_comments(statement);
     let after = statement.trim_start()[6..].trim_start()[5..].trim_start(); // CREATE, TABLE
-    let open = after.find('(').ok_or("expected a column list in parentheses")?;
-    let name = unquote_identifier(&after[..open]);
+    let name_end = after.find(|c: char| c == '(' || c.is_whitespace()).unwrap_or(after.len());
+    let name = unquote_identifier(&after[..name_end]);
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("{name:?} is not a table name (letters, digits and `_`)"));
     }
-    let (columns_text, end) = balanced(after, open)?;
+    let columns_start = name_end + (after.len() - name_end - after[name_end..].trim_start().len());
+    if !after[columns_start..].starts_with('(') {
+        if !after[columns_start..].to_ascii_uppercase().starts_with("WITH") {
+            return Err("expected a column list in parentheses".into());
+        }
+        let options = parse_options(&after[columns_start..])?;
+        return match options.get("connector").map(String::as_str) {
+            Some("blackhole") if options.len() == 1 => Ok(CreatedTable::Blackhole(name)),
+            Some("blackhole") => Err("a blackhole table takes no other option than connector".into()),
+            _ => Err("expected a column list in parentheses (only a blackhole table has none)".into()),
+        };
+    }
+    let (columns_text, end) = balanced(after, columns_start)?;
     let mut fields = Vec::new();
     let (mut event_time, mut watermark_delay_ms) = (None, 0);
     for part in split_top_level(columns_text) {
@@ -249,31 +292,19 @@ fn parse_create_table(statement: &str) -> std::result::Result<SourceTable, Strin
             return Err(format!("WATERMARK FOR {column}: the column must be a TIMESTAMP"));
         }
     }
-    let rest = after[end..].trim();
-    let mut options = std::collections::BTreeMap::new();
-    if !rest.is_empty() {
-        if !rest.to_ascii_uppercase().starts_with("WITH") {
-            return Err(format!("expected WITH (…) after the columns, found {rest:?}"));
+    let mut options = parse_options(&after[end..])?;
+    match options.remove("connector").as_deref() {
+        None | Some("topic") => {}
+        Some("blackhole") => {
+            return Err(
+                "a blackhole table takes no column list: CREATE TABLE name WITH (connector = 'blackhole')".into()
+            );
         }
-        let open = rest.find('(').ok_or("expected WITH (key = 'value', …)")?;
-        let (options_text, end) = balanced(rest, open)?;
-        if !rest[end..].trim().is_empty() {
-            return Err(format!("unexpected text after WITH (…): {:?}", rest[end..].trim()));
-        }
-        for option in split_top_level(options_text) {
-            let (key, value) =
-                option.split_once('=').ok_or_else(|| format!("option {option:?} is not key = 'value'"))?;
-            let value = value.trim();
-            let value = value
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .ok_or_else(|| format!("option {}: the value must be quoted: {value}", key.trim()))?;
-            options.insert(key.trim().to_ascii_lowercase(), value.to_string());
-        }
+        Some(other) => return Err(format!("connector {other:?} is not supported (topic, blackhole)")),
     }
     for key in options.keys() {
         if !["topic", "format", "tag", "lookup_key"].contains(&key.as_str()) {
-            return Err(format!("unknown option {key:?} (topic, format, tag, lookup_key)"));
+            return Err(format!("unknown option {key:?} (topic, format, tag, lookup_key, connector)"));
         }
     }
     let topic = options.remove("topic").ok_or("WITH (topic = '…') is required")?;
@@ -290,7 +321,7 @@ fn parse_create_table(statement: &str) -> std::result::Result<SourceTable, Strin
     {
         return Err(format!("lookup_key {key:?} is not a column"));
     }
-    Ok(SourceTable {
+    Ok(CreatedTable::Source(SourceTable {
         name,
         schema: std::sync::Arc::new(Schema::new(fields)),
         topic,
@@ -298,7 +329,36 @@ fn parse_create_table(statement: &str) -> std::result::Result<SourceTable, Strin
         event_time,
         watermark_delay_ms,
         lookup_key,
-    })
+    }))
+}
+
+/// `WITH (key = 'value', …)` (or nothing) → options by lowercased key.
+fn parse_options(text: &str) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+    let rest = text.trim();
+    let mut options = std::collections::BTreeMap::new();
+    if rest.is_empty() {
+        return Ok(options);
+    }
+    if !rest.to_ascii_uppercase().starts_with("WITH") {
+        return Err(format!("expected WITH (…) after the columns, found {rest:?}"));
+    }
+    let open = rest.find('(').ok_or("expected WITH (key = 'value', …)")?;
+    let (options_text, end) = balanced(rest, open)?;
+    if !rest[end..].trim().is_empty() {
+        return Err(format!("unexpected text after WITH (…): {:?}", rest[end..].trim()));
+    }
+    for option in split_top_level(options_text) {
+        let (key, value) = option.split_once('=').ok_or_else(|| format!("option {option:?} is not key = 'value'"))?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .ok_or_else(|| format!("option {}: the value must be quoted: {value}", key.trim()))?;
+        if options.insert(key.trim().to_ascii_lowercase(), value.to_string()).is_some() {
+            return Err(format!("option {} is given twice", key.trim()));
+        }
+    }
+    Ok(options)
 }
 
 /// `WATERMARK FOR ts AS ts - INTERVAL '5' SECOND` (or `AS ts`): (column, delay in ms).
@@ -502,6 +562,35 @@ mod tests {
             (
                 "CREATE TABLE t (ts TIMESTAMP) WITH (topic = 'x');\nINSERT INTO out SELECT * FROM TUMBLE(t, ts, INTERVAL '1' SECOND)",
                 "WATERMARK FOR column",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse_job(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_blackhole_table_is_declared_without_columns() {
+        let job = parse_job(
+            "CREATE TABLE t (a TEXT) WITH (topic = 'x', connector = 'topic');
+             CREATE TABLE Discard WITH (connector = 'blackhole');
+             INSERT INTO discard SELECT a FROM t",
+        )
+        .unwrap();
+        assert_eq!(job.blackholes, ["Discard"]);
+        assert!(job.is_blackhole("DISCARD") && !job.is_blackhole("t"));
+        assert_eq!(job.tables[0].topic, "x");
+        let cases = [
+            ("CREATE TABLE d (a TEXT) WITH (connector = 'blackhole')", "takes no column list"),
+            ("CREATE TABLE d WITH (connector = 'blackhole', topic = 'x')", "no other option than connector"),
+            ("CREATE TABLE d WITH (connector = 'kafka')", "expected a column list"),
+            ("CREATE TABLE d (a TEXT) WITH (connector = 'kafka', topic = 'x')", "connector \"kafka\" is not supported"),
+            ("CREATE TABLE d", "expected a column list"),
+            ("CREATE TABLE d WITH (connector = 'blackhole', connector = 'blackhole')", "given twice"),
+            (
+                "CREATE TABLE d (a TEXT) WITH (topic = 'x');\nCREATE TABLE D WITH (connector = 'blackhole')",
+                "statement 2: table D is declared twice",
             ),
         ];
         for (text, expected) in cases {

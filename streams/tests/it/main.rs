@@ -9,7 +9,8 @@
 //! `topic/` prefix for another table's topic, as input lines do),
 //! `== restart` (checkpoint the job to a file, plan it anew and restore it: state must
 //! survive) and `== expected` (one line per produced message: `<kind> <topic> key=<key>
-//! <body>`, with the reason for dead-lettered and late rows).
+//! <body>`, with the reason for dead-lettered and late rows; `discarded N rows` for the
+//! results a micro-batch gave blackhole tables).
 
 use std::path::Path;
 
@@ -183,6 +184,9 @@ fn print_output(out: &mut String, output: &weir_streams::JobOutput) {
             let body = String::from_utf8_lossy(&message.body);
             out.push_str(&format!("{kind} {} key={key} {body}{reason}\n", message.topic));
         }
+    }
+    if output.discarded_rows > 0 {
+        out.push_str(&format!("discarded {} rows\n", output.discarded_rows));
     }
 }
 

@@ -214,3 +214,27 @@ SELECT o.id AS key, c.name FROM orders o JOIN customers c ON o.customer_id = c.i
     task.await.unwrap();
     assert_eq!(broker.queue_range("enriched", 0).max_offset, 50, "every order joined once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_job_counts_its_results_and_writes_no_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_broker(&dir.path().join("data"));
+    broker.create_topic(TopicConfig::new("clicks", 2)).unwrap();
+    let sql = format!("{}\nCREATE TABLE clicks_per_minute WITH (connector = 'blackhole');", SQL.trim());
+    let mut config = JobRunConfig::new("blackhole", sql, dir.path().join("checkpoints"));
+    config.idle_wait = Duration::from_millis(10);
+    send(&broker, &[1, 2, 61, 125]).await; // closes two minutes
+    let (stop, task) = start(&broker, &config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let progress = config.progress.clone();
+    while progress.results_discarded.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "{progress:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of the job's counts
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(progress.messages_read.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(progress.results_discarded.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(progress.results_sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(broker.topic("clicks_per_minute").is_none(), "a blackhole table is not a topic");
+}
