@@ -1,8 +1,8 @@
 //! A streams job: its source tables, its `INSERT` queries planned once by DataFusion, and
 //! the processing of micro-batches of messages into result messages.
 //!
-//! Each table and window relation is a `MemTable` whose one partition is refilled before
-//! every execution ("slot"). A query without an aggregate is stateless: it runs over each
+//! Each table and window relation is a slot table (`slot`) refilled before every execution,
+//! so a plan made once runs over each micro-batch. A query without an aggregate is stateless: it runs over each
 //! micro-batch. A query whose `GROUP BY` aggregates a window relation is split at its
 //! `Aggregate`: the part below runs over each micro-batch (filters, projections), the
 //! aggregate itself is the pane operator of `window` (DataFusion's accumulators, state and
@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::row::SortField;
 use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::datasource::provider_as_source;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
@@ -31,10 +31,9 @@ use crate::decode::decode_json;
 use crate::error::{Result, StreamsError};
 use crate::join::{JoinSide, JoinSnapshot, WindowJoin};
 use crate::session::SessionAggregator;
+use crate::slot::{CachedPlan, Slot, SlotTable};
 use crate::sql::{InsertStatement, JobSql, SourceTable, WindowKind, WindowSpec};
 use crate::window::{AggregateSpec, AggregatorSnapshot, WindowAggregator, WindowResult};
-
-type Slot = datafusion::datasource::memory::PartitionData;
 
 /// Earliest and latest event time a row may carry (years 0001 and 9999): window arithmetic on
 /// them never overflows.
@@ -154,12 +153,12 @@ struct Windowed {
 }
 
 struct QueryView<'a> {
-    plan: &'a LogicalPlan,
+    plan: &'a CachedPlan,
     windowed: Option<WindowedView<'a>>,
 }
 
 struct WindowedView<'a> {
-    below: &'a LogicalPlan,
+    below: &'a CachedPlan,
     pane_expr: &'a Arc<dyn PhysicalExpr>,
     key_exprs: &'a [Arc<dyn PhysicalExpr>],
     argument_exprs: &'a [AggregateArguments],
@@ -169,10 +168,10 @@ struct WindowedView<'a> {
 /// aggregate inputs (nothing is changed, so a failure can be retried row by row).
 async fn evaluate(state: &SessionState, query: QueryView<'_>) -> Result<Evaluated> {
     let Some(aggregate) = query.windowed else {
-        return Ok(Evaluated::Rows(execute(state, query.plan).await?));
+        return Ok(Evaluated::Rows(query.plan.execute(state).await?));
     };
     let mut updates = Vec::new();
-    for below in execute(state, aggregate.below).await? {
+    for below in aggregate.below.execute(state).await? {
         if below.num_rows() == 0 {
             continue;
         }
@@ -260,9 +259,9 @@ type AggregateArguments = (Vec<Arc<dyn PhysicalExpr>>, Option<Arc<dyn PhysicalEx
 
 struct WindowedAggregate {
     /// The plan below the aggregate (over the window relation).
-    below: LogicalPlan,
+    below: CachedPlan,
     /// The plan above it, reading the aggregate's rows from `aggregate_slot`.
-    above: LogicalPlan,
+    above: CachedPlan,
     aggregate_slot: Slot,
     aggregate_schema: SchemaRef,
     /// Position in the GROUP BY of `window_start` and `window_end`; the others are keys.
@@ -296,7 +295,7 @@ struct Query {
     aggregate: Option<WindowedAggregate>,
     /// A window join: the whole plan runs once per closed window.
     join: Option<WindowJoin>,
-    plan: LogicalPlan,
+    plan: Arc<CachedPlan>,
 }
 
 impl Query {
@@ -375,7 +374,7 @@ impl Job {
         let mut names = std::collections::HashSet::new();
         for query in &queries {
             // Subquery plans too (nothing rewrote them into joins), and outer references.
-            query.plan.apply_with_subqueries(|node| {
+            query.plan.logical().apply_with_subqueries(|node| {
                 node.apply_expressions(|expr| {
                     expr.apply(|e| {
                         match e {
@@ -572,7 +571,7 @@ impl Job {
     ) -> Result<()> {
         self.refresh_lookups().await?;
         let table_slot = self.tables[self.queries[query_index].table].slot.clone();
-        *table_slot.write().await = vec![batch.clone()];
+        table_slot.fill(vec![batch.clone()]);
         let late_topic = self.late_topic();
         let query = &self.queries[query_index];
         // The query's input: the table's rows, or the window relation's (late rows left out),
@@ -609,7 +608,7 @@ impl Job {
                 (window.slot.clone(), filter_record_batch(&windowed, &keep)?, input_bodies)
             }
         };
-        *slot.write().await = vec![input.clone()];
+        slot.fill(vec![input.clone()]);
         let evaluated = match evaluate(&self.state, self.view(query_index)).await {
             Ok(evaluated) => vec![evaluated],
             Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) if input.num_rows() > 0 => {
@@ -620,7 +619,7 @@ impl Job {
                     let outcome = if input.num_rows() == 1 {
                         Err(error.to_string())
                     } else {
-                        *slot.write().await = vec![input.slice(row, 1)];
+                        slot.fill(vec![input.slice(row, 1)]);
                         match evaluate(&self.state, self.view(query_index)).await {
                             Ok(one) => Ok(one),
                             Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) => {
@@ -717,9 +716,9 @@ impl Job {
                     .map(|(column, field)| Ok(cast(&column.expect("every column placed"), field.data_type())?))
                     .collect::<Result<Vec<_>>>()?;
                 let batch = RecordBatch::try_new(aggregate.aggregate_schema.clone(), columns)?;
-                *aggregate.aggregate_slot.write().await = vec![batch];
+                aggregate.aggregate_slot.fill(vec![batch]);
                 let window = (result.window_start_ms, result.window_end_ms);
-                let emitted = match execute(&self.state, &aggregate.above).await {
+                let emitted = match aggregate.above.execute(&self.state).await {
                     Ok(batches) => emit(
                         &self.name,
                         query.index,
@@ -823,7 +822,7 @@ impl Job {
                 let join = self.queries[query_index].join.as_mut().expect("checked above");
                 let rows = join.window_rows(start)?;
                 for (side, batch) in join.sides.iter().zip(rows) {
-                    *side.slot.write().await = vec![batch];
+                    side.slot.fill(vec![batch]);
                 }
                 // Owned copies across the await: a query's window state is not `Sync`.
                 let (plan, index, sink) = {
@@ -831,7 +830,7 @@ impl Job {
                     (query.plan.clone(), query.index, query.sink.clone())
                 };
                 let mut occurrences = Occurrences::new();
-                let batches = match execute(&self.state, &plan).await {
+                let batches = match plan.execute(&self.state).await {
                     Ok(batches) => batches,
                     Err(error @ (StreamsError::DataFusion(_) | StreamsError::Arrow(_))) => {
                         // The window's rows make the query fail (a division by zero): report
@@ -895,7 +894,7 @@ impl Job {
             let Some(lookup) = table.lookup.as_mut().filter(|l| l.dirty) else { continue };
             let rows: Vec<&RecordBatch> = lookup.rows.values().collect();
             let all = datafusion::arrow::compute::concat_batches(&table.spec.schema, rows)?;
-            *table.slot.write().await = vec![all];
+            table.slot.fill(vec![all]);
             lookup.dirty = false;
         }
         Ok(())
@@ -1055,17 +1054,11 @@ fn evaluate_all(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<
     exprs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?)).collect()
 }
 
-/// A `MemTable` with one partition, registered as `name`; returns the partition to refill.
+/// A slot table registered as `name`; returns its slot.
 fn register_slot(context: &datafusion::prelude::SessionContext, name: &str, schema: SchemaRef) -> Result<Slot> {
-    let table = MemTable::try_new(schema, vec![vec![]])?;
-    let slot = table.batches[0].clone();
-    context.register_table(name, Arc::new(table))?;
+    let (table, slot) = SlotTable::new(schema);
+    context.register_table(name, table)?;
     Ok(slot)
-}
-
-async fn execute(state: &SessionState, plan: &LogicalPlan) -> Result<Vec<RecordBatch>> {
-    let physical = state.create_physical_plan(plan).await?;
-    Ok(datafusion::physical_plan::collect(physical, state.task_ctx()).await?)
 }
 
 async fn plan_insert(
@@ -1146,7 +1139,7 @@ async fn plan_insert(
             window: None,
             aggregate: None,
             join: Some(join),
-            plan,
+            plan: Arc::new(CachedPlan::new(plan)),
         });
     }
     let aggregate = match (aggregates.as_slice(), &window) {
@@ -1161,7 +1154,15 @@ async fn plan_insert(
         ([aggregate], Some(window)) => Some(plan_window_aggregate(context, &plan, aggregate, window)?),
         _ => return Err(StreamsError::Plan("one GROUP BY per query for now".into())),
     };
-    Ok(Query { index, sink: ResultSink::Topic(insert.topic.clone()), table, window, aggregate, join: None, plan })
+    Ok(Query {
+        index,
+        sink: ResultSink::Topic(insert.topic.clone()),
+        table,
+        window,
+        aggregate,
+        join: None,
+        plan: Arc::new(CachedPlan::new(plan)),
+    })
 }
 
 /// HOP and SESSION rows are aggregated per pane or per row, and get their windows' bounds
@@ -1287,9 +1288,8 @@ fn plan_window_aggregate(
         .collect();
     let aggregate_schema = Arc::new(Schema::new(slot_fields));
     let slot_name = format!("{}_aggregate", window.spec.relation);
-    let aggregate_table = MemTable::try_new(aggregate_schema.clone(), vec![vec![]])?;
-    let aggregate_slot = aggregate_table.batches[0].clone();
-    let scan = LogicalPlanBuilder::scan(slot_name.as_str(), provider_as_source(Arc::new(aggregate_table)), None)?;
+    let (aggregate_table, aggregate_slot) = SlotTable::new(aggregate_schema.clone());
+    let scan = LogicalPlanBuilder::scan(slot_name.as_str(), provider_as_source(aggregate_table), None)?;
     let renames: Vec<Expr> = output
         .iter()
         .enumerate()
@@ -1309,8 +1309,8 @@ fn plan_window_aggregate(
         })?
         .data;
     Ok(WindowedAggregate {
-        below: aggregate.input.as_ref().clone(),
-        above,
+        below: CachedPlan::new(aggregate.input.as_ref().clone()),
+        above: CachedPlan::new(above),
         aggregate_slot,
         aggregate_schema,
         window_start_position,

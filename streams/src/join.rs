@@ -23,14 +23,14 @@ pub struct JoinSide {
     /// Index of its table in the job.
     pub table: usize,
     /// The window relation's slot and schema (table columns, window_start, window_end).
-    pub slot: datafusion::datasource::memory::PartitionData,
+    pub slot: crate::slot::Slot,
     pub schema: SchemaRef,
     /// Rows per pane start.
     buffer: BTreeMap<i64, Vec<RecordBatch>>,
 }
 
 impl JoinSide {
-    pub fn new(table: usize, slot: datafusion::datasource::memory::PartitionData, schema: SchemaRef) -> Self {
+    pub fn new(table: usize, slot: crate::slot::Slot, schema: SchemaRef) -> Self {
         JoinSide { table, slot, schema, buffer: BTreeMap::new() }
     }
 }

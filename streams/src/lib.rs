@@ -22,6 +22,7 @@ pub mod job;
 pub mod join;
 pub mod runner;
 pub mod session;
+pub mod slot;
 pub mod sql;
 pub mod window;
 

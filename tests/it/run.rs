@@ -172,11 +172,19 @@ sinks:
     wait_for_state("RUNNING");
     assert_eq!(http(admin_port, "PUT", "/connectors/nope/pause", &[], b"").0, 404);
     // Offsets: read; changing them needs a paused sink; rewinding replays into the file.
-    let (status, text) = http(admin_port, "GET", "/connectors/to_file/offsets", &[], b"");
-    let offsets: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let committed: u64 =
-        offsets["offsets"].as_array().unwrap().iter().map(|o| o["offset"]["queue_offset"].as_u64().unwrap()).sum();
-    assert_eq!((status, committed), (200, 6), "{text}");
+    // The file shows a6 before the sink's flush returns and its offset is committed (and the
+    // status reads RUNNING before the old run has stopped): wait for the commit.
+    let read_offsets = || {
+        let (status, text) = http(admin_port, "GET", "/connectors/to_file/offsets", &[], b"");
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let committed = |offsets: &serde_json::Value| -> u64 {
+        offsets["offsets"].as_array().unwrap().iter().map(|o| o["offset"]["queue_offset"].as_u64().unwrap()).sum()
+    };
+    wait_until("the six records' offsets are committed", || committed(&read_offsets()) >= 6);
+    let offsets = read_offsets();
+    assert_eq!(committed(&offsets), 6, "{offsets}");
     assert_eq!(http(admin_port, "DELETE", "/connectors/to_file/offsets", &[], b"").0, 409, "running");
     assert_eq!(http(admin_port, "PUT", "/connectors/to_file/pause", &[], b"").0, 202);
     wait_for_state("PAUSED");
