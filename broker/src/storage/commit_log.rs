@@ -217,7 +217,7 @@ impl CommitLog {
             }
             None => readable,
         };
-        match record::decode(&view.bytes.slice(position..position + len), physical_offset, self.decode_size_max) {
+        match record::decode(&view.bytes, position..position + len, physical_offset, self.decode_size_max) {
             Decoded::Message(message) => Ok(message),
             Decoded::EndOfSegment => Err(Error::MessageNotFound {
                 what: format!("physical offset {physical_offset} is an end-of-segment marker"),
@@ -249,11 +249,11 @@ impl CommitLog {
             }
             let segment_bytes = &view.as_ref().expect("set above").bytes;
             let position = (offset - segment.base_offset()) as usize;
-            let bytes = segment_bytes.slice(position..);
+            let bytes = &segment_bytes[position..];
             if bytes.len() >= 4 && bytes[..8.min(bytes.len())].iter().all(|b| *b == 0) {
                 return ScanOutcome { end_offset: offset, stop_reason: None };
             }
-            match record::decode(&bytes, offset, self.decode_size_max) {
+            match record::decode(segment_bytes, position..segment_bytes.len(), offset, self.decode_size_max) {
                 Decoded::Message(message) => {
                     on_message(&message);
                     offset += u64::from(message.size_bytes);

@@ -333,18 +333,24 @@ pub(crate) fn check_frame(bytes: &[u8], message_size_max_bytes: usize) -> Result
     }
 }
 
-/// Decodes the record at the start of `bytes` (which runs to the end of its segment, or of
-/// its published part), which must claim to be at `physical_offset`. The record's text and
-/// body are slices of `bytes`.
-pub(crate) fn decode(bytes: &Bytes, physical_offset: u64, message_size_max_bytes: usize) -> Decoded {
-    let (kind, total) = match check_frame(bytes, message_size_max_bytes) {
+/// Decodes the record at the start of `bytes[range]` (which runs to the end of its segment,
+/// or of its published part), which must claim to be at `physical_offset`. The record's text
+/// and body are slices of `bytes` (taken from it directly: no slice per record in between).
+pub(crate) fn decode(
+    bytes: &Bytes,
+    range: std::ops::Range<usize>,
+    physical_offset: u64,
+    message_size_max_bytes: usize,
+) -> Decoded {
+    let start = range.start;
+    let (kind, total) = match check_frame(&bytes[range], message_size_max_bytes) {
         Ok(frame) => frame,
         Err(reason) => return Decoded::Invalid(reason),
     };
     if kind == KIND_END_OF_SEGMENT {
         return Decoded::EndOfSegment;
     }
-    match decode_message(&bytes.slice(..total)) {
+    match decode_message(bytes, start..start + total) {
         Ok(record) if record.physical_offset == physical_offset => Decoded::Message(record),
         Ok(record) => Decoded::Invalid(format!(
             "record claims physical offset {} but sits at {physical_offset}",
@@ -354,8 +360,9 @@ pub(crate) fn decode(bytes: &Bytes, physical_offset: u64, message_size_max_bytes
     }
 }
 
-/// Decodes a message record whose frame and CRC were already checked.
-fn decode_message(bytes: &Bytes) -> Result<MessageRecord, String> {
+/// Decodes the message record at `bytes[range]`, whose frame and CRC were already checked.
+fn decode_message(shared: &Bytes, range: std::ops::Range<usize>) -> Result<MessageRecord, String> {
+    let bytes = &shared[range];
     let mut reader = Reader { buf: bytes, pos: 12 };
     let flags = reader.u32()?;
     let queue_id = reader.u32()?;
@@ -374,12 +381,12 @@ fn decode_message(bytes: &Bytes) -> Result<MessageRecord, String> {
     let prepared_transaction_offset = reader.u64()?;
     let topic_len = reader.u8()? as usize;
     let topic =
-        ByteStr::from_utf8(bytes.slice_ref(reader.bytes(topic_len)?)).map_err(|_| "topic is not UTF-8".to_string())?;
+        ByteStr::from_utf8(shared.slice_ref(reader.bytes(topic_len)?)).map_err(|_| "topic is not UTF-8".to_string())?;
     let properties_len = reader.u16()? as usize;
     let properties = reader.bytes(properties_len).map_err(|_| "properties overrun the record".to_string())?;
-    let properties = Properties::parse(bytes.slice_ref(properties))?;
+    let properties = Properties::parse(shared.slice_ref(properties))?;
     let body_len = reader.u32()? as usize;
-    let body = bytes.slice_ref(reader.bytes(body_len)?);
+    let body = shared.slice_ref(reader.bytes(body_len)?);
     if reader.pos != bytes.len() {
         return Err(format!("record has {} trailing bytes", bytes.len() - reader.pos));
     }
@@ -481,7 +488,7 @@ mod tests {
     fn round_trip_and_crc_detects_flips() {
         let message = sample(100);
         let buf = Bytes::from(encoded(&message, 9, 4096));
-        let Decoded::Message(record) = decode(&buf, 4096, 1 << 20) else { panic!("decodes") };
+        let Decoded::Message(record) = decode(&buf, 0..buf.len(), 4096, 1 << 20) else { panic!("decodes") };
         assert_eq!(record.topic, "orders");
         assert_eq!(record.queue_offset, 9);
         assert_eq!(record.tag(), Some("TagA"));
@@ -490,11 +497,14 @@ mod tests {
         let properties: Vec<(&str, &str)> = record.properties.iter().collect();
         assert_eq!(properties, [(PROPERTY_TAGS, "TagA"), ("k", "v")]);
         assert_eq!(record.body.as_ptr(), buf[buf.len() - 100..].as_ptr(), "the body is not copied");
-        assert!(matches!(decode(&buf, 4097, 1 << 20), Decoded::Invalid(_)));
+        assert!(matches!(decode(&buf, 0..buf.len(), 4097, 1 << 20), Decoded::Invalid(_)));
         for position in [0, 5, 9, 20, 90, buf.len() - 1] {
             let mut flipped = buf.to_vec();
             flipped[position] ^= 0x40;
-            assert!(matches!(decode(&Bytes::from(flipped), 4096, 1 << 20), Decoded::Invalid(_)), "{position}");
+            assert!(
+                matches!(decode(&Bytes::from(flipped.clone()), 0..flipped.len(), 4096, 1 << 20), Decoded::Invalid(_)),
+                "{position}"
+            );
         }
     }
 
@@ -510,7 +520,7 @@ mod tests {
             bad[position] = value;
             let crc = crc32c(&bad[12..]);
             bad[8..12].copy_from_slice(&crc.to_le_bytes());
-            match decode(&Bytes::from(bad), 0, 1 << 20) {
+            match decode(&Bytes::from(bad.clone()), 0..bad.len(), 0, 1 << 20) {
                 Decoded::Invalid(message) => assert!(message.contains(reason), "{message}"),
                 other => panic!("byte {position}: {other:?}"),
             }
