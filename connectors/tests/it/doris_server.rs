@@ -153,6 +153,11 @@ impl DorisServer {
         self.state.lock().unwrap().faults = faults;
     }
 
+    /// Stream Loads received so far (labels Doris refused as existing left out).
+    pub fn loads(&self) -> u64 {
+        self.state.lock().unwrap().loads
+    }
+
     /// How many loads are pre-committed (neither committed nor aborted).
     pub fn precommitted(&self) -> usize {
         self.state.lock().unwrap().labels.values().filter(|(status, _)| status == "PRECOMMITTED").count()
@@ -165,6 +170,20 @@ impl DorisServer {
         let first = state.txn_labels.values().find(|label| state.labels[*label].0 == "PRECOMMITTED").cloned();
         if let Some(label) = first {
             state.labels.insert(label, ("ABORTED".into(), None));
+        }
+    }
+
+    /// Commits the latest pre-committed load (as an operator with its transaction id could).
+    pub fn commit_last_precommitted(&self) {
+        let mut state = self.state.lock().unwrap();
+        let state = &mut *state;
+        let last = state.txn_labels.values().rev().find(|label| state.labels[*label].0 == "PRECOMMITTED").cloned();
+        if let Some(label) = last {
+            let (status, pending) = state.labels.get_mut(&label).unwrap();
+            *status = "FINISHED".into();
+            if let Some((table, rows, delete_sign)) = pending.take() {
+                apply(state.tables.get_mut(&table).unwrap(), rows, delete_sign);
+            }
         }
     }
 

@@ -296,6 +296,89 @@ fn pre_commits_forgotten_after_an_abort_are_aborted_in_doris() {
 }
 
 #[test]
+fn a_forgotten_pre_commit_doris_already_committed_is_not_loaded_again() {
+    let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
+    let recorder = weir_connect::conformance::CountingRecorder::default();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut two_phase = config(&server, "events");
+        two_phase.two_phase_commit = true;
+        let mut sink = DorisSink::connect("committed", two_phase).await.unwrap();
+        let record =
+            |i: u64, name: &str| support::record(0, i, None, &json!({"id": i, "name": name, "qty": i}).to_string());
+        let batch: Vec<SinkRecord> = (10..=20).map(|i| record(i, if i == 18 { "far too long" } else { "e" })).collect();
+        sink.write(&batch).await.expect_err("record 18 is refused");
+        assert!(server.precommitted() >= 2, "the load was split into pre-committed parts");
+        // Doris aborts the first part; someone else has committed the last one meanwhile, so
+        // its abort answers "already visible": its rows must not be loaded a second time.
+        server.abort_first_precommitted();
+        server.commit_last_precommitted();
+        sink.flush().await.expect_err("Doris aborted the first pre-commit");
+        let retried: Vec<SinkRecord> = batch.into_iter().filter(|r| r.queue_offset != 18).collect();
+        sink.write(&retried).await.unwrap();
+        sink.flush().await.unwrap();
+        let mut ids: Vec<i64> = server.rows("db.events").iter().map(|row| row["id"].as_i64().unwrap()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (10..=20).filter(|&i| i != 18).collect::<Vec<_>>(), "each row once");
+        assert_eq!(server.precommitted(), 0);
+    });
+    assert_eq!(recorder.counter("weir_doris_sink_rows_total", &[("connector", "committed")]), 10);
+}
+
+#[test]
+fn records_refused_past_the_split_limit_stay_refused_when_the_batch_is_written_again() {
+    // Queue 0: offsets 0..64 alternate good and bad (too long), which spends the split budget
+    // before offset 62 ("old" for id 1000) is tried alone, so it is refused with its part;
+    // offsets 64..128 are good and load, 120 with "new" for id 1000. Queue 1's load fails
+    // for a cluster reason, so the sink task writes the batch again: offset 62 must be refused
+    // again, not split with a fresh budget and loaded over the newer row.
+    let queue_0: Vec<SinkRecord> = (0..128u64)
+        .map(|i| {
+            let (id, name) = match i {
+                62 => (1000, "old"),
+                120 => (1000, "new"),
+                i if i < 64 && i % 2 == 1 => (i, "far too long"),
+                i => (i, "e"),
+            };
+            support::record(0, i, None, &json!({"id": id, "name": name, "qty": i}).to_string())
+        })
+        .collect();
+    let queue_1: Vec<SinkRecord> = (0..2u64)
+        .map(|i| support::record(1, i, None, &json!({"id": 5000 + i, "name": "e", "qty": 1}).to_string()))
+        .collect();
+    let one_at_a_time = |server: &DorisServer| {
+        let mut config = config(server, "events");
+        config.concurrency = 1; // queue 0's loads, then queue 1's
+        config
+    };
+    runtime().block_on(async {
+        // Queue 0's loads alone, counted on a server of their own.
+        let rehearsal = DorisServer::start(vec![("db.events", table(Some("id")))], DorisFaults::default());
+        let mut sink = DorisSink::connect("refused-again", one_at_a_time(&rehearsal)).await.unwrap();
+        sink.write(&queue_0).await.expect_err("queue 0 has bad records");
+        let queue_0_loads = rehearsal.loads();
+        let faults = DorisFaults { transient_fail_every: queue_0_loads + 1, ..DorisFaults::default() };
+        let server = DorisServer::start(vec![("db.events", table(Some("id")))], faults);
+        let mut sink = DorisSink::connect("refused-again", one_at_a_time(&server)).await.unwrap();
+        let batch: Vec<SinkRecord> = queue_0.iter().chain(&queue_1).cloned().collect();
+        let error = sink.write(&batch).await.expect_err("queue 1's load fails");
+        assert!(matches!(error.retry, RetryHint::Retry { .. }), "{error:?}");
+        let error = sink.write(&batch).await.expect_err("queue 0's refused records again");
+        assert_eq!(error.retry, RetryHint::Permanent, "{error:?}");
+        assert!(error.failed_records.contains(&62), "offset 62 is refused with its part: {:?}", error.failed_records);
+        let kept: Vec<SinkRecord> =
+            batch.into_iter().enumerate().filter(|(i, _)| !error.failed_records.contains(i)).map(|(_, r)| r).collect();
+        sink.write(&kept).await.unwrap();
+        sink.flush().await.unwrap();
+        let rows = server.rows("db.events");
+        let row = rows.iter().find(|row| row["id"] == 1000).expect("id 1000 loaded");
+        assert_eq!(row["name"], "new", "the newer row stays");
+        assert!(rows.iter().any(|row| row["id"] == 5001), "queue 1 loaded on the retry");
+    });
+}
+
+#[test]
 fn a_batch_doris_refuses_whole_stops_splitting_at_the_limit() {
     // Every record is too long for the column: without a limit, 2n loads and journal entries.
     let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());

@@ -46,6 +46,11 @@ pub struct DorisSink {
     /// (pre-committed in those loads, or committed): writing the batch again (after a failed
     /// write or flush) skips them, so they neither load nor count twice.
     loaded_records: std::collections::BTreeSet<(u32, u64)>,
+    /// The (queue, offset) of every record a load refused since the last flush, with Doris's
+    /// reason: writing the batch again (after another queue failed the write) refuses them
+    /// again without loading, so a fresh split budget cannot load them after later offsets
+    /// of their queue that already loaded (an older version of a key over a newer one).
+    refused_records: BTreeMap<(u32, u64), String>,
 }
 
 /// Every load range (the first and last offset of a load's records: its label) not yet
@@ -154,7 +159,8 @@ enum LoadOutcome {
 /// with its fsync): about 2·log₂ n loads find one bad record among n, so 32 find a few among
 /// thousands; past it a refused part's records are all dead-lettered with Doris's reason.
 /// Per queue, so one queue's refusals never spend another's, and the same batch splits the
-/// same way on every retry (the journal then gains nothing new).
+/// same way on every retry (the journal then gains nothing new); records refused before a
+/// retry are refused again without loading (`DorisSink::refused_records`).
 const SPLITS_PER_QUEUE_MAX: usize = 32;
 
 /// The delete sign column of unique-key tables.
@@ -213,6 +219,7 @@ impl DorisSink {
             loader: Arc::new(Loader { connector: connector.into(), config, client, label_prefix, journal: None }),
             precommitted: VecDeque::new(),
             loaded_records: Default::default(),
+            refused_records: BTreeMap::new(),
         })
     }
 
@@ -392,14 +399,18 @@ impl Loader {
     /// Aborts a pre-committed load the sink forgot (its rows load again under their labels),
     /// so it does not hold one of the database's running transactions until Doris's
     /// pre-commit timeout. Best effort: a failure is logged.
-    async fn abort(&self, label: &str, txn_id: Option<u64>) {
+    /// Aborts a forgotten pre-commit (best effort); `true` when Doris answers that it is
+    /// already committed, so its rows are in the table.
+    async fn abort(&self, label: &str, txn_id: Option<u64>) -> bool {
         match self.finish_precommitted("abort", label, txn_id).await {
-            Ok(CommitOutcome::Aborted(_)) => {}
+            Ok(CommitOutcome::Aborted(_)) => false,
             Ok(CommitOutcome::Committed) => {
-                tracing::warn!(connector = %self.connector, %label, "doris: a forgotten pre-commit answered its abort as committed")
+                tracing::warn!(connector = %self.connector, %label, "doris: a forgotten pre-commit answered its abort as committed; its rows stay and are not loaded again (an earlier load of its queue is loaded after them)");
+                true
             }
             Err(error) => {
-                tracing::warn!(connector = %self.connector, %label, %error, "doris: cannot abort a forgotten pre-commit")
+                tracing::warn!(connector = %self.connector, %label, %error, "doris: cannot abort a forgotten pre-commit");
+                false
             }
         }
     }
@@ -821,7 +832,9 @@ impl Sink for DorisSink {
             match self.rows(record) {
                 Ok(rows) => {
                     let (queue_id, offset) = (record.queue_id, record.queue_offset);
-                    if !self.loaded_records.contains(&(queue_id, offset)) {
+                    if let Some(reason) = self.refused_records.get(&(queue_id, offset)) {
+                        refused.insert(index, reason.clone());
+                    } else if !self.loaded_records.contains(&(queue_id, offset)) {
                         queues.entry(queue_id).or_default().extend(rows.into_iter().map(|row| (index, offset, row)));
                     }
                 }
@@ -884,6 +897,10 @@ impl Sink for DorisSink {
                         metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone())
                             .increment(outcome.loaded);
                         self.loaded_records.extend(outcome.settled.iter().map(|offset| (queue_id, *offset)));
+                        for (index, reason) in &outcome.refused {
+                            let offset = batch[*index].queue_offset;
+                            self.refused_records.insert((queue_id, offset), reason.clone());
+                        }
                         refused.extend(outcome.refused);
                         for (label, txn_id, offsets, rows) in outcome.precommitted {
                             self.loaded_records.extend(offsets.iter().map(|offset| (queue_id, *offset)));
@@ -934,14 +951,20 @@ impl Sink for DorisSink {
                     let (later, kept): (Vec<_>, Vec<_>) =
                         self.precommitted.drain(..).partition(|other| other.queue_id == queue_id);
                     self.precommitted = kept.into();
-                    forgotten.extend(later);
+                    for later in later {
+                        if self.loader.abort(&later.label, later.txn_id).await {
+                            // Already committed (by someone else): its rows are in Doris, so
+                            // they count now and the rewrite skips its records.
+                            metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone())
+                                .increment(later.rows);
+                        } else {
+                            forgotten.push(later);
+                        }
+                    }
                     for forgotten_load in &forgotten {
                         for offset in &forgotten_load.offsets {
                             self.loaded_records.remove(&(queue_id, *offset));
                         }
-                    }
-                    for later in &forgotten[1..] {
-                        self.loader.abort(&later.label, later.txn_id).await;
                     }
                     let load = &forgotten[0];
                     return Err(SinkError::retryable(format!(
@@ -956,6 +979,7 @@ impl Sink for DorisSink {
             }
         }
         self.loaded_records.clear();
+        self.refused_records.clear();
         Ok(())
     }
 }
