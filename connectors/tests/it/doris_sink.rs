@@ -327,6 +327,31 @@ fn a_forgotten_pre_commit_doris_already_committed_is_not_loaded_again() {
 }
 
 #[test]
+fn rows_a_second_sink_finds_loaded_are_counted_apart() {
+    // A sink task that gave up is replaced by a new sink of the same connector, which writes
+    // the batch again: Doris answers "Label Already Exists" (finished), and those rows must not
+    // count again as loaded.
+    let server = DorisServer::start(vec![("db.events", table(Some("id")))], DorisFaults::default());
+    let recorder = weir_connect::conformance::CountingRecorder::default();
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let batch: Vec<SinkRecord> = (0..6u64)
+            .map(|i| support::record(i as u32 % 2, i, None, &json!({"id": i, "name": "e", "qty": i}).to_string()))
+            .collect();
+        for _ in 0..2 {
+            let mut sink = DorisSink::connect("again", config(&server, "events")).await.unwrap();
+            sink.write(&batch).await.unwrap();
+            sink.flush().await.unwrap();
+        }
+        assert_eq!(server.rows("db.events").len(), 6);
+    });
+    let counter = |name: &str| recorder.counter(name, &[("connector", "again")]);
+    assert_eq!(counter("weir_doris_sink_rows_total"), 6);
+    assert_eq!(counter("weir_doris_sink_rows_found_loaded_total"), 6);
+}
+
+#[test]
 fn records_refused_past_the_split_limit_stay_refused_when_the_batch_is_written_again() {
     // Queue 0: offsets 0..64 alternate good and bad (too long), which spends the split budget
     // before offset 62 ("old" for id 1000) is tried alone, so it is refused with its part;

@@ -123,6 +123,9 @@ struct Loader {
 struct QueueLoad {
     /// Rows loaded and committed (pre-committed ones count when they commit).
     loaded: u64,
+    /// Rows found already in Doris (a lost answer's load, or an earlier run's or sink's),
+    /// counted apart so no row counts twice in `weir_doris_sink_rows_total`.
+    found_loaded: u64,
     /// Offsets of the records whose rows are committed in Doris now.
     settled: Vec<u64>,
     refused: Vec<(usize, String)>,
@@ -139,8 +142,16 @@ impl QueueLoad {
         self.settled.dedup();
     }
 
+    /// `rows` were found committed in Doris by an earlier load.
+    fn settle_found(&mut self, rows: &[Row]) {
+        self.found_loaded += rows.len() as u64;
+        self.settled.extend(rows.iter().map(|row| row.1));
+        self.settled.dedup();
+    }
+
     fn merge(&mut self, part: QueueLoad) {
         self.loaded += part.loaded;
+        self.found_loaded += part.found_loaded;
         self.settled.extend(part.settled);
         self.refused.extend(part.refused);
         self.precommitted.extend(part.precommitted);
@@ -149,8 +160,9 @@ impl QueueLoad {
 
 /// What a Stream Load ended as.
 enum LoadOutcome {
-    /// Committed (or pre-committed, with its transaction id when Doris gave it).
-    Loaded { txn_id: Option<u64> },
+    /// Committed (or pre-committed, with its transaction id when Doris gave it);
+    /// `found_loaded` when an earlier load under the label had committed it.
+    Loaded { txn_id: Option<u64>, found_loaded: bool },
     /// Doris refused the data itself.
     DataRefused(String),
 }
@@ -358,14 +370,16 @@ impl Loader {
         let field = |name: &str| reply.get(name).and_then(Json::as_str).unwrap_or_default().to_string();
         let txn_id = reply.get("TxnId").and_then(Json::as_u64);
         match field("Status").as_str() {
-            "Success" | "Publish Timeout" => Ok(LoadOutcome::Loaded { txn_id }),
+            "Success" | "Publish Timeout" => Ok(LoadOutcome::Loaded { txn_id, found_loaded: false }),
             "Label Already Exists" => match field("ExistingJobStatus").as_str() {
-                "FINISHED" | "VISIBLE" | "COMMITTED" => Ok(LoadOutcome::Loaded { txn_id: None }),
-                "PRECOMMITTED" if self.config.two_phase_commit => Ok(LoadOutcome::Loaded { txn_id: None }),
+                "FINISHED" | "VISIBLE" | "COMMITTED" => Ok(LoadOutcome::Loaded { txn_id: None, found_loaded: true }),
+                "PRECOMMITTED" if self.config.two_phase_commit => {
+                    Ok(LoadOutcome::Loaded { txn_id: None, found_loaded: false })
+                }
                 // Left by an earlier run with two-phase commit: committed now, before any later
                 // load of the queue, so the later version of a key still wins.
                 "PRECOMMITTED" => match self.commit(label, None).await? {
-                    CommitOutcome::Committed => Ok(LoadOutcome::Loaded { txn_id: None }),
+                    CommitOutcome::Committed => Ok(LoadOutcome::Loaded { txn_id: None, found_loaded: false }),
                     CommitOutcome::Aborted(reason) => Err(SinkError::retryable(format!(
                         "doris stream load {label}: an earlier run's pre-committed load was aborted ({reason}); loading it again"
                     ))),
@@ -569,7 +583,7 @@ impl Loader {
                     let part = self.clone().load_queue(queue_id, rows, false, &mut splits_left).await?;
                     outcome.merge(part);
                 }
-                Segment::Loaded { rows, precommitted: false, .. } => outcome.settle(&rows),
+                Segment::Loaded { rows, precommitted: false, .. } => outcome.settle_found(&rows),
                 Segment::Loaded { label, rows, precommitted: true } if self.config.two_phase_commit => {
                     let mut offsets: Vec<u64> = rows.iter().map(|row| row.1).collect();
                     offsets.dedup();
@@ -627,7 +641,8 @@ impl Loader {
             }
             let all: Vec<&Json> = part.iter().map(|(_, _, row)| row).collect();
             match self.load(&label, &all).await? {
-                LoadOutcome::Loaded { txn_id } if self.config.two_phase_commit => {
+                LoadOutcome::Loaded { found_loaded: true, .. } => outcome.settle_found(part),
+                LoadOutcome::Loaded { txn_id, .. } if self.config.two_phase_commit => {
                     let offsets = part.iter().map(|(_, offset, _)| *offset).collect();
                     outcome.precommitted.push((label, txn_id, offsets, part.len() as u64));
                 }
@@ -896,6 +911,8 @@ impl Sink for DorisSink {
                         // and the retry skips their records.
                         metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone())
                             .increment(outcome.loaded);
+                        metrics::counter!("weir_doris_sink_rows_found_loaded_total", "connector" => self.loader.connector.clone())
+                            .increment(outcome.found_loaded);
                         self.loaded_records.extend(outcome.settled.iter().map(|offset| (queue_id, *offset)));
                         for (index, reason) in &outcome.refused {
                             let offset = batch[*index].queue_offset;
