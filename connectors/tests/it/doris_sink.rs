@@ -263,6 +263,19 @@ fn a_refused_load_that_succeeds_later_loads_only_what_its_halves_did_not() {
 
 #[test]
 fn pre_commits_forgotten_after_an_abort_are_aborted_in_doris() {
+    // Record 18 splits the load; its parts are pre-committed, then Doris aborts the first:
+    // the sink forgets the later ones too (to load them again in order) and must abort them,
+    // or they hold a transaction each until Doris's pre-commit timeout.
+    check_forgotten_precommits("forget", false);
+    // The same, when someone else has committed the last part meanwhile: its abort answers
+    // "already visible", and its rows must not be loaded (or counted) a second time.
+    check_forgotten_precommits("committed", true);
+}
+
+/// Pre-commits of a split load, the first aborted by Doris (and the last committed by
+/// someone else when `last_committed`), then the batch written again: every row once,
+/// nothing left pre-committed, and each row counted once.
+fn check_forgotten_precommits(connector: &str, last_committed: bool) {
     let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
     let recorder = weir_connect::conformance::CountingRecorder::default();
     let _recorder = metrics::set_default_local_recorder(&recorder);
@@ -271,16 +284,16 @@ fn pre_commits_forgotten_after_an_abort_are_aborted_in_doris() {
     runtime.block_on(async {
         let mut two_phase = config(&server, "events");
         two_phase.two_phase_commit = true;
-        let mut sink = DorisSink::connect("forget", two_phase).await.unwrap();
-        // Record 18 splits the load; its parts are pre-committed, then Doris aborts the first:
-        // the sink forgets the later ones too (to load them again in order) and must abort
-        // them, or they hold a transaction each until Doris's pre-commit timeout.
+        let mut sink = DorisSink::connect(connector, two_phase).await.unwrap();
         let record =
             |i: u64, name: &str| support::record(0, i, None, &json!({"id": i, "name": name, "qty": i}).to_string());
         let batch: Vec<SinkRecord> = (10..=20).map(|i| record(i, if i == 18 { "far too long" } else { "e" })).collect();
         sink.write(&batch).await.expect_err("record 18 is refused");
         assert!(server.precommitted() >= 2, "the load was split into pre-committed parts");
         server.abort_first_precommitted();
+        if last_committed {
+            server.commit_last_precommitted();
+        }
         sink.flush().await.expect_err("Doris aborted the first pre-commit");
         // The sink task writes the batch again without its dead-lettered record.
         let retried: Vec<SinkRecord> = batch.into_iter().filter(|r| r.queue_offset != 18).collect();
@@ -288,42 +301,11 @@ fn pre_commits_forgotten_after_an_abort_are_aborted_in_doris() {
         sink.flush().await.unwrap();
         let mut ids: Vec<i64> = server.rows("db.events").iter().map(|row| row["id"].as_i64().unwrap()).collect();
         ids.sort_unstable();
-        assert_eq!(ids, (10..=20).filter(|&i| i != 18).collect::<Vec<_>>());
-        assert_eq!(server.precommitted(), 0, "no pre-commit is left holding a transaction");
+        assert_eq!(ids, (10..=20).filter(|&i| i != 18).collect::<Vec<_>>(), "{connector}: each row once");
+        assert_eq!(server.precommitted(), 0, "{connector}: no pre-commit is left holding a transaction");
     });
     // Rows count when they commit: the aborted pre-commit's rows, loaded again, count once.
-    assert_eq!(recorder.counter("weir_doris_sink_rows_total", &[("connector", "forget")]), 10);
-}
-
-#[test]
-fn a_forgotten_pre_commit_doris_already_committed_is_not_loaded_again() {
-    let server = DorisServer::start(vec![("db.events", table(None))], DorisFaults::default());
-    let recorder = weir_connect::conformance::CountingRecorder::default();
-    let _recorder = metrics::set_default_local_recorder(&recorder);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut two_phase = config(&server, "events");
-        two_phase.two_phase_commit = true;
-        let mut sink = DorisSink::connect("committed", two_phase).await.unwrap();
-        let record =
-            |i: u64, name: &str| support::record(0, i, None, &json!({"id": i, "name": name, "qty": i}).to_string());
-        let batch: Vec<SinkRecord> = (10..=20).map(|i| record(i, if i == 18 { "far too long" } else { "e" })).collect();
-        sink.write(&batch).await.expect_err("record 18 is refused");
-        assert!(server.precommitted() >= 2, "the load was split into pre-committed parts");
-        // Doris aborts the first part; someone else has committed the last one meanwhile, so
-        // its abort answers "already visible": its rows must not be loaded a second time.
-        server.abort_first_precommitted();
-        server.commit_last_precommitted();
-        sink.flush().await.expect_err("Doris aborted the first pre-commit");
-        let retried: Vec<SinkRecord> = batch.into_iter().filter(|r| r.queue_offset != 18).collect();
-        sink.write(&retried).await.unwrap();
-        sink.flush().await.unwrap();
-        let mut ids: Vec<i64> = server.rows("db.events").iter().map(|row| row["id"].as_i64().unwrap()).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (10..=20).filter(|&i| i != 18).collect::<Vec<_>>(), "each row once");
-        assert_eq!(server.precommitted(), 0);
-    });
-    assert_eq!(recorder.counter("weir_doris_sink_rows_total", &[("connector", "committed")]), 10);
+    assert_eq!(recorder.counter("weir_doris_sink_rows_total", &[("connector", connector)]), 10, "{connector}");
 }
 
 #[test]
