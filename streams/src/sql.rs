@@ -260,7 +260,7 @@ fn parse_create_table(statement: &str) -> std::result::Result<CreatedTable, Stri
             return Err("expected a column list in parentheses".into());
         }
         let options = parse_options(&after[columns_start..])?;
-        return match options.get("connector").map(String::as_str) {
+        return match options.get("connector").map(|c| c.to_ascii_lowercase()).as_deref() {
             Some("blackhole") if options.len() == 1 => Ok(CreatedTable::Blackhole(name)),
             Some("blackhole") => Err("a blackhole table takes no other option than connector".into()),
             _ => Err("expected a column list in parentheses (only a blackhole table has none)".into()),
@@ -293,7 +293,7 @@ fn parse_create_table(statement: &str) -> std::result::Result<CreatedTable, Stri
         }
     }
     let mut options = parse_options(&after[end..])?;
-    match options.remove("connector").as_deref() {
+    match options.remove("connector").map(|c| c.to_ascii_lowercase()).as_deref() {
         None | Some("topic") => {}
         Some("blackhole") => {
             return Err(
@@ -574,7 +574,7 @@ mod tests {
     fn a_blackhole_table_is_declared_without_columns() {
         let job = parse_job(
             "CREATE TABLE t (a TEXT) WITH (topic = 'x', connector = 'topic');
-             CREATE TABLE Discard WITH (connector = 'blackhole');
+             CREATE TABLE Discard WITH (connector = 'Blackhole');
              INSERT INTO discard SELECT a FROM t",
         )
         .unwrap();

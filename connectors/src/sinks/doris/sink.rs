@@ -970,9 +970,9 @@ impl Sink for DorisSink {
                     self.precommitted = kept.into();
                     for later in later {
                         if self.loader.abort(&later.label, later.txn_id).await {
-                            // Already committed (by someone else): its rows are in Doris, so
-                            // they count now and the rewrite skips its records.
-                            metrics::counter!("weir_doris_sink_rows_total", "connector" => self.loader.connector.clone())
+                            // Already committed (by someone else): its rows are in Doris, found
+                            // loaded rather than loaded by this sink, and the rewrite skips them.
+                            metrics::counter!("weir_doris_sink_rows_found_loaded_total", "connector" => self.loader.connector.clone())
                                 .increment(later.rows);
                         } else {
                             forgotten.push(later);
