@@ -2,8 +2,8 @@
 //! the processing of micro-batches of messages into result messages.
 //!
 //! Each table and window relation is a slot table (`slot`) refilled before every execution,
-//! so a plan made once runs over each micro-batch. A query without an aggregate is stateless: it runs over each
-//! micro-batch. A query whose `GROUP BY` aggregates a window relation is split at its
+//! so a plan made once runs over each micro-batch. A query without an aggregate is
+//! stateless: it runs over each micro-batch. A query whose `GROUP BY` aggregates a window relation is split at its
 //! `Aggregate`: the part below runs over each micro-batch (filters, projections), the
 //! aggregate itself is the pane operator of `window` (DataFusion's accumulators, state and
 //! merge), and the part above (projection, `HAVING`, ordering) runs over each closed
@@ -358,16 +358,18 @@ impl Job {
         }
         let mut queries = Vec::new();
         for (index, insert) in sql.inserts.iter().enumerate() {
-            let mut query = plan_insert(&context, &tables, index, insert).await.map_err(|error| {
+            let sink = if sql.is_blackhole(&insert.topic) {
+                ResultSink::Blackhole(insert.topic.clone())
+            } else {
+                ResultSink::Topic(insert.topic.clone())
+            };
+            let query = plan_insert(&context, &tables, index, insert, sink).await.map_err(|error| {
                 let reason = match error {
                     StreamsError::Plan(reason) => reason,
                     other => other.to_string(),
                 };
                 StreamsError::Plan(format!("INSERT INTO {}: {reason}", insert.topic))
             })?;
-            if sql.is_blackhole(&insert.topic) {
-                query.sink = ResultSink::Blackhole(insert.topic.clone());
-            }
             queries.push(query);
         }
         // Decode only the columns something refers to (by name: over-inclusion is harmless).
@@ -1066,6 +1068,7 @@ async fn plan_insert(
     tables: &[TableRuntime],
     index: usize,
     insert: &InsertStatement,
+    sink: ResultSink,
 ) -> Result<Query> {
     if insert.windows.len() > 2 {
         return Err(StreamsError::Plan("at most two windows (a window join) per query".into()));
@@ -1134,7 +1137,7 @@ async fn plan_insert(
         let join = WindowJoin::new(specs[0].size_ms, specs[0].slide_ms, join_sides);
         return Ok(Query {
             index,
-            sink: ResultSink::Topic(insert.topic.clone()),
+            sink,
             table,
             window: None,
             aggregate: None,
@@ -1154,15 +1157,7 @@ async fn plan_insert(
         ([aggregate], Some(window)) => Some(plan_window_aggregate(context, &plan, aggregate, window)?),
         _ => return Err(StreamsError::Plan("one GROUP BY per query for now".into())),
     };
-    Ok(Query {
-        index,
-        sink: ResultSink::Topic(insert.topic.clone()),
-        table,
-        window,
-        aggregate,
-        join: None,
-        plan: Arc::new(CachedPlan::new(plan)),
-    })
+    Ok(Query { index, sink, table, window, aggregate, join: None, plan: Arc::new(CachedPlan::new(plan)) })
 }
 
 /// HOP and SESSION rows are aggregated per pane or per row, and get their windows' bounds

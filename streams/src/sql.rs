@@ -254,19 +254,19 @@ fn parse_create_table(statement: &str) -> std::result::Result<CreatedTable, Stri
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("{name:?} is not a table name (letters, digits and `_`)"));
     }
-    let columns_start = name_end + (after.len() - name_end - after[name_end..].trim_start().len());
-    if !after[columns_start..].starts_with('(') {
-        if !after[columns_start..].to_ascii_uppercase().starts_with("WITH") {
+    let rest = after[name_end..].trim_start();
+    if !rest.starts_with('(') {
+        if !rest.to_ascii_uppercase().starts_with("WITH") {
             return Err("expected a column list in parentheses".into());
         }
-        let options = parse_options(&after[columns_start..])?;
+        let options = parse_options(rest)?;
         return match options.get("connector").map(|c| c.to_ascii_lowercase()).as_deref() {
             Some("blackhole") if options.len() == 1 => Ok(CreatedTable::Blackhole(name)),
             Some("blackhole") => Err("a blackhole table takes no other option than connector".into()),
             _ => Err("expected a column list in parentheses (only a blackhole table has none)".into()),
         };
     }
-    let (columns_text, end) = balanced(after, columns_start)?;
+    let (columns_text, end) = balanced(after, after.len() - rest.len())?;
     let mut fields = Vec::new();
     let (mut event_time, mut watermark_delay_ms) = (None, 0);
     for part in split_top_level(columns_text) {

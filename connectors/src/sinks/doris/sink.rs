@@ -138,13 +138,16 @@ impl QueueLoad {
     /// `rows` are committed in Doris.
     fn settle(&mut self, rows: &[Row]) {
         self.loaded += rows.len() as u64;
-        self.settled.extend(rows.iter().map(|row| row.1));
-        self.settled.dedup();
+        self.mark_settled(rows);
     }
 
     /// `rows` were found committed in Doris by an earlier load.
     fn settle_found(&mut self, rows: &[Row]) {
         self.found_loaded += rows.len() as u64;
+        self.mark_settled(rows);
+    }
+
+    fn mark_settled(&mut self, rows: &[Row]) {
         self.settled.extend(rows.iter().map(|row| row.1));
         self.settled.dedup();
     }
@@ -412,9 +415,8 @@ impl Loader {
 
     /// Aborts a pre-committed load the sink forgot (its rows load again under their labels),
     /// so it does not hold one of the database's running transactions until Doris's
-    /// pre-commit timeout. Best effort: a failure is logged.
-    /// Aborts a forgotten pre-commit (best effort); `true` when Doris answers that it is
-    /// already committed, so its rows are in the table.
+    /// pre-commit timeout. Best effort: a failure is logged. `true` when Doris answers that
+    /// it is already committed, so its rows are in the table.
     async fn abort(&self, label: &str, txn_id: Option<u64>) -> bool {
         match self.finish_precommitted("abort", label, txn_id).await {
             Ok(CommitOutcome::Aborted(_)) => false,
